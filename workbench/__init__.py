@@ -1,0 +1,58 @@
+"""workbench: a deep-learning inference optimizer whose home is Jupyter.
+
+    import workbench as wb
+    net = wb.load_onnx("model.onnx")
+    engine = wb.build(net, wb.BuilderConfig(device="auto", precision="fp16", shapes={"x": (1, 3, 224, 224)}))
+    engine.save("model.wbe")
+    outs = wb.Engine.load("model.wbe").create_context().run({"x": x})
+
+Importing this package is cheap: the optimizer (onnx, onnx-ir) is imported only when
+``load_onnx`` / ``build`` are first used, so a deployment that only loads and runs engines never
+imports it.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .engine.engine import Engine  # noqa: E402
+from .errors import (  # noqa: E402
+    BuildError,
+    EngineCompatibilityError,
+    EngineFormatError,
+    InputError,
+    ModelLoadError,
+    ShapeError,
+    UnsupportedModelError,
+    WorkbenchError,
+)
+
+_LAZY = {
+    "load_onnx": ("workbench.frontends.onnx", "load_onnx"),
+    "build": ("workbench.builder", "build"),
+    "Builder": ("workbench.builder", "Builder"),
+    "BuilderConfig": ("workbench.builder", "BuilderConfig"),
+    "Network": ("workbench.ir.network", "Network"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name == "load_ipython_extension":
+        from .ui.magics import load_ipython_extension
+
+        return load_ipython_extension
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+__all__ = [
+    "BuildError", "Builder", "BuilderConfig", "Engine", "EngineCompatibilityError", "EngineFormatError",
+    "InputError", "ModelLoadError", "Network", "ShapeError", "UnsupportedModelError", "WorkbenchError",
+    "__version__", "build", "load_onnx",
+]

@@ -1,0 +1,76 @@
+"""The builder: Network + BuilderConfig -> Engine.
+
+Stages, in order (each a separate module): fix input shapes -> optimization passes (with the fusion
+log) -> lowering to a plan -> precision and tactic selection by the target -> cost estimates ->
+memory plan -> Engine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import onnx_ir as ir
+
+from .. import __version__
+from ..engine.engine import Engine
+from ..errors import WorkbenchError
+from ..ir.network import Network
+from ..passes.context import PassContext
+from ..passes.pipeline import known_names, run_pipeline
+from .backends import get_target, resolve_device
+from .config import BuilderConfig
+from .cost import annotate_costs
+from .lower import lower_model
+from .memory import plan_memory
+from .shapes import apply_input_shapes
+
+
+class Builder:
+    def __init__(self, config: BuilderConfig | None = None):
+        self.config = config or BuilderConfig()
+
+    def build(self, network: Network) -> Engine:
+        cfg = self.config
+        if not isinstance(network, Network):
+            raise WorkbenchError(f"build() takes a Network (from workbench.load_onnx), got {type(network).__name__}")
+        unknown = [n for n in cfg.disable if n not in known_names()]
+        if unknown:
+            raise WorkbenchError(f"cannot disable unknown pass or rule {unknown[0]!r}; known: {', '.join(sorted(known_names()))}")
+        t0 = time.perf_counter()
+        device = resolve_device(cfg.device)
+        model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
+        nodes_before = len(model.graph)
+        apply_input_shapes(model, cfg.shapes)
+        ctx = PassContext(disabled=frozenset(cfg.disable), device=device)
+        run_pipeline(model, ctx, optimize=cfg.optimize)
+        plan = lower_model(model)
+        target = get_target(device)
+        annotate_costs(plan.layers)
+        target.assign(plan, cfg)
+        memory = plan_memory(plan)
+        build = {
+            "producer": {"name": "workbench", "version": __version__},
+            "source": network.source,
+            "device": device,
+            "precision": cfg.precision,
+            "shapes": {k: list(v) for k, v in cfg.shapes.items()},
+            "disabled": sorted(cfg.disable),
+            "layer_precisions": dict(cfg.layer_precisions),
+        }
+        reports = {
+            "fusions": ctx.log,
+            "counters": dict(ctx.counters),
+            "nodes": {"before": nodes_before, "after": len(model.graph), "layers": len(plan.layers)},
+            "memory": memory,
+        }
+        engine = Engine(plan, target.target(), build, reports)
+        if hasattr(target, "finish"):
+            target.finish(engine, cfg)
+        # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
+        engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3}
+        return engine
+
+
+def build(network: Network, config: BuilderConfig | None = None) -> Engine:
+    """Optimize ``network`` and build an engine for ``config`` (defaults: auto device, fp32)."""
+    return Builder(config).build(network)

@@ -1,0 +1,75 @@
+"""Lowering: the optimized onnx-ir graph -> a Plan of Layers (plain data, no onnx-ir inside).
+
+Fused nodes made by the passes carry, in ``node.meta``, the names and op types of the original
+ONNX nodes they replaced (``ONNX_NODES`` / ``ONNX_OPS``); every layer records them so the reports
+can answer "where did my node go".
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ..engine.plan import Layer, Plan, Subgraph
+from ..ir.attrs import node_attrs, tensor_to_numpy
+from ..ir.types import spec_of
+
+ONNX_NODES = "wb.onnx_nodes"
+ONNX_OPS = "wb.onnx_ops"
+
+# default opset of a domain the model does not import explicitly
+_DEFAULT_OPSETS = {"": 1, "ai.onnx.ml": 1, "ai.onnx.preview.training": 1, "ai.onnx.preview": 1, "workbench": 1}
+
+
+def _domain(d: str) -> str:
+    return "" if d in ("", "ai.onnx") else d
+
+
+def lower_node(node: ir.Node, opsets: dict[str, int]) -> Layer:
+    domain = _domain(node.domain)
+    opset = node.version or opsets.get(domain, opsets.get("ai.onnx", 0) if domain == "" else _DEFAULT_OPSETS.get(domain, 1))
+    return Layer(
+        name=node.name or "",
+        op=node.op_type,
+        domain=domain,
+        opset=int(opset or 0),
+        inputs=[v.name if v is not None else "" for v in node.inputs],
+        outputs=[v.name or "" for v in node.outputs],
+        attrs=node_attrs(node, lambda g: lower_subgraph(g, opsets)),
+        onnx_nodes=list(node.meta.get(ONNX_NODES, [node.name or ""])),
+        onnx_ops=list(node.meta.get(ONNX_OPS, [node.op_type])),
+        input_specs=[spec_of(v) for v in node.inputs if v is not None],
+        output_specs=[spec_of(v) for v in node.outputs],
+    )
+
+
+def _constants(graph: ir.Graph) -> dict:
+    return {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items() if v.const_value is not None}
+
+
+def lower_subgraph(graph: ir.Graph, opsets: dict[str, int]) -> Subgraph:
+    return Subgraph(
+        inputs=[spec_of(v) for v in graph.inputs],
+        outputs=[spec_of(v) for v in graph.outputs],
+        layers=[lower_node(n, opsets) for n in graph],
+        constants=_constants(graph),
+        name=graph.name or "",
+    )
+
+
+def lower_model(model: ir.Model) -> Plan:
+    graph = model.graph
+    opsets = {_domain(k): v for k, v in model.opset_imports.items()}
+    inits = set(graph.initializers)
+    layers = [lower_node(n, opsets) for n in graph]
+    tensors = {}
+    for node in graph:
+        for v in node.outputs:
+            if v.name:
+                tensors[v.name] = spec_of(v)
+    return Plan(
+        inputs=[spec_of(v) for v in graph.inputs if v.name not in inits],
+        outputs=[spec_of(v) for v in graph.outputs],
+        layers=layers,
+        constants=_constants(graph),
+        tensors=tensors,
+    )

@@ -1,0 +1,60 @@
+"""Fixing symbolic input dims from ``BuilderConfig.shapes`` before optimization."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ..errors import ShapeError
+
+
+def apply_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Set the given inputs' shapes, checking names, ranks, fixed dims and symbol consistency.
+
+    Intermediate shapes recorded by the exporter are cleared so that inference recomputes them
+    from the now-fixed inputs (stale symbolic value_info would otherwise block folding)."""
+    if not shapes:
+        return
+    graph = model.graph
+    inits = set(graph.initializers)
+    inputs = {v.name: v for v in graph.inputs if v.name not in inits}
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise ShapeError(f"--shapes names {name!r}, which is not an input; inputs are: {', '.join(inputs) or '(none)'}")
+        value = inputs[name]
+        declared = value.shape
+        if declared is not None:
+            if len(declared) != len(dims):
+                raise ShapeError(f"input {name!r} has rank {len(declared)} ({_fmt(declared)}); --shapes gives {len(dims)} dims")
+            for axis, (want, got) in enumerate(zip(declared, dims)):
+                if isinstance(want, int):
+                    if want != got:
+                        raise ShapeError(f"input {name!r} axis {axis} is fixed at {want}; --shapes gives {got}")
+                elif isinstance(want, ir.SymbolicDim) and want.value:
+                    prev = symbols.get(want.value)
+                    if prev is not None and prev[0] != got:
+                        raise ShapeError(f"dim {want.value!r} is {prev[0]} for input {prev[1]!r} but {got} for {name!r}")
+                    symbols[want.value] = (got, name)
+        value.shape = ir.Shape(list(dims))
+    # any other input using a symbol we now know gets it too
+    for name, value in inputs.items():
+        if name in shapes or value.shape is None:
+            continue
+        dims = [symbols[d.value][0] if isinstance(d, ir.SymbolicDim) and d.value in symbols else d for d in value.shape]
+        value.shape = ir.Shape(dims)
+    _clear_intermediate_shapes(graph)
+
+
+def _clear_intermediate_shapes(graph: ir.Graph) -> None:
+    outputs = set(id(v) for v in graph.outputs)
+    for node in graph:
+        for v in node.outputs:
+            if id(v) not in outputs:
+                v.shape = None
+    for v in graph.outputs:  # keep rank/static dims of outputs, drop symbols
+        if v.shape is not None and not all(isinstance(d, int) for d in v.shape):
+            v.shape = None
+
+
+def _fmt(shape) -> str:
+    return "x".join(str(d) if isinstance(d, int) else (getattr(d, "value", None) or "?") for d in shape)

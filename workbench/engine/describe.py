@@ -1,0 +1,97 @@
+"""What an engine says about itself: the inspect JSON and the report tables."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .plan import Layer
+
+
+def _layer_dict(layer: Layer) -> dict:
+    return {
+        "name": layer.name,
+        "type": layer.op if not layer.domain else f"{layer.domain}.{layer.op}",
+        "op": layer.op,
+        "domain": layer.domain,
+        "onnx_nodes": list(layer.onnx_nodes),
+        "onnx_ops": list(layer.onnx_ops),
+        "precision": layer.precision,
+        "tactic": layer.tactic,
+        "tactics": list(layer.tactic_table),
+        "inputs": [s.to_dict() for s in layer.input_specs],
+        "outputs": [s.to_dict() for s in layer.output_specs],
+        "flops": layer.flops,
+        "bytes": layer.bytes_moved,
+    }
+
+
+def onnx_node_index(engine) -> dict[str, str]:
+    """Reverse lookup: original ONNX node name -> the engine layer that covers it."""
+    index = {}
+    for layer in engine.layers:
+        for n in layer.onnx_nodes:
+            index[n] = layer.name
+    return index
+
+
+def describe(engine) -> dict:
+    memory = {k: v for k, v in engine.reports.get("memory", {}).items() if k != "offsets"}
+    return {
+        "producer": engine.build_info.get("producer", {}),
+        "target": engine.target,
+        "build": engine.build_info,
+        "inputs": [s.to_dict() for s in engine.inputs],
+        "outputs": [s.to_dict() for s in engine.outputs],
+        "layers": [_layer_dict(layer) for layer in engine.layers],
+        "fusions": list(engine.reports.get("fusions", [])),
+        "fusion_counts": dict(engine.reports.get("counters", {})),
+        "nodes": engine.reports.get("nodes", {}),
+        "onnx_node_to_layer": onnx_node_index(engine),
+        "memory": memory,
+        "precisions": dict(Counter(layer.precision for layer in engine.layers)),
+    }
+
+
+def report_tables(engine) -> dict:
+    import pandas as pd
+
+    layers = pd.DataFrame(
+        [
+            {
+                "layer": l.name,
+                "type": l.op,
+                "onnx_nodes": len(l.onnx_nodes),
+                "onnx_ops": "+".join(l.onnx_ops),
+                "precision": l.precision,
+                "tactic": l.tactic,
+                "output_shape": "x".join(str(d) for d in (l.output_specs[0].shape or [])) if l.output_specs else "",
+                "flops": l.flops,
+                "bytes": l.bytes_moved,
+            }
+            for l in engine.layers
+        ]
+    )
+    fusions = pd.DataFrame(engine.reports.get("fusions", []), columns=["rule", "status", "reason", "nodes", "root"])
+    precisions = (
+        layers.groupby("precision").size().rename("layers").reset_index() if len(layers) else pd.DataFrame()
+    )
+    tactic_rows = []
+    for l in engine.layers:
+        for cand in l.tactic_table or [{"tactic": l.tactic}]:
+            tactic_rows.append({"layer": l.name, "chosen": cand.get("tactic") == l.tactic, **cand})
+    tactics = pd.DataFrame(tactic_rows)
+    mem = {k: v for k, v in engine.reports.get("memory", {}).items() if k not in ("offsets", "tensors_dynamic")}
+    memory = pd.DataFrame([{"item": k, "value": v} for k, v in mem.items()])
+    nodes = engine.reports.get("nodes", {})
+    summary = pd.DataFrame(
+        [
+            {"item": "backend", "value": engine.backend},
+            {"item": "layers", "value": len(engine.layers)},
+            {"item": "onnx nodes before", "value": nodes.get("before")},
+            {"item": "nodes after optimization", "value": nodes.get("after")},
+            {"item": "fusions fired", "value": sum(1 for f in engine.reports.get("fusions", []) if f.get("status") == "fired")},
+            {"item": "fusions declined", "value": sum(1 for f in engine.reports.get("fusions", []) if f.get("status") == "declined")},
+        ]
+    )
+    return {"summary": summary, "layers": layers, "fusions": fusions, "precisions": precisions,
+            "tactics": tactics, "memory": memory}

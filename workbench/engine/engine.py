@@ -1,0 +1,126 @@
+"""Engine: a built plan plus its target and build reports; saves to / loads from one file.
+
+This module and the runtime import neither onnx, onnx-ir nor the optimizer: a deployment needs only
+NumPy (and CuPy for GPU engines).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import EngineCompatibilityError, EngineFormatError
+from .format import FORMAT_VERSION, read_container, write_container
+from .plan import Layer, Plan
+from .serialize import decode_plan, encode_plan
+
+BACKENDS = ("cpu", "gpu")
+
+
+def cpu_target() -> dict:
+    return {"backend": "cpu", "device": platform.machine() or "cpu", "numpy": np.__version__}
+
+
+class Engine:
+    """An optimized, executable model. Make one with ``workbench.build``; run it through
+    ``engine.create_context().run(feeds)``."""
+
+    def __init__(self, plan: Plan, target: dict | None = None, build: dict | None = None,
+                 reports: dict | None = None, blobs: dict[str, bytes] | None = None):
+        self.plan = plan
+        self.target = dict(target or cpu_target())
+        self.build_info = dict(build or {})
+        self.reports = dict(reports or {})
+        self.blobs = dict(blobs or {})  # compiled kernels (cubins) and other backend data
+        self.path: str | None = None
+        self.build_stats: dict = {}  # timings of this process's build; not saved
+
+    # ---- facts -----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        return self.plan.layers
+
+    @property
+    def inputs(self):
+        return self.plan.inputs
+
+    @property
+    def outputs(self):
+        return self.plan.outputs
+
+    @property
+    def backend(self) -> str:
+        return self.target.get("backend", "cpu")
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.backend} layers={len(self.layers)} inputs={[i.name for i in self.inputs]}>"
+
+    # ---- file ------------------------------------------------------------------------------
+    def to_header(self) -> tuple[dict, dict[str, bytes]]:
+        plan_d, blobs = encode_plan(self.plan)
+        for name, data in self.blobs.items():
+            blobs[f"kernel/{name}"] = data
+        header = {
+            "producer": {"name": "workbench", "version": __version__},
+            "target": self.target,
+            "build": self.build_info,
+            "reports": self.reports,
+            "plan": plan_d,
+            "kernels": sorted(self.blobs),
+        }
+        return header, blobs
+
+    def save(self, path: str | os.PathLike) -> dict:
+        """Write the engine; returns {"path", "size", "sha256"}. Same engine -> same bytes."""
+        header, blobs = self.to_header()
+        info = write_container(path, header, blobs)
+        self.path = os.fspath(path)
+        return info
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Engine":
+        """Read and validate an engine file. Raises EngineFormatError / EngineCompatibilityError."""
+        header, blobs = read_container(path)
+        for key in ("target", "plan", "producer"):
+            if not isinstance(header.get(key), dict):
+                raise EngineFormatError(f"engine header lacks a valid {key!r} section")
+        target = header["target"]
+        if target.get("backend") not in BACKENDS:
+            raise EngineCompatibilityError(
+                f"engine was built for backend {target.get('backend')!r}; this workbench runs {', '.join(BACKENDS)} — rebuild")
+        plan = decode_plan(header["plan"], blobs)
+        names = header.get("kernels", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise EngineFormatError("engine header 'kernels' must be a list of names")
+        kernels = {}
+        for n in names:
+            if f"kernel/{n}" not in blobs:
+                raise EngineFormatError(f"engine lists kernel {n!r} but has no blob for it")
+            kernels[n] = bytes(blobs[f"kernel/{n}"])
+        engine = cls(plan, target, header.get("build") or {}, header.get("reports") or {}, kernels)
+        engine.path = os.fspath(path)
+        return engine
+
+    # ---- running ---------------------------------------------------------------------------
+    def create_context(self, device: str | None = None, **options) -> Any:
+        """An ExecutionContext (one per thread). ``device`` defaults to the engine's backend."""
+        from ..runtime import create_context
+
+        return create_context(self, device=device, **options)
+
+    # ---- reports ---------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """The JSON that ``workbench inspect ENGINE --json`` prints."""
+        from .describe import describe
+
+        return describe(self)
+
+    def report(self) -> dict:
+        """Tables (pandas DataFrames): layers, fusions, precisions, tactics, memory, summary."""
+        from .describe import report_tables
+
+        return report_tables(self)

@@ -1,0 +1,93 @@
+"""The execution plan: what an engine runs, as plain data.
+
+A :class:`Plan` is a topologically ordered list of :class:`Layer` s over named tensors, plus the
+constant tensors (weights) they read. Nothing here knows about onnx or onnx-ir: the builder lowers
+the optimized graph into a Plan, the engine file stores it, and the runtime executes it.
+
+Layer attributes are plain Python values: int, float, str, bytes, lists of those, ``numpy.ndarray``
+(tensor attributes), lists of arrays, and :class:`Subgraph` (the bodies of If / Loop / Scan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Dim = int | str | None  # a fixed size, a symbolic name, or unknown
+
+
+@dataclass
+class TensorSpec:
+    """Name, element type and shape of a tensor; ``shape is None`` means unknown rank."""
+
+    name: str
+    dtype: str | None = None
+    shape: list[Dim] | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], d.get("dtype"), None if d.get("shape") is None else list(d["shape"]))
+
+
+@dataclass
+class Layer:
+    """One executable step: an op (ONNX or our fused domain) with its chosen precision and tactic."""
+
+    name: str
+    op: str
+    domain: str = ""
+    opset: int = 0
+    inputs: list[str] = field(default_factory=list)  # "" marks an absent optional input
+    outputs: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    onnx_nodes: list[str] = field(default_factory=list)  # original ONNX node names this layer covers
+    onnx_ops: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    tactic: str = ""
+    tactic_table: list[dict] = field(default_factory=list)  # [{"tactic", "config", "ms" | "reason"}]
+    input_specs: list[TensorSpec] = field(default_factory=list)
+    output_specs: list[TensorSpec] = field(default_factory=list)
+    flops: int = 0
+    bytes_moved: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.domain, self.op)
+
+
+@dataclass
+class Subgraph:
+    """A nested plan (If branch, Loop / Scan body). It may read tensors of enclosing scopes by name."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layers: list[Layer]
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass
+class Plan:
+    """The top-level program of an engine."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    layers: list[Layer]
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    # name -> TensorSpec for every intermediate tensor the builder knows the type of
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""Frontends turn model files into a :class:`workbench.ir.Network`."""

@@ -1,0 +1,197 @@
+"""Reference kernels: AveragePool, MaxPool, LpPool, their Global forms, MaxUnpool.
+
+Windows come from ``sliding_window_view`` over a padded input, reduced over the window axes.
+Padding semantics follow the ONNX spec: explicit/auto pads count towards an average only with
+count_include_pad=1; the extra tail that ceil_mode adds never counts; max pooling ignores pads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ._base import KernelError
+from .conv import windows
+
+
+def _wide(x):
+    if np.issubdtype(x.dtype, np.floating) and x.dtype.itemsize >= 4:
+        return x
+    if np.issubdtype(x.dtype, np.integer):
+        return x
+    return x.astype(np.float32)
+
+
+def pool_geometry(x, attrs):
+    """(kernel, strides, dilations, begin, end, extra_tail, out_shape) for a pooling node."""
+    nd = x.ndim - 2
+    kernel = list(attrs.get("kernel_shape") or [])
+    if len(kernel) != nd:
+        raise KernelError(f"pool kernel_shape {kernel} does not match input rank {x.ndim}")
+    strides = list(attrs.get("strides") or [1] * nd)
+    dil = list(attrs.get("dilations") or [1] * nd)
+    pads = list(attrs.get("pads") or [0] * (2 * nd))
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    ceil_mode = attrs.get("ceil_mode", 0)
+    begin, end, extra, out = [], [], [], []
+    for i in range(nd):
+        n_in = x.shape[2 + i]
+        k_eff = dil[i] * (kernel[i] - 1) + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-n_in // strides[i])
+            total = max(0, (o - 1) * strides[i] + k_eff - n_in)
+            small = total // 2
+            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+        elif auto_pad == "VALID":
+            b = e = 0
+        else:
+            b, e = pads[i], pads[i + nd]
+        span = n_in + b + e - k_eff
+        if ceil_mode:
+            o = -(-span // strides[i]) + 1
+            # the last window must start inside the input or its leading pad
+            if (o - 1) * strides[i] >= n_in + b:
+                o -= 1
+        else:
+            o = span // strides[i] + 1
+        if o <= 0:
+            raise KernelError(f"pool output dim {i} would be {o}")
+        begin.append(b)
+        end.append(e)
+        extra.append(max(0, (o - 1) * strides[i] + k_eff - (n_in + b + e)))
+        out.append(o)
+    return kernel, strides, dil, begin, end, extra, out
+
+
+def _padded(x, begin, end, extra, value):
+    widths = [(0, 0), (0, 0)] + [(b, e + t) for b, e, t in zip(begin, end, extra)]
+    if not any(b or e for b, e in widths):
+        return x
+    return np.pad(x, widths, constant_values=value)
+
+
+def _window_axes(nd):
+    return tuple(range(2 + nd, 2 + 2 * nd))
+
+
+def _count(x, attrs, geo, include_pad):
+    """How many elements each window averages over: [*out] (broadcasts over N, C)."""
+    kernel, strides, dil, begin, end, extra, out = geo
+    nd = len(kernel)
+    mask = np.ones(x.shape[2:], dtype=np.float64)
+    if include_pad:
+        mask = np.pad(mask, list(zip(begin, end)), constant_values=1.0)
+        mask = np.pad(mask, [(0, t) for t in extra], constant_values=0.0)
+    else:
+        mask = np.pad(mask, [(b, e + t) for b, e, t in zip(begin, end, extra)], constant_values=0.0)
+    v = windows(mask[None, None], kernel, strides, dil, out)
+    return v.sum(axis=_window_axes(nd))[0, 0]
+
+
+def _average_pool(ctx, inputs, attrs):
+    x = inputs[0]
+    geo = pool_geometry(x, attrs)
+    kernel, strides, dil, begin, end, extra, out = geo
+    xw = _wide(x)
+    v = windows(_padded(xw, begin, end, extra, 0), kernel, strides, dil, out)
+    total = v.sum(axis=_window_axes(len(kernel)))
+    cnt = _count(x, attrs, geo, attrs.get("count_include_pad", 0))
+    return [(total / cnt.astype(total.dtype)).astype(x.dtype)]
+
+
+def _lp_pool(ctx, inputs, attrs):
+    x = inputs[0]
+    p = attrs.get("p", 2)
+    kernel, strides, dil, begin, end, extra, out = pool_geometry(x, attrs)
+    xw = _wide(x)
+    v = windows(_padded(np.abs(xw) ** p, begin, end, extra, 0), kernel, strides, dil, out)
+    y = v.sum(axis=_window_axes(len(kernel))) ** (1.0 / p)
+    return [np.asarray(y).astype(x.dtype)]
+
+
+def _max_pool(ctx, inputs, attrs):
+    x = inputs[0]
+    kernel, strides, dil, begin, end, extra, out = pool_geometry(x, attrs)
+    nd = len(kernel)
+    xw = _wide(x)
+    low = np.iinfo(xw.dtype).min if np.issubdtype(xw.dtype, np.integer) else -np.inf
+    v = windows(_padded(xw, begin, end, extra, low), kernel, strides, dil, out)
+    y = v.max(axis=_window_axes(nd))
+    result = [y.astype(x.dtype)]
+    if ctx.n_outputs > 1:
+        result.append(_max_indices(x, v, kernel, strides, dil, begin, out,
+                                   attrs.get("storage_order", 0)))
+    return result
+
+
+def _max_indices(x, v, kernel, strides, dil, begin, out, storage_order):
+    """Flat input index of each window's (first) maximum, row- or column-major over space."""
+    nd = len(kernel)
+    n, c = x.shape[:2]
+    flat = v.reshape(v.shape[:2 + nd] + (-1,))
+    arg = np.argmax(flat, axis=-1)
+    k_idx = np.unravel_index(arg, kernel)
+    spatial = x.shape[2:]
+    coords = []
+    for i in range(nd):
+        o = np.arange(out[i]).reshape((1, 1) + tuple(out[i] if j == i else 1 for j in range(nd)))
+        coords.append(o * strides[i] - begin[i] + k_idx[i] * dil[i])
+    if storage_order:
+        pos, mult = 0, 1
+        for i in range(nd):
+            pos = pos + coords[i] * mult
+            mult *= spatial[i]
+    else:
+        pos = np.ravel_multi_index(tuple(coords), spatial, mode="wrap") if nd else 0
+    base = (np.arange(n * c).reshape(n, c) * int(np.prod(spatial))).reshape((n, c) + (1,) * nd)
+    return np.asarray(base + pos, dtype=np.int64)
+
+
+def _global(reduce_fn):
+    def kernel(ctx, inputs, attrs):
+        x = inputs[0]
+        axes = tuple(range(2, x.ndim))
+        return [np.asarray(reduce_fn(_wide(x), axes, attrs)).astype(x.dtype)]
+    return kernel
+
+
+def _global_lp(x, axes, attrs):
+    p = attrs.get("p", 2)
+    return np.sum(np.abs(x) ** p, axis=axes, keepdims=True) ** (1.0 / p)
+
+
+def _max_unpool(ctx, inputs, attrs):
+    x, idx = inputs[0], inputs[1]
+    out_shape = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    nd = x.ndim - 2
+    kernel = list(attrs.get("kernel_shape"))
+    strides = list(attrs.get("strides") or [1] * nd)
+    pads = list(attrs.get("pads") or [0] * (2 * nd))
+    # indices address the unpooled tensor of the default shape; an explicit output_shape only
+    # pads that tensor with zeros at the end (the node tests and onnxruntime agree on this)
+    spatial = [(x.shape[2 + i] - 1) * strides[i] + kernel[i] - pads[i] - pads[i + nd]
+               for i in range(nd)]
+    shape = list(x.shape[:2]) + spatial
+    y = np.zeros(int(np.prod(shape)), dtype=x.dtype)
+    flat_idx = idx.reshape(-1).astype(np.int64)
+    if flat_idx.size and (flat_idx.min() < 0 or flat_idx.max() >= y.size):
+        raise KernelError(f"MaxUnpool index out of range for output shape {shape}")
+    y[flat_idx] = x.reshape(-1)
+    y = y.reshape(shape)
+    if out_shape is not None:
+        target = [int(d) for d in np.asarray(out_shape).reshape(-1)]
+        if len(target) != len(shape) or any(t < s for t, s in zip(target, shape)):
+            raise KernelError(f"MaxUnpool output_shape {target} smaller than {shape}")
+        y = np.pad(y, [(0, t - s) for t, s in zip(target, shape)])
+    return [y]
+
+
+KERNELS = {
+    "AveragePool": _average_pool,
+    "MaxPool": _max_pool,
+    "LpPool": _lp_pool,
+    "GlobalAveragePool": _global(lambda x, a, at: np.mean(x, axis=a, keepdims=True)),
+    "GlobalMaxPool": _global(lambda x, a, at: np.max(x, axis=a, keepdims=True)),
+    "GlobalLpPool": _global(_global_lp),
+    "MaxUnpool": _max_unpool,
+}

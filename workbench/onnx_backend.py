@@ -1,0 +1,95 @@
+"""workbench as an ``onnx.backend.base.Backend``, so that onnx's own backend tests run against it.
+
+    import workbench.onnx_backend as backend
+    rep = backend.prepare(model_proto, "CPU")
+    outputs = rep.run([x])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx.backend.base import Backend, BackendRep
+
+from .builder import BuilderConfig, build
+from .frontends.onnx.loader import network_from_proto
+from .frontends.onnx.safe_read import check_opsets, read_model
+
+
+def _device(device: str) -> str:
+    d = (device or "CPU").upper().split(":")[0]
+    return {"CPU": "cpu", "CUDA": "gpu", "GPU": "gpu"}.get(d, d.lower())
+
+
+class WorkbenchRep(BackendRep):
+    def __init__(self, engine):
+        self.engine = engine
+        self.context = engine.create_context()
+
+    def run(self, inputs: Any, **kwargs) -> tuple:
+        names = [s.name for s in self.engine.inputs]
+        if isinstance(inputs, dict):
+            feeds = dict(inputs)
+        else:
+            if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
+                inputs = [inputs]
+            feeds = {n: v for n, v in zip(names, inputs)}
+        outs = self.context.run(feeds)
+        return tuple(outs[s.name] for s in self.engine.outputs)
+
+
+class WorkbenchBackend(Backend):
+    @classmethod
+    def is_compatible(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs) -> bool:
+        return cls.supports_device(device)
+
+    @classmethod
+    def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs) -> WorkbenchRep:
+        super().prepare(model, device, **kwargs)
+        proto = read_model(model, base_dir=kwargs.pop("base_dir", None))
+        check_opsets(proto)
+        net = network_from_proto(proto, source="<onnx backend>")
+        config = BuilderConfig(device=_device(device), **kwargs)
+        return WorkbenchRep(build(net, config))
+
+    @classmethod
+    def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs) -> tuple:
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def run_node(cls, node: onnx.NodeProto, inputs: Any, device: str = "CPU",
+                 outputs_info: Sequence[tuple[np.dtype, tuple[int, ...]]] | None = None, **kwargs) -> tuple:
+        """Run one node: wrap it in a model whose inputs take the arrays' dtypes and shapes."""
+        super().run_node(node, inputs, device=device, outputs_info=outputs_info)
+        values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+        names = [n for n in node.input if n]
+        graph_inputs = [
+            onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
+                                               np.asarray(v).shape)
+            for n, v in zip(names, values)
+        ]
+        graph_outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
+        graph = onnx.helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
+        opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(node.domain or "", opset)])
+        return cls.run_model(model, {n: np.asarray(v) for n, v in zip(names, values)}, device, **kwargs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        d = _device(device)
+        if d == "cpu":
+            return True
+        if d == "gpu":
+            from .builder.backends import gpu_available
+
+            return gpu_available()
+        return False
+
+
+prepare = WorkbenchBackend.prepare
+run_model = WorkbenchBackend.run_model
+run_node = WorkbenchBackend.run_node
+supports_device = WorkbenchBackend.supports_device
+is_compatible = WorkbenchBackend.is_compatible

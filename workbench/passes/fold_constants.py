@@ -1,0 +1,118 @@
+"""fold_constants: evaluate every node whose inputs are all known at build time.
+
+Removes: Constant nodes, shape arithmetic over static shapes (Shape, Size, and whatever consumes
+them: Gather, Concat, Unsqueeze, Cast, Reshape of constants...), and any other deterministic node
+with only constant inputs. Evaluation uses the same NumPy reference kernels the CPU runtime runs,
+so a folded value is exactly what the layer would have produced.
+
+Keeps: random ops; nodes with subgraphs; results that would be much larger than their inputs
+(ConstantOfShape to a big shape stays a layer rather than bloating the engine file).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..dtypes import ONNX_CODES, from_numpy
+from ..ir.attrs import has_subgraph, node_attrs, tensor_to_numpy
+from ..kernels.reference import KernelContext, get_kernel
+
+NON_DETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
+)
+MAX_FOLD_BYTES = 1 << 22  # results up to 4 MiB are always folded; larger only if no larger than the inputs
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return tensor_to_numpy(value.const_value)
+
+
+def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
+def _shape_op(node: ir.Node) -> list[np.ndarray] | None:
+    """Shape / Size of a value whose shape is static, even if the value itself is not constant."""
+    shape = _static_shape(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return None
+    if node.op_type == "Size":
+        return [np.array(int(np.prod(shape)), dtype=np.int64)]
+    rank = len(shape)
+    start = node.attributes.get("start")
+    end = node.attributes.get("end")
+    s = start.as_int() if start is not None else 0
+    e = end.as_int() if end is not None else rank
+    s = min(max(s + rank if s < 0 else s, 0), rank)
+    e = min(max(e + rank if e < 0 else e, 0), rank)
+    return [np.array(shape[s:e], dtype=np.int64)]
+
+
+def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
+    """The node's outputs if they can be computed at build time, else None."""
+    if node.op_type in NON_DETERMINISTIC or has_subgraph(node):
+        return None
+    if node.domain in ("", "ai.onnx") and node.op_type in ("Shape", "Size"):
+        got = _shape_op(node)
+        if got is not None:
+            return got
+    inputs = []
+    for v in node.inputs:
+        if v is None:
+            inputs.append(None)
+            continue
+        arr = const_array(v)
+        if arr is None:
+            return None
+        inputs.append(arr)
+    kernel = get_kernel(node.domain, node.op_type)
+    if kernel is None:
+        return None
+    opset = node.version or opsets.get(node.domain or "", 0)
+    ctx = KernelContext(opset=opset, n_outputs=len(node.outputs), name=node.name or "")
+    try:
+        with np.errstate(all="ignore"):
+            outs = list(kernel(ctx, inputs, node_attrs(node)))
+    except Exception:  # the layer will raise the same error at run time, with its name
+        return None
+    if len(outs) < len(node.outputs) or not all(isinstance(o, np.ndarray) for o in outs[: len(node.outputs)]):
+        return None  # sequences / optionals stay layers
+    in_bytes = sum(a.nbytes for a in inputs if a is not None)
+    if sum(o.nbytes for o in outs) > max(MAX_FOLD_BYTES, in_bytes):
+        return None
+    return outs[: len(node.outputs)]
+
+
+def replace_with_constants(graph: ir.Graph, node: ir.Node, arrays: list[np.ndarray]) -> None:
+    for out, arr in zip(node.outputs, arrays):
+        if not out.name:
+            continue
+        name = out.name
+        out.name = f"{name}__folded"
+        tensor = ir.tensor(arr) if arr.dtype != object else ir.StringTensor(
+            np.array([s.encode("utf-8") for s in arr.reshape(-1)], dtype=object), shape=ir.Shape(arr.shape))
+        new = ir.Value(name=name, const_value=tensor, shape=ir.Shape(arr.shape),
+                       type=ir.TensorType(ir.DataType(ONNX_CODES[from_numpy(arr.dtype)])))
+        graph.register_initializer(new)
+        out.replace_all_uses_with(new, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+
+
+def fold_constants(model: ir.Model, ctx) -> bool:
+    """One sweep in topological order; returns whether anything was folded."""
+    graph = model.graph
+    opsets = dict(model.opset_imports)
+    changed = False
+    for node in list(graph):
+        arrays = evaluate(node, opsets)
+        if arrays is None:
+            continue
+        replace_with_constants(graph, node, arrays)
+        ctx.count("fold_constants", node)
+        changed = True
+    return changed

@@ -1,0 +1,76 @@
+"""ExecutionContext (CPU): validated runs, profiling, and safe use from several threads.
+
+One context serializes its own runs with a lock (sharing one context between threads is safe but
+not parallel); for parallel inference make one context per thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .executor import PlanExecutor
+from .validate import check_feeds
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """Debug mode found NaN/Inf; the message names the first layer that produced it."""
+
+
+class ExecutionContext:
+    device = "cpu"
+
+    def __init__(self, engine, *, debug: bool = False, seed: int = 0):
+        self.engine = engine
+        self.debug = debug
+        self._lock = threading.Lock()
+        self._exec = PlanExecutor(engine.plan, rng=np.random.default_rng(seed))
+        self.first_nonfinite: tuple[str, str] | None = None
+
+    @property
+    def inputs(self):
+        return self.engine.inputs
+
+    @property
+    def outputs(self):
+        return self.engine.outputs
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
+        check_feeds(self.engine.inputs, feeds)
+        with self._lock:
+            outs = self._exec.run(dict(feeds), check_finite=self.debug)
+            if self.debug:
+                self.first_nonfinite = self._exec.first_nonfinite
+                if self.first_nonfinite:
+                    layer, tensor = self.first_nonfinite
+                    warnings.warn(f"first non-finite value produced by layer {layer!r} (tensor {tensor!r})",
+                                  NonFiniteWarning, stacklevel=2)
+        return {spec.name: _owned(v) for spec, v in zip(self.engine.outputs, outs)}
+
+    def time_layers(self, feeds: dict[str, Any]) -> tuple[list[float], float]:
+        """One run with host timers around every layer: (per-layer seconds, end-to-end seconds)."""
+        check_feeds(self.engine.inputs, feeds)
+        timings: list[float] = []
+        with self._lock:
+            t0 = time.perf_counter()
+            self._exec.run(dict(feeds), timings=timings)
+            total = time.perf_counter() - t0
+        return timings, total
+
+    def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1):
+        """Per-layer profile as a pandas DataFrame (see workbench.profiler)."""
+        from ..profiler import profile_context
+
+        return profile_context(self, feeds, runs=runs, warmup=warmup)
+
+
+def _owned(v):
+    # constants of the plan are shared; give callers their own copy of those
+    if isinstance(v, np.ndarray) and not v.flags.writeable:
+        return v.copy()
+    return v
