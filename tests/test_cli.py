@@ -165,7 +165,14 @@ def test_unsupported_opset(tmp_path):
 def test_gpu_precision_on_cpu_is_a_clear_error(tmp_path):
     model = tmp_path / "m.onnx"
     small_model(model)
-    assert_user_error(run_cli("build", model, "-o", tmp_path / "e.wbe", "--device", "cpu", "--precision", "fp16"), "fp16")
+    assert_user_error(run_cli("build", model, "-o", tmp_path / "e.wbe", "--device", "cpu", "--precision", "int8"), "int8")
+
+
+def test_unknown_layer_precision_name(tmp_path):
+    model = tmp_path / "m.onnx"
+    small_model(model)
+    assert_user_error(run_cli("build", model, "-o", tmp_path / "e.wbe", "--device", "cpu",
+                              "--layer-precision", "nosuchnode=fp16"), "nosuchnode")
 
 
 def test_unwritable_output(tmp_path):

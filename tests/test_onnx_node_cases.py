@@ -10,6 +10,8 @@ import collections
 import warnings
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import workbench.onnx_backend as backend
@@ -23,10 +25,6 @@ def _cases():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return collect_testcases()
-
-
-def _outputs_match(actual, expected) -> bool:
-    return True
 
 
 def run_case(case) -> tuple[bool, str]:
@@ -55,6 +53,8 @@ def run_case(case) -> tuple[bool, str]:
 
 
 def _compare(actual, expected, case):
+    if isinstance(expected, onnx.TensorProto):
+        expected = onnx.numpy_helper.to_array(expected)
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"

@@ -49,3 +49,7 @@ class BuildError(WorkbenchError, RuntimeError):
 
 class ResourceLimitError(WorkbenchError, ValueError):
     """An operation would exceed a configured size limit (elements, bytes, nesting)."""
+
+
+class OutOfMemoryError(WorkbenchError, MemoryError):
+    """The GPU ran out of memory while building, loading or running; the context stays usable."""

@@ -23,6 +23,19 @@ def _device(device: str) -> str:
     return {"CPU": "cpu", "CUDA": "gpu", "GPU": "gpu"}.get(d, d.lower())
 
 
+def _as_value(v):
+    """onnx's test data holds NumPy scalars for 0-d inputs and TensorProtos for some dtypes."""
+    if isinstance(v, onnx.TensorProto):
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(v)
+    if isinstance(v, np.generic):
+        return np.asarray(v)
+    if isinstance(v, list):
+        return [_as_value(x) for x in v]
+    return v
+
+
 class WorkbenchRep(BackendRep):
     def __init__(self, engine):
         self.engine = engine
@@ -36,6 +49,8 @@ class WorkbenchRep(BackendRep):
             if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
                 inputs = [inputs]
             feeds = {n: v for n, v in zip(names, inputs)}
+        # onnx's test data holds NumPy scalars (np.float32(...)) for 0-d inputs
+        feeds = {k: _as_value(v) for k, v in feeds.items()}
         outs = self.context.run(feeds)
         return tuple(outs[s.name] for s in self.engine.outputs)
 

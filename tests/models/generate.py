@@ -79,6 +79,9 @@ class VisionWrap(torch.nn.Module):
 
 # ---------------------------------------------------------------- families
 def _eager(cfg_cls, **kw):
+    # initializer_range 0.2 (default 0.02): at hidden 32 the default makes every attention
+    # score ~0 and the softmax nearly uniform, which would hide attention bugs.
+    kw.setdefault("initializer_range", 0.2)
     cfg = cfg_cls(**kw)
     cfg._attn_implementation = kw.get("attn_implementation", "eager")
     return cfg
@@ -162,6 +165,34 @@ FAMILIES = {
     "convnext": (build_convnext, "image", None, 64, {}),
 }
 FAMILY_OF = {"bert_sdpa": "bert", "llama_sdpa": "llama", "resnet_bn": "resnet"}
+
+
+def perturb_constant_tensors(model, seed=0):
+    """Give every constant-initialised float tensor varied values.
+
+    Fresh models have LayerNorm/RMSNorm weights of 1, biases of 0, BatchNorm running stats of
+    0/1 and ConvNeXt layer scales of 1e-6: such tensors make normalisation and BatchNorm
+    folding look right when they are wrong (and let the legacy exporter deduplicate them into
+    Identity nodes). Deterministic: a private generator seeded with ``seed``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point() or t.numel() == 0:
+                continue
+            flat = t.reshape(-1)
+            if not bool((flat == flat[0]).all()) or (t.numel() == 1 and "num_batches" in name):
+                continue
+            noise = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen, dtype=t.dtype))
+            elif name.endswith("running_mean"):
+                t.copy_(0.2 * noise)
+            elif float(flat[0]) == 0.0:          # biases, zero-initialised tensors
+                t.copy_(0.1 * noise)
+            else:                                 # scales: 1 +- 0.1, layer_scale 1e-6 -> ~0.5
+                base = 1.0 if abs(float(flat[0])) >= 0.1 else 0.5
+                t.copy_(base + 0.1 * noise)
 
 
 # ---------------------------------------------------------------- inputs
@@ -269,6 +300,7 @@ def process(name, exporter):
     builder, kind, attn, image, opts = FAMILIES[name]
     torch.manual_seed(0)
     model, cfg, in_names, out_names = builder(attn) if attn else builder()
+    perturb_constant_tensors(model)
     model.eval()
     vocab = getattr(cfg, "vocab_size", None)
     if kind == "text":

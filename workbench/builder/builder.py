@@ -68,6 +68,7 @@ class Builder:
             target.finish(engine, cfg)
         # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
         engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3}
+        engine.build_stats.update(getattr(target, "build_stats", {}))
         return engine
 
 

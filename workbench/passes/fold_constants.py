@@ -53,12 +53,29 @@ def _shape_op(node: ir.Node) -> list[np.ndarray] | None:
     return [np.array(shape[s:e], dtype=np.int64)]
 
 
+def _cast_like(node: ir.Node) -> list[np.ndarray] | None:
+    """CastLike only needs the target's element type, which is known even when its data is not."""
+    src, like = const_array(node.inputs[0]), node.inputs[1]
+    if src is None or like.type is None:
+        return None
+    from ..dtypes import NAMES_BY_CODE, to_numpy
+
+    name = NAMES_BY_CODE.get(int(like.type.dtype))
+    if name is None or name == "string":
+        return None
+    return [np.asarray(src).astype(to_numpy(name))]
+
+
 def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
     """The node's outputs if they can be computed at build time, else None."""
     if node.op_type in NON_DETERMINISTIC or has_subgraph(node):
         return None
     if node.domain in ("", "ai.onnx") and node.op_type in ("Shape", "Size"):
         got = _shape_op(node)
+        if got is not None:
+            return got
+    if node.op_type == "CastLike" and len(node.inputs) == 2 and node.inputs[1] is not None:
+        got = _cast_like(node)
         if got is not None:
             return got
     inputs = []
@@ -80,6 +97,8 @@ def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
             outs = list(kernel(ctx, inputs, node_attrs(node)))
     except Exception:  # the layer will raise the same error at run time, with its name
         return None
+    # some kernels hand back NumPy scalars for 0-d results; they are 0-d tensors all the same
+    outs = [np.asarray(o) if isinstance(o, np.generic) else o for o in outs]
     if len(outs) < len(node.outputs) or not all(isinstance(o, np.ndarray) for o in outs[: len(node.outputs)]):
         return None  # sequences / optionals stay layers
     in_bytes = sum(a.nbytes for a in inputs if a is not None)

@@ -12,13 +12,51 @@ import time
 
 import onnx_ir as ir
 
-from .cleanup import fold_to_fixed_point, infer_shapes, remove_dead_code, toposort
+from . import simplify
+from .epilogues import BATCHNORM_RULES, EPILOGUE_RULES
+from .norms import NORM_RULES, SKIP_RULES
+from .attention import ATTENTION_RULES
+from .pointwise import POINTWISE_RULES
+from ..patterns.rewrite import apply
+from .cleanup import (eliminate_common_subexpressions, fold_to_fixed_point, infer_shapes, remove_dead_code,
+                      simplify as simplify_graph, toposort)
 from .context import PassContext
 
+def rule_pass(rules, *, reverse=False):
+    """A pass that sweeps ``rules`` over the graph until none fires."""
+    def run(model: ir.Model, ctx: PassContext) -> bool:
+        changed = False
+        for _ in range(10):
+            remove_dead_code(model, ctx)  # dead readers would make live values look shared
+            if not apply(model, ctx, rules, reverse=reverse):
+                break
+            toposort(model)
+            changed = True
+        return changed
+    return run
+
+
 PASSES = [
-    ("fold_constants", fold_to_fixed_point),
+    ("fold_constants", fold_to_fixed_point),          # shape arithmetic at static shapes included
+    ("simplify", simplify_graph),                      # simplify.RULES, folding again after each sweep
+    ("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    ("fold_batchnorm", rule_pass(BATCHNORM_RULES)),
+    ("fuse_norms", rule_pass(NORM_RULES + SKIP_RULES)),
+    ("fuse_attention", rule_pass(ATTENTION_RULES)),
+    ("fuse_epilogues", rule_pass(EPILOGUE_RULES)),
+    ("fuse_pointwise", rule_pass(POINTWISE_RULES)),
     ("remove_dead_code", remove_dead_code),
 ]
+
+# the fusion rules inside each pass (each can be disabled by its own name too)
+RULES = {
+    "simplify": simplify.RULES,
+    "fold_batchnorm": BATCHNORM_RULES,
+    "fuse_norms": NORM_RULES + SKIP_RULES,
+    "fuse_attention": ATTENTION_RULES,
+    "fuse_epilogues": EPILOGUE_RULES,
+    "fuse_pointwise": POINTWISE_RULES,
+}
 
 PASS_NAMES = [name for name, _ in PASSES]
 
@@ -39,4 +77,4 @@ def run_pipeline(model: ir.Model, ctx: PassContext, *, optimize: bool = True) ->
 
 def known_names() -> set[str]:
     """Every name ``disable`` accepts: passes and the fusion rules inside them."""
-    return set(PASS_NAMES)
+    return set(PASS_NAMES) | {rule.name for rules in RULES.values() for rule in rules}

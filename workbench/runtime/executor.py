@@ -116,7 +116,30 @@ def _reference_kernel(layer: Layer):
     if fn is None:
         dom = f"{layer.domain}." if layer.domain else ""
         raise LayerError(f"no kernel for {dom}{layer.op} (layer {layer.name!r})")
+    if layer.precision in _EMULATED:
+        return _emulated(fn, _EMULATED[layer.precision])
     return fn
+
+
+_EMULATED = {"fp16": np.float16, "bf16": "bfloat16"}
+
+
+def _emulated(fn, storage):
+    """Run ``fn`` in fp32 on inputs rounded to ``storage`` and round its float32 outputs too."""
+    if isinstance(storage, str):
+        import ml_dtypes
+
+        storage = getattr(ml_dtypes, storage)
+
+    def _round(x):
+        if isinstance(x, np.ndarray) and x.dtype == np.float32:
+            return x.astype(storage).astype(np.float32)
+        return x
+
+    def kernel(ctx, inputs, attrs):
+        return [_round(o) for o in fn(ctx, [_round(x) for x in inputs], attrs)]
+
+    return kernel
 
 
 def _free_lists(layers: list[Layer], outputs: list[str]) -> list[list[str]]:

@@ -14,6 +14,7 @@ from . import (
     control,
     conv,
     elementwise,
+    fused,
     image,
     indexing,
     linalg,
@@ -35,7 +36,7 @@ from ._base import Kernel, KernelContext, KernelError
 
 _MODULES = (
     elementwise, activation, reduce, linalg, conv, pool, norm, attention, rnn, signal, training,
-    nn_misc, tensor, indexing, cast, image, quant, random, sequence, text, control, ml,
+    nn_misc, tensor, indexing, cast, image, quant, random, sequence, text, control, ml, fused,
 )
 
 

@@ -32,7 +32,8 @@ def _to_string(x: np.ndarray) -> np.ndarray:
     flat = out.reshape(-1)
     src = x.reshape(-1)
     if x.dtype.kind == "f" or from_numpy(x.dtype) in ("bfloat16",) + _SATURATING + ("float8e8m0",):
-        vals = src.astype(np.float32) if x.dtype.kind != "f" else src
+        # narrower floats print through float32, as onnxruntime does (float16 0.1 -> "0.099975586")
+        vals = src.astype(np.float32) if x.dtype != np.float64 else src
         for i, v in enumerate(vals):
             flat[i] = _float_to_string(v)
     elif x.dtype == np.bool_:

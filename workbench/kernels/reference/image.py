@@ -71,6 +71,8 @@ def _resize_axis(x, axis, scale, out_len, roi, p):
     src = _source_coords(p["ctm"], out_len, in_len, scale, roi)
     if p["mode"] == "nearest":
         rule = p["nearest_mode"]
+        if rule == "simple":  # Resize-10 / Upsample: floor when enlarging, ceil when shrinking
+            rule = "ceil" if scale < 1 else "floor"
         idx = {"round_prefer_floor": np.ceil(src - 0.5), "round_prefer_ceil": np.floor(src + 0.5),
                "floor": np.floor(src), "ceil": np.ceil(src)}.get(rule)
         if idx is None:
@@ -152,11 +154,11 @@ def _opt(inputs, i):
 def resize(ctx, inputs, attrs):
     x = inputs[0]
     mode = attrs.get("mode", "nearest")
-    legacy = ctx.opset < 11  # Resize-10 = Upsample: asymmetric coordinates, floor for nearest
+    legacy = ctx.opset < 11  # Resize-10 = Upsample: asymmetric coordinates, "simple" nearest
     p = {
         "mode": mode,
         "ctm": "asymmetric" if legacy else attrs.get("coordinate_transformation_mode", "half_pixel"),
-        "nearest_mode": "floor" if legacy else attrs.get("nearest_mode", "round_prefer_floor"),
+        "nearest_mode": "simple" if legacy else attrs.get("nearest_mode", "round_prefer_floor"),
         "cubic_coeff_a": float(attrs.get("cubic_coeff_a", -0.75)),
         "exclude_outside": int(attrs.get("exclude_outside", 0)),
         "extrapolation_value": float(attrs.get("extrapolation_value", 0.0)),
@@ -178,7 +180,7 @@ def upsample(ctx, inputs, attrs):
     scales = attrs.get("scales") if ctx.opset < 9 else np.asarray(inputs[1]).reshape(-1)
     mode = attrs.get("mode", "nearest")
     mode = "linear" if mode in ("bilinear", "linear") else mode
-    p = {"mode": mode, "ctm": "asymmetric", "nearest_mode": "floor", "cubic_coeff_a": -0.75,
+    p = {"mode": mode, "ctm": "asymmetric", "nearest_mode": "simple", "cubic_coeff_a": -0.75,
          "exclude_outside": 0, "extrapolation_value": 0.0, "antialias": False,
          "keep_aspect_ratio_policy": "stretch"}
     return [_resize(inputs[0], [float(s) for s in scales], None, None, None, p)]
@@ -356,7 +358,35 @@ def non_max_suppression(ctx, inputs, attrs):
     return [np.array(picked, dtype=np.int64).reshape(-1, 3)]
 
 
+def image_decoder(ctx, inputs, attrs):
+    """Decode with Pillow (optional dependency); the pixel cap is checked before decoding."""
+    try:
+        import PIL.Image
+    except ImportError:
+        raise KernelError("ImageDecoder: the Pillow package is required to decode images") from None
+    import io
+
+    fmt = attrs.get("pixel_format", "RGB")
+    if fmt not in ("RGB", "BGR", "Grayscale"):
+        raise KernelError(f"ImageDecoder: unknown pixel_format {fmt!r}")
+    bad = (OSError, ValueError, PIL.Image.DecompressionBombError)
+    try:
+        img = PIL.Image.open(io.BytesIO(np.asarray(inputs[0], dtype=np.uint8).tobytes()))
+    except bad as e:
+        raise KernelError(f"ImageDecoder: cannot decode image: {e}") from None
+    check_elements([img.size[0], img.size[1], 3], "ImageDecoder")  # header only, no pixels yet
+    try:
+        img = img.convert("L" if fmt == "Grayscale" else "RGB")
+    except bad as e:
+        raise KernelError(f"ImageDecoder: cannot decode image: {e}") from None
+    out = np.asarray(img, dtype=np.uint8)
+    if fmt == "Grayscale":
+        return [out[:, :, None].copy()]
+    return [np.ascontiguousarray(out[:, :, ::-1]) if fmt == "BGR" else out.copy()]
+
+
 KERNELS = {
+    "ImageDecoder": image_decoder,
     "Resize": resize,
     "Upsample": upsample,
     "GridSample": grid_sample,

@@ -64,7 +64,7 @@ def _einsum(ctx, inputs, attrs):
     return [np.asarray(out).astype(ops[0].dtype, copy=False)]
 
 
-def _zero_point(zp, axis_len, along_rows: bool):
+def _zero_point(zp, along_rows: bool):
     """A MatMulInteger zero point: scalar, or one per row of A / per column of B."""
     if zp is None:
         return np.int32(0)
@@ -78,8 +78,8 @@ def _matmul_integer(ctx, inputs, attrs):
     a, b = inputs[0], inputs[1]
     a_zp = inputs[2] if len(inputs) > 2 else None
     b_zp = inputs[3] if len(inputs) > 3 else None
-    ai = a.astype(np.int32) - _zero_point(a_zp, a.shape[-2] if a.ndim > 1 else 1, True)
-    bi = b.astype(np.int32) - _zero_point(b_zp, b.shape[-1], False)
+    ai = a.astype(np.int32) - _zero_point(a_zp, True)
+    bi = b.astype(np.int32) - _zero_point(b_zp, False)
     return [np.asarray(np.matmul(ai, bi), dtype=np.int32)]
 
 

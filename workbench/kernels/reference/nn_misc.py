@@ -17,7 +17,9 @@ def _dropout(ctx, inputs, attrs):
         ratio = float(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else 0.5
         training = bool(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else False
     if not training or ratio == 0:
-        return [x.copy(), np.ones(x.shape, dtype=np.bool_)]
+        # the mask became bool at opset 10; before, it had the data's type
+        mask_dt = np.bool_ if not ctx.opset or ctx.opset >= 10 else x.dtype
+        return [x.copy(), np.ones(x.shape, dtype=mask_dt)]
     if not 0 <= ratio < 1:
         raise KernelError(f"Dropout ratio must be in [0, 1), got {ratio}")
     if "seed" in attrs:

@@ -19,8 +19,12 @@ def _stat_dtype(dt, stash_type=1):
 
 
 def _chan(v, ndim, dt):
-    """A per-channel vector shaped to broadcast over [N, C, *spatial]."""
-    return np.asarray(v).astype(dt, copy=False).reshape((1, -1) + (1,) * (ndim - 2))
+    """A per-channel vector shaped to broadcast over [N, C, *spatial]. BatchNormalization before
+    opset 9 with spatial=0 passes per-activation [C, *spatial] tensors: those broadcast as they are."""
+    v = np.asarray(v).astype(dt, copy=False)
+    if v.ndim > 1:
+        return v.reshape((1,) + v.shape)
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def _batch_norm(ctx, inputs, attrs):

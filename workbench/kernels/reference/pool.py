@@ -8,7 +8,6 @@ count_include_pad=1; the extra tail that ceil_mode adds never counts; max poolin
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ._base import KernelError
 from .conv import windows

@@ -1,0 +1,318 @@
+"""workbench vs PyTorch on the GPU: ResNet-50, BERT-base, GPT-2 small, ViT-B/16 (see README.md).
+
+One process: export each model (random seeded weights, no downloads) to ONNX, build workbench
+engines, time workbench / torch eager / torch.compile on the same inputs with CUDA events (median
+of --runs), print relative errors against torch fp32, ratios and the roofline floor, and append a
+markdown table to bench/RESULTS.md.
+
+    python3 bench/bench.py --models resnet50,bert --batches 1,32 --precisions fp16
+    python3 bench/bench.py --build-cache-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SEQ = 128
+
+
+def models():
+    """name -> (make fp32 eval model on cuda, make inputs(batch) as a dict of torch tensors)."""
+    import torch
+
+    def resnet():
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None)
+
+    def bert():
+        from transformers import BertConfig, BertModel
+
+        return BertModel(BertConfig(), add_pooling_layer=False)
+
+    def gpt2():
+        from transformers import GPT2Config, GPT2Model
+
+        return GPT2Model(GPT2Config(n_positions=1024, use_cache=False))
+
+    def vit():
+        from transformers import ViTConfig, ViTModel
+
+        return ViTModel(ViTConfig(), add_pooling_layer=False)
+
+    def image(b):
+        return {"pixel_values": torch.randn(b, 3, 224, 224, device="cuda")}
+
+    def ids(b):
+        return {"input_ids": torch.randint(0, 30000, (b, SEQ), device="cuda")}
+
+    return {"resnet50": (resnet, image), "bert": (bert, ids), "gpt2": (gpt2, ids), "vit": (vit, image)}
+
+
+class Wrap:
+    """Positional forward over the named inputs returning one tensor (HF models return objects)."""
+
+    def __new__(cls, model, names):
+        import torch
+
+        class W(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, *args):
+                hf = hasattr(self.m, "config")  # transformers models take keyword inputs
+                out = self.m(**dict(zip(names, args))) if hf else self.m(*args)
+                return out if isinstance(out, torch.Tensor) else out[0]
+
+        return W().eval().cuda()
+
+
+def time_torch(fn, runs):
+    import torch
+
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(runs):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        ts.append(e0.elapsed_time(e1))
+    return statistics.median(ts)
+
+
+def time_cupy(fn, runs):
+    import cupy as cp
+
+    for _ in range(10):
+        fn()
+    cp.cuda.Device().synchronize()
+    ts = []
+    s = cp.cuda.get_current_stream()
+    for _ in range(runs):
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record(s)
+        fn()
+        e1.record(s)
+        e1.synchronize()
+        ts.append(cp.cuda.get_elapsed_time(e0, e1))
+    return statistics.median(ts)
+
+
+def peak_tflops():
+    """Measured fp16 tensor-core peak: a big cuBLAS GEMM through CuPy, random data."""
+    import cupy as cp
+
+    n = 8192
+    a = cp.random.standard_normal((n, n), dtype=cp.float32).astype(cp.float16)
+    b = cp.random.standard_normal((n, n), dtype=cp.float32).astype(cp.float16)
+    c = cp.empty((n, n), cp.float16)
+    ms = time_cupy(lambda: cp.matmul(a, b, out=c), 20)
+    return 2 * n**3 / ms / 1e9
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def export(name, model, feeds, path):
+    import torch
+
+    names = list(feeds)
+    w = Wrap(model, names)
+    dyn = {n: {0: "batch"} for n in names}
+    dyn["output"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(w, tuple(feeds.values()), str(path), input_names=names, output_names=["output"],
+                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+
+
+def flops_of(w, args):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        w(*args)
+    return fc.get_total_flops()
+
+
+def run_model(name, args, peak, rows, tmp):
+    import cupy as cp
+    import torch
+
+    import workbench as wb
+
+    make, inputs = models()[name]
+    torch.manual_seed(0)
+    model = make().eval().cuda()
+    onnx_path = Path(tmp) / f"{name}.onnx"
+    t0 = time.time()
+    export(name, model, inputs(1), onnx_path)
+    print(f"[{name}] exported to ONNX in {time.time() - t0:.0f}s", flush=True)
+    for b in args.batches:
+        torch.manual_seed(1)
+        feeds = inputs(b)
+        names = list(feeds)
+        w32 = Wrap(model, names)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        with torch.inference_mode():
+            ref = w32(*feeds.values()).float().cpu().numpy()
+            flops = flops_of(w32, list(feeds.values()))
+        floor = flops / (peak * 1e9)
+        for prec in args.precisions:
+            row = {"model": name, "batch": b, "precision": prec, "floor": floor}
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+            half = prec == "fp16"
+            import copy
+
+            m = copy.deepcopy(model)
+            if half:
+                m = m.half()
+            if name == "resnet50":
+                m = m.to(memory_format=torch.channels_last)
+            tw = Wrap(m, names)
+            targs = [v.half() if (half and v.is_floating_point()) else v for v in feeds.values()]
+            if name == "resnet50":
+                targs = [targs[0].contiguous(memory_format=torch.channels_last)]
+            with torch.inference_mode():
+                row["eager"] = time_torch(lambda: tw(*targs), args.runs)
+                modes = ["reduce-overhead"] + (["max-autotune"] if args.max_autotune else [])
+                for mode in modes:
+                    try:
+                        f = torch.compile(tw, mode=mode)
+                        f(*targs)
+                        row[mode] = time_torch(lambda: f(*targs), args.runs)
+                    except Exception as e:
+                        print(f"[{name} b{b} {prec}] torch.compile {mode} failed: {e}", flush=True)
+                    torch._dynamo.reset()
+            del m, tw
+            torch.cuda.empty_cache()
+            try:
+                t0 = time.time()
+                shapes = {n: tuple(v.shape) for n, v in feeds.items()}
+                engine = wb.build(wb.load_onnx(str(onnx_path)),
+                                  wb.BuilderConfig(device="gpu", precision=prec, shapes=shapes,
+                                                   timing_cache=args.timing_cache))
+                row["build_s"] = time.time() - t0
+                ctx = engine.create_context()
+                dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
+                out = ctx.run(dfeeds)
+                got = cp.asnumpy(next(iter(out.values()))).astype(np.float32)
+                row["err"] = rel(got, ref)
+                row["workbench"] = time_cupy(lambda: ctx.run(dfeeds), args.runs)
+                del ctx, engine
+            except Exception as e:
+                traceback.print_exc(limit=4)
+                row["wb_error"] = f"{type(e).__name__}: {str(e)[:120]}"
+            rows.append(row)
+            print(fmt_row(row), flush=True)
+        del feeds
+
+
+def fmt(v, nd=3):
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def fmt_row(r):
+    wbms, ro = r.get("workbench"), r.get("reduce-overhead")
+    ratio_e = wbms / r["eager"] if wbms and r.get("eager") else None
+    ratio_c = wbms / ro if wbms and ro else None
+    return (f"| {r['model']} | {r['batch']} | {r['precision']} | {fmt(wbms)} | {fmt(r.get('eager'))} | {fmt(ro)} | "
+            f"{fmt(r.get('max-autotune'))} | {fmt(ratio_e, 2)} | {fmt(ratio_c, 2)} | {fmt(r['floor'], 4)} | "
+            f"{fmt(r.get('err'), 5) if 'err' in r else r.get('wb_error', '-')} | {fmt(r.get('build_s'), 1)} |")
+
+
+HEADER = ("| model | batch | precision | workbench ms | torch eager ms | torch.compile reduce-overhead ms | "
+          "max-autotune ms | wb/eager | wb/compile | roofline floor ms | rel err vs torch fp32 | build s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def build_cache_demo(tmp):
+    """ResNet-50 build time with an empty and then a warm timing cache."""
+    import torch
+
+    import workbench as wb
+
+    make, inputs = models()["resnet50"]
+    torch.manual_seed(0)
+    path = Path(tmp) / "resnet50.onnx"
+    if not path.exists():
+        export("resnet50", make().eval().cuda(), inputs(1), path)
+    cache = Path(tmp) / "timing.cache"
+    cache.unlink(missing_ok=True)
+    times = []
+    for label in ("empty", "warm"):
+        t0 = time.time()
+        wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="gpu", precision="fp16",
+                                                           shapes={"pixel_values": (1, 3, 224, 224)},
+                                                           timing_cache=str(cache)))
+        times.append(time.time() - t0)
+        print(f"ResNet-50 fp16 b1 build with {label} timing cache: {times[-1]:.1f} s", flush=True)
+    return f"ResNet-50 fp16 build: empty timing cache {times[0]:.1f} s, warm {times[1]:.1f} s " \
+           f"({times[0] / max(times[1], 1e-9):.1f}x)"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,bert,gpt2,vit")
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--precisions", default="fp16,tf32")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--max-autotune", action="store_true", help="also time torch.compile max-autotune (slow)")
+    ap.add_argument("--build-cache-demo", action="store_true")
+    ap.add_argument("--timing-cache", default=None)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--workdir", default=None, help="where the ONNX files go (default: a temp dir)")
+    args = ap.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.precisions = args.precisions.split(",")
+    import cupy as cp
+
+    tmp = args.workdir or tempfile.mkdtemp(prefix="wb_bench_")
+    os.makedirs(tmp, exist_ok=True)
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    gpu = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    peak = peak_tflops()
+    print(f"GPU {gpu}; measured fp16 GEMM peak {peak:.0f} TFLOP/s", flush=True)
+    lines = []
+    if args.build_cache_demo:
+        lines.append(build_cache_demo(tmp))
+    rows = []
+    if args.models:
+        print(HEADER, flush=True)
+        for name in args.models.split(","):
+            try:
+                run_model(name, args, peak, rows, tmp)
+            except Exception:
+                traceback.print_exc()
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    with open(args.results, "a") as f:
+        f.write(f"\n## {date} on {gpu} (fp16 GEMM peak measured {peak:.0f} TFLOP/s)\n\n")
+        for line in lines:
+            f.write(f"- {line}\n")
+        if rows:
+            f.write(HEADER + "\n" + "\n".join(fmt_row(r) for r in rows) + "\n")
+    print("\n".join([HEADER] + [fmt_row(r) for r in rows] + lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""CPU-side logic of the GPU target: precision assignment and casts, pointwise code generation,
+the timing cache file, and engine compatibility checks. Runs without a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import workbench as wb
+from workbench.builder.timing_cache import TimingCache, layer_signature
+from workbench.engine.plan import Layer, Plan, TensorSpec
+from workbench.errors import EngineCompatibilityError
+from workbench.kernels.cuda import pointwise
+from workbench.kernels.cuda.compat import check_target
+from workbench.precision import assign_precisions
+
+
+def _plan():
+    x = TensorSpec("x", "float32", [2, 8])
+    mm = Layer("mm", "MatMul", inputs=["x", "w"], outputs=["h"], onnx_nodes=["mm"], onnx_ops=["MatMul"],
+               input_specs=[x, TensorSpec("w", "float32", [8, 8])], output_specs=[TensorSpec("h", "float32", [2, 8])])
+    relu = Layer("relu", "Relu", inputs=["h"], outputs=["r"], onnx_nodes=["relu"], onnx_ops=["Relu"],
+                 input_specs=[TensorSpec("h", "float32", [2, 8])], output_specs=[TensorSpec("r", "float32", [2, 8])])
+    cum = Layer("cum", "CumSum", inputs=["r", "ax"], outputs=["y"], onnx_nodes=["cum"], onnx_ops=["CumSum"],
+                input_specs=[TensorSpec("r", "float32", [2, 8]), TensorSpec("ax", "int64", [])],
+                output_specs=[TensorSpec("y", "float32", [2, 8])])
+    plan = Plan(inputs=[x], outputs=[TensorSpec("y", "float32", [2, 8]), TensorSpec("r", "float32", [2, 8])],
+                layers=[mm, relu, cum], constants={"w": np.ones((8, 8), np.float32), "ax": np.array(1)})
+    plan.tensors = {s.name: s for l in plan.layers for s in l.output_specs}
+    return plan
+
+
+def test_fp16_assignment_inserts_casts_and_keeps_graph_dtypes():
+    plan = _plan()
+    rows = assign_precisions(plan, wb.BuilderConfig(device="cpu", precision="fp16"), lambda l, p: True)
+    by = {r["layer"]: r for r in rows}
+    assert by["mm"]["precision"] == "fp16" and by["relu"]["precision"] == "fp16"
+    assert by["cum"]["precision"] == "fp32"
+    ops = [l.op for l in plan.layers]
+    assert ops.count("Cast") == 2  # x -> fp16, r(fp16) -> graph output r fp32 (reused by CumSum)
+    produced = {o: l for l in plan.layers for o in l.outputs}
+    assert produced["r"].op == "Cast" and produced["r"].output_specs[0].dtype == "float32"
+    assert plan.tensors["h"].dtype == "float16"
+    cum = plan.layer("cum")
+    assert cum.inputs[0] == "r"  # the fp32 consumer reads the cast, not the fp16 tensor
+    # every consumer reads a tensor of the dtype it expects
+    home = {s.name: s.dtype for s in plan.inputs} | {s.name: s.dtype for l in plan.layers for s in l.output_specs}
+    for l in plan.layers:
+        for n, s in zip([n for n in l.inputs if n], l.input_specs):
+            if n in home:
+                assert home[n] == s.dtype, (l.name, n)
+
+
+def test_override_and_unsupported_fall_back_to_fp32():
+    plan = _plan()
+    cfg = wb.BuilderConfig(device="cpu", precision="fp16", layer_precisions={"relu": "fp32"})
+    rows = assign_precisions(plan, cfg, lambda l, p: l.op != "MatMul")
+    by = {r["layer"]: r for r in rows}
+    assert by["mm"]["precision"] == "fp32" and "no GPU tactic" in by["mm"]["reason"]
+    assert by["relu"]["precision"] == "fp32" and "override" in by["relu"]["reason"]
+    assert not any(l.op == "Cast" for l in plan.layers)
+
+
+def test_pointwise_codegen_text():
+    layer = Layer("a", "Add", inputs=["x", "b"], outputs=["y"],
+                  input_specs=[TensorSpec("x", "float16", [4, 8]), TensorSpec("b", "float16", [8])],
+                  output_specs=[TensorSpec("y", "float16", [4, 8])])
+    t = pointwise.PointwiseTactic()
+    assert t.supports(layer, "fp16", None) is None
+    src, meta = t._source(layer, "k")
+    assert "wb_h2f(x0[i])" in src and "x1[o1]" in src and "wb_f2h(" in src
+    assert meta == [4, 8, 0, 1]
+    prog = json.dumps([{"op": "Mul", "args": ["in0", "c:0.5"], "out": "t0", "dtype": "float32"},
+                       {"op": "Gelu", "args": ["t0"], "attrs": {"approximate": "tanh"}, "out": "t1", "dtype": "float32"}])
+    fused = Layer("p", "Pointwise", domain="workbench", inputs=["x"], outputs=["y"],
+                  attrs={"program": prog, "outputs": ["t1"]},
+                  input_specs=[TensorSpec("x", "bfloat16", [3])], output_specs=[TensorSpec("y", "bfloat16", [3])])
+    src, _ = t._source(fused, "k")
+    assert "0.5f" in src and "wb_gelu_tanh(t0)" in src and "wb_b2f(x0[i])" in src
+
+
+def test_timing_cache_roundtrip_and_env_mismatch(tmp_path):
+    path = tmp_path / "tc.json"
+    env = {"gpu": "H100", "arch": "sm_90", "libraries": {"cudnn": "9.19.0"}}
+    layer = _plan().layers[0]
+    key = layer_signature(layer, {"w": np.ones((8, 8), np.float32)})
+    c = TimingCache(path, env)
+    c.put(key, "cublas.gemm", {"algo": 1}, [{"tactic": "cublas.gemm", "config": {"algo": 1}, "ms": 0.01}])
+    c.kernels["abc"] = b"\x7fELF..."
+    c.save()
+    c2 = TimingCache(path, env)
+    assert c2.get(key)["tactic"] == "cublas.gemm" and c2.kernels["abc"] == b"\x7fELF..."
+    c3 = TimingCache(path, {**env, "arch": "sm_80"})
+    assert c3.get(key) is None and c3.stale
+    layer.precision = "fp16"
+    assert layer_signature(layer, {"w": np.ones((8, 8), np.float32)}) != key
+    path.write_text("{not json")
+    assert TimingCache(path, env).stale
+
+
+def test_engine_compatibility_message():
+    built = {"arch": "sm_90", "libraries": {"cuda": "13.0", "cudnn": "9.19.0", "cublas": "13.1.0"}}
+    check_target(built, "sm_90", {"cuda": "13.0", "cudnn": "9.19.1", "cublas": "13.1.0"})
+    with pytest.raises(EngineCompatibilityError, match=r"built for sm_90 / cuda 13.0 / cudnn 9.19.0.*sm_80.*rebuild"):
+        check_target(built, "sm_80", {"cuda": "13.0", "cudnn": "9.19.0", "cublas": "13.1.0"})
+    with pytest.raises(EngineCompatibilityError, match="cudnn 9.10"):
+        check_target(built, "sm_90", {"cuda": "13.0", "cudnn": "9.10.0", "cublas": "13.1.0"})

@@ -1,0 +1,1 @@
+"""GPU kernels and the GPU build target. Nothing here imports CuPy at module import time."""

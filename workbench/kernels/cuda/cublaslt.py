@@ -1,0 +1,267 @@
+"""cuBLASLt through nvmath-python: GEMM / batched GEMM with bias and activation epilogues.
+
+Row-major trick: cuBLAS is column-major, and its BIAS epilogue adds a vector along the rows of
+the (column-major) result. Our row-major ``Y[M, N] = A[M, K] @ B[K, N] + bias[N]`` is, read as
+column-major memory, ``Y^T[N, M] = B^T[N, K] @ A^T[K, M] + bias[N]`` with the bias along rows. So
+nvmath is given operand a = B^T (the weight, a view), operand b = A^T (the activations, a view) and
+C = D = Y^T (in-place into the caller's output buffer): no copies, and the bias lands on N.
+
+A of any rank >= 2 with 2-D weights is flattened to one GEMM (M = prod(A.shape[:-1])); batched
+B (rank >= 3) needs the same batch shape in A (one strided-batched GEMM, e.g. attention scores).
+
+Plans: ``Matmul(...).plan()`` runs once per layer at build with the layer's real weights and
+scratch activations (16-byte aligned on purpose, so the chosen kernels accept any 16-byte-aligned
+arena view). The configurations are the algorithms cuBLASLt's heuristic offers (up to
+``MAX_ALGOS``); each config carries the serialized algorithm (``Algorithm.as_numpy``), so loading
+an engine re-plans with exactly that algorithm and no heuristic or autotuning.
+
+Launch: the hot path calls ``nvmath.bindings.cublasLt.matmul`` with the planned descriptors, the
+runtime's workspace and stream (one C call, nothing allocated, capturable in a CUDA graph).
+Those descriptors are attributes of nvmath's Matmul (1.0.0); if a future nvmath renames them we
+fall back to the public ``reset_operands_unchecked`` + ``execute`` path (slower on the host, uses
+nvmath's own workspace, allocated at build).
+
+cuBLASLt epilogues: none, BIAS, RELU(_BIAS), GELU(_BIAS). cuBLASLt's GELU is the tanh
+approximation: exact for "GeluTanh"; for "Gelu" (erf) it is used only at fp16/bf16 where the
+approximation (|err| < 5e-4 absolute) is below the storage rounding. Other activations have no
+epilogue: ``supports`` says so and the GPU target picks cuBLAS + a pointwise kernel instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...engine.plan import Layer
+from .cublas import (GEMM_OPS, in_specs, static_shape, IO_DTYPE, activation_of, as_device, check_io, gemm_geometry, has_input, ptr,
+                     stream_ctx, stream_ptr)
+from .tactic import BuiltKernel, GpuInfo
+
+MAX_ALGOS = 4  # how many of the heuristic's algorithms the builder times
+_NALGOS: dict = {}  # problem signature -> [(algo_id, blob hex)] from the heuristic (planning costs ~1 ms)
+
+
+def _nvmath_or_reason():
+    try:
+        import nvmath  # noqa: F401, PLC0415
+        from nvmath.linalg.advanced import Matmul  # noqa: F401, PLC0415
+
+        return None
+    except Exception as e:
+        return f"nvmath-python is not available ({type(e).__name__}: {e})"
+
+
+def _problem(layer: Layer, precision: str):
+    """Everything build needs, or a reason: shapes of the transposed problem and the epilogue."""
+    g = gemm_geometry(layer)
+    if isinstance(g, str):
+        return g
+    a_shape, b_shape, ta, tb, alpha, beta = g
+    out_shape = tuple(layer.output_specs[0].shape)
+    if len(a_shape) < 2 or len(b_shape) < 2:
+        return "1-D operands are left to cublas.gemm"
+    if len(b_shape) == 2:
+        if ta and len(a_shape) != 2:
+            return "transA with A of rank > 2"
+        k = a_shape[0] if ta else a_shape[-1]
+        m = a_shape[1] if ta else int(np.prod(a_shape[:-1]))
+        n = b_shape[0] if tb else b_shape[1]
+        if (b_shape[1] if tb else b_shape[0]) != k:
+            return f"K mismatch: A {a_shape}, B {b_shape}"
+        batch = ()
+    else:
+        if ta or tb:
+            return "transA/transB with batched operands"
+        if tuple(a_shape[:-2]) != tuple(b_shape[:-2]):
+            return f"batch shapes differ (A {a_shape}, B {b_shape}): broadcast batches go to cublas.gemm"
+        batch, m, k, n = tuple(a_shape[:-2]), a_shape[-2], a_shape[-1], b_shape[-1]
+    act, _ = activation_of(layer)
+    epi = {"": "", "Relu": "RELU", "GeluTanh": "GELU"}.get(act)
+    if act == "Gelu" and precision in ("fp16", "bf16"):
+        epi = "GELU"
+    if epi is None:
+        return f"cuBLASLt has no epilogue for activation {act!r}" + (
+            " at fp32/tf32 (its GELU is the tanh approximation)" if act == "Gelu" else "")
+    # C: a vector over N becomes the BIAS epilogue; any other C is copied into Y and added by beta
+    c_mode = ""
+    if has_input(layer, 2):
+        c_shape = static_shape(layer, 2) or ()
+        if not batch and c_shape and c_shape[-1] == n and all(d == 1 for d in c_shape[:-1]):
+            c_mode, epi = "bias", (epi + "_BIAS" if epi else "BIAS")
+        else:
+            c_mode = "full"
+    return dict(batch=batch, m=m, k=k, n=n, ta=ta, tb=tb, alpha=alpha, beta=beta, epilog=epi or "DEFAULT",
+                c_mode=c_mode, out_shape=out_shape, b_const=layer.inputs[1])
+
+
+def _options(precision: str):
+    from nvmath.linalg import ComputeType  # noqa: PLC0415
+
+    ct = ComputeType.COMPUTE_32F_FAST_TF32 if precision == "tf32" else ComputeType.COMPUTE_32F
+    return {"inplace": True, "compute_type": ct}
+
+
+def _scratch(shape, dtype, offset=16):
+    """An uninitialised device array whose pointer is 16 (not 256) bytes aligned, see module doc."""
+    import cupy as cp  # noqa: PLC0415
+
+    nb = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = cp.empty(nb + 256, dtype=cp.uint8)
+    return buf[offset:offset + nb].view(dtype).reshape(shape)
+
+
+def _operands(p: dict, a, b, y):
+    """nvmath's (a, b, c) views of the transposed problem for activations ``a``, second operand
+    ``b`` (weight or runtime array, in the layer's own layout) and output ``y``."""
+    bt, m, k, n = p["batch"], p["m"], p["k"], p["n"]
+    if bt:
+        return b.swapaxes(-1, -2), a.swapaxes(-1, -2), y.swapaxes(-1, -2)
+    a_op = b if p["tb"] else b.T  # B^T [N, K]
+    b_op = a.reshape(k, m) if p["ta"] else a.reshape(m, k).T  # op(A)^T [K, M]
+    return a_op, b_op, y.reshape(m, n).T
+
+
+class _Plan:
+    """One planned nvmath Matmul for a layer: the weight bound, activations/output as scratch."""
+
+    def __init__(self, p: dict, precision: str, weights: dict, algorithms=None):
+        import cupy as cp  # noqa: PLC0415
+        from nvmath.linalg.advanced import Matmul, MatmulEpilog  # noqa: PLC0415
+
+        from .cublas import np_dtype  # noqa: PLC0415
+
+        io = IO_DTYPE[precision]
+        dt = np_dtype(io)
+        bt, m, k, n = p["batch"], p["m"], p["k"], p["n"]
+        w = weights.get(p["b_const"]) if not bt and p["b_const"] else None
+        b_shape = bt + (k, n) if bt or not p["tb"] else (n, k)
+        self.w = as_device(w, io).reshape(b_shape) if w is not None else None
+        b = self.w if self.w is not None else _scratch(b_shape, dt)
+        a = _scratch(bt + ((k, m) if p["ta"] else (m, k)), dt)
+        y = _scratch(bt + (m, n), dt)
+        y.fill(0)
+        a_op, b_op, c_op = _operands(p, a, b, y)
+        self.keep = (a, b, y)
+        beta = p["beta"] if p["c_mode"] == "full" else 0.0  # beta = 0: C (= the output) is not read
+        self.mm = Matmul(a_op, b_op, c=c_op, alpha=p["alpha"], beta=beta, options=_options(precision))
+        epilog_inputs, self.bias = None, None
+        if p["epilog"].endswith("BIAS"):
+            c = weights.get(p.get("c_name") or "")
+            bias = as_device(c if c is not None else np.zeros(n), io).reshape(-1)
+            if p["beta"] != 1.0:
+                bias *= p["beta"]
+            self.bias = cp.ascontiguousarray(bias.reshape(n, 1))
+            epilog_inputs = {"bias": self.bias}
+        self.algorithms = self.mm.plan(preferences={"limit": MAX_ALGOS}, algorithms=algorithms,
+                                       epilog=getattr(MatmulEpilog, p["epilog"]), epilog_inputs=epilog_inputs)
+
+
+def _signature(p: dict, precision: str) -> tuple:
+    return (p["batch"], p["m"], p["k"], p["n"], p["ta"], p["tb"], p["epilog"], p["c_mode"], precision)
+
+
+class CublasLtGemm:
+    name = "cublaslt.gemm"
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        if layer.key not in GEMM_OPS:
+            return f"{layer.op} is not a GEMM"
+        why = _nvmath_or_reason()
+        if why:
+            return why
+        if precision == "bf16":
+            return "nvmath plans on CuPy arrays, and CuPy has no bfloat16 type (bf16 is stored as uint16)"
+        p = _problem(layer, precision)
+        if isinstance(p, str):
+            return p
+        return check_io(layer, precision, inputs=[0] if len(p["batch"]) == 0 else [0, 1])
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        p = _problem(layer, precision)
+        sig = _signature(p, precision)
+        if sig not in _NALGOS:
+            # plan on scratch operands: the heuristic depends on shapes, types, epilogue, alignment
+            plan = _Plan(p, precision, {})  # scratch weight in the layer's layout
+            _NALGOS[sig] = [(a.algorithm_id, a.as_numpy().tobytes().hex()) for a in plan.algorithms]
+        return [{"algo": i, "algo_id": aid, "blob": blob} for i, (aid, blob) in enumerate(_NALGOS[sig])]
+
+    def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
+        import cupy as cp  # noqa: PLC0415
+
+        p = _problem(layer, precision)
+        p["c_name"] = layer.inputs[2] if has_input(layer, 2) else ""
+        if p["b_const"] not in weights and in_specs(layer)[1].dtype not in (None, IO_DTYPE[precision]):
+            raise ValueError(f"runtime operand B is {layer.input_specs[1].dtype}, precision {precision}")
+        algos = None
+        if config.get("blob"):  # the recorded algorithm, exactly (no heuristic at engine load)
+            from nvmath.bindings.cublasLt import matmul_heuristic_result_dtype  # noqa: PLC0415
+            from nvmath.linalg.advanced import Algorithm  # noqa: PLC0415
+
+            arr = np.frombuffer(bytes.fromhex(config["blob"]), dtype=matmul_heuristic_result_dtype)
+            algos = [Algorithm.from_numpy(arr)]
+        plan = _Plan(p, precision, weights, algorithms=algos)
+        algo = plan.algorithms[0 if algos else min(int(config.get("algo", 0)), len(plan.algorithms) - 1)]
+        runtime_bias = p["epilog"].endswith("BIAS") and p["c_name"] not in weights
+        c_const = None
+        if p["c_mode"] == "full" and p["c_name"] in weights:
+            c_const = cp.ascontiguousarray(cp.broadcast_to(as_device(weights[p["c_name"]], IO_DTYPE[precision]),
+                                                           p["out_shape"]))
+        launch, ws_bytes = _fast_launcher(plan, algo)
+        mm = plan.mm
+        if launch is None:  # public path: nvmath allocates its workspace now, not inside a capture
+            mm.execute(algorithm=algo)
+            cp.cuda.get_current_stream().synchronize()
+
+        def run(inputs, outputs, workspace, stream):
+            a, y = inputs[0], outputs[0]
+            b = plan.w if plan.w is not None else inputs[1]
+            if (ptr(a) | ptr(y) | ptr(b)) & 15:
+                raise ValueError("cublaslt.gemm needs 16-byte aligned buffers")
+            if p["c_mode"] == "full":  # Y <- C, then D = alpha*A@B + beta*Y in place
+                src = c_const if c_const is not None else inputs[2]
+                with stream_ctx(stream):
+                    cp.copyto(y, cp.broadcast_to(src, y.shape))
+            if runtime_bias:  # a bias computed at run time: its pointer goes into the descriptor
+                mm.reset_operands_unchecked(epilog_inputs={"bias": inputs[2].reshape(-1, 1)})
+            if launch is not None:
+                launch(ptr(b), ptr(a), ptr(y), ptr(workspace), _nbytes(workspace), stream_ptr(stream))
+            else:
+                a_op, b_op, c_op = _operands(p, a, b, y)
+                mm.reset_operands_unchecked(a=a_op, b=b_op, c=c_op)
+                mm.execute(algorithm=algo, stream=stream_ptr(stream))
+
+        kern = BuiltKernel(run=run, workspace_bytes=ws_bytes)
+        kern.algorithm_id = algo.algorithm_id
+        kern.plan = plan  # keeps descriptors, weight and bias alive as long as the kernel
+        return kern
+
+
+def _nbytes(a) -> int:
+    return 0 if a is None or isinstance(a, int) else int(a.nbytes)
+
+
+def _fast_launcher(plan: _Plan, algo):
+    """(launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream), workspace bytes) over nvmath's planned
+    descriptors, or (None, 0) when this nvmath has no such attributes (then execute() is used)."""
+    try:
+        from nvmath.bindings import cublasLt as lt  # noqa: PLC0415
+
+        mm = plan.mm
+        rec = mm.algorithm_object_to_buffer[algo]
+        algo_struct = rec["algo"]
+        ws = int(rec["workspace_size"]) + (16 if int(rec["workspace_size"]) > 0 else 0)
+        handle, desc = mm.handle, mm.mm_desc
+        alpha, beta = mm.alpha.ctypes.data, mm.beta.ctypes.data
+        la, lb, lc, ld = mm.a_layout_ptr, mm.b_layout_ptr, mm.c_layout_ptr, mm.d_layout_ptr
+        algo_ptr = algo_struct.ctypes.data
+    except Exception:
+        return None, 0
+
+    def launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream):
+        lt.matmul(handle, desc, alpha, a_ptr, la, b_ptr, lb, beta, d_ptr, lc, d_ptr, ld,
+                  algo_ptr, ws_ptr, ws_size, stream)
+
+    launch.keep = (rec, algo_struct)
+    return launch, ws
+
+
+TACTICS = [CublasLtGemm()]

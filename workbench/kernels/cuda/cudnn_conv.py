@@ -1,0 +1,268 @@
+"""FusedConv / Conv through cudnn-frontend graphs: conv_fprop + bias + residual + activation.
+
+One cuDNN operation graph per layer: ``Y = act(conv(X, W) + B + Z)``, the pointwise tail computed
+in fp32 inside the conv kernel's epilogue (runtime-fusion engines). 1-D convs get a unit H dim;
+groups and depthwise come from the weight's dims (cuDNN infers the group count from C / W.C).
+
+Layout. The runtime's activations are NCHW device buffers: X, Z and Y are described to cuDNN with
+NCHW strides (config ``"layout": "nchw"``). The weight is ours (packed once at build), so its
+layout is a tuning choice: ``"w": "nhwc"`` (KRSC, what cuDNN's tensor-core kernels read natively)
+or ``"nchw"`` (KCRS). A config ``"layout": "nhwc"`` means the kernel expects X, Z and Y *stored*
+channels-last (logical shape still N,C,H,W); it is offered only when the layer's attrs carry
+``channels_last=1``, which a runtime that keeps such tensors channels-last may set.
+
+Configs: the plans of cuDNN's heuristics (modes A then B, deduplicated, ``MAX_PLANS`` at most),
+each named by cuDNN's plan name (engine + knobs), plus ``"split"``: the conv alone in cuDNN followed
+by a CuPy elementwise epilogue, for graphs cuDNN cannot fuse (e.g. some depthwise or fp32 cases).
+At engine load ``build`` re-creates the graph and picks the recorded plan by name: no timing.
+
+Precision: fp16/bf16 I/O with fp32 compute; fp32 has tensor-core (TF32) engines deselected;
+tf32 allows them.
+"""
+
+from __future__ import annotations
+
+from ...engine.plan import Layer
+from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, conv_geometry, cupy_or_reason,
+                     has_input, make_epilogue, ptr, stream_ptr)
+from .tactic import BuiltKernel, GpuInfo
+
+MAX_PLANS = 3
+_GRAPHS: dict = {}  # (signature, mode) -> (graph, tensors, plan names) or a reason
+_HANDLE = []
+
+
+def _cudnn_or_reason():
+    try:
+        import cudnn  # noqa: F401, PLC0415
+
+        return None
+    except Exception as e:
+        return f"cudnn-frontend is not available ({type(e).__name__}: {e})"
+
+
+def handle():
+    import cudnn  # noqa: PLC0415
+
+    if not _HANDLE:
+        _HANDLE.append(cudnn.create_handle())
+    return _HANDLE[0]
+
+
+def cudnn_dtype(name: str):
+    import cudnn  # noqa: PLC0415
+
+    return {"float16": cudnn.data_type.HALF, "bfloat16": cudnn.data_type.BFLOAT16,
+            "float32": cudnn.data_type.FLOAT}[name]
+
+
+def strides(dims, layout: str) -> list[int]:
+    """Element strides of a packed tensor with logical dims [N, C, *spatial] in ``layout``."""
+    if layout == "nchw":
+        out, acc = [], 1
+        for d in reversed(dims):
+            out.append(acc)
+            acc *= d
+        return out[::-1]
+    n, c, sp = dims[0], dims[1], dims[2:]
+    st = [0] * len(dims)
+    st[1], acc = 1, c
+    for i in range(len(sp) - 1, -1, -1):
+        st[2 + i] = acc
+        acc *= sp[i]
+    st[0] = acc
+    return st
+
+
+def _geometry(layer: Layer):
+    g = conv_geometry(layer)
+    if isinstance(g, str):
+        return g
+    if len(g["k"]) not in (1, 2, 3):
+        return f"{len(g['k'])}-D convolution"
+    if len(g["k"]) == 1:  # 1-D: a unit H dim in front, cuDNN wants 4-D or 5-D tensors
+        for key, v in (("sp", 1), ("k", 1), ("strides", 1), ("dilations", 1), ("begin", 0), ("end", 0), ("out", 1)):
+            g[key] = [v] + g[key]
+    return g
+
+
+def _signature(layer: Layer, precision: str, g: dict, config: dict):
+    act, p = activation_of(layer)
+    fused = not config.get("split")
+    return (precision, g["n"], g["c"], g["m"], tuple(g["sp"]), tuple(g["k"]), tuple(g["strides"]),
+            tuple(g["dilations"]), tuple(g["begin"]), tuple(g["end"]), has_input(layer, 2) and fused,
+            has_input(layer, 3) and fused, act if fused else "", tuple(sorted(p.items())) if fused else (),
+            config.get("layout", "nchw"), config.get("w", "nhwc"))
+
+
+def _activation(gr, t, act: str, p: dict):
+    """cuDNN pointwise ops for ``act`` (None: no cuDNN equivalent)."""
+    import cudnn  # noqa: PLC0415
+
+    if act == "":
+        return t
+    if act == "Relu":
+        return gr.relu(input=t)
+    if act == "Clip":
+        lo, hi = p.get("act_min"), p.get("act_max")
+        return gr.relu(input=t, lower_clip=float(lo) if lo is not None else -3.4e38,
+                       upper_clip=float(hi) if hi is not None else 3.4e38)
+    if act == "LeakyRelu":
+        return gr.leaky_relu(input=t, negative_slope=float(p.get("act_alpha", 0.01)))
+    if act in ("Sigmoid", "Tanh", "Gelu", "GeluTanh"):
+        op = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu", "GeluTanh": "gelu_approx_tanh"}[act]
+        return getattr(gr, op)(input=t)
+    if act == "Silu":
+        return gr.swish(input=t)
+    if act in ("HardSigmoid", "HardSwish"):
+        alpha, beta = ((float(p.get("act_alpha", 0.2)), float(p.get("act_beta", 0.5))) if act == "HardSigmoid"
+                       else (1.0 / 6.0, 0.5))
+        const = cudnn.scalar_type.COMPILE_TIME_CONST  # baked into the generated kernel
+        s = gr.mul(a=t, b=gr.tensor_scalar(alpha, const))
+        s = gr.add(a=s, b=gr.tensor_scalar(beta, const))
+        s = gr.relu(input=s, lower_clip=0.0, upper_clip=1.0)
+        return s if act == "HardSigmoid" else gr.mul(a=t, b=s)
+    return None
+
+
+def _graph(layer: Layer, precision: str, g: dict, config: dict, mode: str):
+    """(graph, tensors, plan names) for this layer and heuristic mode, or a reason. Cached: the
+    graph is built once per (signature, mode) and shared by supports, configs and build."""
+    key = (_signature(layer, precision, g, config), mode)
+    if key in _GRAPHS:
+        return _GRAPHS[key]
+    import cudnn  # noqa: PLC0415
+
+    io = cudnn_dtype(IO_DTYPE[precision])
+    act, p = activation_of(layer)
+    split = bool(config.get("split"))
+    layout, wl = config.get("layout", "nchw"), config.get("w", "nhwc")
+    xd = [g["n"], g["c"], *g["sp"]]
+    wd = [g["m"], g["c"] // g["group"], *g["k"]]
+    yd = [g["n"], g["m"], *g["out"]]
+    try:
+        gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                           compute_data_type=cudnn.data_type.FLOAT, handle=handle())
+        t = {"X": gr.tensor(name="X", dim=xd, stride=strides(xd, layout), data_type=io),
+             "W": gr.tensor(name="W", dim=wd, stride=strides(wd, wl), data_type=io)}
+        y = gr.conv_fprop(image=t["X"], weight=t["W"], pre_padding=g["begin"], post_padding=g["end"],
+                          stride=g["strides"], dilation=g["dilations"])
+        if has_input(layer, 2) and not split:
+            t["B"] = gr.tensor(name="B", dim=[1, g["m"]] + [1] * len(g["sp"]),
+                               stride=[g["m"], 1] + [1] * len(g["sp"]), data_type=io)
+            y = gr.add(a=y, b=t["B"])
+        if has_input(layer, 3) and not split:
+            t["Z"] = gr.tensor(name="Z", dim=yd, stride=strides(yd, layout), data_type=io)
+            y = gr.add(a=y, b=t["Z"])
+        y = _activation(gr, y, act if not split else "", p)
+        if y is None:
+            res = f"no cuDNN pointwise op for activation {act!r}"
+            _GRAPHS[key] = res
+            return res
+        y.set_output(True).set_dim(yd).set_stride(strides(yd, layout)).set_data_type(io)
+        t["Y"] = y
+        gr.validate()
+        gr.build_operation_graph()
+        gr.create_execution_plans([getattr(cudnn.heur_mode, mode)])
+        if precision == "fp32":  # TF32 tensor cores are not fp32 arithmetic
+            gr.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
+        gr.check_support()
+        names = [gr.get_plan_name_at_index(i) for i in range(gr.get_execution_plan_count())]
+        res = (gr, t, names)
+    except Exception as e:  # cuDNN says why (unsupported graph, no engine, ...)
+        res = f"cuDNN ({mode}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    _GRAPHS[key] = res
+    return res
+
+
+class CudnnConv:
+    name = "cudnn.conv"
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        if layer.key not in CONV_OPS:
+            return f"{layer.op} is not a convolution"
+        why = cupy_or_reason()[1] or _cudnn_or_reason()
+        if why:
+            return why
+        g = _geometry(layer)
+        if isinstance(g, str):
+            return g
+        why = check_io(layer, precision, inputs=[0, 3])
+        if why:
+            return why
+        if not self.configs(layer, precision, gpu):
+            res = _graph(layer, precision, g, {"layout": "nchw", "w": "nhwc", "mode": "A"}, "A")
+            return res if isinstance(res, str) else "cuDNN offered no plan"
+        return None
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        g = _geometry(layer)
+        layouts = ["nchw"] + (["nhwc"] if layer.attrs.get("channels_last") else [])
+        out, seen = [], set()
+        for layout in layouts:
+            for wl in ("nhwc", "nchw"):
+                for split in ((False, True) if wl == "nhwc" else (False,)):
+                    n_mode = 0
+                    cap = 1 if split or wl == "nchw" else MAX_PLANS
+                    for mode in ("A", "B"):
+                        cfg = {"layout": layout, "w": wl, "mode": mode}
+                        if split:
+                            cfg["split"] = 1
+                        res = _graph(layer, precision, g, cfg, mode)
+                        if isinstance(res, str):
+                            continue
+                        for i, name in enumerate(res[2]):
+                            if (layout, wl, split, name) in seen or n_mode >= cap:
+                                continue
+                            seen.add((layout, wl, split, name))
+                            out.append(dict(cfg, plan=name, index=i))
+                            n_mode += 1
+        return out
+
+    def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
+        import cudnn  # noqa: PLC0415
+
+        g = _geometry(layer)
+        res = _graph(layer, precision, g, config, config.get("mode", "A"))
+        if isinstance(res, str):
+            raise RuntimeError(res)
+        gr, t, names = res
+        name = config.get("plan")
+        index = names.index(name) if name in names else int(config.get("index", 0))
+        if name is not None and name not in names:
+            raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
+        gr.build_plan_at_index(index)
+        ws = int(gr.get_workspace_size_plan_at_index(index))
+        io = IO_DTYPE[precision]
+        # weight packed once, in the layout the graph declares
+        w = as_device(weights[layer.inputs[1]], io).reshape([g["m"], g["c"] // g["group"], *g["k"]])
+        if config.get("w", "nhwc") == "nhwc":
+            w = w.transpose(0, *range(2, w.ndim), 1).copy()
+        bias = as_device(weights[layer.inputs[2]], io) if has_input(layer, 2) else None
+        split = bool(config.get("split"))
+        epi = None
+        if split:
+            act, p = activation_of(layer)
+            epi = make_epilogue(act, p, int(bias is not None) + int(has_input(layer, 3)))
+            if bias is not None:
+                bias = bias.reshape((1, g["m"]) + (1,) * (len(layer.output_specs[0].shape) - 2))
+        h = handle()
+
+        def run(inputs, outputs, workspace, stream):
+            x, y = inputs[0], outputs[0]
+            cudnn.set_stream(handle=h, stream=stream_ptr(stream))
+            data = {"X": ptr(x), "W": ptr(w), "Y": ptr(y)}
+            if "B" in t:
+                data["B"] = ptr(bias)
+            if "Z" in t:
+                data["Z"] = ptr(inputs[3])
+            gr.execute_plan_at_index({t[k]: data[k] for k in t}, ptr(workspace), index=index, handle=h)
+            if epi is not None:
+                epi(y, ([bias] if bias is not None else []) + ([inputs[3]] if has_input(layer, 3) else []), stream)
+
+        kern = BuiltKernel(run=run, workspace_bytes=ws)
+        kern.keep = (gr, w, bias)
+        return kern
+
+
+TACTICS = [CudnnConv()]

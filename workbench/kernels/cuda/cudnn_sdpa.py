@@ -1,0 +1,196 @@
+"""The fused ``Attention`` op through cudnn-frontend ``sdpa`` (flash attention, inference).
+
+O = softmax(scale * Q K^T + mask [+ causal]) V per (batch, head); Q [B, H, Sq, D], K/V
+[B, Hkv, Skv, D] (GQA when Hkv < H: cuDNN shares each K/V head among H/Hkv query heads).
+
+* Layouts: each of Q, K, V and the output may be stored [B, H, S, D] ("bhsd", the default) or
+  [B, S, H, D] ("bshd": what a QKV projection produces before its Transpose); attrs ``q_layout``,
+  ``k_layout``, ``v_layout``, ``o_layout`` say which. cuDNN reads strides, so no copy either way.
+* causal: top-left aligned (query i sees keys j <= i), like torch's ``is_causal``.
+* mask_kind "additive": the mask tensor (broadcastable to [B, H, Sq, Skv]) is cuDNN's bias input,
+  broadcast dims given stride 0. "boolean" (True = attend): converted at run into an additive
+  bias (0 / -30000) in the workspace by one elementwise kernel.
+* fp16/bf16 only (cuDNN's SDPA has no fp32 path): fp32/tf32 are declined with that reason.
+Configs: the plans cuDNN's heuristic (mode A) offers, by name; engine load rebuilds that plan.
+"""
+
+from __future__ import annotations
+
+from ...engine.plan import Layer
+from .cublas import IO_DTYPE, in_specs, cupy_or_reason, has_input, np_dtype, ptr, static_shape, stream_ctx, stream_ptr
+from .cudnn_conv import _cudnn_or_reason, cudnn_dtype, handle
+from .tactic import BuiltKernel, GpuInfo
+
+MAX_PLANS = 2
+_GRAPHS: dict = {}
+NEG = -30000.0  # a masked score: finite in fp16 (exp underflows to 0), so no NaN for empty rows
+
+
+def _strides(shape_bhsd, layout):
+    b, h, s, d = shape_bhsd
+    return [h * s * d, s * d, d, 1] if layout == "bhsd" else [s * h * d, d, h * d, 1]
+
+
+def _problem(layer: Layer, precision: str):
+    if (layer.domain, layer.op) != ("workbench", "Attention"):
+        return f"{layer.op} is not the fused Attention op"
+    if precision not in ("fp16", "bf16"):
+        return f"cuDNN SDPA runs fp16/bf16 only, not {precision}"
+    at = layer.attrs
+    lay = {k: str(at.get(f"{k}_layout", "bhsd") or "bhsd") for k in ("q", "k", "v", "o")}
+    if any(v not in ("bhsd", "bshd") for v in lay.values()):
+        return f"unknown layouts {lay}"
+    shapes = [static_shape(layer, i) for i in range(3)]
+    if any(s is None or len(s) != 4 for s in shapes) or static_shape(layer, 0, out=True) is None:
+        return "Q/K/V must be static 4-D tensors"
+    # logical [B, H, S, D] of each, whatever the storage
+    q, k, v = ((s if lay[n] == "bhsd" else (s[0], s[2], s[1], s[3])) for s, n in zip(shapes, "qkv"))
+    if q[0] != k[0] or k[:3] != v[:3] or q[3] != k[3]:
+        return f"inconsistent Q {q}, K {k}, V {v}"
+    if q[1] % k[1]:
+        return f"{q[1]} query heads are not a multiple of {k[1]} key/value heads"
+    if q[3] % 8 or v[3] % 8 or max(q[3], v[3]) > 256:
+        return f"head dims {q[3]}/{v[3]}: cuDNN wants multiples of 8 up to 256"
+    kind = str(at.get("mask_kind", "") or "")
+    mask = None
+    if has_input(layer, 3):
+        if kind not in ("additive", "boolean"):
+            kind = "boolean" if in_specs(layer)[3].dtype == "bool" else "additive"
+        ms = static_shape(layer, 3)
+        if ms is None or len(ms) > 4:
+            return "mask must be static and of rank <= 4"
+        ms = (1,) * (4 - len(ms)) + tuple(ms)
+        full = (q[0], q[1], q[2], k[2])
+        if any(a not in (1, b) for a, b in zip(ms, full)):
+            return f"mask {ms} does not broadcast to {full}"
+        mask = ms
+    return dict(q=q, k=k, v=v, lay=lay, causal=bool(int(at.get("causal", 0))), kind=kind if mask else "",
+                mask=mask, scale=float(at.get("scale", q[3] ** -0.5)), precision=precision)
+
+
+def _graph(p: dict, mode: str = "A"):
+    key = (tuple(sorted((k, str(v)) for k, v in p.items())), mode)
+    if key in _GRAPHS:
+        return _GRAPHS[key]
+    import cudnn  # noqa: PLC0415
+
+    io = cudnn_dtype(IO_DTYPE[p["precision"]])
+    b, h, sq, d = p["q"]
+    skv, dv = p["k"][2], p["v"][3]
+    try:
+        gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                           compute_data_type=cudnn.data_type.FLOAT, handle=handle())
+        t = {n: gr.tensor(name=n.upper(), dim=list(p[n]), stride=_strides(p[n], p["lay"][n]), data_type=io)
+             for n in ("q", "k", "v")}
+        kw = {}
+        if p["mask"] is not None:
+            ms = p["mask"]
+            full = [b, h, sq, skv]
+            dense = [ms[1] * ms[2] * ms[3], ms[2] * ms[3], ms[3], 1]
+            st = [0 if ms[i] == 1 and full[i] != 1 else dense[i] for i in range(4)]
+            # batch/head broadcast is native (dim 1); a broadcast query dim is stride 0 on a full dim
+            dims = [ms[0], ms[1], sq, skv]
+            t["mask"] = gr.tensor(name="BIAS", dim=dims, stride=[st[0], st[1], st[2], st[3]], data_type=io)
+            kw["bias"] = t["mask"]
+        o, _ = gr.sdpa(name="sdpa", q=t["q"], k=t["k"], v=t["v"], is_inference=True, attn_scale=p["scale"],
+                       use_causal_mask=p["causal"], **kw)
+        od = [b, h, sq, dv]
+        o.set_output(True).set_dim(od).set_stride(_strides(od, p["lay"]["o"])).set_data_type(io)
+        t["o"] = o
+        gr.validate()
+        gr.build_operation_graph()
+        gr.create_execution_plans([getattr(cudnn.heur_mode, mode)])
+        gr.check_support()
+        res = (gr, t, [gr.get_plan_name_at_index(i) for i in range(gr.get_execution_plan_count())])
+    except Exception as e:
+        res = f"cuDNN sdpa: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    _GRAPHS[key] = res
+    return res
+
+
+class CudnnSdpa:
+    name = "cudnn.sdpa"
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        why = _problem(layer, precision)
+        if isinstance(why, str):
+            return why
+        why = cupy_or_reason()[1] or _cudnn_or_reason()
+        if why:
+            return why
+        want = IO_DTYPE[precision]
+        for s in list(layer.input_specs[:3]) + list(layer.output_specs[:1]):
+            if s.dtype not in (None, want):
+                return f"tensor {s.name!r} is {s.dtype}, precision {precision} wants {want}"
+        res = _graph(_problem(layer, precision))
+        return res if isinstance(res, str) else None
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        res = _graph(_problem(layer, precision))
+        return [] if isinstance(res, str) else [{"plan": n, "index": i} for i, n in enumerate(res[2][:MAX_PLANS])]
+
+    def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
+        import cudnn  # noqa: PLC0415
+
+        p = _problem(layer, precision)
+        res = _graph(p)
+        if isinstance(res, str):
+            raise RuntimeError(res)
+        gr, t, names = res
+        name = config.get("plan")
+        if name is not None and name not in names:
+            raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
+        index = names.index(name) if name is not None else int(config.get("index", 0))
+        gr.build_plan_at_index(index)
+        ws = int(gr.get_workspace_size_plan_at_index(index))
+        ws = -(-ws // 256) * 256
+        io = IO_DTYPE[precision]
+        mask_const = weights.get(layer.inputs[3]) if p["mask"] is not None else None
+        conv = None
+        mask_bytes = 0
+        if p["mask"] is not None:
+            import cupy as cp  # noqa: PLC0415
+
+            from .cublas import as_device  # noqa: PLC0415
+
+            ms = p["mask"]
+            if mask_const is not None:  # a constant mask: converted once, here
+                m = cp.asarray(mask_const)
+                if p["kind"] == "boolean":
+                    m = cp.where(m.astype(bool), 0.0, NEG)
+                mask_const = as_device(m.astype(cp.float32), io).reshape(ms)
+            else:
+                in_dt = in_specs(layer)[3].dtype
+                if p["kind"] == "boolean" or in_dt not in (None, io):
+                    # convert the runtime mask into the workspace (after cuDNN's own region)
+                    mask_bytes = int(ms[0] * ms[1] * ms[2] * ms[3]) * 2
+                    expr = "y = m ? (T)0 : (T)(%r)" % NEG if p["kind"] == "boolean" else "y = (T)m"
+                    conv = cp.ElementwiseKernel("M m", "T y", expr, "wb_sdpa_mask")
+        out_dt = np_dtype(io)
+
+        def run(inputs, outputs, workspace, stream):
+            h = handle()
+            cudnn.set_stream(handle=h, stream=stream_ptr(stream))
+            data = {t["q"]: ptr(inputs[0]), t["k"]: ptr(inputs[1]), t["v"]: ptr(inputs[2]), t["o"]: ptr(outputs[0])}
+            if "mask" in t:
+                if mask_const is not None:
+                    data[t["mask"]] = ptr(mask_const)
+                elif conv is not None:
+                    import cupy as cp  # noqa: PLC0415
+
+                    mem = cp.cuda.UnownedMemory(ptr(workspace) + ws, mask_bytes, workspace)
+                    dst = cp.ndarray(p["mask"], out_dt, cp.cuda.MemoryPointer(mem, 0))
+                    src = inputs[3].reshape(p["mask"])
+                    with stream_ctx(stream):
+                        conv(src if p["kind"] != "boolean" else src.astype(bool, copy=False), dst)
+                    data[t["mask"]] = dst.data.ptr
+                else:
+                    data[t["mask"]] = ptr(inputs[3])
+            gr.execute_plan_at_index(data, ptr(workspace), index=index, handle=h)
+
+        kern = BuiltKernel(run=run, workspace_bytes=ws + mask_bytes)
+        kern.keep = (gr, mask_const)
+        return kern
+
+
+TACTICS = [CudnnSdpa()]

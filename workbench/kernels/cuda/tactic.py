@@ -1,0 +1,61 @@
+"""The one tactic interface every GPU kernel source implements.
+
+A *tactic* is a way to run a layer on the GPU (a library call or a generated kernel). For each
+layer the builder asks every source (listed in ``sources.py``) whether it can run the layer
+(``supports`` -> None or a reason), gathers the candidate configurations, builds each candidate,
+times it with CUDA events (``workbench.kernels.cuda.timing``), keeps the fastest, and records all
+timings in the layer's tactic table. At engine load, the runtime calls ``build`` again with the
+recorded config (no autotuning) and, for generated kernels, the cubin stored in the engine.
+
+All device arrays are CuPy arrays; every kernel runs on the stream it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from ...engine.plan import Layer
+
+
+@dataclass
+class GpuInfo:
+    """The device a build targets / an engine runs on."""
+
+    name: str  # e.g. "NVIDIA H100 80GB HBM3"
+    arch: str  # e.g. "sm_90"
+    sm_count: int
+    libraries: dict[str, str] = field(default_factory=dict)  # {"cuda": "13.0", "cudnn": "9.19.0", "cublas": ..., "nvmath": ...}
+
+
+@dataclass
+class BuiltKernel:
+    """A tactic bound to one layer's shapes, dtypes and weights, ready to launch.
+
+    ``run(inputs, outputs, stream)`` reads device arrays ``inputs`` (None for absent optional
+    inputs) and writes into the preallocated device arrays ``outputs`` (views into the arena or the
+    persistent output buffers); it must not allocate on the hot path (workspace comes from
+    ``workspace_bytes``, given as ``workspace`` at run) so that the engine can be captured into a
+    CUDA graph.
+    """
+
+    run: Callable[[list, list, Any, Any], None]  # (inputs, outputs, workspace, stream)
+    workspace_bytes: int = 0
+    # compiled code to store in the engine: name -> cubin bytes (NVRTC kernels)
+    binaries: dict[str, bytes] = field(default_factory=dict)
+    capturable: bool = True  # False: must not be captured in a CUDA graph (e.g. host sync inside)
+
+
+class Tactic(Protocol):
+    name: str  # unique, "source.kernel", e.g. "cublaslt.gemm", "cudnn.conv", "nvrtc.pointwise"
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        """None if this tactic can run ``layer`` at ``precision``; otherwise the reason it cannot."""
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        """Candidate configurations (JSON-able dicts) to autotune over; at least one."""
+
+    def build(self, layer: Layer, precision: str, config: dict, weights: dict[str, Any], gpu: GpuInfo,
+              binaries: dict[str, bytes] | None = None) -> BuiltKernel:
+        """Compile / plan the kernel. ``weights``: layer input name -> device array for constant
+        inputs. ``binaries``: cubins stored in the engine for this layer (skip compilation)."""

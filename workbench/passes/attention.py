@@ -1,0 +1,235 @@
+"""Attention fusion: MatMul(Q, Kᵀ) [* scale] [+ additive mask | Where(mask, ., -inf)] -> Softmax
+[-> Where(IsNaN, 0, .)] -> MatMul(., V), with the head split (Reshape + Transpose) of Q, K, V, the
+head merge of the output, and GQA's repeat_kv (Unsqueeze -> Expand -> Reshape) absorbed.
+
+Invariant: the Attention node computes softmax(scale * Q Kᵀ + mask) V per head exactly as the
+replaced nodes did; only data movement (transposes, head repetition) moves into the kernel's
+indexing. Absorbing stops at any value something else also reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..patterns.rewrite import Match, Rule
+from ..patterns.values import attr, const, producer, scalar, shape, sole_user, users
+
+NEG_BIG = -1e30  # fill values at or below this count as "masked out"
+
+
+def _peel_scale(v: ir.Value, nodes: list, scale: list[float]) -> ir.Value:
+    """Strip Mul/Div by a scalar constant (read only by this chain), folding it into ``scale``."""
+    while True:
+        p = producer(v, ("Mul", "Div"))
+        if p is None or sole_user(v) is None:
+            return v
+        a, b = p.inputs
+        if p.op_type == "Mul" and scalar(b) is not None:
+            scale[0] *= scalar(b)
+            v = a
+        elif p.op_type == "Mul" and scalar(a) is not None:
+            scale[0] *= scalar(a)
+            v = b
+        elif p.op_type == "Div" and scalar(b) is not None:
+            scale[0] /= scalar(b)
+            v = a
+        else:
+            return v
+        nodes.append(p)
+
+
+def _sole(v: ir.Value, op: str) -> ir.Node | None:
+    p = producer(v, op)
+    return p if p is not None and sole_user(v) is not None else None
+
+
+def _merge_heads_reshape(v: ir.Value, nodes: list) -> tuple[ir.Value, str, int | None]:
+    """A bshd value that is Reshape([b, s, h*d] -> [b, s, h, d]): take the 3-D input instead."""
+    r = _sole(v, "Reshape")
+    xs, ys = (shape(r.inputs[0]), shape(v)) if r is not None else (None, None)
+    if r is not None and xs and ys and len(xs) == 3 and len(ys) == 4 and xs[:2] == ys[:2] and xs[2] == ys[2] * ys[3]:
+        nodes.append(r)
+        return r.inputs[0], "bsd", ys[2]
+    return v, "bshd", None
+
+
+def _resolve(v: ir.Value, nodes: list, transposed: bool):
+    """Q/V (``transposed`` False, v is [b,h,s,d]) or Kᵀ (True, v is [b,h,d,s]) back to the least
+    moved tensor: returns (value, layout, heads or None)."""
+    t = _sole(v, "Transpose")
+    if t is None:
+        return v, ("bhds" if transposed else "bhsd"), None
+    p = attr(t, "perm")
+    q = [p[0], p[1], p[3], p[2]] if transposed else p
+    if q == [0, 1, 2, 3]:
+        nodes.append(t)
+        return t.inputs[0], "bhsd", None
+    if q == [0, 2, 1, 3]:
+        nodes.append(t)
+        return _merge_heads_reshape(t.inputs[0], nodes)
+    return v, ("bhds" if transposed else "bhsd"), None
+
+
+def _repeat_kv(v: ir.Value, nodes: list) -> tuple[ir.Value, int | None]:
+    """GQA's repeat_kv: Reshape(Expand(Unsqueeze(x, 2)), [b, kvh*rep, s, d]) -> (x, kvh)."""
+    r = _sole(v, "Reshape")
+    e = _sole(r.inputs[0], "Expand") if r is not None else None
+    u = _sole(e.inputs[0], "Unsqueeze") if e is not None else None
+    if u is None:
+        return v, None
+    axes = const(u.inputs[1]) if len(u.inputs) > 1 else np.array(attr(u, "axes") or [])
+    xs, es, ys = shape(u.inputs[0]), shape(e.outputs[0]), shape(v)
+    if axes is None or [int(a) for a in np.reshape(axes, -1)] != [2] or not (xs and es and ys) or len(xs) != 4:
+        return v, None
+    if es[:2] != xs[:2] or es[3:] != xs[2:] or ys != (xs[0], xs[1] * es[2], xs[2], xs[3]):
+        return v, None
+    nodes += [r, e, u]
+    return u.inputs[0], xs[1]
+
+
+def _mask(s: ir.Value, nodes: list) -> tuple[ir.Value, dict]:
+    """Strip an additive mask Add and/or a Where(mask, scores, -inf) from the Softmax input."""
+    found = {}
+    for _ in range(2):
+        p = producer(s, ("Add", "Where"))
+        if p is None or sole_user(s) is None:
+            break
+        if p.op_type == "Add" and "additive" not in found:
+            a, b = p.inputs
+            chain_a = _leads_to_matmul(a)
+            s, found["additive"] = (a, b) if chain_a else (b, a)
+        elif p.op_type == "Where" and "boolean" not in found:
+            fill = scalar(p.inputs[2])
+            if fill is None or fill > NEG_BIG:
+                break
+            s, found["boolean"] = p.inputs[1], p.inputs[0]
+        else:
+            break
+        nodes.append(p)
+    return s, found
+
+
+def _leads_to_matmul(v: ir.Value, depth: int = 4) -> bool:
+    """Whether ``v`` is the scores chain (a MatMul under scalings/masks), not the mask."""
+    for _ in range(depth):
+        p = producer(v)
+        if p is None:
+            return False
+        if p.op_type == "MatMul":
+            return True
+        if p.op_type in ("Mul", "Div"):
+            v = p.inputs[0] if scalar(p.inputs[0]) is None else p.inputs[1]
+        elif p.op_type == "Where":
+            v = p.inputs[1]
+        else:
+            return False
+    return False
+
+
+class FuseAttention(Rule):
+    """Scaled dot-product attention around a Softmax -> one Attention node."""
+
+    name = "attention"
+    ops = ("Softmax",)
+
+    def pattern(self, root):
+        nodes, scale = [root], [1.0]
+        s, masks = _mask(_peel_scale(root.inputs[0], nodes, scale), nodes)
+        s = _peel_scale(s, nodes, scale)
+        qk = _sole(s, "MatMul")
+        if qk is None:
+            return None
+        nodes.append(qk)
+        p, nan_guard = root.outputs[0], 0
+        guard = self._nan_guard(p)
+        if guard is not None:
+            nodes += guard
+            p, nan_guard = guard[1].outputs[0], 1
+        pv = sole_user(p)
+        if pv is None or pv.op_type != "MatMul" or pv.inputs[0] is not p:
+            return None
+        nodes.append(pv)
+        q, q_layout, q_heads = _resolve(_peel_scale(qk.inputs[0], nodes, scale), nodes, False)
+        k, k_layout, k_heads = _resolve(_peel_scale(qk.inputs[1], nodes, scale), nodes, True)
+        v, v_layout, v_heads = _resolve(pv.inputs[1], nodes, False)
+        kv_heads = None
+        if k_layout == "bhsd" and v_layout == "bhsd":
+            k2, kv_k = _repeat_kv(k, nodes)
+            v2, kv_v = _repeat_kv(v, nodes)
+            if kv_k is not None and kv_k == kv_v:
+                k, v, kv_heads = k2, v2, kv_k
+            elif kv_k is not None or kv_v is not None:
+                return None  # only one side repeated: leave it (the nodes list is now inconsistent)
+        out, out_layout = self._output(pv.outputs[0], nodes)
+        heads = shape(qk.inputs[0])[1] if shape(qk.inputs[0]) and len(shape(qk.inputs[0])) == 4 else q_heads
+        b = {"q": q, "k": k, "v": v, "layouts": (q_layout, k_layout, v_layout, out_layout), "scale": scale[0],
+             "masks": masks, "heads": heads, "kv_heads": kv_heads or k_heads or v_heads or heads,
+             "nan": nan_guard, "rank": len(shape(s) or ())}
+        return Match(root, nodes, outputs=[out], b=b)
+
+    @staticmethod
+    def _nan_guard(p: ir.Value):
+        """Where(IsNaN(p), 0, p): softmax rows that were fully masked become zeros."""
+        readers = users(p)
+        isnan = next((u for u in readers if u.op_type == "IsNaN"), None)
+        where = next((u for u in readers if u.op_type == "Where"), None)
+        if len(readers) != 2 or isnan is None or where is None:
+            return None
+        if where.inputs[0] is not isnan.outputs[0] or where.inputs[2] is not p or scalar(where.inputs[1]) != 0.0:
+            return None
+        return [isnan, where]
+
+    @staticmethod
+    def _output(o: ir.Value, nodes: list) -> tuple[ir.Value, str]:
+        t = sole_user(o)
+        if t is None or t.op_type != "Transpose" or attr(t, "perm") != [0, 2, 1, 3]:
+            return o, "bhsd"
+        nodes.append(t)
+        r = sole_user(t.outputs[0])
+        ts, rs = shape(t.outputs[0]), shape(r.outputs[0]) if r is not None and r.op_type == "Reshape" else None
+        if ts and rs and len(rs) == 3 and rs[:2] == ts[:2] and rs[2] == ts[2] * ts[3]:
+            nodes.append(r)
+            return r.outputs[0], "bsd"
+        return t.outputs[0], "bshd"
+
+    def check(self, m):
+        axis = attr(m.root, "axis", -1)
+        if axis not in (-1, m.b["rank"] - 1):
+            return f"Softmax over axis {axis}, not the key axis"
+        if m.b["rank"] != 4:
+            return f"scores have rank {m.b['rank']}, not [batch, heads, query, key]"
+        if not m.b["heads"] or not m.b["kv_heads"] or m.b["heads"] % m.b["kv_heads"]:
+            return "head counts are unknown or query heads are not a multiple of key/value heads"
+        return ""
+
+    def rewrite(self, m, emit):
+        b = m.b
+        ql, kl, vl, ol = b["layouts"]
+        attrs = {"scale": float(b["scale"]), "num_heads": int(b["heads"]), "kv_heads": int(b["kv_heads"]),
+                 "q_layout": ql, "k_layout": kl, "v_layout": vl, "out_layout": ol, "causal": 0,
+                 "nan_to_zero": b["nan"], "mask_kind": ""}
+        ins = [b["q"], b["k"], b["v"]]
+        masks = b["masks"]
+        if "boolean" in masks and _is_causal(masks["boolean"]):
+            attrs["causal"] = 1
+            masks = {k: v for k, v in masks.items() if k != "boolean"}
+        if len(masks) == 2:  # both kinds: turn the boolean one into an additive -inf mask
+            add = emit.op("Where", [masks["boolean"], np.zeros((), np.float32), np.array(-np.inf, np.float32)], domain="")
+            masks = {"additive": emit.op("Add", [masks["additive"], add], domain="")}
+        for kind, value in masks.items():
+            attrs["mask_kind"] = kind
+            ins.append(value)
+        return [emit.op("Attention", ins, attrs)]
+
+
+def _is_causal(cond: ir.Value) -> bool:
+    c = const(cond)
+    if c is None or c.dtype != np.bool_ or c.ndim < 2:
+        return False
+    sq, sk = c.shape[-2:]
+    tril = np.tril(np.ones((sq, sk), dtype=bool), sk - sq)
+    return bool(np.all(c.reshape(-1, sq, sk) == tril))
+
+
+ATTENTION_RULES = [FuseAttention()]

@@ -1,0 +1,249 @@
+"""BatchNormalization folding, and Conv / Gemm / MatMul epilogues (bias, residual, activation).
+
+Invariant: a fused Conv or GEMM computes act(op(x, W) + bias [+ residual]) in that order, exactly
+the order of the ONNX nodes it replaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..patterns.rewrite import Match, Rule, provenance
+from ..patterns.values import attr, const, producer, shape, sole_user, users
+from .activations import UNARY_OK, find_activation
+
+
+def _bn_params(bn: ir.Node):
+    p = [const(v) if v is not None else None for v in bn.inputs[1:5]]
+    if any(a is None for a in p):
+        return None
+    gamma, beta, mean, var = (a.astype(np.float64).reshape(-1) for a in p)
+    s = gamma / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
+    return s, beta - mean * s
+
+
+class FoldBatchNorm(Rule):
+    """Conv / Gemm / MatMul (constant weights) -> BatchNormalization: scale the weights per output
+    channel and shift the bias; the BatchNormalization disappears."""
+
+    name = "fold_batchnorm"
+    ops = ("BatchNormalization",)
+
+    def pattern(self, root):
+        prev = producer(root.inputs[0], ("Conv", "Gemm", "MatMul"))
+        if prev is None:
+            return None
+        return Match(root, [prev, root], outputs=[root.outputs[0]], b={"prev": prev})
+
+    def check(self, m):
+        bn, prev = m.root, m.b["prev"]
+        if attr(bn, "training_mode", 0) or any(users(o) for o in bn.outputs[1:]):
+            return "BatchNormalization is in training mode"
+        if _bn_params(bn) is None:
+            return "BatchNormalization parameters are not constant"
+        if const(prev.inputs[1]) is None or (len(prev.inputs) > 2 and prev.inputs[2] is not None and const(prev.inputs[2]) is None):
+            return f"{prev.op_type} weights are not constant"
+        if prev.op_type != "Conv" and (len(shape(prev.outputs[0]) or ()) != 2 or attr(prev, "transA", 0)):
+            return f"{prev.op_type} output is not [batch, channels]"
+        return ""
+
+    def rewrite(self, m, emit):
+        prev = m.b["prev"]
+        s, shift = _bn_params(m.root)
+        w = const(prev.inputs[1])
+        b = const(prev.inputs[2]) if len(prev.inputs) > 2 and prev.inputs[2] is not None else None
+        dt = w.dtype
+        if prev.op_type == "Conv":
+            w2 = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        elif prev.op_type == "Gemm" and attr(prev, "transB", 0):
+            w2 = w * s.reshape(-1, 1)
+        else:
+            w2 = w * s.reshape(1, -1)
+        if prev.op_type == "Gemm":
+            b = None if b is None else np.broadcast_to(b * attr(prev, "beta", 1.0), s.shape)
+            w2 = w2 * attr(prev, "alpha", 1.0)
+        b2 = (np.zeros_like(s) if b is None else b.astype(np.float64).reshape(-1)) * s + shift
+        attrs = {k: attr(prev, k) for k in prev.attributes if k not in ("alpha", "beta")}
+        op = "Gemm" if prev.op_type != "Conv" else "Conv"
+        return [emit.op(op, [prev.inputs[0], w2.astype(dt), b2.astype(dt)], attrs, domain="", name=prev.name)]
+
+
+class BatchNormToScaleShift(Rule):
+    """A BatchNormalization with nothing to fold into becomes x * s + t per channel (two
+    elementwise ops the pointwise fusion then takes along with its neighbours)."""
+
+    name = "batchnorm_to_scale_shift"
+    ops = ("BatchNormalization",)
+
+    def pattern(self, root):
+        if attr(root, "training_mode", 0) or any(users(o) for o in root.outputs[1:]) or _bn_params(root) is None:
+            return None
+        return Match(root, [root], outputs=[root.outputs[0]])
+
+    def rewrite(self, m, emit):
+        s, t = _bn_params(m.root)
+        x = m.root.inputs[0]
+        r = len(x.shape) if x.shape is not None else 4
+        dt = const(m.root.inputs[1]).dtype
+        bshape = (-1,) + (1,) * (r - 2)
+        y = emit.op("Mul", [x, s.astype(dt).reshape(bshape)], domain="")
+        return [emit.op("Add", [y, t.astype(dt).reshape(bshape)], domain="")]
+
+
+def _absorbable(v: ir.Value) -> list[ir.Node]:
+    return [u for u in users(v) if u.op_type in UNARY_OK]
+
+
+def _multi_consumer_note(v: ir.Value, what: str):
+    readers = users(v)
+    if len(readers) > 1 and _absorbable(v):
+        names = ", ".join(f"{u.name} ({u.op_type})" for u in readers)
+        return (f"{what} output {v.name} has {len(readers)} consumers ({names}): the activation/add "
+                f"after it cannot be fused without computing it twice", provenance(readers)[0])
+    return None
+
+
+def _bias_add(y: ir.Value, channel_axis: int) -> tuple[ir.Node, np.ndarray] | None:
+    add = sole_user(y)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None
+    c = const(add.inputs[1] if add.inputs[0] is y else add.inputs[0])
+    ys = shape(y)
+    if c is None or ys is None or c.ndim > len(ys):
+        return None
+    ch = ys[channel_axis]
+    want = [1] * len(ys)
+    want[channel_axis] = ch
+    padded = (1,) * (len(ys) - c.ndim) + c.shape
+    if c.size != ch or any(p not in (1, w) for p, w in zip(padded, want)) or np.prod(padded) != ch:
+        return None
+    return add, c.reshape(-1)
+
+
+def _residual_add(y: ir.Value) -> tuple[ir.Node, ir.Value] | None:
+    add = sole_user(y)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None
+    z = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    if z is y or const(z) is not None or shape(z) is None or shape(z) != shape(y):
+        return None
+    return add, z
+
+
+def _epilogue(y: ir.Value, channel_axis: int, allow_residual: bool, what: str):
+    """Walk forward from ``y``: bias Add, residual Add, activation. Returns nodes, out, parts."""
+    nodes, parts, declined = [], {}, []
+    bias = _bias_add(y, channel_axis)
+    if bias is not None:
+        nodes.append(bias[0])
+        parts["bias"] = bias[1]
+        y = bias[0].outputs[0]
+    res = _residual_add(y) if allow_residual else None
+    if res is not None:
+        nodes.append(res[0])
+        parts["residual"] = res[1]
+        y = res[0].outputs[0]
+    act = find_activation(y)
+    if act is not None:
+        nodes += act[0]
+        parts["act"] = act[2]
+        y = act[1]
+    else:
+        note = _multi_consumer_note(y, what)
+        if note:
+            declined.append(note)
+    return nodes, y, parts, declined
+
+
+class ConvEpilogue(Rule):
+    """Conv -> [+bias] -> [+residual] -> [activation] as one FusedConv."""
+
+    name = "conv_epilogue"
+    ops = ("Conv",)
+
+    def pattern(self, root):
+        if len(root.inputs) < 2 or const(root.inputs[1]) is None or shape(root.outputs[0]) is None:
+            return None
+        nodes, out, parts, declined = _epilogue(root.outputs[0], 1, True, "Conv")
+        m = Match(root, [root, *nodes], outputs=[out], b={"parts": parts, "declined": declined})
+        if not nodes:
+            if not declined:
+                return None
+            m.b["reason"] = declined[0][0]
+        return m
+
+    def check(self, m):
+        return m.b.get("reason", "")
+
+    def rewrite(self, m, emit):
+        conv, parts = m.root, m.b["parts"]
+        w = const(conv.inputs[1])
+        b = const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+        if "bias" in parts:
+            b = parts["bias"].astype(w.dtype) if b is None else (b + parts["bias"]).astype(w.dtype)
+        attrs = _conv_attrs(conv, shape(conv.inputs[0]), w.shape)
+        attrs.update(parts.get("act", {"activation": ""}))
+        attrs["residual"] = int("residual" in parts)
+        ins = [conv.inputs[0], conv.inputs[1], b if b is not None else np.zeros(w.shape[0], w.dtype)]
+        if "residual" in parts:
+            ins.append(parts["residual"])
+        return [emit.op("FusedConv", ins, attrs)]
+
+
+def _conv_attrs(conv: ir.Node, xs, ws) -> dict:
+    nd = len(ws) - 2
+    kernel = list(attr(conv, "kernel_shape") or ws[2:])
+    strides = list(attr(conv, "strides") or [1] * nd)
+    dil = list(attr(conv, "dilations") or [1] * nd)
+    pads = list(attr(conv, "pads") or [0] * (2 * nd))
+    auto = attr(conv, "auto_pad", "NOTSET") or "NOTSET"
+    if auto not in ("NOTSET", "VALID") and xs is not None:
+        from ..kernels.reference.conv import conv_geometry
+
+        begin, end, _ = conv_geometry(xs[2:], kernel, strides, dil, pads, auto)
+        pads = list(begin) + list(end)
+    elif auto == "VALID":
+        pads = [0] * (2 * nd)
+    return {"kernel_shape": kernel, "strides": strides, "dilations": dil, "pads": pads,
+            "group": int(attr(conv, "group", 1))}
+
+
+class GemmEpilogue(Rule):
+    """Gemm, or MatMul [+ bias over the last axis], -> [activation] as one FusedGemm."""
+
+    name = "gemm_epilogue"
+    ops = ("Gemm", "MatMul")
+
+    def pattern(self, root):
+        out = root.outputs[0]
+        if shape(out) is None or len(shape(out)) < 2:
+            return None
+        nodes, y, parts, declined = _epilogue(out, -1, False, root.op_type)
+        if root.op_type == "Gemm" and "bias" in parts and len(root.inputs) > 2 and root.inputs[2] is not None:
+            nodes, y, parts, declined = [], out, {}, []  # a second bias: leave it to pointwise fusion
+        if not nodes and not declined:
+            return None
+        m = Match(root, [root, *nodes], outputs=[y], b={"parts": parts, "declined": declined})
+        if not nodes and declined:
+            m.b["reason"] = declined[0][0]
+        return m
+
+    def check(self, m):
+        return m.b.get("reason", "")
+
+    def rewrite(self, m, emit):
+        g, parts = m.root, m.b["parts"]
+        attrs = {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0}
+        c = None
+        if g.op_type == "Gemm":
+            attrs.update({k: attr(g, k) for k in ("transA", "transB", "alpha", "beta") if attr(g, k) is not None})
+            c = g.inputs[2] if len(g.inputs) > 2 else None
+        if "bias" in parts:
+            c = parts["bias"]
+        attrs.update(parts.get("act", {"activation": ""}))
+        return [emit.op("FusedGemm", [g.inputs[0], g.inputs[1]] + ([c] if c is not None else []), attrs)]
+
+
+BATCHNORM_RULES = [FoldBatchNorm(), BatchNormToScaleShift()]
+EPILOGUE_RULES = [ConvEpilogue(), GemmEpilogue()]

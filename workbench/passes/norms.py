@@ -1,0 +1,184 @@
+"""Normalization fusions: LayerNorm (the ONNX op, the decomposed exporter forms, channels-first),
+RMSNorm (Llama's Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul), SkipLayerNorm (residual Add + LayerNorm).
+
+Invariant: the fused node normalizes over the same axes with the same epsilon, and applies the same
+constant scale and bias, as the nodes it replaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..patterns.rewrite import DOMAIN, Match, Rule
+from ..patterns.values import attr, axes_of, const, other_input, producer, rank, scalar, shape, sole_user, users
+
+CHANNELS_LAST = [0, 2, 3, 1]
+CHANNELS_FIRST = [0, 3, 1, 2]
+
+
+class LayerNormOp(Rule):
+    """ONNX LayerNormalization (only Y read) -> LayerNorm; with Transpose(0,2,3,1) before and
+    Transpose(0,3,1,2) after (ConvNeXt's channels-first LayerNorm), both Transposes go too."""
+
+    name = "layer_norm"
+    ops = ("LayerNormalization",)
+
+    def pattern(self, root):
+        if any(users(o) for o in root.outputs[1:]):
+            return None
+        nodes, x, out, cf = [root], root.inputs[0], root.outputs[0], 0
+        before = producer(x, "Transpose")
+        after = sole_user(out)
+        if (before is not None and attr(before, "perm") == CHANNELS_LAST and after is not None
+                and after.op_type == "Transpose" and attr(after, "perm") == CHANNELS_FIRST
+                and attr(root, "axis", -1) in (-1, 3) and sole_user(x) is root):
+            nodes, x, out, cf = [before, root, after], before.inputs[0], after.outputs[0], 1
+        return Match(root, nodes, outputs=[out], b={"x": x, "cf": cf})
+
+    def rewrite(self, m, emit):
+        ln = m.root
+        ins = [m.b["x"], ln.inputs[1]] + ([ln.inputs[2]] if len(ln.inputs) > 2 and ln.inputs[2] is not None else [])
+        attrs = {"axis": 1 if m.b["cf"] else int(attr(ln, "axis", -1)), "epsilon": float(attr(ln, "epsilon", 1e-5)),
+                 "channels_first": m.b["cf"]}
+        return [emit.op("LayerNorm", ins, attrs)]
+
+
+def _square_of(v: ir.Value) -> ir.Value | None:
+    """d for Pow(d, 2) or Mul(d, d)."""
+    p = producer(v, ("Pow", "Mul"))
+    if p is None:
+        return None
+    if p.op_type == "Pow" and scalar(p.inputs[1]) == 2.0:
+        return p.inputs[0]
+    if p.op_type == "Mul" and p.inputs[0] is p.inputs[1]:
+        return p.inputs[0]
+    return None
+
+
+def _normalized_by(sqrt: ir.Node, d: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
+    """The nodes computing d / sqrt: Div(d, s), or Mul(d, Reciprocal(s) | Div(1, s))."""
+    s = sqrt.outputs[0]
+    u = sole_user(s)
+    if u is None:
+        return None
+    if u.op_type == "Div" and u.inputs[1] is s and u.inputs[0] is d:
+        return [u], u.outputs[0]
+    if u.op_type == "Reciprocal" or (u.op_type == "Div" and u.inputs[1] is s and scalar(u.inputs[0]) == 1.0):
+        mul = sole_user(u.outputs[0])
+        if mul is not None and mul.op_type == "Mul" and other_input(mul, u.outputs[0]) is d:
+            return [u, mul], mul.outputs[0]
+    return None
+
+
+def _axes_kind(axes: list[int], r: int) -> str | None:
+    axes = sorted(a + r if a < 0 else a for a in axes)
+    if axes == list(range(r - len(axes), r)):
+        return "last"
+    if axes == [1] and r >= 3:
+        return "channels_first"
+    return None
+
+
+def _affine(v: ir.Value, op: str, r: int, kind: str, n_axes: int):
+    """A constant Mul (scale) / Add (bias) over the normalized axes after ``v``."""
+    u = sole_user(v)
+    if u is None or u.op_type != op:
+        return None
+    c = const(other_input(u, v))
+    if c is None:
+        return None
+    if kind == "last" and c.ndim <= n_axes or kind == "last" and all(d == 1 for d in c.shape[: c.ndim - n_axes]):
+        return u, c.reshape(c.shape[c.ndim - n_axes:] if c.ndim >= n_axes else c.shape)
+    if kind == "channels_first" and c.ndim >= r - 1 and c.size == c.shape[c.ndim - (r - 1)]:
+        return u, c.reshape(-1)
+    return None
+
+
+class DecomposedNorm(Rule):
+    """ReduceMean/Sub/Pow/ReduceMean/Add(eps)/Sqrt/Div [*scale] [+bias] -> LayerNorm, and
+    Pow/ReduceMean/Add(eps)/Sqrt/Reciprocal/Mul [*scale] -> RMSNorm (rooted at the Sqrt)."""
+
+    name = "decomposed_norm"
+    ops = ("Sqrt",)
+
+    def pattern(self, root):
+        add = producer(root.inputs[0], "Add")
+        if add is None:
+            return None
+        var = add.inputs[0] if scalar(add.inputs[1]) is not None else add.inputs[1]
+        eps = scalar(other_input(add, var))
+        red = producer(var, "ReduceMean")
+        d = _square_of(red.inputs[0]) if red is not None else None
+        if eps is None or d is None or attr(red, "keepdims", 1) != 1 or axes_of(red) is None:
+            return None
+        sub = producer(d, "Sub")
+        mean = producer(sub.inputs[1], "ReduceMean") if sub is not None else None
+        is_ln = mean is not None and mean.inputs[0] is sub.inputs[0] and axes_of(mean) == axes_of(red)
+        x = sub.inputs[0] if is_ln else d
+        r = rank(x)
+        kind = _axes_kind(axes_of(red), r) if r else None
+        norm = _normalized_by(root, d)
+        if kind is None or norm is None or (kind == "channels_first" and not is_ln):
+            return None
+        nodes = ([mean, sub] if is_ln else []) + [red.inputs[0].producer(), red, add, root, *norm[0]]
+        out, parts = norm[1], {}
+        for op in ("Mul", "Add"):
+            got = _affine(out, op, r, kind, len(axes_of(red)))
+            if got is None or (op == "Add" and not is_ln):
+                continue
+            nodes.append(got[0])
+            parts[op] = got[1]
+            out = got[0].outputs[0]
+        n_axes = len(axes_of(red))
+        return Match(root, nodes, outputs=[out],
+                     b={"x": x, "eps": eps, "ln": is_ln, "kind": kind, "parts": parts, "axis": r - n_axes})
+
+    def rewrite(self, m, emit):
+        x, parts = m.b["x"], m.b["parts"]
+        xs = shape(x)
+        dt = np.float32
+        if "Mul" in parts:
+            scale = parts["Mul"]
+        else:
+            n = xs[1] if m.b["kind"] == "channels_first" else int(np.prod(xs[m.b["axis"]:])) if xs else None
+            if n is None:
+                scale = np.ones((), dt)
+            else:
+                scale = np.ones(n if m.b["kind"] == "channels_first" else xs[m.b["axis"]:], dt)
+        if not m.b["ln"]:
+            return [emit.op("RMSNorm", [x, scale], {"epsilon": m.b["eps"], "axis": m.b["axis"] - len(xs) if xs else -1})]
+        ins = [x, scale] + ([parts["Add"]] if "Add" in parts else [])
+        cf = int(m.b["kind"] == "channels_first")
+        return [emit.op("LayerNorm", ins, {"axis": 1 if cf else m.b["axis"], "epsilon": m.b["eps"], "channels_first": cf})]
+
+
+class SkipLayerNorm(Rule):
+    """Add(x, skip) -> LayerNorm (last axis) -> SkipLayerNorm; the sum stays available as its
+    second output when later layers read it (the residual stream)."""
+
+    name = "skip_layer_norm"
+    ops = ("LayerNorm",)
+    domain = DOMAIN
+
+    def pattern(self, root):
+        add = producer(root.inputs[0], "Add")
+        if add is None or attr(root, "channels_first", 0):
+            return None
+        a, b = add.inputs
+        if const(a) is not None or const(b) is not None or shape(a) is None or shape(a) != shape(b):
+            return None
+        r = len(shape(a))
+        if attr(root, "axis", -1) not in (-1, r - 1):
+            return None
+        return Match(root, [add, root], outputs=[root.outputs[0], add.outputs[0]], b={"add": add})
+
+    def rewrite(self, m, emit):
+        ln, add = m.root, m.b["add"]
+        ins = [add.inputs[0], add.inputs[1], *ln.inputs[1:]]
+        node = emit.node("SkipLayerNorm", ins, {"epsilon": float(attr(ln, "epsilon", 1e-5))}, n_outputs=2)
+        return list(node.outputs)
+
+
+NORM_RULES = [LayerNormOp(), DecomposedNorm()]
+SKIP_RULES = [SkipLayerNorm()]

@@ -1,0 +1,218 @@
+"""Cleanup rules: ops that do nothing at inference, chains that collapse, Pad that a Conv can do.
+
+Every rule keeps the graph's values bit-identical (only data movement is removed or merged).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..patterns.rewrite import Match, Rule
+from ..patterns.values import attr, const, dtype, is_graph_output, producer, shape, users
+
+
+def _bypass_reason(out: ir.Value, src: ir.Value) -> str:
+    """A graph output cannot simply become another graph input/output/constant: names must stay."""
+    if is_graph_output(out) and (src.producer() is None or is_graph_output(src)):
+        return f"{out.name} is a graph output fed directly by {src.name}; it stays a copy"
+    return ""
+
+
+class RemoveNoOp(Rule):
+    """Identity, inference Dropout, Cast to the same type, Reshape/Expand to the same shape,
+    Transpose by the identity permutation: the output is the input."""
+
+    name = "remove_noop"
+    ops = ("Identity", "Dropout", "Cast", "Reshape", "Transpose", "Expand", "Squeeze", "Unsqueeze")
+
+    def pattern(self, root):
+        x = root.inputs[0] if root.inputs else None
+        if x is None or not _is_noop(root, x):
+            return None
+        if root.op_type == "Dropout" and len(root.outputs) > 1 and users(root.outputs[1]):
+            return None  # the mask is read: keep it
+        return Match(root, [root], outputs=[root.outputs[0]], b={"x": x})
+
+    def check(self, m):
+        return _bypass_reason(m.root.outputs[0], m.b["x"])
+
+    def rewrite(self, m, emit):
+        return [m.b["x"]]
+
+
+def _is_noop(node: ir.Node, x: ir.Value) -> bool:
+    op, out = node.op_type, node.outputs[0]
+    if op == "Identity":
+        return True
+    if op == "Dropout":
+        ratio = const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        training = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        return (training is None or not bool(training)) or (ratio is not None and float(ratio) == 0.0)
+    if op == "Cast":
+        return dtype(x) is not None and dtype(x) == dtype(out)
+    if op == "Transpose":
+        perm = attr(node, "perm")
+        return perm is not None and list(perm) == list(range(len(perm)))
+    # Reshape / Expand / Squeeze / Unsqueeze: same static shape and same type in and out
+    return shape(x) is not None and shape(x) == shape(out) and dtype(x) == dtype(out)
+
+
+class MergeTransposes(Rule):
+    """Transpose(Transpose(x, p), q) -> Transpose(x, p[q]) (nothing when that is the identity)."""
+
+    name = "merge_transposes"
+    ops = ("Transpose",)
+
+    def pattern(self, root):
+        first = producer(root.inputs[0], "Transpose")
+        p, q = (attr(first, "perm"), attr(root, "perm")) if first is not None else (None, None)
+        if first is None or p is None or q is None:
+            return None
+        perm = [p[i] for i in q]
+        return Match(root, [root], b={"x": first.inputs[0], "perm": perm})
+
+    def check(self, m):
+        if m.b["perm"] == sorted(m.b["perm"]):
+            return _bypass_reason(m.root.outputs[0], m.b["x"])
+        return ""
+
+    def rewrite(self, m, emit):
+        if m.b["perm"] == sorted(m.b["perm"]):
+            return [m.b["x"]]
+        return [emit.op("Transpose", [m.b["x"]], {"perm": m.b["perm"]}, domain="")]
+
+
+class MergeReshapes(Rule):
+    """Reshape(Reshape(x)) (or of Flatten/Squeeze/Unsqueeze) with a static result -> one Reshape."""
+
+    name = "merge_reshapes"
+    ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+    def pattern(self, root):
+        first = producer(root.inputs[0], ("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
+        out = shape(root.outputs[0])
+        if first is None or out is None:
+            return None
+        return Match(root, [root], b={"x": first.inputs[0], "shape": out})
+
+    def rewrite(self, m, emit):
+        target = np.array(m.b["shape"], dtype=np.int64)
+        return [emit.op("Reshape", [m.b["x"], target], domain="")]
+
+
+class PadIntoConv(Rule):
+    """Pad(x, zeros on the spatial dims only) -> Conv: the Conv's own padding does it."""
+
+    name = "fold_pad_into_conv"
+    ops = ("Conv",)
+
+    def pattern(self, root):
+        pad = producer(root.inputs[0], "Pad")
+        if pad is None:
+            return None
+        return Match(root, [pad, root], b={"pad": pad})
+
+    def check(self, m):
+        pad, conv = m.b["pad"], m.root
+        if (attr(pad, "mode", "constant") or "constant") not in ("constant", b"constant"):
+            return f"Pad mode {attr(pad, 'mode')!r} is not zero padding"
+        pads = attr(pad, "pads") if len(pad.inputs) < 2 else const(pad.inputs[1])
+        if pads is None:
+            return "the pad amounts are not constant"
+        if len(pad.inputs) > 3 and pad.inputs[3] is not None:
+            return "Pad names its axes explicitly"
+        value = const(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.zeros(())
+        if value is None or float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0) != 0.0:
+            return "the pad value is not 0"
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        r = len(pads) // 2
+        if any(pads[i] or pads[i + r] for i in (0, 1)) or any(p < 0 for p in pads):
+            return "Pad touches the batch/channel dims or crops"
+        if (attr(conv, "auto_pad", "NOTSET") or "NOTSET") != "NOTSET":
+            return "the Conv uses auto_pad"
+        m.b["spatial"] = pads[2:r] + pads[r + 2:]
+        return ""
+
+    def rewrite(self, m, emit):
+        conv, add = m.root, m.b["spatial"]
+        nd = len(add) // 2
+        old = attr(conv, "pads") or [0] * (2 * nd)
+        attrs = {k: attr(conv, k) for k in conv.attributes if k != "pads"}
+        attrs["pads"] = [int(a) + int(b) for a, b in zip(old, add)]
+        x = m.b["pad"].inputs[0]
+        return [emit.op("Conv", [x, *conv.inputs[1:]], attrs, domain="", name=conv.name)]
+
+
+class GemmOverFlattened(Rule):
+    """Reshape(x -> [M, K]) -> Gemm(W, C) -> Reshape(-> x.shape[:-1] + [N]): a MatMul on x plus an
+    Add (GPT-2's Conv1D). Rewritten so the GEMM epilogue sees through to its activation."""
+
+    name = "gemm_over_flattened"
+    ops = ("Reshape",)
+
+    def pattern(self, root):
+        gemm = producer(root.inputs[0], "Gemm")
+        flat = producer(gemm.inputs[0], "Reshape") if gemm is not None else None
+        if flat is None:
+            return None
+        x, w = flat.inputs[0], const(gemm.inputs[1])
+        xs, out = shape(x), shape(root.outputs[0])
+        if w is None or xs is None or out is None or attr(gemm, "transA", 0) or len(xs) < 2:
+            return None
+        w = w.T if attr(gemm, "transB", 0) else w
+        c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+        if c is not None and attr(gemm, "beta", 1.0) != 1.0 and const(c) is None:
+            return None
+        k = w.shape[0]
+        if out[-1] != w.shape[1] or int(np.prod(xs)) != int(np.prod(out[:-1])) * k:
+            return None
+        return Match(root, [flat, gemm, root], b={"x": x, "w": w, "gemm": gemm, "xshape": out[:-1] + (k,)})
+
+    def rewrite(self, m, emit):
+        gemm = m.b["gemm"]
+        w = m.b["w"] * np.asarray(attr(gemm, "alpha", 1.0), m.b["w"].dtype)
+        x = m.b["x"]
+        if shape(x) != m.b["xshape"]:  # [b, s, h, d] flattened to [b*s, h*d]: keep the rows apart
+            x = emit.op("Reshape", [x, np.array(m.b["xshape"], dtype=np.int64)], domain="")
+        y = emit.op("MatMul", [x, np.ascontiguousarray(w)], domain="")
+        if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
+            c = gemm.inputs[2]
+            beta = attr(gemm, "beta", 1.0)
+            if beta != 1.0 and const(c) is not None:
+                c = const(c) * np.asarray(beta, const(c).dtype)
+            y = emit.op("Add", [y, c], domain="")
+        return [y]
+
+
+class TransposeBetweenReshapes(Rule):
+    """Reshape(x -> [P, *tail]) -> Transpose(0, perm of tail) -> Reshape(-> [*lead, *tail']) where
+    P = prod(lead) = prod of x's leading dims: the same as Reshape(x -> [*lead, *tail]) then a
+    Transpose of the trailing dims (how GQA's K reaches Q·Kᵀ in some exports)."""
+
+    name = "transpose_between_reshapes"
+    ops = ("Reshape",)
+
+    def pattern(self, root):
+        t = producer(root.inputs[0], "Transpose")
+        r1 = producer(t.inputs[0], "Reshape") if t is not None else None
+        if r1 is None or len(users(t.outputs[0])) != 1 or len(users(r1.outputs[0])) != 1:
+            return None
+        mid, out, perm = shape(r1.outputs[0]), shape(root.outputs[0]), attr(t, "perm")
+        if not mid or not out or perm is None or perm[0] != 0:
+            return None
+        tail = mid[1:]
+        n_lead = len(out) - len(tail)
+        lead = out[:n_lead]
+        if n_lead < 1 or int(np.prod(lead)) != mid[0] or out[n_lead:] != tuple(tail[p - 1] for p in perm[1:]):
+            return None
+        return Match(root, [r1, t, root], b={"x": r1.inputs[0], "shape": lead + tail,
+                                              "perm": list(range(n_lead)) + [n_lead + p - 1 for p in perm[1:]]})
+
+    def rewrite(self, m, emit):
+        y = emit.op("Reshape", [m.b["x"], np.array(m.b["shape"], dtype=np.int64)], domain="")
+        return [emit.op("Transpose", [y], {"perm": m.b["perm"]}, domain="")]
+
+
+RULES = [RemoveNoOp(), MergeTransposes(), MergeReshapes(), PadIntoConv(), GemmOverFlattened(),
+         TransposeBetweenReshapes()]

@@ -1,0 +1,1 @@
+"""The pattern/rewrite engine shared by every optimization rule (see rewrite.py)."""

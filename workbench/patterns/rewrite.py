@@ -1,0 +1,229 @@
+"""The one rewrite mechanism every optimization rule uses.
+
+A rule is three steps, read top to bottom like its docstring:
+
+* ``pattern(root) -> Match | None`` — does the subgraph ending (or starting) at ``root`` have the
+  shape this rule rewrites? ``None`` means "not this pattern" and is not logged.
+* ``check(match) -> str`` — ``""`` when the rewrite is valid, else the reason it is not (logged as a
+  declined attempt, so that "why wasn't this fused" has an answer).
+* ``rewrite(match, emit) -> list[Value]`` — builds the replacement with ``emit`` and returns the
+  values that replace ``match.outputs``, in order.
+
+The engine adds one check every rule needs: a value computed inside the matched subgraph that is
+also read outside it (or is a graph output) cannot disappear, so the attempt is declined naming that
+value and its reader. Replacements keep the replaced values' names (graph outputs keep theirs), and
+every new node records the original ONNX nodes it covers for the reports.
+
+Why our own engine and not onnxscript's rewriter: exporter variants (operand order, optional Casts,
+scales on either side) are easier to state as short producer/consumer walks than as one pattern per
+variant; every attempt, including structural near-misses, must be logged with the ONNX node names it
+involves; and fused nodes must carry provenance through repeated fusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import onnx_ir as ir
+
+ONNX_NODES = "wb.onnx_nodes"  # same keys as builder.lower (that module imports onnx-ir graphs only)
+ONNX_OPS = "wb.onnx_ops"
+DOMAIN = "workbench"
+
+
+@dataclass
+class Match:
+    """A matched subgraph: ``nodes`` are replaced; ``outputs`` are the values the rewrite replaces
+    (default: the root's outputs); ``b`` holds whatever the pattern bound for check/rewrite."""
+
+    root: ir.Node
+    nodes: list[ir.Node]
+    outputs: list[ir.Value] | None = None
+    b: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.outputs is None:
+            self.outputs = list(self.root.outputs)
+        seen, uniq = set(), []
+        for n in self.nodes:
+            if id(n) not in seen:
+                seen.add(id(n))
+                uniq.append(n)
+        self.nodes = uniq
+
+
+class Rule:
+    """Base class: subclasses set ``name`` and ``ops`` (the op types a root may have)."""
+
+    name: str = ""
+    ops: tuple[str, ...] = ()
+    domain: str = ""
+
+    def pattern(self, root: ir.Node) -> Match | None:
+        raise NotImplementedError
+
+    def check(self, m: Match) -> str:
+        return ""
+
+    def rewrite(self, m: Match, emit: "Emitter") -> list[ir.Value]:
+        raise NotImplementedError
+
+
+def provenance(nodes: list[ir.Node]) -> tuple[list[str], list[str]]:
+    """The original ONNX node names and op types behind ``nodes`` (fused nodes expand)."""
+    names, ops = [], []
+    for n in nodes:
+        if ONNX_NODES in n.meta:
+            names += list(n.meta[ONNX_NODES])
+            ops += list(n.meta[ONNX_OPS])
+        else:
+            names.append(n.name or "")
+            ops.append(n.op_type)
+    return names, ops
+
+
+class Emitter:
+    """Creates the replacement nodes of one rewrite, inserted before the last matched node (every
+    external input of the match is produced before it), carrying the match's provenance."""
+
+    def __init__(self, graph: ir.Graph, m: Match, anchor: ir.Node):
+        self.graph, self.m, self.anchor = graph, m, anchor
+        self.names, self.ops = provenance(m.nodes)
+        self.count = 0
+        self.created: list[ir.Node] = []
+
+    def node(self, op: str, inputs: list, attrs: dict | None = None, *, domain: str = DOMAIN,
+             n_outputs: int = 1, name: str | None = None) -> ir.Node:
+        ins = [self.value(v) for v in inputs]
+        attributes = [_attr(k, v) for k, v in (attrs or {}).items() if v is not None]
+        self.count += 1
+        node = ir.Node(domain, op, ins, attributes, num_outputs=n_outputs,
+                       name=name or f"{op}:{self.m.root.name}" + (f"#{self.count}" if self.count > 1 else ""))
+        node.meta[ONNX_NODES] = list(self.names)
+        node.meta[ONNX_OPS] = list(self.ops)
+        self.graph.insert_before(self.anchor, node)
+        self.created.append(node)
+        return node
+
+    def op(self, op: str, inputs: list, attrs: dict | None = None, **kw) -> ir.Value:
+        return self.node(op, inputs, attrs, **kw).outputs[0]
+
+    def value(self, v):
+        """Values pass through; NumPy arrays become new initializers."""
+        if v is None or isinstance(v, ir.Value):
+            return v
+        import numpy as np
+
+        arr = np.asarray(v)
+        self.count += 1
+        init = ir.Value(name=f"{self.m.root.name}/const{self.count}", const_value=ir.tensor(arr),
+                        shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+        self.graph.register_initializer(init)
+        return init
+
+
+def _attr(name: str, v) -> ir.Attr:
+    if isinstance(v, bool):
+        v = int(v)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, bool)) for x in v):
+        return ir.AttrInt64s(name, [int(x) for x in v])
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
+        return ir.AttrFloat32s(name, [float(x) for x in v])
+    if isinstance(v, (list, tuple)) and not v:
+        return ir.AttrInt64s(name, [])
+    if isinstance(v, int):
+        return ir.AttrInt64(name, v)
+    if isinstance(v, float):
+        return ir.AttrFloat32(name, v)
+    if isinstance(v, str):
+        return ir.AttrString(name, v)
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return ir.AttrStrings(name, list(v))
+    raise TypeError(f"attribute {name}: cannot store {type(v).__name__}")
+
+
+def escaping_use(m: Match) -> str:
+    """Why an intermediate value of the match cannot be removed, or ""."""
+    inside = {id(n) for n in m.nodes}
+    replaced = {id(v) for v in m.outputs}
+    graph_outs = {id(v) for v in m.root.graph.outputs} if m.root.graph is not None else set()
+    for n in m.nodes:
+        for v in n.outputs:
+            if id(v) in replaced:
+                continue
+            if id(v) in graph_outs:
+                return f"{v.name} (from {n.name}) is a graph output, so it must stay"
+            for user, _ in v.uses():
+                if id(user) not in inside:
+                    return f"{v.name} (from {n.name}) is also read by {user.name} ({user.op_type}), so it must stay"
+    return ""
+
+
+def replace_values(graph: ir.Graph, old: list[ir.Value], new: list[ir.Value], created=()) -> None:
+    """Point every use of ``old`` at ``new``. New values take the old names, and so does an
+    existing intermediate that now is a graph output (graph outputs keep their names); graph
+    inputs and initializers are never renamed."""
+    made = {id(n) for n in created}
+    outs = {id(v) for v in graph.outputs}
+    for o, n in zip(old, new):
+        if o is n:
+            continue
+        name = o.name
+        rename = n.producer() is not None and (id(n.producer()) in made or id(o) in outs)
+        o.replace_all_uses_with(n, replace_graph_outputs=True)
+        if name and rename:
+            o.name = None
+            n.name = name
+        if n.shape is None and o.shape is not None:
+            n.shape = o.shape
+        if n.type is None and o.type is not None:
+            n.type = o.type
+
+
+def apply(model: ir.Model, ctx, rules: list[Rule], *, reverse: bool = False) -> bool:
+    """One sweep of ``rules`` over the graph (topological order, or reversed); each node is tried
+    against each enabled rule whose ``ops`` it has, until one fires. Returns whether any fired."""
+    graph = model.graph
+    active = [r for r in rules if ctx.enabled(r.name)]
+    changed = False
+    nodes = list(graph)
+    for node in reversed(nodes) if reverse else nodes:
+        if node.graph is None:  # removed by an earlier rewrite in this sweep
+            continue
+        for rule in active:
+            if node.op_type in rule.ops and node.domain in (rule.domain, "ai.onnx" if not rule.domain else rule.domain):
+                if try_rule(graph, ctx, rule, node):
+                    changed = True
+                    break
+    return changed
+
+
+def try_rule(graph: ir.Graph, ctx, rule: Rule, node: ir.Node) -> bool:
+    m = rule.pattern(node)
+    if m is None:
+        return False
+    names, _ = provenance(m.nodes)
+    reason = escaping_use(m) or rule.check(m)
+    if reason:
+        ctx.declined(rule.name, names, reason, root=node.name or "")
+        return False
+    position = {id(n): i for i, n in enumerate(graph)}
+    anchor = max(m.nodes, key=lambda n: position[id(n)])
+    emit = Emitter(graph, m, anchor)
+    new = rule.rewrite(m, emit)
+    replace_values(graph, m.outputs, new, emit.created)
+    graph.remove(m.nodes, safe=True)
+    for reason, nodes in m.b.get("declined", []):  # parts of the pattern that could not come along
+        ctx.declined(rule.name, nodes, reason, root=node.name or "")
+    ctx.fired(rule.name, names, root=node.name or "", reason=m.b.get("note", ""))
+    return True
+
+
+def fixed_point(fn: Callable[[], bool], max_rounds: int = 20) -> bool:
+    changed = False
+    for _ in range(max_rounds):
+        if not fn():
+            break
+        changed = True
+    return changed

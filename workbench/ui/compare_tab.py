@@ -1,0 +1,74 @@
+"""Compare tab: two engines of this session (e.g. fp32 vs fp16): end-to-end latency and per-layer
+speed-up (layers matched by name; time by op type for engines whose layers differ)."""
+
+from __future__ import annotations
+
+import ipywidgets as W
+import pandas as pd
+from IPython.display import Image, display
+
+from .charts import compare_figure, figure_png
+from .html import df_html, error_html, esc, note_html
+
+
+def compare_profiles(df_a, df_b) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-layer table, per-op-type table), each with ms_a, ms_b and speedup = ms_a / ms_b."""
+    a = df_a[["layer", "type", "median_ms"]].rename(columns={"median_ms": "ms_a"})
+    b = df_b[["layer", "precision", "median_ms"]].rename(columns={"median_ms": "ms_b", "precision": "precision_b"})
+    layers = a.merge(b, on="layer", how="inner")
+    layers["speedup"] = layers["ms_a"] / layers["ms_b"].where(layers["ms_b"] > 0)
+    by_type = pd.concat([df_a.groupby("type")["median_ms"].sum().rename("ms_a"),
+                         df_b.groupby("type")["median_ms"].sum().rename("ms_b")], axis=1).fillna(0.0)
+    by_type["speedup"] = by_type["ms_a"] / by_type["ms_b"].where(by_type["ms_b"] > 0)
+    by_type = by_type.reset_index().rename(columns={"index": "type"}).sort_values("ms_a", ascending=False)
+    return layers.sort_values("ms_a", ascending=False), by_type
+
+
+class CompareTab:
+    def __init__(self, app):
+        self.app = app
+        self.a = W.Dropdown(description="A")
+        self.b = W.Dropdown(description="B")
+        self.runs = W.BoundedIntText(value=5, min=1, max=10000, description="runs")
+        self.button = W.Button(description="Compare", button_style="primary")
+        self.summary = W.HTML()
+        self.chart = W.Output()
+        self.tables = W.HTML()
+        self.result = None
+        self.button.on_click(lambda _: self.compare(self.a.value, self.b.value, self.runs.value))
+        self.widget = W.VBox([W.HBox([self.a, self.b, self.runs, self.button]), self.summary, self.chart, self.tables])
+
+    def refresh_model(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        labels = list(self.app.engines)
+        old_a, old_b = self.a.value, self.b.value
+        self.a.options, self.b.options = labels, labels
+        if labels:
+            self.a.value = old_a if old_a in labels else labels[0]
+            self.b.value = old_b if old_b in labels and old_b != self.a.value else labels[-1]
+
+    def compare(self, label_a, label_b, runs: int = 5):
+        """Profile both engines on the same inputs; returns {"a", "b", "e2e_a", "e2e_b", "layers", "by_type"}."""
+        if not label_a or not label_b:
+            self.summary.value = note_html("build two engines first (e.g. fp32 and fp16)", "#b00")
+            return None
+        try:
+            df_a = self.app.profile(runs=runs, label=label_a)
+            df_b = self.app.profile(runs=runs, label=label_b)
+        except Exception as exc:
+            self.summary.value = error_html(exc)
+            return None
+        layers, by_type = compare_profiles(df_a, df_b)
+        e2e_a, e2e_b = df_a.attrs["end_to_end_ms"], df_b.attrs["end_to_end_ms"]
+        self.result = {"a": label_a, "b": label_b, "e2e_a": e2e_a, "e2e_b": e2e_b, "layers": layers, "by_type": by_type}
+        self.summary.value = (f"end-to-end: <b>{esc(label_a)}</b> {e2e_a:.3f} ms · <b>{esc(label_b)}</b> "
+                              f"{e2e_b:.3f} ms · speed-up of B over A <b>{e2e_a / e2e_b:.2f}×</b>")
+        self.chart.clear_output()
+        if len(layers):
+            self.figure = compare_figure(layers, label_a, label_b)
+            with self.chart:
+                display(Image(data=figure_png(self.figure), format="png"))
+        self.tables.value = df_html(by_type, 40, "Time by op type") + df_html(layers, 60, "Per layer")
+        return self.result
