@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import marshal
 import math
@@ -23,7 +24,12 @@ from hypothesis import strategies as st
 
 from workbench.engine import format as fmt
 from workbench.engine import serialize
-from workbench.engine.format import FORMAT_VERSION, MAGIC, read_container, write_container
+from workbench.engine.format import (
+    FORMAT_VERSION,
+    MAGIC,
+    read_container,
+    write_container,
+)
 from workbench.engine.plan import Layer, Plan, Subgraph, TensorSpec
 from workbench.engine.serialize import MAX_GRAPH_DEPTH, decode_plan, encode_plan
 from workbench.errors import EngineCompatibilityError, EngineFormatError
@@ -240,7 +246,8 @@ def test_lean_modules_import_no_optimizer():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     # numpy itself imports pickle, so the import list cannot show it unused; the source can
     for mod in (fmt, serialize):
-        src = open(mod.__file__, encoding="utf-8").read()
+        with open(mod.__file__, encoding="utf-8") as f:
+            src = f.read()
         for word in ("import pickle", "import marshal", "eval(", "exec(", "allow_pickle=True", "__import__"):
             assert word not in src, (mod.__name__, word)
 
@@ -292,7 +299,7 @@ def _regions(data: bytes) -> dict[str, int]:
     for off, size, n in entries:
         if size:
             out[f"blob:{n}"] = off + size // 2
-    gaps = [(a[0] + a[1], b[0]) for a, b in zip(entries, entries[1:]) if b[0] > a[0] + a[1]]
+    gaps = [(a[0] + a[1], b[0]) for a, b in itertools.pairwise(entries) if b[0] > a[0] + a[1]]
     out["blob_padding"] = gaps[0][0]
     return out
 
@@ -300,7 +307,7 @@ def _regions(data: bytes) -> dict[str, int]:
 def test_one_flipped_bit_in_every_region_is_refused(engine_bytes):
     regions = _regions(engine_bytes)
     assert len(regions) > 20
-    for name, pos in regions.items():
+    for pos in regions.values():
         for bit in (0, 7):
             bad = bytearray(engine_bytes)
             bad[pos] ^= 1 << bit
@@ -334,7 +341,7 @@ def test_flipped_data_bit_says_checksum(engine_bytes):
 def test_crafted_container_is_accepted_when_valid():
     data = b"abc" + bytes(61) + b"de"
     f = blob_file({"a": (0, 3, None), "b": (64, 2, None)}, data)
-    header, blobs = read_container(f)
+    _, blobs = read_container(f)
     assert bytes(blobs["a"]) == b"abc" and bytes(blobs["b"]) == b"de"
 
 
@@ -404,7 +411,7 @@ def test_other_major_version_names_both(version):
     with pytest.raises(EngineCompatibilityError) as e:
         read_container(craft({"blobs": {}}, version=version))
     msg = str(e.value)
-    assert f"{version[0]}.{version[1]}" in msg and "%d.%d" % FORMAT_VERSION in msg and "rebuild" in msg
+    assert f"{version[0]}.{version[1]}" in msg and "{}.{}".format(*FORMAT_VERSION) in msg and "rebuild" in msg
 
 
 def test_newer_minor_version_is_read():

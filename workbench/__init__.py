@@ -33,6 +33,9 @@ _LAZY = {
     "Builder": ("workbench.builder", "Builder"),
     "BuilderConfig": ("workbench.builder", "BuilderConfig"),
     "Network": ("workbench.ir.network", "Network"),
+    "NetworkDefinition": ("workbench.network", "NetworkDefinition"),
+    "NetworkDefinitionError": ("workbench.network", "NetworkDefinitionError"),
+    "Tensor": ("workbench.network", "Tensor"),
 }
 
 
@@ -53,6 +56,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "BuildError", "Builder", "BuilderConfig", "Engine", "EngineCompatibilityError", "EngineFormatError",
-    "InputError", "ModelLoadError", "Network", "ShapeError", "UnsupportedModelError", "WorkbenchError",
+    "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor", "UnsupportedModelError", "WorkbenchError",
     "__version__", "build", "load_onnx",
 ]

@@ -53,3 +53,7 @@ class ResourceLimitError(WorkbenchError, ValueError):
 
 class OutOfMemoryError(WorkbenchError, MemoryError):
     """The GPU ran out of memory while building, loading or running; the context stays usable."""
+
+
+class ModelTooLargeError(ModelLoadError, ResourceLimitError):
+    """A model exceeds a configured limit; catchable as either a load error or a limit error."""

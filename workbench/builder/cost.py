@@ -34,6 +34,10 @@ def layer_flops(layer: Layer) -> int:
     if out is None:
         return 0
     op = layer.op
+    if layer.domain == "workbench":
+        fused = _fused_flops(layer, out)
+        if fused is not None:
+            return fused
     if op in ("Conv", "ConvInteger", "QLinearConv") or layer.attrs.get("wb_conv"):
         w = ins[1] if len(ins) > 1 else None
         if w is None or _numel(w) is None or not w.shape:
@@ -49,6 +53,30 @@ def layer_flops(layer: Layer) -> int:
         k = a.shape[-1] if not (op == "Gemm" and layer.attrs.get("transA")) else a.shape[0]
         return 2 * out * int(k)
     return out * _POINTWISE_FLOPS.get(op, 1)
+
+
+def _fused_flops(layer: Layer, out: int) -> int | None:
+    """Fused ops of the workbench domain: the main op plus a few FLOPs per output element."""
+    ins, op = layer.input_specs, layer.op
+    if op == "FusedConv" and len(ins) > 1 and _numel(ins[1]) and ins[1].shape:
+        return 2 * out * math.prod(ins[1].shape[1:]) + 3 * out
+    if op == "FusedGemm" and ins and ins[0].shape and isinstance(ins[0].shape[-1], int):
+        k = ins[0].shape[-1] if not layer.attrs.get("transA") else ins[0].shape[-2]
+        return 2 * out * int(k) + 3 * out
+    if op == "Attention" and len(ins) > 2 and ins[1].shape:
+        # Q·Kᵀ and P·V each cost 2 FLOPs per (output element x key position); softmax ~5 per score
+        axis = {"bhsd": 2, "bshd": 1, "bsd": 1, "bhds": 3}.get(layer.attrs.get("k_layout", "bhsd"), 2)
+        seq_k = ins[1].shape[axis] if axis < len(ins[1].shape) else None
+        return 4 * out * int(seq_k) + 5 * out if isinstance(seq_k, int) else None
+    if op in ("LayerNorm", "SkipLayerNorm"):
+        return 8 * out
+    if op == "RMSNorm":
+        return 5 * out
+    if op == "Pointwise":
+        import json
+
+        return out * max(len(json.loads(layer.attrs.get("program", "[]"))), 1)
+    return None
 
 
 def layer_bytes(layer: Layer) -> int:

@@ -25,6 +25,19 @@ def cpu_target() -> dict:
     return {"backend": "cpu", "device": platform.machine() or "cpu", "numpy": np.__version__}
 
 
+def _json_safe(value):
+    """Reports may hold NaN/inf timings or NumPy scalars; the header is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 class Engine:
     """An optimized, executable model. Make one with ``workbench.build``; run it through
     ``engine.create_context().run(feeds)``."""
@@ -66,9 +79,9 @@ class Engine:
             blobs[f"kernel/{name}"] = data
         header = {
             "producer": {"name": "workbench", "version": __version__},
-            "target": self.target,
-            "build": self.build_info,
-            "reports": self.reports,
+            "target": _json_safe(self.target),
+            "build": _json_safe(self.build_info),
+            "reports": _json_safe(self.reports),
             "plan": plan_d,
             "kernels": sorted(self.blobs),
         }

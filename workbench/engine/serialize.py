@@ -97,7 +97,7 @@ class _Encoder:
             return int(v)
         if isinstance(v, (float, np.floating)):
             v = float(v)
-            return v if math.isfinite(v) else {"$float": "nan" if v != v else ("inf" if v > 0 else "-inf")}
+            return v if math.isfinite(v) else {"$float": "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")}
         if isinstance(v, bytes):
             return {"$bytes": base64.b64encode(v).decode("ascii")}
         if isinstance(v, np.ndarray):

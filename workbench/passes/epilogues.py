@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..patterns.rewrite import Match, Rule, provenance
-from ..patterns.values import attr, const, producer, shape, sole_user, users
+from ..patterns.values import attr, const, is_graph_output, producer, shape, sole_user, users
 from .activations import UNARY_OK, find_activation
 
 
@@ -97,23 +97,24 @@ def _absorbable(v: ir.Value) -> list[ir.Node]:
 
 def _multi_consumer_note(v: ir.Value, what: str):
     readers = users(v)
-    if len(readers) > 1 and _absorbable(v):
-        names = ", ".join(f"{u.name} ({u.op_type})" for u in readers)
-        return (f"{what} output {v.name} has {len(readers)} consumers ({names}): the activation/add "
-                f"after it cannot be fused without computing it twice", provenance(readers)[0])
+    if (len(readers) > 1 or is_graph_output(v)) and _absorbable(v):
+        names = ", ".join(f"{u.name} ({u.op_type})" for u in readers) + (", a graph output" if is_graph_output(v) else "")
+        n = len(readers) + int(is_graph_output(v))
+        return (f"the {what} result {v.name} has {n} consumers ({names}): the activation/add after it "
+                f"cannot be fused without computing the {what} twice", provenance(readers)[0])
     return None
 
 
-def _bias_add(y: ir.Value, channel_axis: int) -> tuple[ir.Node, np.ndarray] | None:
+def _bias_add(y: ir.Value, channel_axis: int, ch: int, r: int) -> tuple[ir.Node, np.ndarray] | None:
+    """Add of a constant holding one value per output channel (``ch`` of them, rank ``r``)."""
     add = sole_user(y)
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
         return None
     c = const(add.inputs[1] if add.inputs[0] is y else add.inputs[0])
-    ys = shape(y)
-    if c is None or ys is None or c.ndim > len(ys):
+    if c is None or c.ndim > r:
         return None
-    ch = ys[channel_axis]
-    want = [1] * len(ys)
+    ys = [0] * r
+    want = [1] * r
     want[channel_axis] = ch
     padded = (1,) * (len(ys) - c.ndim) + c.shape
     if c.size != ch or any(p not in (1, w) for p, w in zip(padded, want)) or np.prod(padded) != ch:
@@ -131,10 +132,10 @@ def _residual_add(y: ir.Value) -> tuple[ir.Node, ir.Value] | None:
     return add, z
 
 
-def _epilogue(y: ir.Value, channel_axis: int, allow_residual: bool, what: str):
+def _epilogue(y: ir.Value, channel_axis: int, allow_residual: bool, what: str, ch: int | None, r: int | None):
     """Walk forward from ``y``: bias Add, residual Add, activation. Returns nodes, out, parts."""
     nodes, parts, declined = [], {}, []
-    bias = _bias_add(y, channel_axis)
+    bias = _bias_add(y, channel_axis, ch, r) if ch and r else None
     if bias is not None:
         nodes.append(bias[0])
         parts["bias"] = bias[1]
@@ -163,9 +164,10 @@ class ConvEpilogue(Rule):
     ops = ("Conv",)
 
     def pattern(self, root):
-        if len(root.inputs) < 2 or const(root.inputs[1]) is None or shape(root.outputs[0]) is None:
+        w = const(root.inputs[1]) if len(root.inputs) > 1 else None
+        if w is None:
             return None
-        nodes, out, parts, declined = _epilogue(root.outputs[0], 1, True, "Conv")
+        nodes, out, parts, declined = _epilogue(root.outputs[0], 1, True, "Conv", w.shape[0], w.ndim)
         m = Match(root, [root, *nodes], outputs=[out], b={"parts": parts, "declined": declined})
         if not nodes:
             if not declined:
@@ -217,9 +219,14 @@ class GemmEpilogue(Rule):
 
     def pattern(self, root):
         out = root.outputs[0]
-        if shape(out) is None or len(shape(out)) < 2:
+        b = root.inputs[1]
+        n = None
+        if b is not None and b.shape is not None and len(b.shape) == 2:
+            n = b.shape[0] if root.op_type == "Gemm" and attr(root, "transB", 0) else b.shape[-1]
+        r = 2 if root.op_type == "Gemm" else (len(out.shape) if out.shape is not None else None)
+        if r is not None and r < 2:
             return None
-        nodes, y, parts, declined = _epilogue(out, -1, False, root.op_type)
+        nodes, y, parts, declined = _epilogue(out, -1, False, root.op_type, n if isinstance(n, int) else None, r)
         if root.op_type == "Gemm" and "bias" in parts and len(root.inputs) > 2 and root.inputs[2] is not None:
             nodes, y, parts, declined = [], out, {}, []  # a second bias: leave it to pointwise fusion
         if not nodes and not declined:

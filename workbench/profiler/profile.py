@@ -56,8 +56,8 @@ def profile_context(ctx, feeds=None, runs: int = 10, warmup: int = 1):
     df.attrs["sum_of_layers_ms"] = total_med
     df.attrs["runs"] = runs
     df.attrs["device"] = ctx.device
-    df.attrs["note"] = ("per-layer times are taken in separate runs with a timer around every layer; "
-                        "their sum exceeds the end-to-end time")
+    df.attrs["note"] = ("per-layer times come from separate runs with a timer around every layer, which adds "
+                        "overhead; end-to-end times come from plain runs")
     return df
 
 

@@ -31,6 +31,10 @@ def _cp():
     return cp
 
 
+class _CaptureFailed(Exception):
+    """args[0]: index of the layer that broke stream capture."""
+
+
 class GpuExecutionContext:
     device = "gpu"
 
@@ -47,6 +51,7 @@ class GpuExecutionContext:
         self.first_nonfinite: tuple[str, str] | None = None
         self.graph_error: str | None = None
         self._segments = None
+        self._eager_only: set[int] = set()  # layers whose capture failed; they run between graphs
         self._pools: list = []
         try:
             with self.stream:
@@ -122,7 +127,7 @@ class GpuExecutionContext:
         cp = _cp()
         groups, cur = [], []
         for i, k in enumerate(self.kernels):
-            if k.capturable:
+            if k.capturable and i not in self._eager_only:
                 cur.append(i)
             else:
                 if cur:
@@ -146,12 +151,20 @@ class GpuExecutionContext:
                     self.stream.begin_capture(mode=cp.cuda.runtime.streamCaptureModeRelaxed)
                 except TypeError:
                     self.stream.begin_capture()
-                graph = None
+                failed = None
                 try:
                     for i in idx:
+                        failed = i
                         self._run_layer(i)
-                finally:
+                    failed = None
+                except Exception:
+                    pass  # the capture is ended below either way; the layer is reported by index
+                try:
                     graph = self.stream.end_capture()
+                except Exception:
+                    graph = None
+                if failed is not None or graph is None:
+                    raise _CaptureFailed(failed if failed is not None else idx[0])
             segments.append(("graph", graph))
         self._segments = segments
 
@@ -159,16 +172,23 @@ class GpuExecutionContext:
         if not self.cuda_graph or self.debug or self.graph_error:
             self._eager(check_finite=self.debug)
             return
-        if self._segments is None:
+        while self._segments is None and len(self._eager_only) < 16:
             try:
                 self._capture()
-            except Exception as exc:  # a tactic that cannot be captured: run eagerly from now on
+            except _CaptureFailed as exc:  # this layer cannot be captured: run it between segments
+                self._eager_only.add(exc.args[0])
+                self.stream.synchronize()
+            except Exception as exc:  # anything else: run eagerly from now on
                 self.graph_error = f"{type(exc).__name__}: {exc}"
                 self._segments = None
                 warnings.warn(f"CUDA graph capture failed, running layer by layer: {self.graph_error}", RuntimeWarning,
                               stacklevel=3)
                 self._eager()
                 return
+        if self._segments is None:
+            self.graph_error = f"could not capture: layers {sorted(self._eager_only)} and more are not capturable"
+            self._eager()
+            return
         for kind, item in self._segments:
             if kind == "graph":
                 item.launch(self.stream)

@@ -130,6 +130,7 @@ class Workbench:
         n = len(self.engines) + 1
         extra = " +overrides" if cfg.layer_precisions else ""
         self.add_engine(engine, f"#{n} {engine.backend} {cfg.precision}{extra}")
+        self.tabs.selected_index = 1  # show the result: fusion log and graph
         if bar:
             bar.update(2)
             bar.close()

@@ -104,7 +104,7 @@ def engine_graph(engine, network=None) -> dict:
     edges, seen = [], set()
     for i, layer in enumerate(d["layers"]):
         nid = f"L{i}"
-        node = {"id": nid, "layer": layer["name"], "label": layer["type"], "sub": _tail(layer["name"]),
+        node = {"id": nid, "layer": layer["name"], "label": layer.get("op") or layer["type"], "sub": _tail(layer["name"]),
                 "type": layer["type"], "precision": layer["precision"],
                 "search": " ".join([layer["name"], layer["type"], *layer["onnx_nodes"]]).lower(),
                 "tooltip": (f"{layer['name']}\n{layer['type']} · {layer['precision']} · {layer['tactic']}\n"

@@ -111,6 +111,7 @@ class PrecisionTab:
         self.result.value = note_html("rebuilding…")
         try:
             after = app.build(layer_precisions=dict(self.overrides))
+            app.tabs.selected_index = 2  # stay on this tab to show the result
             feeds = app.feeds(after)
             t_before, t_after = _latency(before, feeds, self.runs.value), _latency(after, feeds, self.runs.value)
             errs = app.output_error(after)

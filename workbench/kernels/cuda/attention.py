@@ -1,7 +1,7 @@
 """cupy.attention: fallback for ``workbench.Attention`` when cuDNN SDPA cannot take a layer (fp32,
 odd head dims, masks it does not support): softmax(Q K^T * scale + mask) V with cuBLAS batched
-GEMMs in fp32 (through CuPy) and a numerically safe softmax. Capturable: it only allocates
-temporaries, which come from the context's private graph pool.
+GEMMs in fp32 (through CuPy) and a numerically safe softmax. CuPy refuses cuBLAS calls
+during stream capture, so it runs eagerly between captured graph segments.
 
 Mask semantics follow FUSED_OPS.md: "additive" adds the mask to the scores, "boolean" keeps scores
 where the mask is true. ``causal`` aligns the triangle to the bottom-right (query i sees keys
@@ -28,8 +28,10 @@ class CupyAttention:
             return "needs static shapes"
         if any(s.dtype not in ("float32", "float16", "bool") for s in specs):
             return "float32/float16 only (CuPy has no bfloat16)"
-        if any(len(s.shape) != 4 for s in layer.input_specs[:3]):
-            return "Q/K/V must be [batch, heads, seq, head_dim]"
+        for i, key in enumerate(("q_layout", "k_layout", "v_layout")):
+            lay = layer.attrs.get(key, "bhsd")
+            if lay not in ("bhsd", "bshd", "bsd", "bhds") or len(layer.input_specs[i].shape) != len(lay):
+                return f"unsupported {key} {lay!r} for shape {layer.input_specs[i].shape}"
         return None
 
     def configs(self, layer, precision, gpu):
@@ -37,17 +39,36 @@ class CupyAttention:
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
         cp = cupy()
-        q, k = layer.input_specs[0].shape, layer.input_specs[1].shape
-        heads, kv = q[1], k[1]
-        scale = float(layer.attrs.get("scale") or 1.0 / np.sqrt(q[3]))
-        kind = layer.attrs.get("mask_kind", "") or ("additive" if len(layer.inputs) > 3 and layer.inputs[3] else "")
+        a = layer.attrs
+        heads = int(a.get("num_heads") or 0) or layer.input_specs[0].shape[1]
+        kv = int(a.get("kv_heads") or 0) or heads
+        lays = [a.get(k, "bhsd") for k in ("q_layout", "k_layout", "v_layout")]
+        out_lay = a.get("out_layout", "bhsd")
+
+        def bhsd(x, lay, h):
+            if lay == "bshd":
+                return x.transpose(0, 2, 1, 3)
+            if lay == "bsd":
+                return x.reshape(x.shape[0], x.shape[1], h, -1).transpose(0, 2, 1, 3)
+            if lay == "bhds":
+                return x.transpose(0, 1, 3, 2)
+            return x
+
+        qs = layer.input_specs[0].shape
+        d = qs[-1] // heads if lays[0] == "bsd" else qs[-1]
+        q = [qs[0], heads, qs[1] if lays[0] in ("bsd", "bshd") else qs[2], d]
+        ks = layer.input_specs[1].shape
+        k = [ks[0], kv, ks[-1] if lays[1] == "bhds" else ks[1] if lays[1] in ("bsd", "bshd") else ks[2], d]
+        nan_to_zero = bool(a.get("nan_to_zero", 0))
+        scale = float(a.get("scale") or 1.0 / np.sqrt(d))
+        kind = a.get("mask_kind", "") or ("additive" if len(layer.inputs) > 3 and layer.inputs[3] else "")
         tri = None
-        if layer.attrs.get("causal", 0):
+        if a.get("causal", 0):
             sq, sk = q[2], k[2]
             tri = cp.asarray(np.tril(np.ones((sq, sk), bool), k=sk - sq))
 
         def run(ins, outs, ws, stream):
-            qq, kk, vv = (x.astype(cp.float32) for x in ins[:3])
+            qq, kk, vv = (bhsd(x, lay, h).astype(cp.float32) for x, lay, h in zip(ins[:3], lays, (heads, kv, kv)))
             mask = ins[3] if len(ins) > 3 else None
             if kv != heads:
                 kk = cp.repeat(kk, heads // kv, axis=1)
@@ -59,9 +80,15 @@ class CupyAttention:
                 s = cp.where(tri, s, -cp.inf)
             s = cp.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
-            cp.copyto(outs[0], cp.matmul(s, vv).reshape(outs[0].shape).astype(outs[0].dtype))
+            if nan_to_zero:
+                s = cp.where(cp.isnan(s), 0.0, s)
+            o = cp.matmul(s, vv)
+            if out_lay in ("bshd", "bsd"):
+                o = o.transpose(0, 2, 1, 3)
+            cp.copyto(outs[0], o.reshape(outs[0].shape).astype(outs[0].dtype))
 
-        return BuiltKernel(run=run)
+        # CuPy refuses cuBLAS calls during stream capture: this layer runs between graph segments
+        return BuiltKernel(run=run, capturable=False)
 
 
 TACTICS = [CupyAttention()]

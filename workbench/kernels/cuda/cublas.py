@@ -256,9 +256,9 @@ class CublasGemm:
                     extras.append(c if (c_const is not None or beta == 1.0) else c * beta)
                 epi(y, extras, stream)
 
-        # a non-constant C with beta != 1 allocates a scaled copy: keep that out of CUDA graphs
-        capturable = not (c_name and c_const is None and beta != 1.0) and not ta
-        return BuiltKernel(run=run, workspace_bytes=0, capturable=capturable)
+        # CuPy refuses cuBLAS calls during stream capture ("calling cuBLAS API during stream capture
+        # is currently unsupported", CuPy 14.2): this fallback always runs outside CUDA graphs
+        return BuiltKernel(run=run, workspace_bytes=0, capturable=False)
 
 
 # ----------------------------------------------------------------------------- im2col conv
@@ -360,7 +360,7 @@ class Im2colConv:
             if epi is not None:
                 epi(y, ([bias] if bias is not None else []) + ([inputs[3]] if has_z else []), stream)
 
-        return BuiltKernel(run=run, workspace_bytes=total)
+        return BuiltKernel(run=run, workspace_bytes=total, capturable=False)  # CuPy cuBLAS: no capture
 
 
 TACTICS = [CublasGemm(), Im2colConv()]

@@ -152,7 +152,8 @@ class _Plan:
             self.bias = cp.ascontiguousarray(bias.reshape(n, 1))
             epilog_inputs = {"bias": self.bias}
         self.algorithms = self.mm.plan(preferences={"limit": MAX_ALGOS}, algorithms=algorithms,
-                                       epilog=getattr(MatmulEpilog, p["epilog"]), epilog_inputs=epilog_inputs)
+                                       epilog=None if p["epilog"] == "DEFAULT" else getattr(MatmulEpilog, p["epilog"]),
+                                       epilog_inputs=epilog_inputs)
 
 
 def _signature(p: dict, precision: str) -> tuple:
@@ -231,6 +232,7 @@ class CublasLtGemm:
 
         kern = BuiltKernel(run=run, workspace_bytes=ws_bytes)
         kern.algorithm_id = algo.algorithm_id
+        kern.fast_launch = launch is not None
         kern.plan = plan  # keeps descriptors, weight and bias alive as long as the kernel
         return kern
 

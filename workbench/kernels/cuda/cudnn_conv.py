@@ -22,6 +22,8 @@ tf32 allows them.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...engine.plan import Layer
 from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, conv_geometry, cupy_or_reason,
                      has_input, make_epilogue, ptr, stream_ptr)
@@ -167,12 +169,77 @@ def _graph(layer: Layer, precision: str, g: dict, config: dict, mode: str):
         if precision == "fp32":  # TF32 tensor cores are not fp32 arithmetic
             gr.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
         gr.check_support()
-        names = [gr.get_plan_name_at_index(i) for i in range(gr.get_execution_plan_count())]
-        res = (gr, t, names)
+        res = (gr, t, buildable_plans(gr))
+        if not res[2]:
+            res = f"cuDNN ({mode}): none of the offered plans builds"
     except Exception as e:  # cuDNN says why (unsupported graph, no engine, ...)
         res = f"cuDNN ({mode}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     _GRAPHS[key] = res
     return res
+
+
+def plan_index(plans: list, config: dict, layer: Layer) -> int:
+    """The graph's index of the recorded plan (by cuDNN's plan name: engine + knobs)."""
+    name = config.get("plan")
+    for i, n in plans:
+        if n == name or (name is None and i == int(config.get("index", 0))):
+            return i
+    raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
+
+
+def buildable_plans(gr, limit: int = 6) -> list[tuple[int, str]]:
+    """(index, name) of the first plans that build. Building is also the only reliable filter:
+    plans removed by ``deselect_*`` stay in the list and fail only at build."""
+    out = []
+    for i in range(min(gr.get_execution_plan_count(), limit)):
+        try:
+            gr.build_plan_at_index(i)
+            out.append((i, gr.get_plan_name_at_index(i)))
+        except Exception:
+            continue
+    return out
+
+
+class Launcher:
+    """Executes one built plan of a cuDNN graph with the least host work the frontend allows.
+
+    The public ``execute_plan_at_index`` with a dict costs ~60 us of Python per call (measured on
+    an H200), which would dominate every small layer during autotuning and un-graphed runs. The
+    frontend's own fast path hands C++ a sorted array of pointers (``_execute_with_raw_ptrs``); we
+    fill such an array in place. Those are private names of cudnn-frontend 1.32: if they are
+    missing or refuse our arguments, the first call falls back to the public dict form for good.
+    """
+
+    def __init__(self, gr, index: int, tensors: dict):
+        from cudnn._handle import to_backend_handle  # noqa: PLC0415
+
+        self.gr, self.index, self.tensors = gr, index, tensors
+        self.names = list(tensors)
+        self.raw = None
+        try:
+            uid_of = {tensors[n].uid: n for n in self.names}
+            order = list(gr._variant_pack_uids())
+            cfg = gr._materialize_backend_plan(index)
+            if sorted(order) == sorted(uid_of) and cfg.cpp_index is not None:
+                self.order = [self.names.index(uid_of[u]) for u in order]
+                self.arr = np.zeros(len(order), np.int64)
+                self.cpp_index = cfg.cpp_index
+                self.raw = gr._lowered_graph._execute_with_raw_ptrs
+                self.to_h = to_backend_handle
+        except Exception:
+            self.raw = None
+
+    def __call__(self, ptrs: list[int], ws_ptr: int, h) -> None:
+        if self.raw is not None:
+            for j, i in enumerate(self.order):
+                self.arr[j] = ptrs[i]
+            try:
+                self.raw(self.arr.ctypes.data, len(self.arr), ws_ptr, self.to_h(h), self.cpp_index)
+                return
+            except TypeError:
+                self.raw = None  # signature changed: public path from now on
+        self.gr.execute_plan_at_index({self.tensors[n]: p for n, p in zip(self.names, ptrs)}, ws_ptr,
+                                      index=self.index, handle=h)
 
 
 class CudnnConv:
@@ -211,7 +278,7 @@ class CudnnConv:
                         res = _graph(layer, precision, g, cfg, mode)
                         if isinstance(res, str):
                             continue
-                        for i, name in enumerate(res[2]):
+                        for i, name in res[2]:
                             if (layout, wl, split, name) in seen or n_mode >= cap:
                                 continue
                             seen.add((layout, wl, split, name))
@@ -226,12 +293,8 @@ class CudnnConv:
         res = _graph(layer, precision, g, config, config.get("mode", "A"))
         if isinstance(res, str):
             raise RuntimeError(res)
-        gr, t, names = res
-        name = config.get("plan")
-        index = names.index(name) if name in names else int(config.get("index", 0))
-        if name is not None and name not in names:
-            raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
-        gr.build_plan_at_index(index)
+        gr, t, plans = res
+        index = plan_index(plans, config, layer)
         ws = int(gr.get_workspace_size_plan_at_index(index))
         io = IO_DTYPE[precision]
         # weight packed once, in the layout the graph declares
@@ -247,21 +310,26 @@ class CudnnConv:
             if bias is not None:
                 bias = bias.reshape((1, g["m"]) + (1,) * (len(layer.output_specs[0].shape) - 2))
         h = handle()
+        launch = Launcher(gr, index, t)
+        w_ptr, b_ptr = ptr(w), ptr(bias)
+        fused_b = "B" in t
 
         def run(inputs, outputs, workspace, stream):
-            x, y = inputs[0], outputs[0]
-            cudnn.set_stream(handle=h, stream=stream_ptr(stream))
-            data = {"X": ptr(x), "W": ptr(w), "Y": ptr(y)}
-            if "B" in t:
-                data["B"] = ptr(bias)
+            cudnn.set_stream(h, stream_ptr(stream))
+            ptrs = [ptr(inputs[0]), w_ptr]
+            if fused_b:
+                ptrs.append(b_ptr)
             if "Z" in t:
-                data["Z"] = ptr(inputs[3])
-            gr.execute_plan_at_index({t[k]: data[k] for k in t}, ptr(workspace), index=index, handle=h)
+                ptrs.append(ptr(inputs[3]))
+            ptrs.append(ptr(outputs[0]))
+            launch(ptrs, ptr(workspace), h)
+            y = outputs[0]
             if epi is not None:
                 epi(y, ([bias] if bias is not None else []) + ([inputs[3]] if has_input(layer, 3) else []), stream)
 
         kern = BuiltKernel(run=run, workspace_bytes=ws)
-        kern.keep = (gr, w, bias)
+        kern.keep = (gr, w, bias, launch)
+        kern.fast_launch = launch.raw is not None
         return kern
 
 

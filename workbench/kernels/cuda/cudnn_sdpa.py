@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ...engine.plan import Layer
 from .cublas import IO_DTYPE, in_specs, cupy_or_reason, has_input, np_dtype, ptr, static_shape, stream_ctx, stream_ptr
-from .cudnn_conv import _cudnn_or_reason, cudnn_dtype, handle
+from .cudnn_conv import Launcher, _cudnn_or_reason, buildable_plans, cudnn_dtype, handle, plan_index
 from .tactic import BuiltKernel, GpuInfo
 
 MAX_PLANS = 2
@@ -101,7 +101,9 @@ def _graph(p: dict, mode: str = "A"):
         gr.build_operation_graph()
         gr.create_execution_plans([getattr(cudnn.heur_mode, mode)])
         gr.check_support()
-        res = (gr, t, [gr.get_plan_name_at_index(i) for i in range(gr.get_execution_plan_count())])
+        res = (gr, t, buildable_plans(gr, MAX_PLANS + 1))
+        if not res[2]:
+            res = "cuDNN sdpa: none of the offered plans builds"
     except Exception as e:
         res = f"cuDNN sdpa: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     _GRAPHS[key] = res
@@ -127,7 +129,7 @@ class CudnnSdpa:
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
         res = _graph(_problem(layer, precision))
-        return [] if isinstance(res, str) else [{"plan": n, "index": i} for i, n in enumerate(res[2][:MAX_PLANS])]
+        return [] if isinstance(res, str) else [{"plan": n, "index": i} for i, n in res[2][:MAX_PLANS]]
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
         import cudnn  # noqa: PLC0415
@@ -136,12 +138,8 @@ class CudnnSdpa:
         res = _graph(p)
         if isinstance(res, str):
             raise RuntimeError(res)
-        gr, t, names = res
-        name = config.get("plan")
-        if name is not None and name not in names:
-            raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
-        index = names.index(name) if name is not None else int(config.get("index", 0))
-        gr.build_plan_at_index(index)
+        gr, t, plans = res
+        index = plan_index(plans, config, layer)
         ws = int(gr.get_workspace_size_plan_at_index(index))
         ws = -(-ws // 256) * 256
         io = IO_DTYPE[precision]
@@ -167,14 +165,16 @@ class CudnnSdpa:
                     expr = "y = m ? (T)0 : (T)(%r)" % NEG if p["kind"] == "boolean" else "y = (T)m"
                     conv = cp.ElementwiseKernel("M m", "T y", expr, "wb_sdpa_mask")
         out_dt = np_dtype(io)
+        h = handle()
+        order = ["q", "k", "v"] + (["mask"] if "mask" in t else []) + ["o"]
+        launch = Launcher(gr, index, {n: t[n] for n in order})
 
         def run(inputs, outputs, workspace, stream):
-            h = handle()
-            cudnn.set_stream(handle=h, stream=stream_ptr(stream))
-            data = {t["q"]: ptr(inputs[0]), t["k"]: ptr(inputs[1]), t["v"]: ptr(inputs[2]), t["o"]: ptr(outputs[0])}
+            cudnn.set_stream(h, stream_ptr(stream))
+            ptrs = [ptr(inputs[0]), ptr(inputs[1]), ptr(inputs[2])]
             if "mask" in t:
                 if mask_const is not None:
-                    data[t["mask"]] = ptr(mask_const)
+                    ptrs.append(ptr(mask_const))
                 elif conv is not None:
                     import cupy as cp  # noqa: PLC0415
 
@@ -183,13 +183,15 @@ class CudnnSdpa:
                     src = inputs[3].reshape(p["mask"])
                     with stream_ctx(stream):
                         conv(src if p["kind"] != "boolean" else src.astype(bool, copy=False), dst)
-                    data[t["mask"]] = dst.data.ptr
+                    ptrs.append(dst.data.ptr)
                 else:
-                    data[t["mask"]] = ptr(inputs[3])
-            gr.execute_plan_at_index(data, ptr(workspace), index=index, handle=h)
+                    ptrs.append(ptr(inputs[3]))
+            ptrs.append(ptr(outputs[0]))
+            launch(ptrs, ptr(workspace), h)
 
         kern = BuiltKernel(run=run, workspace_bytes=ws + mask_bytes)
-        kern.keep = (gr, mask_const)
+        kern.keep = (gr, mask_const, launch)
+        kern.fast_launch = launch.raw is not None
         return kern
 
 

@@ -16,7 +16,7 @@ from ...engine.plan import Layer
 from .device import cupy
 from .tactic import BuiltKernel, GpuInfo
 
-MOVE_ONLY = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Transpose", "Concat",
+MOVE_ONLY = {"GatherND", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Transpose", "Concat",
              "Split", "Slice", "Gather", "Tile", "Shape", "Size", "ConstantOfShape"}
 
 
@@ -106,7 +106,22 @@ def _gather(layer, w):
     def run(ins, outs):
         cp = cupy()
         idx = fixed if fixed is not None else cp.where(ins[1] < 0, ins[1] + n, ins[1])
-        cp.copyto(outs[0], cp.take(ins[0], idx, axis=axis))
+        cp.copyto(outs[0], cp.take(ins[0], idx, axis=axis).reshape(outs[0].shape))
+    return run
+
+
+def _gather_nd(layer, w):
+    b = int(layer.attrs.get("batch_dims", 0))
+    ds, ish = layer.input_specs[0].shape, layer.input_specs[1].shape
+    k = ish[-1]
+    nb = math.prod(ds[:b])
+    def run(ins, outs):
+        cp = cupy()
+        data = ins[0].reshape((nb,) + tuple(ds[b:]))
+        idx = ins[1].reshape((nb, -1, k))
+        cols = tuple(cp.where(idx[..., j] < 0, idx[..., j] + ds[b + j], idx[..., j]) for j in range(k))
+        r = data[(cp.arange(nb)[:, None],) + cols]
+        cp.copyto(outs[0], r.reshape(outs[0].shape))
     return run
 
 
@@ -263,10 +278,27 @@ def _global(kind):
     return make
 
 
+def _lrn(layer, w):
+    a = layer.attrs
+    size = int(a["size"])
+    alpha, beta, bias = float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)), float(a.get("bias", 1.0))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    def run(ins, outs):
+        cp = cupy()
+        x = ins[0].astype(np.float32)
+        padded = cp.pad(x * x, [(0, 0), (lo + 1, hi)] + [(0, 0)] * (x.ndim - 2))
+        cs = cp.cumsum(padded, axis=1)
+        c = x.shape[1]
+        win = cs[:, size:size + c] - cs[:, :c]
+        cp.copyto(outs[0], (x / (bias + (alpha / size) * win) ** beta).astype(outs[0].dtype))
+    return run
+
+
 OPS = {
+    "LRN": _lrn,
     "Reshape": _copy_reshaped, "Flatten": _copy_reshaped, "Squeeze": _copy_reshaped, "Unsqueeze": _copy_reshaped,
     "Identity": _copy_reshaped, "Dropout": _copy_reshaped, "Expand": _expand, "Transpose": _transpose,
-    "Concat": _concat, "Split": _split, "Slice": _slice, "Gather": _gather, "Tile": _tile,
+    "Concat": _concat, "GatherND": _gather_nd, "Split": _split, "Slice": _slice, "Gather": _gather, "Tile": _tile,
     "Shape": _constant_out(_shape_value), "Size": _constant_out(lambda l, w: np.asarray(math.prod(l.input_specs[0].shape), np.int64)),
     "ConstantOfShape": _constant_out(_const_of_shape),
     "ReduceMean": _reduce("mean"), "ReduceSum": _reduce("sum"), "ReduceMax": _reduce("max"), "ReduceMin": _reduce("min"),

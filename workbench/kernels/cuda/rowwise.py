@@ -16,6 +16,7 @@ from .nvrtc import get_function
 from .tactic import BuiltKernel, GpuInfo
 
 _REDUCE = r"""
+#define WB_NEG_INF __int_as_float(0xff800000)
 __device__ __forceinline__ float wb_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -33,7 +34,7 @@ __device__ __forceinline__ float wb_block_sum(float v, float* sh) {
 }
 __device__ __forceinline__ void wb_online(float& m, float& s, float m2, float s2) {
   float mx = fmaxf(m, m2);
-  if (mx == -INFINITY) { m = mx; s = 0.0f; return; }
+  if (mx == WB_NEG_INF) { m = mx; s = 0.0f; return; }
   s = s * __expf(m - mx) + s2 * __expf(m2 - mx); m = mx;
 }
 """
@@ -114,13 +115,13 @@ def _softmax_source(layer: Layer, dt: dict, name: str) -> str:
     return (P.PRELUDE + _REDUCE + f'extern "C" __global__ void {name}({P.storage(dt["y"])}* __restrict__ y, '
             f'const {P.storage(dt["x"])}* __restrict__ x, int cols, float eps) {{\n'
             "  __shared__ float shm[32]; __shared__ float shs[32];\n"
-            "  long long r = blockIdx.x; float m = -INFINITY, s = 0.0f;\n"
+            "  long long r = blockIdx.x; float m = WB_NEG_INF, s = 0.0f;\n"
             f"  for (int c = threadIdx.x; c < cols; c += blockDim.x) wb_online(m, s, {x}, 1.0f);\n"
             "  for (int o = 16; o > 0; o >>= 1) { float m2 = __shfl_xor_sync(0xffffffffu, m, o);"
             " float s2 = __shfl_xor_sync(0xffffffffu, s, o); wb_online(m, s, m2, s2); }\n"
             "  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;\n"
             "  if (lane == 0) { shm[w] = m; shs[w] = s; }\n  __syncthreads();\n"
-            "  if (w == 0) { m = lane < (blockDim.x >> 5) ? shm[lane] : -INFINITY; s = lane < (blockDim.x >> 5) ? shs[lane] : 0.0f;\n"
+            "  if (w == 0) { m = lane < (blockDim.x >> 5) ? shm[lane] : WB_NEG_INF; s = lane < (blockDim.x >> 5) ? shs[lane] : 0.0f;\n"
             "    for (int o = 16; o > 0; o >>= 1) { float m2 = __shfl_xor_sync(0xffffffffu, m, o);"
             " float s2 = __shfl_xor_sync(0xffffffffu, s, o); wb_online(m, s, m2, s2); }\n"
             "    if (lane == 0) { shm[0] = m; shs[0] = s; } }\n  __syncthreads();\n  m = shm[0]; s = shs[0];\n"

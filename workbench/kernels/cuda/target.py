@@ -61,6 +61,7 @@ class GpuTarget:
     def assign(self, plan, config) -> None:
         t0 = time.perf_counter()
         _check_static(plan)
+        self.materialized = materialize_constants(plan)
         self.precision_rows = assign_precisions(plan, config, self._supports)
         cache = None
         if config.timing_cache:
@@ -204,6 +205,38 @@ def _random_bits(spec, rng) -> np.ndarray:
     if spec.dtype in ("float32", "float16", "bfloat16", "float64"):
         return to_device_bits(rng.standard_normal(shape).astype(np.float32), spec.dtype)
     return np.zeros(shape, dtype=storage_dtype(spec.dtype))
+
+
+# ops whose results are fixed once all their inputs are: safe to evaluate at build
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+                     "Dropout"}
+
+
+def materialize_constants(plan) -> list[str]:
+    """Evaluate, on the host, layers that read only constants (e.g. the ConstantOfShape layers that
+    produce the light_* models' weights, left unfolded by the optimizer's size cap), so that GPU
+    tactics see them as weights to pack and upload once. Returns the names of removed layers."""
+    from ...engine.liveness import subgraphs_of
+    from ...kernels.reference import KernelContext, get_kernel
+
+    outputs = {s.name for s in plan.outputs}
+    kept, removed = [], []
+    for layer in plan.layers:
+        fn = get_kernel(layer.domain, layer.op)
+        if (fn is None or layer.op in _NONDETERMINISTIC or subgraphs_of(layer) or any(o in outputs for o in layer.outputs)
+                or not all(n in plan.constants for n in layer.inputs if n)):
+            kept.append(layer)
+            continue
+        ctx = KernelContext(opset=layer.opset, n_outputs=len(layer.outputs),
+                            output_dtypes=[s.dtype for s in layer.output_specs], name=layer.name)
+        vals = fn(ctx, [plan.constants[n] if n else None for n in layer.inputs], layer.attrs)
+        for name, v in zip(layer.outputs, vals):
+            if name:
+                plan.constants[name] = np.asarray(v)
+                plan.tensors.pop(name, None)
+        removed.append(layer.name)
+    plan.layers = kept
+    return removed
 
 
 def _check_static(plan) -> None:
