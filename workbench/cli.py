@@ -74,7 +74,8 @@ def cmd_build(args) -> int:
             raise CliError(f"bad --layer-precision {item!r}: expected LAYER=PRECISION")
         overrides[name] = prec
     cfg = BuilderConfig(device=args.device, precision=args.precision, shapes=shapes, disable=disable,
-                        layer_precisions=overrides, timing_cache=args.timing_cache, progress=not args.quiet)
+                        layer_precisions=overrides, timing_cache=args.timing_cache,
+                        progress=sys.stderr.isatty() and not args.quiet)
     net = load_onnx(args.model)
     engine = build(net, cfg)
     info = engine.save(args.output)

@@ -25,6 +25,12 @@ export class Viewport {
       this.canvas.classList.remove("dragging");
       setTimeout(() => { this.dragged = false; }, 0); // let the click handler see it first
     };
+    // A view drawn while hidden (a background tab) has no size; fit once it gets one.
+    this.resize = new ResizeObserver(() => {
+      const [w, h] = this.size(true);
+      if (w > 0 && h > 0 && this.unsized) { this.unsized = false; this.fit(); }
+    });
+    this.resize.observe(canvas);
     svg.addEventListener("wheel", this.onWheel, { passive: false });
     svg.addEventListener("pointerdown", this.onDown);
     window.addEventListener("pointermove", this.onMove);
@@ -33,8 +39,10 @@ export class Viewport {
 
   setContent(w, h) { this.w = Math.max(w, 1); this.h = Math.max(h, 1); }
 
-  size() {
+  size(raw = false) {
     const r = this.svg.getBoundingClientRect();
+    if (raw) return [r.width, r.height];
+    if (!r.width || !r.height) this.unsized = true;
     return [r.width || 800, r.height || 560];
   }
 
@@ -77,6 +85,7 @@ export class Viewport {
   }
 
   dispose() {
+    this.resize.disconnect();
     this.svg.removeEventListener("wheel", this.onWheel);
     this.svg.removeEventListener("pointerdown", this.onDown);
     window.removeEventListener("pointermove", this.onMove);

@@ -22,6 +22,7 @@ from .config import BuilderConfig
 from .cost import annotate_costs
 from .lower import lower_model
 from .memory import plan_memory
+from .progress import BuildProgress
 from .shapes import apply_input_shapes
 
 
@@ -37,17 +38,34 @@ class Builder:
         if unknown:
             raise WorkbenchError(f"cannot disable unknown pass or rule {unknown[0]!r}; known: {', '.join(sorted(known_names()))}")
         t0 = time.perf_counter()
+        progress = BuildProgress(cfg.progress)
+        try:
+            engine, ctx, target = self._build(network, cfg, progress)
+        finally:
+            progress.close()
+        # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
+        engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3}
+        engine.build_stats.update(getattr(target, "build_stats", {}))
+        return engine
+
+    def _build(self, network: Network, cfg: BuilderConfig, progress: BuildProgress):
+        progress.stage("prepare")
         device = resolve_device(cfg.device)
         model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
         nodes_before = len(model.graph)
         apply_input_shapes(model, cfg.shapes)
+        progress.stage("optimize")
         ctx = PassContext(disabled=frozenset(cfg.disable), device=device)
         run_pipeline(model, ctx, optimize=cfg.optimize)
+        progress.stage("lower")
         plan = lower_model(model)
         target = get_target(device)
         annotate_costs(plan.layers)
+        progress.stage("precision + tactics")
         target.assign(plan, cfg)
+        progress.stage("memory plan")
         memory = plan_memory(plan)
+        progress.stage("engine")
         build = {
             "producer": {"name": "workbench", "version": __version__},
             "source": network.source,
@@ -66,10 +84,7 @@ class Builder:
         engine = Engine(plan, target.target(), build, reports)
         if hasattr(target, "finish"):
             target.finish(engine, cfg)
-        # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
-        engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3}
-        engine.build_stats.update(getattr(target, "build_stats", {}))
-        return engine
+        return engine, ctx, target
 
 
 def build(network: Network, config: BuilderConfig | None = None) -> Engine:

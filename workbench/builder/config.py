@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ShapeError, WorkbenchError
 
@@ -35,7 +36,7 @@ class BuilderConfig:
     autotune: bool = True
     cuda_graph: bool = True
     max_elements: int = 2**31
-    progress: bool = False
+    progress: Any = False  # True: a tqdm bar; a callable(stage, index, count) for a UI
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

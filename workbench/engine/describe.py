@@ -35,7 +35,7 @@ def onnx_node_index(engine) -> dict[str, str]:
 
 
 def describe(engine) -> dict:
-    memory = {k: v for k, v in engine.reports.get("memory", {}).items() if k != "offsets"}
+    memory = dict(engine.reports.get("memory", {}))  # includes each tensor's arena offset
     return {
         "producer": engine.build_info.get("producer", {}),
         "target": engine.target,
