@@ -66,6 +66,42 @@ def test_no_lone_activation_or_shape_arithmetic(name):
     assert all(l["onnx_nodes"] for l in desc["layers"])
 
 
+SHAPE_ARITHMETIC = {"Shape", "Size", "Gather", "Unsqueeze", "Concat", "Squeeze", "Range", "ConstantOfShape", "Equal",
+                    "Where", "Expand", "Reshape", "Cast", "Slice", "Add", "Sub", "Mul", "Div", "Mod", "Less", "Greater"}
+
+
+def shape_arithmetic(engine) -> list[str]:
+    """Layers that compute shapes, not data: a value is shape-derived when it is a constant, an
+    output of Shape/Size, or an output of a SHAPE_ARITHMETIC layer whose inputs are all
+    shape-derived. At static shapes every such layer folds, so none may be left. (An embedding
+    Gather reads a runtime index tensor, and a mask built from attention_mask reads runtime data:
+    neither is shape-derived.)"""
+    consts = set(engine.plan.constants)
+    derived, left = set(consts), []
+    for layer in engine.layers:
+        ins = [i for i in layer.inputs if i]
+        if layer.op in ("Shape", "Size") or (layer.op in SHAPE_ARITHMETIC and all(i in derived for i in ins)):
+            derived.update(layer.outputs)
+            left.append(f"{layer.name} ({layer.op})")
+    return left
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_shape_arithmetic_left_at_static_shapes(name):
+    _, _, _, opt = _engines(name)
+    assert shape_arithmetic(opt) == []
+
+
+def test_shape_arithmetic_detector_sees_a_shape_chain():
+    """The definition above is not vacuous: with shapes left dynamic the chains are there."""
+    name = next((n for n in ("bert_legacy", "gpt2_legacy") if n in MODELS), None)
+    if name is None:
+        pytest.skip("no test model")
+    net = wb.load_onnx(os.path.join(HERE, f"{name}.onnx"))
+    raw = wb.build(net, wb.BuilderConfig(device="cpu", optimize=False, shapes=parse_shapes(MODELS[name]["shapes"])))
+    assert any("(Shape)" in x for x in shape_arithmetic(raw))
+
+
 def _family(name):
     return MODELS[name]["family"] if name in MODELS else name.split("_")[0]
 

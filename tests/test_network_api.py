@@ -164,8 +164,6 @@ def test_finish_gives_a_loader_style_network_and_round_trips():
     assert [i.to_dict() for i in reloaded.inputs] == [i.to_dict() for i in network.inputs]
 
 
-@pytest.mark.xfail(raises=IndexError, strict=True,
-                   reason="passes/attention.py _resolve indexes perm[3] of a rank-3 K transpose")
 def test_attention_without_a_heads_axis_builds():
     net = NetworkDefinition("attn3d")
     s = net.input("seq", "float32", (2, 5, 8))

@@ -13,9 +13,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ..patterns.rewrite import Match, Rule
-from ..patterns.values import attr, const, producer, scalar, shape, sole_user, users
+from ..patterns.values import attr, const, producer, rank, scalar, shape, sole_user, users
+from .masks import is_fill, plan_masks
 
-NEG_BIG = -1e30  # fill values at or below this count as "masked out"
 
 
 def _peel_scale(v: ir.Value, nodes: list, scale: list[float]) -> ir.Value:
@@ -54,13 +54,23 @@ def _merge_heads_reshape(v: ir.Value, nodes: list) -> tuple[ir.Value, str, int |
     return v, "bshd", None
 
 
-def _resolve(v: ir.Value, nodes: list, transposed: bool):
+def _resolve(v: ir.Value, nodes: list, transposed: bool, r: int):
     """Q/V (``transposed`` False, v is [b,h,s,d]) or Kᵀ (True, v is [b,h,d,s]) back to the least
-    moved tensor: returns (value, layout, heads or None)."""
+    moved tensor: returns (value, layout, heads or None). Scores of rank 3 ([b, s, d] operands,
+    no heads axis) are one head in "bsd" layout; layout None: no layout of the op fits."""
     t = _sole(v, "Transpose")
-    if t is None:
+    p = attr(t, "perm") if t is not None else None
+    if p is not None and len(p) != r:
+        p = None
+    if r == 3:
+        if not transposed:
+            return v, "bsd", 1
+        if transposed and p == [0, 2, 1]:
+            nodes.append(t)
+            return t.inputs[0], "bsd", 1
+        return v, None, None
+    if r != 4 or p is None:
         return v, ("bhds" if transposed else "bhsd"), None
-    p = attr(t, "perm")
     q = [p[0], p[1], p[3], p[2]] if transposed else p
     if q == [0, 1, 2, 3]:
         nodes.append(t)
@@ -80,7 +90,8 @@ def _repeat_kv(v: ir.Value, nodes: list) -> tuple[ir.Value, int | None]:
         return v, None
     axes = const(u.inputs[1]) if len(u.inputs) > 1 else np.array(attr(u, "axes") or [])
     xs, es, ys = shape(u.inputs[0]), shape(e.outputs[0]), shape(v)
-    if axes is None or [int(a) for a in np.reshape(axes, -1)] != [2] or not (xs and es and ys) or len(xs) != 4:
+    if axes is None or [int(a) for a in np.reshape(axes, -1)] != [2] or not (xs and es and ys) or len(xs) != 4 \
+            or len(es) != 5 or len(ys) != 4:
         return v, None
     if es[:2] != xs[:2] or es[3:] != xs[2:] or ys != (xs[0], xs[1] * es[2], xs[2], xs[3]):
         return v, None
@@ -101,9 +112,9 @@ def _mask(s: ir.Value, nodes: list) -> tuple[ir.Value, dict]:
             s, found["additive"] = (a, b) if chain_a else (b, a)
         elif p.op_type == "Where" and "boolean" not in found:
             fill = scalar(p.inputs[2])
-            if fill is None or fill > NEG_BIG:
+            if fill is None or not is_fill(fill, const(p.inputs[2]).dtype):
                 break
-            s, found["boolean"] = p.inputs[1], p.inputs[0]
+            s, found["boolean"] = p.inputs[1], (p.inputs[0], fill, p.inputs[2])
         else:
             break
         nodes.append(p)
@@ -150,22 +161,27 @@ class FuseAttention(Rule):
         if pv is None or pv.op_type != "MatMul" or pv.inputs[0] is not p:
             return None
         nodes.append(pv)
-        q, q_layout, q_heads = _resolve(_peel_scale(qk.inputs[0], nodes, scale), nodes, False)
-        k, k_layout, k_heads = _resolve(_peel_scale(qk.inputs[1], nodes, scale), nodes, True)
-        v, v_layout, v_heads = _resolve(pv.inputs[1], nodes, False)
+        r = rank(s) or 0
+        q, q_layout, q_heads = _resolve(_peel_scale(qk.inputs[0], nodes, scale), nodes, False, r)
+        k, k_layout, k_heads = _resolve(_peel_scale(qk.inputs[1], nodes, scale), nodes, True, r)
+        v, v_layout, v_heads = _resolve(pv.inputs[1], nodes, False, r)
         kv_heads = None
-        if k_layout == "bhsd" and v_layout == "bhsd":
+        if r == 4 and k_layout == "bhsd" and v_layout == "bhsd":
             k2, kv_k = _repeat_kv(k, nodes)
             v2, kv_v = _repeat_kv(v, nodes)
             if kv_k is not None and kv_k == kv_v:
                 k, v, kv_heads = k2, v2, kv_k
             elif kv_k is not None or kv_v is not None:
                 return None  # only one side repeated: leave it (the nodes list is now inconsistent)
-        out, out_layout = self._output(pv.outputs[0], nodes)
-        heads = shape(qk.inputs[0])[1] if shape(qk.inputs[0]) and len(shape(qk.inputs[0])) == 4 else q_heads
+        out, out_layout = self._output(pv.outputs[0], nodes, r)
+        qs = shape(qk.inputs[0])
+        heads = qs[1] if qs and len(qs) == 4 else q_heads
+        ss = shape(s)
+        sq, sk = (ss[-2], ss[-1]) if ss and len(ss) >= 2 else (None, None)
         b = {"q": q, "k": k, "v": v, "layouts": (q_layout, k_layout, v_layout, out_layout), "scale": scale[0],
-             "masks": masks, "heads": heads, "kv_heads": kv_heads or k_heads or v_heads or heads,
-             "nan": nan_guard, "rank": len(shape(s) or ())}
+             "masks": masks, "plan": plan_masks(masks, sq, sk), "scores": ss, "heads": heads,
+             "kv_heads": kv_heads or k_heads or v_heads or heads, "nan": nan_guard, "rank": r}
+        b["note"] = b["plan"].note
         return Match(root, nodes, outputs=[out], b=b)
 
     @staticmethod
@@ -181,7 +197,9 @@ class FuseAttention(Rule):
         return [isnan, where]
 
     @staticmethod
-    def _output(o: ir.Value, nodes: list) -> tuple[ir.Value, str]:
+    def _output(o: ir.Value, nodes: list, r: int) -> tuple[ir.Value, str]:
+        if r == 3:
+            return o, "bsd"
         t = sole_user(o)
         if t is None or t.op_type != "Transpose" or attr(t, "perm") != [0, 2, 1, 3]:
             return o, "bhsd"
@@ -194,42 +212,89 @@ class FuseAttention(Rule):
         return t.outputs[0], "bshd"
 
     def check(self, m):
+        b = m.b
         axis = attr(m.root, "axis", -1)
-        if axis not in (-1, m.b["rank"] - 1):
+        if axis not in (-1, b["rank"] - 1):
             return f"Softmax over axis {axis}, not the key axis"
-        if m.b["rank"] != 4:
-            return f"scores have rank {m.b['rank']}, not [batch, heads, query, key]"
-        if not m.b["heads"] or not m.b["kv_heads"] or m.b["heads"] % m.b["kv_heads"]:
+        if b["rank"] not in (3, 4):
+            return f"scores have rank {b['rank']}, not [batch, heads, query, key] or [batch, query, key]"
+        if None in b["layouts"]:
+            return "Kᵀ is not a transpose of a [batch, seq, dim] tensor (no layout of the Attention op fits)"
+        if not b["heads"] or not b["kv_heads"] or b["heads"] % b["kv_heads"]:
             return "head counts are unknown or query heads are not a multiple of key/value heads"
+        ss = b["scores"]
+        for kind, v in list(b["masks"].items()):
+            v = v[0] if isinstance(v, tuple) else v
+            ms = shape(v)
+            if ms is None or ss is None:
+                if rank(v) is None or rank(v) > b["rank"] or b["rank"] == 3:
+                    return f"the {kind} mask {v.name} or the scores have an unknown shape"
+                continue
+            if len(ms) > len(ss) or any(d not in (1, e) for d, e in zip(ms[::-1], ss[::-1])):
+                return f"the {kind} mask {v.name} {list(ms)} does not broadcast into the scores {list(ss)}"
+        if b["rank"] == 3 and any(_term_shape(t) is None for t in b["plan"].additive + [b["plan"].boolean] if t is not None):
+            return "a mask term of the [batch, query, key] scores has an unknown shape (needs a heads axis inserted)"
         return ""
 
     def rewrite(self, m, emit):
-        b = m.b
+        b, plan = m.b, m.b["plan"]
         ql, kl, vl, ol = b["layouts"]
         attrs = {"scale": float(b["scale"]), "num_heads": int(b["heads"]), "kv_heads": int(b["kv_heads"]),
-                 "q_layout": ql, "k_layout": kl, "v_layout": vl, "out_layout": ol, "causal": 0,
+                 "q_layout": ql, "k_layout": kl, "v_layout": vl, "out_layout": ol, "causal": int(plan.causal),
                  "nan_to_zero": b["nan"], "mask_kind": ""}
+        if plan.causal and np.isfinite(plan.fill):
+            attrs["causal_fill"] = float(plan.fill)
         ins = [b["q"], b["k"], b["v"]]
-        masks = b["masks"]
-        if "boolean" in masks and _is_causal(masks["boolean"]):
-            attrs["causal"] = 1
-            masks = {k: v for k, v in masks.items() if k != "boolean"}
-        if len(masks) == 2:  # both kinds: turn the boolean one into an additive -inf mask
-            add = emit.op("Where", [masks["boolean"], np.zeros((), np.float32), np.array(-np.inf, np.float32)], domain="")
-            masks = {"additive": emit.op("Add", [masks["additive"], add], domain="")}
-        for kind, value in masks.items():
+        terms = [_emit_where(emit, t) if isinstance(t, tuple) else t for t in plan.additive]
+        shapes = [_term_shape(t) for t in plan.additive + ([plan.boolean] if plan.boolean is not None else [])]
+        mask, kind = None, ""
+        for t in terms:
+            mask = t if mask is None else emit.op("Add", [mask, t], domain="")
+            kind = "additive"
+        if plan.boolean is not None and mask is not None:  # both kinds: the boolean one as -inf
+            inf = emit.op("Where", [plan.boolean, np.zeros((), np.float32), np.array(-np.inf, np.float32)], domain="")
+            mask = emit.op("Add", [mask, inf], domain="")
+        elif plan.boolean is not None:
+            mask, kind = plan.boolean, "boolean"
+        if mask is not None:
+            if b["rank"] == 3:  # the op's scores are [b, heads=1, sq, sk]: give the mask that heads axis
+                ms = (1, 1, 1) + tuple(np.broadcast_shapes(*shapes))
+                mask = emit.op("Reshape", [mask, np.array(ms[-3:-2] + (1,) + ms[-2:], np.int64)], domain="")
             attrs["mask_kind"] = kind
-            ins.append(value)
+            ins.append(mask)
         return [emit.op("Attention", ins, attrs)]
 
 
-def _is_causal(cond: ir.Value) -> bool:
-    c = const(cond)
-    if c is None or c.dtype != np.bool_ or c.ndim < 2:
-        return False
-    sq, sk = c.shape[-2:]
-    tril = np.tril(np.ones((sq, sk), dtype=bool), sk - sq)
-    return bool(np.all(c.reshape(-1, sq, sk) == tril))
+def _emit_where(emit, spec) -> ir.Value:
+    """Where(cond, a, b) over the padding part; one such node serves every layer that reads it."""
+    _, cond, a, b = spec
+    ca, cb = (const(x) if isinstance(x, ir.Value) else x for x in (a, b))
+    for u in users(cond):
+        if (u.op_type == "Where" and u.domain in ("", "ai.onnx") and u.inputs[0] is cond and _same(u.inputs[1], ca)
+                and _same(u.inputs[2], cb) and u.graph is not None and _before(u, emit.anchor)):
+            return u.outputs[0]
+    return emit.op("Where", [cond, a, b], domain="")
+
+
+def _term_shape(t) -> tuple[int, ...] | None:
+    if isinstance(t, tuple):
+        parts = [shape(t[1])] + [np.shape(const(x) if isinstance(x, ir.Value) else x) for x in t[2:]]
+        return None if parts[0] is None else tuple(np.broadcast_shapes(*parts))
+    return shape(t)
+
+
+def _same(v: ir.Value, arr: np.ndarray) -> bool:
+    c = const(v)
+    return c is not None and c.dtype == arr.dtype and c.shape == arr.shape and bool(np.array_equal(c, arr))
+
+
+def _before(node: ir.Node, anchor: ir.Node) -> bool:
+    for n in node.graph:
+        if n is node:
+            return True
+        if n is anchor:
+            return False
+    return False
 
 
 ATTENTION_RULES = [FuseAttention()]

@@ -79,12 +79,14 @@ class BatchNormToScaleShift(Rule):
     def pattern(self, root):
         if attr(root, "training_mode", 0) or any(users(o) for o in root.outputs[1:]) or _bn_params(root) is None:
             return None
+        if root.inputs[0].shape is None or len(root.inputs[0].shape) < 2:
+            return None  # the per-channel constants' shape depends on the rank
         return Match(root, [root], outputs=[root.outputs[0]])
 
     def rewrite(self, m, emit):
         s, t = _bn_params(m.root)
         x = m.root.inputs[0]
-        r = len(x.shape) if x.shape is not None else 4
+        r = len(x.shape)
         dt = const(m.root.inputs[1]).dtype
         bshape = (-1,) + (1,) * (r - 2)
         y = emit.op("Mul", [x, s.astype(dt).reshape(bshape)], domain="")
@@ -226,6 +228,8 @@ class GemmEpilogue(Rule):
         r = 2 if root.op_type == "Gemm" else (len(out.shape) if out.shape is not None else None)
         if r is not None and r < 2:
             return None
+        if root.op_type == "MatMul" and any(x.shape is None or len(x.shape) < 2 for x in root.inputs[:2]):
+            return None  # a vector operand (or unknown rank) is not FusedGemm's op(A) @ op(B)
         nodes, y, parts, declined = _epilogue(out, -1, False, root.op_type, n if isinstance(n, int) else None, r)
         if root.op_type == "Gemm" and "bias" in parts and len(root.inputs) > 2 and root.inputs[2] is not None:
             nodes, y, parts, declined = [], out, {}, []  # a second bias: leave it to pointwise fusion

@@ -132,7 +132,13 @@ class DecomposedNorm(Rule):
             out = got[0].outputs[0]
         n_axes = len(axes_of(red))
         return Match(root, nodes, outputs=[out],
-                     b={"x": x, "eps": eps, "ln": is_ln, "kind": kind, "parts": parts, "axis": r - n_axes})
+                     b={"x": x, "eps": eps, "ln": is_ln, "kind": kind, "parts": parts, "axis": r - n_axes, "rank": r})
+
+    def check(self, m):
+        xs = shape(m.b["x"])
+        if "Mul" not in m.b["parts"] and xs is None:
+            return f"no scale and {m.b['x'].name} has no static shape to size a unit scale"
+        return ""
 
     def rewrite(self, m, emit):
         x, parts = m.b["x"], m.b["parts"]
@@ -147,7 +153,7 @@ class DecomposedNorm(Rule):
             else:
                 scale = np.ones(n if m.b["kind"] == "channels_first" else xs[m.b["axis"]:], dt)
         if not m.b["ln"]:
-            return [emit.op("RMSNorm", [x, scale], {"epsilon": m.b["eps"], "axis": m.b["axis"] - len(xs) if xs else -1})]
+            return [emit.op("RMSNorm", [x, scale], {"epsilon": m.b["eps"], "axis": m.b["axis"] - m.b["rank"]})]
         ins = [x, scale] + ([parts["Add"]] if "Add" in parts else [])
         cf = int(m.b["kind"] == "channels_first")
         return [emit.op("LayerNorm", ins, {"axis": 1 if cf else m.b["axis"], "epsilon": m.b["eps"], "channels_first": cf})]

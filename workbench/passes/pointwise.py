@@ -81,6 +81,10 @@ class FusePointwise(Rule):
                 if is_graph_output(n.outputs[0]) or any(id(u) not in group for u in users(n.outputs[0]))]
         return Match(root, members, outputs=outs)
 
+    def check(self, m):
+        unknown = [n.outputs[0].name for n in m.nodes if dtype(n.outputs[0]) is None]
+        return f"element type of {unknown[0]} is unknown (the program states every dtype)" if unknown else ""
+
     def rewrite(self, m, emit):
         program, inputs, names = [], [], {}
         for k, n in enumerate(m.nodes):

@@ -92,8 +92,8 @@ class MergeReshapes(Rule):
     def pattern(self, root):
         first = producer(root.inputs[0], ("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
         out = shape(root.outputs[0])
-        if first is None or out is None:
-            return None
+        if first is None or out is None or 0 in out:
+            return None  # a 0 in a Reshape target copies the input dim instead
         return Match(root, [root], b={"x": first.inputs[0], "shape": out})
 
     def rewrite(self, m, emit):
@@ -122,7 +122,10 @@ class PadIntoConv(Rule):
             return "the pad amounts are not constant"
         if len(pad.inputs) > 3 and pad.inputs[3] is not None:
             return "Pad names its axes explicitly"
-        value = const(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.zeros(())
+        if len(pad.inputs) < 2:  # opset < 11: amounts and value are attributes
+            value = np.asarray(attr(pad, "value", 0.0))
+        else:
+            value = const(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else np.zeros(())
         if value is None or float(np.asarray(value).reshape(-1)[0] if np.size(value) else 0) != 0.0:
             return "the pad value is not 0"
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
@@ -164,6 +167,9 @@ class GemmOverFlattened(Rule):
         c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
         if c is not None and attr(gemm, "beta", 1.0) != 1.0 and const(c) is None:
             return None
+        cs = shape(c) if c is not None else ()
+        if cs is None or int(np.prod(cs[:-1] or (1,))) != 1:
+            return None  # a C with one row per flattened row would not broadcast over x's leading dims
         k = w.shape[0]
         if out[-1] != w.shape[1] or int(np.prod(xs)) != int(np.prod(out[:-1])) * k:
             return None
@@ -199,7 +205,7 @@ class TransposeBetweenReshapes(Rule):
         if r1 is None or len(users(t.outputs[0])) != 1 or len(users(r1.outputs[0])) != 1:
             return None
         mid, out, perm = shape(r1.outputs[0]), shape(root.outputs[0]), attr(t, "perm")
-        if not mid or not out or perm is None or perm[0] != 0:
+        if not mid or not out or perm is None or len(perm) != len(mid) or perm[0] != 0 or 0 in out:
             return None
         tail = mid[1:]
         n_lead = len(out) - len(tail)

@@ -155,10 +155,11 @@ def _attention(ctx, inputs, attrs):
     if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a block of consecutive query heads
         rep = q.shape[1] // k.shape[1]
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-    scores = matmul(q, np.swapaxes(k, -1, -2))
+    raw = matmul(q, np.swapaxes(k, -1, -2))
     scale = attrs.get("scale", 1.0)
     if scale != 1.0:
-        scores = scores * np.asarray(scale, scores.dtype)
+        raw = raw * np.asarray(scale, raw.dtype)
+    scores = raw
     kind = attrs.get("mask_kind", "")
     if mask is not None and kind == "additive":
         scores = scores + mask
@@ -167,7 +168,10 @@ def _attention(ctx, inputs, attrs):
     if attrs.get("causal", 0):
         sq, sk = scores.shape[-2:]
         keep = np.tril(np.ones((sq, sk), dtype=bool), sk - sq)
-        scores = np.where(keep, scores, np.asarray(-np.inf, scores.dtype))
+        fill = attrs.get("causal_fill", -np.inf)
+        # a finite fill is added to the unmasked score, as the exporters' finfo.min masks did
+        outside = raw + np.asarray(fill, raw.dtype) if np.isfinite(fill) else np.asarray(-np.inf, scores.dtype)
+        scores = np.where(keep, scores, outside)
     p = softmax(scores, -1).astype(scores.dtype, copy=False)
     if attrs.get("nan_to_zero", 0):
         p = np.where(np.isnan(p), np.asarray(0, p.dtype), p)
