@@ -83,16 +83,20 @@ def init(name, arr):
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
-def scores_graph(mask_nodes, mask_inits, extra_inputs=(), mask_value="m", q_shape=(2, 2, S, D), boolean_fill=None):
-    """q, k, v [b, h, s, d] -> softmax(q kᵀ * 0.5 + mask) v, with the mask built by ``mask_nodes``."""
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["qk"]), helper.make_node("Mul", ["qk", "half"], ["sc"])]
-    nodes += mask_nodes
+def scores_graph(mask_nodes, mask_inits, extra_inputs=(), mask_value="m", q_shape=(2, 2, S, D), boolean_fill=None,
+                 mask_first=False):
+    """q, k, v [b, h, s, d] -> softmax(q kᵀ * 0.5 + mask) v, with the mask built by ``mask_nodes``
+    (``mask_first``: softmax((q kᵀ + mask) * 0.5) v)."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), helper.make_node("MatMul", ["q", "kt"], ["qk"])]
+    scale = [helper.make_node("Mul", ["sm" if mask_first else "qk", "half"], ["ss" if mask_first else "sc"])]
+    nodes += ([] if mask_first else scale) + mask_nodes
+    scores = "qk" if mask_first else "sc"
     if boolean_fill is None:
-        nodes.append(helper.make_node("Add", ["sc", mask_value], ["sm"]))
+        nodes.append(helper.make_node("Add", [scores, mask_value], ["sm"]))
     else:
-        nodes.append(helper.make_node("Where", [mask_value, "sc", "fill"], ["sm"]))
-    nodes += [helper.make_node("Softmax", ["sm"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+        nodes.append(helper.make_node("Where", [mask_value, scores, "fill"], ["sm"]))
+    nodes += (scale if mask_first else []) + [helper.make_node("Softmax", ["ss" if mask_first else "sm"], ["p"], axis=-1),
+                                              helper.make_node("MatMul", ["p", "v"], ["y"])]
     inits = [init("half", np.float32(0.5))] + list(mask_inits)
     if boolean_fill is not None:
         inits.append(init("fill", np.float32(boolean_fill)))
@@ -183,6 +187,37 @@ def test_mask_that_widens_the_scores_declines():
     net, feeds = scores_graph([], [init("m", mask)], q_shape=(2, 1, S, D))
     e = both(net, feeds)
     assert not attention_layers(e) and any("does not broadcast" in r for r in declined(e))
+
+
+# ---- masks applied before the scale: softmax((q kᵀ + m) * s) = softmax(s q kᵀ + s m) ---------------
+
+def test_constant_mask_before_the_scale_is_scaled():
+    bias = RNG.standard_normal((1, 2, S, S)).astype(np.float32) * 3
+    net, feeds = scores_graph([], [init("m", bias)], mask_first=True)
+    e = both(net, feeds)
+    a = attention_layers(e)
+    assert len(a) == 1 and a[0].attrs["mask_kind"] == "additive" and a[0].attrs["scale"] == 0.5
+
+
+def test_constant_causal_mask_before_the_scale_keeps_its_scaled_fill():
+    mask = np.where(TRIL, 0, MIN).astype(np.float32).reshape(1, 1, S, S)
+    net, feeds = scores_graph([], [init("m", mask)], mask_first=True)
+    a = attention_layers(both(net, feeds))[0].attrs
+    assert (a["causal"], a["mask_kind"], a["causal_fill"]) == (1, "", float(np.float32(MIN * 0.5)))
+
+
+def test_runtime_mask_before_the_scale_declines():
+    net, feeds = scores_graph([], [], [("m", F, [2, 1, 1, S])], mask_first=True)
+    e = both(net, {**feeds, "m": RNG.standard_normal((2, 1, 1, S)).astype(np.float32)})
+    assert not attention_layers(e) and any("added before the scale" in r for r in declined(e))
+
+
+def test_boolean_where_before_the_scale():
+    nodes = [helper.make_node("And", ["tri", "pad"], ["keep"])]
+    net, feeds = scores_graph(nodes, [init("tri", TRIL.reshape(1, 1, S, S))], PAD_IN, mask_value="keep",
+                              boolean_fill=MIN, mask_first=True)
+    a = attention_layers(both(net, {**feeds, "pad": PAD}))[0].attrs
+    assert a["causal"] == 1 and a["mask_kind"] == "additive" and a["causal_fill"] == float(np.float32(MIN * 0.5))
 
 
 # ---- near misses: other ranks, non-constant scales ---------------------------------------------

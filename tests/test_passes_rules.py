@@ -218,6 +218,13 @@ def test_pointwise_chain_becomes_one_node():
     assert ops(e) == ["Pointwise"] and e.layers[0].onnx_ops == ["Mul", "Tanh", "Add", "Sqrt"]
 
 
+def test_pointwise_clip_with_attribute_bounds_before_opset_11():
+    # Clip-6 keeps min/max in attributes; the Pointwise program is opset 21, so they become operands
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Clip", ["a"], ["y"], min=0.5, max=2.0)]
+    e = build_both(model(nodes, [("x", [3, 4])], ["y"], opset=10), {"x": RNG.standard_normal((3, 4)).astype(np.float32) * 3})
+    assert ops(e) == ["Pointwise"]
+
+
 def test_noop_cleanup_and_transpose_chain():
     nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Transpose", ["a"], ["b"], perm=[1, 0]),
              helper.make_node("Transpose", ["b"], ["c"], perm=[1, 0]), helper.make_node("Cast", ["c"], ["d"], to=F),

@@ -132,7 +132,8 @@ def test_near_miss(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# open bugs found by these generators (minimal models; remove the xfail when fixed)
+# bugs found by these generators, fixed: regression tests on their minimal models (a newly found
+# open bug goes here as a strict xfail, its variant in tests.graphgen.blocks.KNOWN_BUGS)
 # ---------------------------------------------------------------------------------------------
 def _run_three(model, feeds):
     from tests.graphgen.core import Case
@@ -156,6 +157,7 @@ def _model(nodes, inputs, inits, opset=21):
 
 
 # Each is MatMul(x[4, 8], W * 10) -> <activation-like ops>; the MatMul output spans about [-60, 60].
+# The comments say what the old grid-sampling recogniser (evaluating on [-20, 20]) fused them as.
 GRID_BOUND_CASES = {
     # Clip(x, 0, 30): fused as FusedGemm(activation="Relu"), the upper bound dropped
     "clip_0_30": ([helper.make_node("Clip", ["m", "a", "b"], ["y"])], {"a": 0.0, "b": 30.0}),
@@ -180,9 +182,6 @@ GRID_BOUND_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(GRID_BOUND_CASES))
-@pytest.mark.xfail(strict=True, reason="gemm_epilogue's activation recogniser (passes/activations.py) samples the "
-                                       "candidate on [-20, 20] and fuses whatever activation matches there: bounds "
-                                       "outside that range (or missing bounds) become +-20 or vanish")
 def test_bug_activation_recognised_only_on_sampling_grid(name):
     rng = np.random.default_rng(0)
     nodes, consts = GRID_BOUND_CASES[name]
@@ -191,9 +190,6 @@ def test_bug_activation_recognised_only_on_sampling_grid(name):
     _run_three(model, {"x": rng.standard_normal((4, 8)).astype(np.float32)})
 
 
-@pytest.mark.xfail(strict=True, reason="softmax((Q K^T + bias) / s) V is fused as Attention(scale=1/s, additive "
-                                       "mask=bias), i.e. softmax(Q K^T / s + bias): the mask added before the scale "
-                                       "is not scaled")
 def test_bug_attention_mask_added_before_scale():
     rng = np.random.default_rng(0)
     model = _model([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),

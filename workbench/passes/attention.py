@@ -3,7 +3,7 @@
 head merge of the output, and GQA's repeat_kv (Unsqueeze -> Expand -> Reshape) absorbed.
 
 Invariant: the Attention node computes softmax(scale * Q Kᵀ + mask) V per head exactly as the
-replaced nodes did; only data movement (transposes, head repetition) moves into the kernel's
+replaced nodes did (a mask applied before a scale is scaled with it, or the attempt declines); only data movement (transposes, head repetition) moves into the kernel's
 indexing. Absorbing stops at any value something else also reads.
 """
 
@@ -145,9 +145,10 @@ class FuseAttention(Rule):
     ops = ("Softmax",)
 
     def pattern(self, root):
-        nodes, scale = [root], [1.0]
-        s, masks = _mask(_peel_scale(root.inputs[0], nodes, scale), nodes)
+        nodes, scale, after_mask = [root], [1.0], [1.0]
+        s, masks = _mask(_peel_scale(root.inputs[0], nodes, after_mask), nodes)
         s = _peel_scale(s, nodes, scale)
+        scale[0] *= after_mask[0]  # a scale after the mask scales the mask too (plan_masks folds it)
         qk = _sole(s, "MatMul")
         if qk is None:
             return None
@@ -179,7 +180,7 @@ class FuseAttention(Rule):
         ss = shape(s)
         sq, sk = (ss[-2], ss[-1]) if ss and len(ss) >= 2 else (None, None)
         b = {"q": q, "k": k, "v": v, "layouts": (q_layout, k_layout, v_layout, out_layout), "scale": scale[0],
-             "masks": masks, "plan": plan_masks(masks, sq, sk), "scores": ss, "heads": heads,
+             "masks": masks, "plan": plan_masks(masks, sq, sk, after_mask[0]), "scores": ss, "heads": heads,
              "kv_heads": kv_heads or k_heads or v_heads or heads, "nan": nan_guard, "rank": r}
         b["note"] = b["plan"].note
         return Match(root, nodes, outputs=[out], b=b)
@@ -213,6 +214,8 @@ class FuseAttention(Rule):
 
     def check(self, m):
         b = m.b
+        if b["plan"].reason:
+            return b["plan"].reason
         axis = attr(m.root, "axis", -1)
         if axis not in (-1, b["rank"] - 1):
             return f"Softmax over axis {axis}, not the key axis"
@@ -277,6 +280,8 @@ def _emit_where(emit, spec) -> ir.Value:
 
 
 def _term_shape(t) -> tuple[int, ...] | None:
+    if isinstance(t, np.ndarray):  # a constant mask scaled at build time
+        return t.shape
     if isinstance(t, tuple):
         parts = [shape(t[1])] + [np.shape(const(x) if isinstance(x, ir.Value) else x) for x in t[2:]]
         return None if parts[0] is None else tuple(np.broadcast_shapes(*parts))

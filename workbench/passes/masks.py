@@ -44,6 +44,7 @@ class MaskPlan:
     additive: list = field(default_factory=list)
     boolean: ir.Value | None = None
     note: str = ""
+    reason: str = ""  # why the masks cannot be given to the Attention op ("" = they can)
 
 
 def _triangle(c: np.ndarray | None, sq: int, sk: int) -> np.ndarray | None:
@@ -164,12 +165,49 @@ def split_additive(m: ir.Value, sq: int, sk: int):
     return _split_sum_or_min(p, sq, sk, c.dtype) if c is not None else None
 
 
-def plan_masks(found: dict, sq: int | None, sk: int | None) -> MaskPlan:
-    """Split the masks found around the scores (``additive``: value; ``boolean``: (cond, fill,
-    fill value)) against scores [..., sq, sk]."""
-    plan = MaskPlan()
+def scale_masks(found: dict, scale: float) -> tuple[dict, str]:
+    """Masks applied before a scale s: softmax(s·(x + m)) = softmax(s·x + s·m), and s·Where(c, x,
+    f) = Where(c, s·x, s·f). A constant additive mask is folded into a new constant (exact for
+    finite values; -inf stays -inf); a boolean mask's fill is scaled and must still be a fill.
+    Returns (scaled masks, "") or ({}, why not)."""
+    out = dict(found)
     add, boolean = found.get("additive"), found.get("boolean")
     if add is not None:
+        c = const(add)
+        if c is None or c.dtype.kind != "f":
+            return {}, (f"the mask {add.name} is added before the scale {scale:g} and is not a constant, "
+                        "so it cannot be scaled at build time")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out["additive"] = (c.astype(np.float64) * scale).astype(c.dtype)
+    if boolean is not None:
+        cond, fill, fill_value = boolean
+        dt = const(fill_value).dtype
+        with np.errstate(over="ignore"):
+            scaled = float(np.asarray(fill * scale, dt))
+        if not (scale > 0 and is_fill(scaled, dt)):
+            return {}, (f"the Where mask on {cond.name} is applied before the scale {scale:g}: its fill "
+                        f"{fill:g} becomes {scaled:g}, which no longer masks out")
+        out["boolean"] = (cond, scaled, np.asarray(scaled, dt))
+    return out, ""
+
+
+def plan_masks(found: dict, sq: int | None, sk: int | None, scale: float = 1.0) -> MaskPlan:
+    """Split the masks found around the scores (``additive``: value; ``boolean``: (cond, fill,
+    fill value)) against scores [..., sq, sk]; ``scale``: a factor applied to the scores after
+    the masks (folded into them, see ``scale_masks``). A scaled constant additive mask is a NumPy
+    array in ``additive``."""
+    if scale != 1.0 and found:
+        found, why = scale_masks(found, scale)
+        if why:
+            return MaskPlan(reason=why)
+    plan = MaskPlan()
+    add, boolean = found.get("additive"), found.get("boolean")
+    if isinstance(add, np.ndarray):
+        fill = causal_additive_fill(add, sq, sk) if sq and sk else None
+        plan.causal, plan.fill = fill is not None, fill if fill is not None else float("-inf")
+        if fill is None:
+            plan.additive.append(add)
+    elif add is not None:
         got = split_additive(add, sq, sk) if sq and sk else None
         if got is not None and got[0] == "reason":
             plan.note, got = got[1], None
@@ -188,7 +226,7 @@ def plan_masks(found: dict, sq: int | None, sk: int | None) -> MaskPlan:
             return plan
         plan.causal, plan.fill = True, fill if np.isfinite(fill) else float("-inf")
         if pad is not None and np.isfinite(fill):  # finite fill: masked keys score ~fill, not -inf
-            f = const(fill_value).reshape(())
+            f = np.asarray(const(fill_value) if isinstance(fill_value, ir.Value) else fill_value).reshape(())
             plan.additive.append(("where", pad, np.zeros((), f.dtype), f))
         elif pad is not None:
             plan.boolean = pad

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import onnx_ir as ir
 
+from ..dtypes import to_numpy
 from ..ir.attrs import node_attrs
 from ..patterns.rewrite import Match, Rule
 from ..patterns.values import const, dtype, is_graph_output, users
@@ -88,8 +89,13 @@ class FusePointwise(Rule):
     def rewrite(self, m, emit):
         program, inputs, names = [], [], {}
         for k, n in enumerate(m.nodes):
-            args = [self._arg(x, names, inputs) for x in n.inputs]
             attrs = {a: _jsonable(v) for a, v in node_attrs(n).items()}
+            operands = list(n.inputs)
+            if n.op_type == "Clip" and len(operands) == 1 and ({"min", "max"} & set(attrs)):
+                # opset < 11 keeps the bounds in attributes; the program is opset 21: make them inputs
+                dt = to_numpy(dtype(n.outputs[0]))
+                operands += [np.asarray(attrs.pop(b), dt) if b in attrs else None for b in ("min", "max")]
+            args = [self._arg(x, names, inputs) for x in operands]
             if n.op_type == "Cast":
                 attrs["to"] = dtype(n.outputs[0])
             ins = {"op": n.op_type, "args": args, "attrs": attrs, "out": f"t{k}", "dtype": dtype(n.outputs[0])}
@@ -104,6 +110,11 @@ class FusePointwise(Rule):
     def _arg(x, names, inputs) -> str:
         if x is None:
             return ""
+        if isinstance(x, np.ndarray):  # a bound made from an attribute
+            if x.dtype == np.float32:
+                return f"c:{float(x)!r}"
+            inputs.append(x)
+            return f"in{len(inputs) - 1}"
         if id(x) in names:
             return names[id(x)]
         c = const(x)
