@@ -140,8 +140,14 @@ def export(name, model, feeds, path):
     dyn = {n: {0: "batch"} for n in names}
     dyn["output"] = {0: "batch"}
     with torch.no_grad():
-        torch.onnx.export(w, tuple(feeds.values()), str(path), input_names=names, output_names=["output"],
-                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+        try:  # the TorchScript exporter first (what the test models use), then the dynamo one
+            torch.onnx.export(w, tuple(feeds.values()), str(path), input_names=names, output_names=["output"],
+                              dynamic_axes=dyn, opset_version=17, dynamo=False)
+        except Exception as e:
+            print(f"[{name}] legacy ONNX export failed ({type(e).__name__}: {e}); trying dynamo=True", flush=True)
+            torch.onnx.export(w, tuple(feeds.values()), str(path), input_names=names, output_names=["output"],
+                              dynamic_shapes={n: {0: torch.export.Dim("batch", max=256)} for n in names},
+                              dynamo=True, external_data=False)
 
 
 def flops_of(w, args):
@@ -195,7 +201,7 @@ def run_model(name, args, peak, rows, tmp):
                 targs = [targs[0].contiguous(memory_format=torch.channels_last)]
             with torch.inference_mode():
                 row["eager"] = time_torch(lambda: tw(*targs), args.runs)
-                modes = ["reduce-overhead"] + (["max-autotune"] if args.max_autotune else [])
+                modes = ([] if args.skip_compile else ["reduce-overhead"]) + (["max-autotune"] if args.max_autotune else [])
                 for mode in modes:
                     try:
                         f = torch.compile(tw, mode=mode)
@@ -219,6 +225,7 @@ def run_model(name, args, peak, rows, tmp):
                 got = cp.asnumpy(next(iter(out.values()))).astype(np.float32)
                 row["err"] = rel(got, ref)
                 row["workbench"] = time_cupy(lambda: ctx.run(dfeeds), args.runs)
+                row["top"], row["graph_ms"], row["segments"] = profile_top(ctx, dfeeds)
                 del ctx, engine
             except Exception as e:
                 traceback.print_exc(limit=4)
@@ -226,6 +233,22 @@ def run_model(name, args, peak, rows, tmp):
             rows.append(row)
             print(fmt_row(row), flush=True)
         del feeds
+
+
+def profile_top(ctx, feeds, n=6):
+    """(top layers of the per-layer CUDA-event profile, end-to-end graph replay ms, segments)."""
+    try:
+        df = ctx.profile(feeds, runs=20)
+    except Exception as e:  # the benchmark row stands without it
+        return [f"profile failed: {type(e).__name__}: {e}"], None, ""
+    segs = ctx._segments or []
+    seg = f"{sum(k == 'graph' for k, _ in segs)} graph / {sum(k == 'eager' for k, _ in segs)} eager segments"
+    top = []
+    by_type = df.groupby(["type", "tactic"])["median_ms"].agg(["sum", "count"]).sort_values("sum", ascending=False)
+    for (typ, tac), r in by_type.head(n).iterrows():
+        top.append(f"{typ} x{int(r['count'])} via {tac}: {r['sum']:.3f} ms")
+    top.append(f"sum of layers {df.attrs['sum_of_layers_ms']:.3f} ms vs graph replay {df.attrs['end_to_end_ms']:.3f} ms; {seg}")
+    return top, df.attrs["end_to_end_ms"], seg
 
 
 def fmt(v, nd=3):
@@ -236,14 +259,16 @@ def fmt_row(r):
     wbms, ro = r.get("workbench"), r.get("reduce-overhead")
     ratio_e = wbms / r["eager"] if wbms and r.get("eager") else None
     ratio_c = wbms / ro if wbms and ro else None
-    return (f"| {r['model']} | {r['batch']} | {r['precision']} | {fmt(wbms)} | {fmt(r.get('eager'))} | {fmt(ro)} | "
+    return (f"| {r['model']} | {r['batch']} | {r['precision']} | {fmt(wbms)} | {fmt(r.get('graph_ms'))} | "
+            f"{fmt(r.get('eager'))} | {fmt(ro)} | "
             f"{fmt(r.get('max-autotune'))} | {fmt(ratio_e, 2)} | {fmt(ratio_c, 2)} | {fmt(r['floor'], 4)} | "
             f"{fmt(r.get('err'), 5) if 'err' in r else r.get('wb_error', '-')} | {fmt(r.get('build_s'), 1)} |")
 
 
-HEADER = ("| model | batch | precision | workbench ms | torch eager ms | torch.compile reduce-overhead ms | "
-          "max-autotune ms | wb/eager | wb/compile | roofline floor ms | rel err vs torch fp32 | build s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | batch | precision | workbench ms | wb graph replay ms | torch eager ms | "
+          "torch.compile reduce-overhead ms | max-autotune ms | wb/eager | wb/compile | roofline floor ms | "
+          "rel err vs torch fp32 | build s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def build_cache_demo(tmp):
@@ -259,14 +284,22 @@ def build_cache_demo(tmp):
         export("resnet50", make().eval().cuda(), inputs(1), path)
     cache = Path(tmp) / "timing.cache"
     cache.unlink(missing_ok=True)
+    from workbench.kernels.cuda.target import clear_process_caches
+
     times = []
     for label in ("empty", "warm"):
+        clear_process_caches()  # what a new process would start with: only the timing-cache file helps
         t0 = time.time()
-        wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="gpu", precision="fp16",
-                                                           shapes={"pixel_values": (1, 3, 224, 224)},
-                                                           timing_cache=str(cache)))
+        eng = wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="gpu", precision="fp16",
+                                                                 shapes={"pixel_values": (1, 3, 224, 224)},
+                                                                 timing_cache=str(cache)))
         times.append(time.time() - t0)
-        print(f"ResNet-50 fp16 b1 build with {label} timing cache: {times[-1]:.1f} s", flush=True)
+        st = eng.build_stats
+        passes = st.get("passes") or {}
+        pass_ms = sum(v for v in passes.values() if isinstance(v, (int, float))) if isinstance(passes, dict) else 0
+        print(f"ResNet-50 fp16 b1 build with {label} timing cache: {times[-1]:.1f} s (tactics "
+              f"{st.get('tactics_ms', 0) / 1e3:.1f} s, passes {pass_ms / 1e3:.1f} s, nvrtc compiles "
+              f"{st.get('nvrtc_compiles')}, cache {st.get('timing_cache')})", flush=True)
     return f"ResNet-50 fp16 build: empty timing cache {times[0]:.1f} s, warm {times[1]:.1f} s " \
            f"({times[0] / max(times[1], 1e-9):.1f}x)"
 
@@ -279,6 +312,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--max-autotune", action="store_true", help="also time torch.compile max-autotune (slow)")
     ap.add_argument("--build-cache-demo", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true", help="no torch.compile peer (quick workbench-only runs)")
     ap.add_argument("--timing-cache", default=None)
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--workdir", default=None, help="where the ONNX files go (default: a temp dir)")
@@ -311,7 +345,14 @@ def main(argv=None):
             f.write(f"- {line}\n")
         if rows:
             f.write(HEADER + "\n" + "\n".join(fmt_row(r) for r in rows) + "\n")
+            f.write("\nPer-layer profile (CUDA events per layer, summed by op and tactic; top entries):\n\n")
+            for r in rows:
+                if r.get("top"):
+                    f.write(f"- {r['model']} b{r['batch']} {r['precision']}: " + "; ".join(r["top"]) + "\n")
     print("\n".join([HEADER] + [fmt_row(r) for r in rows] + lines))
+    for r in rows:
+        for t in r.get("top") or []:
+            print(f"  {r['model']} b{r['batch']} {r['precision']}: {t}")
 
 
 if __name__ == "__main__":

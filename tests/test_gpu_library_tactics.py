@@ -231,6 +231,44 @@ def test_sdpa(case):
     _run_all_sdpa(t, layer, feeds, tr(ref))
 
 
+SDPA_LAYOUTS = [  # (B, H, Hkv, Sq, Skv, D, causal, q/k/v layout, out layout): the optimizer's absorbed transposes
+    (2, 4, 4, 32, 32, 64, 0, "bsd", "bsd"),       # BERT / ViT / GPT-2: [b, s, h*d] in and out
+    (2, 4, 2, 16, 16, 64, 1, "bhsd", "bsd"),      # Llama GQA: heads-first in, [b, s, h*d] out
+    (2, 4, 4, 16, 48, 64, 1, "bshd", "bhsd"),     # causal aligned to the end (Sq < Skv)
+]
+
+
+def _store(a, lay):
+    """A [b, h, s, d] array in storage layout ``lay``."""
+    if lay == "bhsd":
+        return a
+    t = a.transpose(0, 2, 1, 3)
+    return t if lay == "bshd" else t.reshape(t.shape[0], t.shape[1], -1)
+
+
+@pytest.mark.parametrize("case", range(len(SDPA_LAYOUTS)))
+def test_sdpa_layouts(case):
+    from workbench.kernels.cuda import cudnn_sdpa
+
+    bsz, h, hkv, sq, skv, d, causal, lay, olay = SDPA_LAYOUTS[case]
+    rng = np.random.default_rng(300 + case)
+    q, k, v = (rng.standard_normal(s).astype(np.float16) for s in
+               ((bsz, h, sq, d), (bsz, hkv, skv, d), (bsz, hkv, skv, d)))
+    scale = d ** -0.5
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), np.repeat(k, h // hkv, 1).astype(np.float64)) * scale
+    if causal:
+        s = np.where(np.tril(np.ones((sq, skv), bool), skv - sq), s, -np.inf)
+    pr = np.exp(s - s.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    ref = np.einsum("bhqk,bhkd->bhqd", pr, np.repeat(v, h // hkv, 1).astype(np.float64))
+    feeds = {"q": _store(q, lay), "k": _store(k, lay), "v": _store(v, lay)}
+    attrs = {"scale": scale, "causal": causal, "num_heads": h, "kv_heads": hkv, "mask_kind": "",
+             "q_layout": lay, "k_layout": lay, "v_layout": lay, "out_layout": olay}
+    layer = _layer("Attention", "workbench", [(n, feeds[n].shape) for n in "qkv"], _store(ref, olay).shape, attrs, "fp16")
+    feeds = {n: np.ascontiguousarray(a) for n, a in feeds.items()}
+    _run_all_sdpa(cudnn_sdpa.CudnnSdpa(), layer, feeds, _store(ref, olay))
+
+
 def _run_all_sdpa(t, layer, feeds, ref):
     import cupy as cp
 

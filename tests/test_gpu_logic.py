@@ -107,3 +107,63 @@ def test_engine_compatibility_message():
         check_target(built, "sm_80", {"cuda": "13.0", "cudnn": "9.19.0", "cublas": "13.1.0"})
     with pytest.raises(EngineCompatibilityError, match="cudnn 9.10"):
         check_target(built, "sm_90", {"cuda": "13.0", "cudnn": "9.10.0", "cublas": "13.1.0"})
+
+
+def _lowered(path, shapes):
+    import onnx_ir as ir
+
+    from workbench.builder.lower import lower_model
+    from workbench.builder.shapes import apply_input_shapes
+    from workbench.passes.context import PassContext
+    from workbench.passes.pipeline import run_pipeline
+
+    net = wb.load_onnx(path)
+    model = ir.from_proto(ir.to_proto(net.model))
+    apply_input_shapes(model, shapes)
+    run_pipeline(model, PassContext(disabled=frozenset(), device="gpu"), optimize=True)
+    return lower_model(model)
+
+
+class _FakeConv:
+    name = "cudnn.conv"
+
+    def supports(self, layer, precision, gpu):
+        return None
+
+
+def test_layout_assignment_stores_conv_activations_channels_last():
+    import os
+
+    from workbench.kernels.cuda import pool
+    from workbench.kernels.cuda.layout import assign_layouts
+
+    path = os.path.join(os.path.dirname(__file__), "models", "resnet_legacy.onnx")
+    data = np.load(path[:-5] + ".npz")
+    feeds = {k: data[k] for k in data.files if not k.startswith("output:")}
+    plan = _lowered(path, {k: v.shape for k, v in feeds.items()})
+    assign_precisions(plan, wb.BuilderConfig(device="cpu", precision="fp16"), lambda l, p: True)
+    by_name = {"cudnn.conv": _FakeConv(), "nvrtc.pool": pool.PoolTactic(), "nvrtc.pointwise": pointwise.PointwiseTactic()}
+    rows = assign_layouts(plan, by_name, None)
+    assert rows, "no layer was stored channels-last"
+    graph_io = {s.name for s in plan.inputs} | {s.name for s in plan.outputs}
+    nhwc = set()
+    for layer in plan.layers:
+        if layer.attrs.get("channels_last"):
+            assert layer.key in {("workbench", "FusedConv"), ("", "Conv"), ("", "MaxPool"), ("", "AveragePool"),
+                                 ("", "GlobalAveragePool"), ("", "GlobalMaxPool")} or \
+                pointwise.PointwiseTactic().supports(layer, layer.precision, None) is None, layer.op
+            nhwc |= {n for n, l in zip(layer.inputs, layer.attrs["in_layouts"]) if l == "nhwc"}
+            nhwc |= {s.name for s, l in zip(layer.output_specs, layer.attrs["out_layouts"]) if l == "nhwc"}
+    assert not nhwc & graph_io and not nhwc & set(plan.constants)
+    # every reader and writer of an NHWC tensor knows it is NHWC
+    for layer in plan.layers:
+        ins = layer.attrs.get("in_layouts") or [""] * len(layer.inputs)
+        outs = layer.attrs.get("out_layouts") or [""] * len(layer.outputs)
+        for n, l in zip(layer.inputs, ins):
+            assert (n in nhwc) == (l == "nhwc"), (layer.name, n)
+        for s, l in zip(layer.output_specs, outs):
+            assert (s.name in nhwc) == (l == "nhwc"), (layer.name, s.name)
+    # fp32 engines stay NCHW
+    plan32 = _lowered(path, {k: v.shape for k, v in feeds.items()})
+    assign_precisions(plan32, wb.BuilderConfig(device="cpu", precision="fp32"), lambda l, p: True)
+    assert assign_layouts(plan32, by_name, None) == []

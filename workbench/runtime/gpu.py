@@ -199,8 +199,10 @@ class GpuExecutionContext:
     def _load_inputs(self, feeds: dict) -> bool:
         cp = _cp()
         on_device = any(isinstance(v, cp.ndarray) for v in feeds.values())
-        if on_device:
-            cp.cuda.get_current_stream().synchronize()  # the caller's writes must land before we read
+        if on_device:  # the caller's writes must land before we read: a device-side wait, no host sync
+            ev = cp.cuda.Event(block=False, disable_timing=True)
+            ev.record(cp.cuda.get_current_stream())
+            self.stream.wait_event(ev)
         for spec in self.engine.inputs:
             buf, value = self.buffers[spec.name], feeds[spec.name]
             if isinstance(value, cp.ndarray):
@@ -226,7 +228,12 @@ class GpuExecutionContext:
                 else:
                     host = dev.get(stream=self.stream)
                     out[spec.name] = host.view(to_numpy("bfloat16")) if spec.dtype == "bfloat16" else host
-        self.stream.synchronize()
+        if on_device:  # CuPy in, CuPy out: asynchronous like a CuPy op; the caller's stream waits on ours
+            ev = cp.cuda.Event(block=False, disable_timing=True)
+            ev.record(self.stream)
+            cp.cuda.get_current_stream().wait_event(ev)
+        else:
+            self.stream.synchronize()
         return out
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:

@@ -298,6 +298,8 @@ class Im2colConv:
             return g
         if activation_of(layer)[0] not in ACTIVATIONS:
             return f"unknown activation {activation_of(layer)[0]!r}"
+        if layer.attrs.get("channels_last"):
+            return "channels-last (NHWC) tensors: im2col indexes NCHW"
         if precision == "bf16":
             return "CuPy has no bfloat16 type (bf16 is stored as uint16 bits)"
         if self._ws(g, 4)[2] > self.MAX_COLS_BYTES:

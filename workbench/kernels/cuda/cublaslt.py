@@ -36,7 +36,7 @@ from .cublas import (GEMM_OPS, in_specs, static_shape, IO_DTYPE, activation_of, 
                      stream_ctx, stream_ptr)
 from .tactic import BuiltKernel, GpuInfo
 
-MAX_ALGOS = 4  # how many of the heuristic's algorithms the builder times
+MAX_ALGOS = 8  # how many of the heuristic's algorithms the builder times
 _NALGOS: dict = {}  # problem signature -> [(algo_id, blob hex)] from the heuristic (planning costs ~1 ms)
 
 
@@ -232,7 +232,7 @@ class CublasLtGemm:
 
         kern = BuiltKernel(run=run, workspace_bytes=ws_bytes)
         kern.algorithm_id = algo.algorithm_id
-        kern.fast_launch = launch is not None
+        kern.fast_launch = launch is not None or getattr(plan, "fast_error", "")
         kern.plan = plan  # keeps descriptors, weight and bias alive as long as the kernel
         return kern
 
@@ -241,21 +241,28 @@ def _nbytes(a) -> int:
     return 0 if a is None or isinstance(a, int) else int(a.nbytes)
 
 
+def _scalar(v) -> int:
+    return int(np.asarray(v).reshape(-1)[0])  # NumPy 2.5 refuses int() of a 1-element array
+
+
 def _fast_launcher(plan: _Plan, algo):
     """(launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream), workspace bytes) over nvmath's planned
-    descriptors, or (None, 0) when this nvmath has no such attributes (then execute() is used)."""
+    descriptors, or (None, 0) when this nvmath has no such attributes (then execute() is used;
+    the reason is kept in ``plan.fast_error``)."""
     try:
         from nvmath.bindings import cublasLt as lt  # noqa: PLC0415
 
         mm = plan.mm
         rec = mm.algorithm_object_to_buffer[algo]
         algo_struct = rec["algo"]
-        ws = int(rec["workspace_size"]) + (16 if int(rec["workspace_size"]) > 0 else 0)
-        handle, desc = mm.handle, mm.mm_desc
-        alpha, beta = mm.alpha.ctypes.data, mm.beta.ctypes.data
-        la, lb, lc, ld = mm.a_layout_ptr, mm.b_layout_ptr, mm.c_layout_ptr, mm.d_layout_ptr
-        algo_ptr = algo_struct.ctypes.data
-    except Exception:
+        need = _scalar(rec["workspace_size"])
+        ws = need + (16 if need > 0 and mm.epilog else 0)  # nvmath's own margin for epilogues
+        handle, desc = int(mm.handle), int(mm.mm_desc)
+        alpha, beta = int(mm.alpha.ctypes.data), int(mm.beta.ctypes.data)
+        la, lb, lc, ld = (int(x) for x in (mm.a_layout_ptr, mm.b_layout_ptr, mm.c_layout_ptr, mm.d_layout_ptr))
+        algo_ptr = int(algo_struct.ctypes.data)
+    except Exception as e:
+        plan.fast_error = f"{type(e).__name__}: {e}"
         return None, 0
 
     def launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream):

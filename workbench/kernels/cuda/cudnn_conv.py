@@ -4,12 +4,14 @@ One cuDNN operation graph per layer: ``Y = act(conv(X, W) + B + Z)``, the pointw
 in fp32 inside the conv kernel's epilogue (runtime-fusion engines). 1-D convs get a unit H dim;
 groups and depthwise come from the weight's dims (cuDNN infers the group count from C / W.C).
 
-Layout. The runtime's activations are NCHW device buffers: X, Z and Y are described to cuDNN with
-NCHW strides (config ``"layout": "nchw"``). The weight is ours (packed once at build), so its
+Layout. Activations are NCHW device buffers unless the GPU target's layout assignment
+(``layout.py``) stored a tensor channels-last: then the layer's attrs ``in_layouts`` /
+``out_layouts`` say so per tensor, and X, Z and Y are described to cuDNN with those strides
+(each may differ: the stem conv reads NCHW and writes NHWC). Otherwise all three are NCHW
+(config ``"layout": "nchw"``). The weight is ours (packed once at build), so its
 layout is a tuning choice: ``"w": "nhwc"`` (KRSC, what cuDNN's tensor-core kernels read natively)
-or ``"nchw"`` (KCRS). A config ``"layout": "nhwc"`` means the kernel expects X, Z and Y *stored*
-channels-last (logical shape still N,C,H,W); it is offered only when the layer's attrs carry
-``channels_last=1``, which a runtime that keeps such tensors channels-last may set.
+or ``"nchw"`` (KCRS; offered for NCHW layers only). The config's ``"layout"`` names the storage
+the layer was given ("nhwc" if any of X, Z, Y is channels-last), so the tactic table shows it.
 
 Configs: the plans of cuDNN's heuristics (modes A then B, deduplicated, ``MAX_PLANS`` at most),
 each named by cuDNN's plan name (engine + knobs), plus ``"split"``: the conv alone in cuDNN followed
@@ -29,7 +31,7 @@ from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, con
                      has_input, make_epilogue, ptr, stream_ptr)
 from .tactic import BuiltKernel, GpuInfo
 
-MAX_PLANS = 3
+MAX_PLANS = 5
 _GRAPHS: dict = {}  # (signature, mode) -> (graph, tensors, plan names) or a reason
 _HANDLE = []
 
@@ -94,7 +96,20 @@ def _signature(layer: Layer, precision: str, g: dict, config: dict):
     return (precision, g["n"], g["c"], g["m"], tuple(g["sp"]), tuple(g["k"]), tuple(g["strides"]),
             tuple(g["dilations"]), tuple(g["begin"]), tuple(g["end"]), has_input(layer, 2) and fused,
             has_input(layer, 3) and fused, act if fused else "", tuple(sorted(p.items())) if fused else (),
-            config.get("layout", "nchw"), config.get("w", "nhwc"))
+            _layouts(layer, config), config.get("w", "nhwc"))
+
+
+def _layouts(layer: Layer, config: dict) -> tuple[str, str, str]:
+    """Storage layouts of X, Z (residual) and Y: the layout assignment's per-tensor choice
+    (attrs ``in_layouts`` / ``out_layouts``, see layout.py) when the layer has one, else the
+    config's ``layout`` for all three."""
+    ins, outs = layer.attrs.get("in_layouts"), layer.attrs.get("out_layouts")
+    if ins or outs:
+        ins, outs = list(ins or []), list(outs or [])
+        get = lambda lst, i: (lst[i] if i < len(lst) and lst[i] else "nchw")  # noqa: E731
+        return get(ins, 0), get(ins, 3), get(outs, 0)
+    lay = config.get("layout", "nchw")
+    return lay, lay, lay
 
 
 def _activation(gr, t, act: str, p: dict):
@@ -138,14 +153,14 @@ def _graph(layer: Layer, precision: str, g: dict, config: dict, mode: str):
     io = cudnn_dtype(IO_DTYPE[precision])
     act, p = activation_of(layer)
     split = bool(config.get("split"))
-    layout, wl = config.get("layout", "nchw"), config.get("w", "nhwc")
+    (xl, zl, yl), wl = _layouts(layer, config), config.get("w", "nhwc")
     xd = [g["n"], g["c"], *g["sp"]]
     wd = [g["m"], g["c"] // g["group"], *g["k"]]
     yd = [g["n"], g["m"], *g["out"]]
     try:
         gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
                            compute_data_type=cudnn.data_type.FLOAT, handle=handle())
-        t = {"X": gr.tensor(name="X", dim=xd, stride=strides(xd, layout), data_type=io),
+        t = {"X": gr.tensor(name="X", dim=xd, stride=strides(xd, xl), data_type=io),
              "W": gr.tensor(name="W", dim=wd, stride=strides(wd, wl), data_type=io)}
         y = gr.conv_fprop(image=t["X"], weight=t["W"], pre_padding=g["begin"], post_padding=g["end"],
                           stride=g["strides"], dilation=g["dilations"])
@@ -154,14 +169,14 @@ def _graph(layer: Layer, precision: str, g: dict, config: dict, mode: str):
                                stride=[g["m"], 1] + [1] * len(g["sp"]), data_type=io)
             y = gr.add(a=y, b=t["B"])
         if has_input(layer, 3) and not split:
-            t["Z"] = gr.tensor(name="Z", dim=yd, stride=strides(yd, layout), data_type=io)
+            t["Z"] = gr.tensor(name="Z", dim=yd, stride=strides(yd, zl), data_type=io)
             y = gr.add(a=y, b=t["Z"])
         y = _activation(gr, y, act if not split else "", p)
         if y is None:
             res = f"no cuDNN pointwise op for activation {act!r}"
             _GRAPHS[key] = res
             return res
-        y.set_output(True).set_dim(yd).set_stride(strides(yd, layout)).set_data_type(io)
+        y.set_output(True).set_dim(yd).set_stride(strides(yd, yl)).set_data_type(io)
         t["Y"] = y
         gr.validate()
         gr.build_operation_graph()
@@ -169,13 +184,43 @@ def _graph(layer: Layer, precision: str, g: dict, config: dict, mode: str):
         if precision == "fp32":  # TF32 tensor cores are not fp32 arithmetic
             gr.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
         gr.check_support()
-        res = (gr, t, buildable_plans(gr))
-        if not res[2]:
-            res = f"cuDNN ({mode}): none of the offered plans builds"
+        res = _Graph(gr, t, mode)
     except Exception as e:  # cuDNN says why (unsupported graph, no engine, ...)
         res = f"cuDNN ({mode}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     _GRAPHS[key] = res
     return res
+
+
+class _Graph:
+    """A validated cuDNN graph whose execution plans are built lazily: ``plans()`` builds the first
+    few (autotuning), ``index_of`` builds only the recorded one (engine load, warm timing cache)."""
+
+    def __init__(self, gr, t, mode):
+        self.gr, self.t, self.mode = gr, t, mode
+        self._plans = None
+        self._built: dict[int, str] = {}
+
+    def plans(self) -> list[tuple[int, str]]:
+        if self._plans is None:
+            self._plans = buildable_plans(self.gr)
+            self._built.update(dict(self._plans))
+        return self._plans
+
+    def index_of(self, config: dict, layer: Layer) -> int:
+        name = config.get("plan")
+        for i, n in self._built.items():
+            if n == name:
+                return i
+        if name is not None:
+            try:  # plan names come from the engine configs: no need to build the others
+                for i in range(self.gr.get_execution_plan_count()):
+                    if self.gr.get_plan_name_at_index(i) == name:
+                        self.gr.build_plan_at_index(i)
+                        self._built[i] = name
+                        return i
+            except Exception:  # noqa: BLE001 - names need built plans here: build the usual ones
+                pass
+        return plan_index(self.plans(), config, layer)
 
 
 def plan_index(plans: list, config: dict, layer: Layer) -> int:
@@ -257,17 +302,20 @@ class CudnnConv:
         why = check_io(layer, precision, inputs=[0, 3])
         if why:
             return why
-        if not self.configs(layer, precision, gpu):
-            res = _graph(layer, precision, g, {"layout": "nchw", "w": "nhwc", "mode": "A"}, "A")
-            return res if isinstance(res, str) else "cuDNN offered no plan"
-        return None
+        # cheap: one graph validated, no plan built (configs() builds and autotuning times them)
+        for cfg in ({"w": "nhwc"}, {"w": "nhwc", "split": 1}):
+            res = _graph(layer, precision, g, dict(cfg, mode="A"), "A")
+            if not isinstance(res, str):
+                return None
+        return res
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
         g = _geometry(layer)
-        layouts = ["nchw"] + (["nhwc"] if layer.attrs.get("channels_last") else [])
+        lays = _layouts(layer, {})
+        layout = "nhwc" if "nhwc" in lays else "nchw"  # the report's name; the graph uses ``lays``
         out, seen = [], set()
-        for layout in layouts:
-            for wl in ("nhwc", "nchw"):
+        for layout in [layout]:
+            for wl in (("nhwc",) if layout == "nhwc" else ("nhwc", "nchw")):
                 for split in ((False, True) if wl == "nhwc" else (False,)):
                     n_mode = 0
                     cap = 1 if split or wl == "nchw" else MAX_PLANS
@@ -278,7 +326,7 @@ class CudnnConv:
                         res = _graph(layer, precision, g, cfg, mode)
                         if isinstance(res, str):
                             continue
-                        for i, name in res[2]:
+                        for i, name in res.plans():
                             if (layout, wl, split, name) in seen or n_mode >= cap:
                                 continue
                             seen.add((layout, wl, split, name))
@@ -293,8 +341,8 @@ class CudnnConv:
         res = _graph(layer, precision, g, config, config.get("mode", "A"))
         if isinstance(res, str):
             raise RuntimeError(res)
-        gr, t, plans = res
-        index = plan_index(plans, config, layer)
+        gr, t = res.gr, res.t
+        index = res.index_of(config, layer)
         ws = int(gr.get_workspace_size_plan_at_index(index))
         io = IO_DTYPE[precision]
         # weight packed once, in the layout the graph declares
@@ -309,6 +357,12 @@ class CudnnConv:
             epi = make_epilogue(act, p, int(bias is not None) + int(has_input(layer, 3)))
             if bias is not None:
                 bias = bias.reshape((1, g["m"]) + (1,) * (len(layer.output_specs[0].shape) - 2))
+        xl, zl, yl = _layouts(layer, config)
+        if split and yl == "nhwc":
+            if has_input(layer, 3) and zl != yl:
+                raise RuntimeError("split epilogue needs the residual in the output's layout")
+            if bias is not None:
+                bias = bias.reshape(1, g["m"])
         h = handle()
         launch = Launcher(gr, index, t)
         w_ptr, b_ptr = ptr(w), ptr(bias)
@@ -325,7 +379,11 @@ class CudnnConv:
             launch(ptrs, ptr(workspace), h)
             y = outputs[0]
             if epi is not None:
-                epi(y, ([bias] if bias is not None else []) + ([inputs[3]] if has_input(layer, 3) else []), stream)
+                z = inputs[3] if has_input(layer, 3) else None
+                if yl == "nhwc":  # channels-last storage: the epilogue sees [pixels, channels]
+                    y = y.reshape(-1, g["m"])
+                    z = z.reshape(-1, g["m"]) if z is not None else None
+                epi(y, ([bias] if bias is not None else []) + ([z] if z is not None else []), stream)
 
         kern = BuiltKernel(run=run, workspace_bytes=ws)
         kern.keep = (gr, w, bias, launch)

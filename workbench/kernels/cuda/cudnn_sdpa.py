@@ -3,10 +3,14 @@
 O = softmax(scale * Q K^T + mask [+ causal]) V per (batch, head); Q [B, H, Sq, D], K/V
 [B, Hkv, Skv, D] (GQA when Hkv < H: cuDNN shares each K/V head among H/Hkv query heads).
 
-* Layouts: each of Q, K, V and the output may be stored [B, H, S, D] ("bhsd", the default) or
-  [B, S, H, D] ("bshd": what a QKV projection produces before its Transpose); attrs ``q_layout``,
-  ``k_layout``, ``v_layout``, ``o_layout`` say which. cuDNN reads strides, so no copy either way.
-* causal: top-left aligned (query i sees keys j <= i), like torch's ``is_causal``.
+* Layouts (FUSED_OPS.md): Q, K, V each "bhsd" | "bshd" | "bsd" ([B, S, H*D], split by
+  ``num_heads`` / ``kv_heads``), K also "bhds" (a stored K^T); ``out_layout`` "bhsd" | "bshd" |
+  "bsd". cuDNN reads strides, so the optimizer's absorbed transposes cost no copy.
+* causal: aligned to the end (query i sees keys j <= i + Skv - Sq): cuDNN's top-left mask when
+  Sq == Skv, its bottom-right one otherwise. ``causal_fill`` is treated as -inf.
+* Rows whose every key is masked: masks are clamped at -30000 (finite in fp16), so such a row
+  gets a softmax of its raw scores; the reference gives NaN (zeros with ``nan_to_zero``) or a
+  uniform row. Rows with at least one visible key agree.
 * mask_kind "additive": the mask tensor (broadcastable to [B, H, Sq, Skv]) is cuDNN's bias input,
   broadcast dims given stride 0. "boolean" (True = attend): converted at run into an additive
   bias (0 / -30000) in the workspace by one elementwise kernel.
@@ -26,9 +30,24 @@ _GRAPHS: dict = {}
 NEG = -30000.0  # a masked score: finite in fp16 (exp underflows to 0), so no NaN for empty rows
 
 
-def _strides(shape_bhsd, layout):
-    b, h, s, d = shape_bhsd
-    return [h * s * d, s * d, d, 1] if layout == "bhsd" else [s * h * d, d, h * d, 1]
+RANK = {"bhsd": 4, "bshd": 4, "bsd": 3, "bhds": 4}
+
+
+def _logical(shape, lay: str, heads: int):
+    """(logical [B, H, S, D] dims, element strides of those dims) of a packed tensor stored in
+    ``lay`` (FUSED_OPS.md: "bsd" is [B, S, H*D] split by the head count, "bhds" a stored K^T)."""
+    if lay == "bhsd":
+        b, h, s, d = shape
+        return [b, h, s, d], [h * s * d, s * d, d, 1]
+    if lay == "bshd":
+        b, s, h, d = shape
+        return [b, h, s, d], [s * h * d, d, h * d, 1]
+    if lay == "bsd":
+        b, s, hd = shape
+        d = hd // heads
+        return [b, heads, s, d], [s * hd, d, hd, 1]
+    b, h, d, s = shape  # bhds
+    return [b, h, s, d], [h * d * s, d * s, 1, s]
 
 
 def _problem(layer: Layer, precision: str):
@@ -37,20 +56,34 @@ def _problem(layer: Layer, precision: str):
     if precision not in ("fp16", "bf16"):
         return f"cuDNN SDPA runs fp16/bf16 only, not {precision}"
     at = layer.attrs
-    lay = {k: str(at.get(f"{k}_layout", "bhsd") or "bhsd") for k in ("q", "k", "v", "o")}
-    if any(v not in ("bhsd", "bshd") for v in lay.values()):
-        return f"unknown layouts {lay}"
-    shapes = [static_shape(layer, i) for i in range(3)]
-    if any(s is None or len(s) != 4 for s in shapes) or static_shape(layer, 0, out=True) is None:
-        return "Q/K/V must be static 4-D tensors"
-    # logical [B, H, S, D] of each, whatever the storage
-    q, k, v = ((s if lay[n] == "bhsd" else (s[0], s[2], s[1], s[3])) for s, n in zip(shapes, "qkv"))
+    lay = {k: str(at.get(f"{k}_layout", "bhsd") or "bhsd") for k in ("q", "k", "v")}
+    lay["o"] = str(at.get("out_layout", at.get("o_layout", "bhsd")) or "bhsd")
+    for n, v in lay.items():
+        if v not in RANK or (v == "bhds" and n != "k"):
+            return f"{n}_layout {v!r} is not one cuDNN SDPA reads"
+    shapes = [static_shape(layer, i) for i in range(3)] + [static_shape(layer, 0, out=True)]
+    for s, n in zip(shapes, "qkvo"):
+        if s is None or len(s) != RANK[lay[n]]:
+            return f"{n.upper()} of shape {s} does not match layout {lay[n]!r}"
+    heads = int(at.get("num_heads") or 0) or (shapes[0][1] if lay["q"] in ("bhsd", "bhds") else
+                                               shapes[0][2] if lay["q"] == "bshd" else 0)
+    kv = int(at.get("kv_heads") or 0) or heads
+    if not heads or not kv:
+        return "num_heads is needed for the bsd layout"
+    if any(shapes[i][-1] % h for i, h in ((0, heads), (1, kv), (2, kv)) if lay["qkv"[i]] == "bsd"):
+        return "hidden size is not a multiple of the head count"
+    (q, qs), (k, ks), (v, vs) = (_logical(s, lay[n], h) for s, n, h in zip(shapes[:3], "qkv", (heads, kv, kv)))
+    if q[1] != heads or k[1] != kv or v[1] != kv:
+        return f"head counts: Q {q}, K {k}, V {v} vs num_heads {heads}, kv_heads {kv}"
     if q[0] != k[0] or k[:3] != v[:3] or q[3] != k[3]:
         return f"inconsistent Q {q}, K {k}, V {v}"
     if q[1] % k[1]:
         return f"{q[1]} query heads are not a multiple of {k[1]} key/value heads"
     if q[3] % 8 or v[3] % 8 or max(q[3], v[3]) > 256:
         return f"head dims {q[3]}/{v[3]}: cuDNN wants multiples of 8 up to 256"
+    o, os_ = _logical(shapes[3], lay["o"], heads)
+    if o != [q[0], q[1], q[2], v[3]]:
+        return f"output {shapes[3]} ({lay['o']}) is not [B, H, Sq, Dv] = {[q[0], q[1], q[2], v[3]]}"
     kind = str(at.get("mask_kind", "") or "")
     mask = None
     if has_input(layer, 3):
@@ -64,8 +97,11 @@ def _problem(layer: Layer, precision: str):
         if any(a not in (1, b) for a, b in zip(ms, full)):
             return f"mask {ms} does not broadcast to {full}"
         mask = ms
-    return dict(q=q, k=k, v=v, lay=lay, causal=bool(int(at.get("causal", 0))), kind=kind if mask else "",
-                mask=mask, scale=float(at.get("scale", q[3] ** -0.5)), precision=precision)
+    # rows whose every key is masked: cuDNN (finite -30000 bias) gives a softmax over the raw scores
+    # where the reference gives NaN (nan_to_zero: zeros) or a uniform row; see the module doc
+    return dict(q=tuple(q), k=tuple(k), v=tuple(v), o=tuple(o), st={"q": qs, "k": ks, "v": vs, "o": os_},
+                causal=bool(int(at.get("causal", 0))), kind=kind if mask else "", mask=mask,
+                scale=float(at.get("scale", q[3] ** -0.5)), precision=precision)
 
 
 def _graph(p: dict, mode: str = "A"):
@@ -80,7 +116,7 @@ def _graph(p: dict, mode: str = "A"):
     try:
         gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
                            compute_data_type=cudnn.data_type.FLOAT, handle=handle())
-        t = {n: gr.tensor(name=n.upper(), dim=list(p[n]), stride=_strides(p[n], p["lay"][n]), data_type=io)
+        t = {n: gr.tensor(name=n.upper(), dim=list(p[n]), stride=list(p["st"][n]), data_type=io)
              for n in ("q", "k", "v")}
         kw = {}
         if p["mask"] is not None:
@@ -92,10 +128,10 @@ def _graph(p: dict, mode: str = "A"):
             dims = [ms[0], ms[1], sq, skv]
             t["mask"] = gr.tensor(name="BIAS", dim=dims, stride=[st[0], st[1], st[2], st[3]], data_type=io)
             kw["bias"] = t["mask"]
-        o, _ = gr.sdpa(name="sdpa", q=t["q"], k=t["k"], v=t["v"], is_inference=True, attn_scale=p["scale"],
-                       use_causal_mask=p["causal"], **kw)
-        od = [b, h, sq, dv]
-        o.set_output(True).set_dim(od).set_stride(_strides(od, p["lay"]["o"])).set_data_type(io)
+        if p["causal"]:  # FUSED_OPS.md: aligned to the end (query i sees keys j <= i + Skv - Sq)
+            kw["use_causal_mask" if sq == skv else "use_causal_mask_bottom_right"] = True
+        o, _ = gr.sdpa(name="sdpa", q=t["q"], k=t["k"], v=t["v"], is_inference=True, attn_scale=p["scale"], **kw)
+        o.set_output(True).set_dim(list(p["o"])).set_stride(list(p["st"]["o"])).set_data_type(io)
         t["o"] = o
         gr.validate()
         gr.build_operation_graph()
@@ -156,13 +192,16 @@ class CudnnSdpa:
                 m = cp.asarray(mask_const)
                 if p["kind"] == "boolean":
                     m = cp.where(m.astype(bool), 0.0, NEG)
+                m = cp.maximum(m.astype(cp.float32), NEG)
                 mask_const = as_device(m.astype(cp.float32), io).reshape(ms)
             else:
                 in_dt = in_specs(layer)[3].dtype
                 if p["kind"] == "boolean" or in_dt not in (None, io):
                     # convert the runtime mask into the workspace (after cuDNN's own region)
                     mask_bytes = int(ms[0] * ms[1] * ms[2] * ms[3]) * 2
-                    expr = "y = m ? (T)0 : (T)(%r)" % NEG if p["kind"] == "boolean" else "y = (T)m"
+                    # clamped: a float32 finfo.min fill must not become -inf (NaN rows) in half
+                    expr = ("y = m ? (T)0 : (T)(%r)" % NEG if p["kind"] == "boolean"
+                            else "y = (T)fmaxf((float)m, %r)" % NEG)
                     conv = cp.ElementwiseKernel("M m", "T y", expr, "wb_sdpa_mask")
         out_dt = np_dtype(io)
         h = handle()

@@ -316,6 +316,8 @@ class CupyOpsTactic:
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         if layer.domain or layer.op not in OPS:
             return f"no CuPy implementation of {layer.op}"
+        if layer.attrs.get("channels_last"):
+            return "channels-last (NHWC) tensors: CuPy views index NCHW"
         specs = [s for s in list(layer.input_specs) + list(layer.output_specs) if s.name]
         if not all(s.is_static and s.dtype not in (None, "string") for s in specs):
             return "needs static numeric tensors"

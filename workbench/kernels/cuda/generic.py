@@ -48,6 +48,8 @@ class ReferenceOnCupy:
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         if get_kernel(layer.domain, layer.op) is None:
             return "no reference kernel"
+        if layer.attrs.get("channels_last"):
+            return "channels-last (NHWC) tensors: the reference kernels index NCHW"
         specs = [s for s in list(layer.input_specs) + list(layer.output_specs) if s.name]
         if any(s.dtype in (None, "string") or not s.is_static for s in specs):
             return "needs static tensors of numeric type"

@@ -208,6 +208,9 @@ class PointwiseTactic:
         out_shape = outs[0].shape
         if any(len(s.shape) > len(out_shape) for s in ins) or math.prod(out_shape) >= 2**31:
             return "shape outside the kernel's indexing range"
+        if layer.attrs.get("channels_last") and any(math.prod(s.shape) != 1 and list(s.shape) != list(out_shape)
+                                                    for s in ins):
+            return "channels-last (NHWC) tensors with a broadcast operand"
         try:
             self._source(layer, "probe")
         except NotImplementedError as exc:

@@ -63,7 +63,7 @@ def _rows_cols(layer: Layer) -> tuple[int, int] | None:
     return math.prod(shape[:axis]), cols
 
 
-def _norm_source(layer: Layer, dt: dict, name: str) -> str:
+def _norm_source(layer: Layer, dt: dict, name: str, vpt: int = 0) -> str:
     op = layer.op
     skip = op == "SkipLayerNorm"
     rms = op in ("RMSNorm", "RMSNormalization")
@@ -89,7 +89,27 @@ def _norm_source(layer: Layer, dt: dict, name: str) -> str:
     val = ld("x", "r * cols + c")
     if skip:
         val = f"({val} + {ld('skip', 'r * cols + c')}" + (f" + {ld('add_bias', 'c')}" if have["add_bias"] else "") + ")"
-    lines = [f"  __shared__ float sh[32];", "  long long r = blockIdx.x;", "  float acc = 0.0f;"]
+    out = f"(v - mean) * rstd * {ld('scale', 'c')}" + (f" + {ld('bias', 'c')}" if have["bias"] else "")
+    if vpt:  # one pass over memory: the row stays in registers (VPT values per thread)
+        lines = ["  __shared__ float sh[32];", "  long long r = blockIdx.x;", "  float acc = 0.0f;", f"  float vals[{vpt}];",
+                 f"  #pragma unroll\n  for (int j = 0; j < {vpt}; ++j) {{ int c = threadIdx.x + j * blockDim.x;"
+                 f" float v = c < cols ? {val} : 0.0f; vals[j] = v; acc += v; }}"]
+        if not rms:
+            lines += ["  float mean = wb_block_sum(acc, sh) / cols;", "  acc = 0.0f;",
+                      f"  #pragma unroll\n  for (int j = 0; j < {vpt}; ++j) {{ int c = threadIdx.x + j * blockDim.x;"
+                      " if (c < cols) { float d = vals[j] - mean; acc += d * d; } }"]
+        else:
+            lines += ["  const float mean = 0.0f;", "  acc = 0.0f;",
+                      f"  #pragma unroll\n  for (int j = 0; j < {vpt}; ++j) acc += vals[j] * vals[j];"]
+        lines += ["  float rstd = rsqrtf(wb_block_sum(acc, sh) / cols + eps);",
+                  f"  #pragma unroll\n  for (int j = 0; j < {vpt}; ++j) {{ int c = threadIdx.x + j * blockDim.x;"
+                  " if (c >= cols) continue; float v = vals[j];"]
+        if has_sum:
+            lines.append(f"    ysum[r * cols + c] = {P.store(dt['y'], 'v')};")
+        lines += [f"    y[r * cols + c] = {P.store(dt['y'], out)};", "  }"]
+        return (P.PRELUDE + _REDUCE + f'extern "C" __global__ void {name}({", ".join(params)}) {{\n'
+                + "\n".join(lines) + "\n}\n")
+    lines = ["  __shared__ float sh[32];", "  long long r = blockIdx.x;", "  float acc = 0.0f;"]
     if not rms:
         lines += [f"  for (int c = threadIdx.x; c < cols; c += blockDim.x) acc += {val};",
                   "  float mean = wb_block_sum(acc, sh) / cols;", "  acc = 0.0f;",
@@ -102,7 +122,6 @@ def _norm_source(layer: Layer, dt: dict, name: str) -> str:
               f"    float v = {val};"]
     if has_sum:
         lines.append(f"    ysum[r * cols + c] = {P.store(dt['y'], 'v')};")
-    out = f"(v - mean) * rstd * {ld('scale', 'c')}" + (f" + {ld('bias', 'c')}" if have["bias"] else "")
     lines += [f"    y[r * cols + c] = {P.store(dt['y'], out)};", "  }"]
     return (P.PRELUDE + _REDUCE + f'extern "C" __global__ void {name}({", ".join(params)}) {{\n'
             + "\n".join(lines) + "\n}\n")
@@ -166,7 +185,12 @@ class RowwiseTactic:
         for nm, spec in zip(names, aligned_inputs(layer)):
             if spec is not None:
                 dt[nm] = spec.dtype
-        src = (_softmax_source if layer.key in SOFTMAX else _norm_source)(layer, dt, "wb_rowwise")
+        block = int(config.get("block", 256))
+        vpt = -(-cols // block)
+        if layer.key in SOFTMAX:
+            src = _softmax_source(layer, dt, "wb_rowwise")
+        else:  # rows of up to 16 values per thread are kept in registers: one read of X (and skip)
+            src = _norm_source(layer, dt, "wb_rowwise", vpt if vpt <= 16 else 0)
         out: dict[str, bytes] = {}
         fn = get_function(src, "wb_rowwise", gpu.arch, binaries, out)
         block = int(config.get("block", 256))

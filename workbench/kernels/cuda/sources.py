@@ -19,6 +19,7 @@ PRIMARY = [
     "attention",     # our fallback attention: batched GEMMs through CuPy + safe softmax (fp32 too)
     "pointwise",     # NVRTC: fused pointwise programs and every elementwise op
     "rowwise",       # NVRTC: LayerNorm / SkipLayerNorm / RMSNorm / Softmax
+    "pool",          # NVRTC: Max/Average pooling and global pooling, NCHW and channels-last
     "cupy_ops",      # CuPy: layout, pooling, reductions, small ops
 ]
 FALLBACK = [

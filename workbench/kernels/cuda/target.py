@@ -24,7 +24,8 @@ from . import nvrtc
 from .device import cupy, gpu_info, storage_dtype, to_device_bits
 from .layer_io import aligned_inputs
 from .sources import load_sources
-from .timing import time_ms
+from .layout import assign_layouts
+from .timing import time_launches
 
 KERNEL_MAP = "gpu/kernel_map.json"
 
@@ -48,8 +49,9 @@ class GpuTarget:
 
     # ---- precision ---------------------------------------------------------------------------
     def _supports(self, layer, precision: str) -> bool:
-        # only primary sources justify half precision; the generic fallback keeps a layer in fp32
-        for t in self.primary:
+        # only primary sources justify half precision; the generic fallback keeps a layer in fp32.
+        # Cheap checks first: cuDNN's supports() validates a graph, the others only look at shapes
+        for t in sorted(self.primary, key=lambda t: t.name.startswith("cudnn.")):
             try:
                 if t.supports(layer, precision, self.gpu) is None:
                     return True
@@ -63,6 +65,7 @@ class GpuTarget:
         _check_static(plan)
         self.materialized = materialize_constants(plan)
         self.precision_rows = assign_precisions(plan, config, self._supports)
+        self.layout_rows = assign_layouts(plan, self.by_name, self.gpu)
         cache = None
         if config.timing_cache:
             cache = TimingCache(config.timing_cache, {"gpu": self.gpu.name, "arch": self.gpu.arch,
@@ -96,14 +99,15 @@ class GpuTarget:
         key = layer_signature(layer, plan.constants)
         hit = cache.get(key) if cache is not None else None
         if hit is not None and hit["tactic"] in self.by_name:
+            # a warm build builds the recorded choice only: no supports/configs (which may plan every
+            # candidate), no timing; a choice that no longer builds is tuned again
             tactic = self.by_name[hit["tactic"]]
             try:
-                if tactic.supports(layer, layer.precision, self.gpu) is None:
-                    built = tactic.build(layer, layer.precision, hit["config"], weights, self.gpu)
-                    self._choose(idx, layer, hit["tactic"], hit["config"], hit["table"], built)
-                    return
+                built = tactic.build(layer, layer.precision, hit["config"], weights, self.gpu)
+                self._choose(idx, layer, hit["tactic"], hit["config"], hit["table"], built)
+                return
             except Exception:
-                pass  # the cached choice no longer builds: tune again
+                pass
         table, cands = [], []
         for group in (self.primary, self.fallback):
             for t in group:
@@ -135,14 +139,22 @@ class GpuTarget:
             ins, outs, ws = self._buffers(layer, weights, max(c[2].workspace_bytes for c in cands))
             for t, cfg, built in cands:
                 try:
-                    ms = time_ms(lambda: built.run(ins, outs, ws, stream), stream=stream)
-                    timed.append((ms, t, cfg, built))
-                    table.append({"tactic": t.name, "config": cfg, "ms": round(ms, 5)})
+                    ms, graph, why = time_launches(lambda: built.run(ins, outs, ws, stream), stream,
+                                                   capturable=built.capturable)
+                    if not graph and built.capturable:
+                        built.capturable = False
+                    timed.append((not graph, ms, t, cfg, built))
+                    row = {"tactic": t.name, "config": cfg, "ms": round(ms, 5), "graph": graph}
+                    if why and not graph:
+                        row["not_captured"] = why
+                    table.append(row)
                 except Exception as exc:
                     table.append({"tactic": t.name, "config": cfg, "reason": f"run failed: {type(exc).__name__}: {exc}"})
             if not timed:
                 raise BuildError(f"layer {layer.name!r} ({layer.op}): every GPU candidate failed to run")
-            _, t, cfg, built = min(timed, key=lambda r: r[0])
+            # the fastest capturable candidate; one that must run outside the CUDA graph only when
+            # no candidate can be captured (eager layers split the graph and pay host latency)
+            _, _, t, cfg, built = min(timed, key=lambda r: (r[0], r[1]))
         else:
             t, cfg, built = cands[0]
             table.append({"tactic": t.name, "config": cfg, "ms": None})
@@ -189,6 +201,7 @@ class GpuTarget:
         engine.blobs[KERNEL_MAP] = json.dumps(kmap, sort_keys=True).encode()
         engine.target["cuda_graph"] = bool(config.cuda_graph)
         engine.reports["precision"] = self.precision_rows
+        engine.reports["layouts"] = getattr(self, "layout_rows", [])
         engine.reports.setdefault("memory", {})["weights_device_bytes"] = int(sum(a.nbytes for a in self._dev.values()))
         self._dev.clear()
 
@@ -247,3 +260,16 @@ def _check_static(plan) -> None:
                 raise BuildError(f"GPU engines need static shapes and known types: tensor {spec.name!r} of node "
                                  f"{node!r} ({layer.op}) has shape {spec.shape} and type {spec.dtype}; "
                                  "fix the input shapes with BuilderConfig(shapes=...) / --shapes")
+
+
+def clear_process_caches() -> None:
+    """Forget what earlier builds in this process planned or compiled (cuDNN graphs, cuBLASLt
+    heuristics, NVRTC cubins), so that a build costs what it would in a new process; used by the
+    benchmark's cold/warm timing-cache comparison."""
+    import importlib
+
+    for mod, attr in (("cudnn_conv", "_GRAPHS"), ("cudnn_sdpa", "_GRAPHS"), ("cublaslt", "_NALGOS"), ("nvrtc", "_CUBINS")):
+        try:
+            getattr(importlib.import_module(f"{__package__}.{mod}"), attr).clear()
+        except Exception:  # noqa: BLE001 - a source whose library is missing has nothing cached
+            pass
