@@ -136,6 +136,38 @@ def test_llama_blocks(name):
     assert len(att) == 2 and all(a.attrs["kv_heads"] < a.attrs["num_heads"] for a in att)
     assert len(_layers(opt, "RMSNorm")) == 5
     assert not _layers(opt, "Expand")
+    # GQA: V's head split is absorbed as without GQA (only Q and K keep theirs, RoPE reads them)
+    assert all(a.attrs["v_layout"] in ("bsd", "bshd") for a in att)
+    assert len(_layers(opt, "Transpose")) == 4
+    # Q, K, V reach the Attention through RoPE: merged as parallel GEMMs over the same input
+    fired = [r for r in opt.reports["fusions"] if r["rule"] == "merge_parallel_gemms" and r["status"] == "fired"]
+    assert len(fired) == 2 and all(len(_layers(opt, op)) for op in ("Split", "FusedGemm"))
+
+
+def _qkv_gemms(engine):
+    """GEMM layers whose output is split into an Attention's Q, K and V."""
+    prod = {o: l for l in engine.layers for o in l.outputs}
+    found = []
+    for att in _layers(engine, "Attention"):
+        splits = {id(prod[t]): prod[t] for t in att.inputs[:3] if t in prod and prod[t].op == "Split"}
+        if len(splits) == 1:
+            split = next(iter(splits.values()))
+            gemm = prod.get(split.inputs[0])
+            if gemm is not None and gemm.op == "FusedGemm" and len(split.outputs) == 3:
+                found.append(gemm)
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(MODELS) if _family(n) in ("bert", "vit", "gpt2")])
+def test_one_qkv_gemm_per_layer(name):
+    m, feeds, ref, opt = _engines(name)
+    assert len(_qkv_gemms(opt)) == 2  # one per block; outputs equal: test_optimized_matches_unoptimized
+    if _family(name) != "gpt2":  # GPT-2's c_attn is one GEMM already
+        fired = [r for r in opt.reports["fusions"] if r["rule"] == "merge_qkv_projections" and r["status"] == "fired"]
+        assert len(fired) == 2
+        off = wb.build(wb.load_onnx(os.path.join(HERE, f"{name}.onnx")),
+                       wb.BuilderConfig(device="cpu", shapes=parse_shapes(m["shapes"]), disable=["merge_qkv_projections", "merge_parallel_gemms"]))
+        assert not _qkv_gemms(off) and len(_layers(off, "FusedGemm")) == len(_layers(opt, "FusedGemm")) + 4
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(MODELS) if _family(n) == "resnet"])

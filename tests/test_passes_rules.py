@@ -167,6 +167,36 @@ def test_channels_first_layernorm_transposes_absorbed():
     assert ops(e) == ["LayerNorm"] and e.layers[0].attrs["channels_first"] == 1
 
 
+def _channels_first_decomposed(second_reader=False):
+    """ConvNeXt at opset 14: Transpose -> decomposed LayerNorm (ReduceMean axes attr) -> Transpose."""
+    nodes = ([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])] + _layernorm_nodes("t", "l")
+             + [helper.make_node("Transpose", ["l"], ["y"], perm=[0, 3, 1, 2])])
+    outs = ["y"]
+    if second_reader:  # the LayerNorm result is also read channels-last: the Transposes must stay
+        nodes.append(helper.make_node("Relu", ["l"], ["z"]))
+        outs.append("z")
+    net = model(nodes, [("x", [2, 16, 4, 4])], outs, LN_INITS, opset=14)
+    return net, {"x": RNG.standard_normal((2, 16, 4, 4)).astype(np.float32)}
+
+
+def test_channels_first_decomposed_layernorm_opset14():
+    net, feeds = _channels_first_decomposed()
+    e = build_both(net, feeds)
+    assert ops(e) == ["LayerNorm"] and e.layers[0].attrs["channels_first"] == 1 and e.layers[0].attrs["axis"] == 1
+    fired = [r for r in e.reports["fusions"] if r["rule"] == "channels_first_layer_norm" and r["status"] == "fired"]
+    assert len(fired) == 1
+    off = wb.build(net, wb.BuilderConfig(device="cpu", disable=["channels_first_layer_norm"]))
+    assert ops(off).count("Transpose") == 2
+
+
+def test_channels_first_layernorm_declined_is_logged():
+    net, feeds = _channels_first_decomposed(second_reader=True)
+    e = build_both(net, feeds)
+    assert ops(e).count("Transpose") == 2
+    declined = [r for r in e.reports["fusions"] if r["rule"] == "channels_first_layer_norm" and r["status"] == "declined"]
+    assert declined and "not only by Transpose" in declined[0]["reason"]
+
+
 def _attention_nodes(gqa=False):
     """BERT-style: [b, s, h*d] projections split into heads, scaled, masked, merged back."""
     kvh = 1 if gqa else 2
@@ -209,6 +239,60 @@ def test_attention_gqa_repeat_absorbed():
     att = [l for l in e.layers if l.op == "Attention"]
     assert len(att) == 1 and att[0].attrs["kv_heads"] == 1
     assert not {"Expand", "Unsqueeze", "Softmax", "MatMul"} & set(ops(e))
+    assert att[0].attrs["v_layout"] == "bsd" and "Transpose" not in ops(e)  # V's head split absorbed
+
+
+def _parallel_gemms(acts=("", "", ""), transb=False):
+    """Three projections of one input (Gemm with bias, MatMul + bias Add, MatMul), each read on."""
+    w = [RNG.standard_normal((8, n)).astype(np.float32) for n in (6, 4, 4)]
+    nodes, inits = [], []
+    for i, (wi, act) in enumerate(zip(w, acts)):
+        inits += [init(f"w{i}", wi.T if transb and i == 0 else wi), init(f"b{i}", RNG.standard_normal(wi.shape[1]))]
+        if i == 0:
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]) if not transb else
+                         helper.make_node("Gemm", ["x2", f"w{i}", f"b{i}"], [f"m{i}"], transB=1, beta=0.5))
+        else:
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]))
+        out = f"m{i}"
+        if i < 2 and not (transb and i == 0):
+            nodes.append(helper.make_node("Add", [out, f"b{i}"], [f"a{i}"]))
+            out = f"a{i}"
+        if act:
+            nodes.append(helper.make_node(act, [out], [f"r{i}"]))
+            out = f"r{i}"
+        nodes.append(helper.make_node("Reshape", [out, "flat"], [f"y{i}"]))
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
+    x_in = [("x2", [6, 8])] if transb else [("x", [2, 3, 8])]
+    if transb:
+        nodes = [helper.make_node("Identity", ["x2"], ["x"])] + nodes  # MatMuls read x, the Gemm x2
+    net = model(nodes, x_in, ["y0", "y1", "y2"], inits)
+    return net, {x_in[0][0]: RNG.standard_normal(x_in[0][1]).astype(np.float32)}
+
+
+def test_parallel_gemms_merge_into_one_gemm_and_split():
+    net, feeds = _parallel_gemms()
+    e = build_both(net, feeds)
+    assert ops(e).count("FusedGemm") == 1 and ops(e).count("Split") == 1 and "MatMul" not in ops(e)
+    g = next(l for l in e.layers if l.op == "FusedGemm")
+    assert g.input_specs[1].shape == [8, 14] and sorted(g.onnx_ops) == sorted(["MatMul", "Add", "MatMul", "Add", "MatMul"])
+    fired = [r for r in e.reports["fusions"] if r["rule"] == "merge_parallel_gemms" and r["status"] == "fired"]
+    assert len(fired) == 1
+    off = wb.build(net, wb.BuilderConfig(device="cpu", disable=["merge_parallel_gemms"]))
+    assert "Split" not in ops(off)
+
+
+def test_parallel_gemms_with_different_activations_decline_with_a_reason():
+    net, feeds = _parallel_gemms(acts=("Relu", "", ""))
+    e = build_both(net, feeds)
+    assert ops(e).count("Split") == 1 and ops(e).count("FusedGemm") == 2  # the two without activation merge
+    declined = [r for r in e.reports["fusions"] if r["rule"] == "merge_parallel_gemms" and r["status"] == "declined"]
+    assert declined and "differ" in declined[0]["reason"] and "Relu" in declined[0]["reason"]
+
+
+def test_parallel_gemms_transposed_weight_and_scaled_bias():
+    net, feeds = _parallel_gemms(transb=True)
+    e = build_both(net, feeds)
+    assert ops(e).count("FusedGemm") == 1 and ops(e).count("Split") == 1 and "Gemm" not in ops(e)
 
 
 def test_pointwise_chain_becomes_one_node():

@@ -171,7 +171,10 @@ class FuseAttention(Rule):
             k2, kv_k = _repeat_kv(k, nodes)
             v2, kv_v = _repeat_kv(v, nodes)
             if kv_k is not None and kv_k == kv_v:
-                k, v, kv_heads = k2, v2, kv_k
+                kv_heads = kv_k
+                # under repeat_kv K and V are [b, kv_heads, s, d]: absorb their head split as without GQA
+                k, k_layout, _ = _resolve(k2, nodes, False, r)
+                v, v_layout, _ = _resolve(v2, nodes, False, r)
             elif kv_k is not None or kv_v is not None:
                 return None  # only one side repeated: leave it (the nodes list is now inconsistent)
         out, out_layout = self._output(pv.outputs[0], nodes, r)

@@ -1,4 +1,4 @@
-"""Normalization fusions: LayerNorm (the ONNX op, the decomposed exporter forms, channels-first),
+"""Normalization fusions: LayerNorm (the ONNX op, the decomposed exporter forms), channels-first LayerNorm,
 RMSNorm (Llama's Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul), SkipLayerNorm (residual Add + LayerNorm).
 
 Invariant: the fused node normalizes over the same axes with the same epsilon, and applies the same
@@ -11,15 +11,27 @@ import numpy as np
 import onnx_ir as ir
 
 from ..patterns.rewrite import DOMAIN, Match, Rule
-from ..patterns.values import attr, axes_of, const, other_input, producer, rank, scalar, shape, sole_user, users
+from ..patterns.values import (
+    attr,
+    axes_of,
+    const,
+    is_graph_output,
+    other_input,
+    producer,
+    rank,
+    scalar,
+    shape,
+    sole_user,
+    users,
+)
 
 CHANNELS_LAST = [0, 2, 3, 1]
 CHANNELS_FIRST = [0, 3, 1, 2]
 
 
 class LayerNormOp(Rule):
-    """ONNX LayerNormalization (only Y read) -> LayerNorm; with Transpose(0,2,3,1) before and
-    Transpose(0,3,1,2) after (ConvNeXt's channels-first LayerNorm), both Transposes go too."""
+    """ONNX LayerNormalization (only Y read) -> LayerNorm over the same axes (the Transposes of a
+    channels-first spelling are ``ChannelsFirstLayerNorm``'s business, whatever made the LayerNorm)."""
 
     name = "layer_norm"
     ops = ("LayerNormalization",)
@@ -27,21 +39,56 @@ class LayerNormOp(Rule):
     def pattern(self, root):
         if any(users(o) for o in root.outputs[1:]):
             return None
-        nodes, x, out, cf = [root], root.inputs[0], root.outputs[0], 0
-        before = producer(x, "Transpose")
-        after = sole_user(out)
-        if (before is not None and attr(before, "perm") == CHANNELS_LAST and after is not None
-                and after.op_type == "Transpose" and attr(after, "perm") == CHANNELS_FIRST
-                and attr(root, "axis", -1) in (-1, 3) and sole_user(x) is root):
-            nodes, x, out, cf = [before, root, after], before.inputs[0], after.outputs[0], 1
-        return Match(root, nodes, outputs=[out], b={"x": x, "cf": cf})
+        return Match(root, [root], outputs=[root.outputs[0]])
 
     def rewrite(self, m, emit):
         ln = m.root
-        ins = [m.b["x"], ln.inputs[1]] + ([ln.inputs[2]] if len(ln.inputs) > 2 and ln.inputs[2] is not None else [])
-        attrs = {"axis": 1 if m.b["cf"] else int(attr(ln, "axis", -1)), "epsilon": float(attr(ln, "epsilon", 1e-5)),
-                 "channels_first": m.b["cf"]}
+        ins = [ln.inputs[0], ln.inputs[1]] + ([ln.inputs[2]] if len(ln.inputs) > 2 and ln.inputs[2] is not None else [])
+        attrs = {"axis": int(attr(ln, "axis", -1)), "epsilon": float(attr(ln, "epsilon", 1e-5)), "channels_first": 0}
         return [emit.op("LayerNorm", ins, attrs)]
+
+
+class ChannelsFirstLayerNorm(Rule):
+    """Transpose(0,2,3,1) -> LayerNorm(last axis) -> Transpose(0,3,1,2) -> LayerNorm(channels_first=1)
+    on the input of the first Transpose (ConvNeXt's channels-first LayerNorm; whether the exporter
+    wrote LayerNormalization or, at opset < 17, the decomposed form). Exact: the same values are
+    normalized over the same channel axis; only the data movement goes."""
+
+    name = "channels_first_layer_norm"
+    ops = ("LayerNorm",)
+    domain = DOMAIN
+
+    def pattern(self, root):
+        x, out = root.inputs[0], root.outputs[0]
+        if attr(root, "channels_first", 0) or rank(x) != 4 or attr(root, "axis", -1) not in (-1, 3):
+            return None
+        before, after = producer(x, "Transpose"), sole_user(out)
+        if after is not None and after.op_type != "Transpose":
+            after = None
+        if before is None and after is None and not any(u.op_type == "Transpose" for u in users(out)):
+            return None  # no Transpose around it: not this pattern
+        nodes = [n for n in (before, root, after) if n is not None]
+        reason = ""
+        if before is None or attr(before, "perm") != CHANNELS_LAST:
+            reason = (f"the input {x.name} does not come from Transpose(perm={CHANNELS_LAST})"
+                      + (f" (perm {attr(before, 'perm')})" if before is not None else ""))
+        elif after is None:
+            readers = ", ".join(f"{u.name} ({u.op_type})" for u in users(out)) or "nothing"
+            reason = (f"the output {out.name} is read by {readers}" + (" and is a graph output" if is_graph_output(out)
+                      else "") + f", not only by Transpose(perm={CHANNELS_FIRST})")
+        elif attr(after, "perm") != CHANNELS_FIRST:
+            reason = f"the output Transpose {after.name} has perm {attr(after, 'perm')}, not {CHANNELS_FIRST}"
+        outputs = [after.outputs[0]] if after is not None else [out]
+        return Match(root, nodes, outputs=outputs, b={"x": before.inputs[0] if before is not None else x,
+                                                      "reason": reason})
+
+    def check(self, m):
+        return m.b["reason"]
+
+    def rewrite(self, m, emit):
+        ln = m.root
+        attrs = {"axis": 1, "epsilon": float(attr(ln, "epsilon", 1e-5)), "channels_first": 1}
+        return [emit.op("LayerNorm", [m.b["x"], *ln.inputs[1:]], attrs)]
 
 
 def _square_of(v: ir.Value) -> ir.Value | None:
@@ -186,5 +233,5 @@ class SkipLayerNorm(Rule):
         return list(node.outputs)
 
 
-NORM_RULES = [LayerNormOp(), DecomposedNorm()]
+NORM_RULES = [LayerNormOp(), DecomposedNorm(), ChannelsFirstLayerNorm()]
 SKIP_RULES = [SkipLayerNorm()]

@@ -17,6 +17,7 @@ from .epilogues import BATCHNORM_RULES, EPILOGUE_RULES
 from .norms import NORM_RULES, SKIP_RULES
 from .attention import ATTENTION_RULES
 from .pointwise import POINTWISE_RULES
+from .projections import PARALLEL_GEMM_RULES, QKV_RULES
 from ..patterns.rewrite import apply
 from .cleanup import (eliminate_common_subexpressions, fold_to_fixed_point, infer_shapes, remove_dead_code,
                       simplify as simplify_graph, toposort)
@@ -36,6 +37,13 @@ def rule_pass(rules, *, reverse=False):
     return run
 
 
+def merge_projections(model: ir.Model, ctx: PassContext) -> bool:
+    """Q/K/V of one Attention first (so the log names them as such), then any other GEMMs that
+    share their input."""
+    qkv = rule_pass(QKV_RULES)(model, ctx)
+    return rule_pass(PARALLEL_GEMM_RULES)(model, ctx) or qkv
+
+
 PASSES = [
     ("fold_constants", fold_to_fixed_point),          # shape arithmetic at static shapes included
     ("simplify", simplify_graph),                      # simplify.RULES, folding again after each sweep
@@ -44,6 +52,7 @@ PASSES = [
     ("fuse_norms", rule_pass(NORM_RULES + SKIP_RULES)),
     ("fuse_attention", rule_pass(ATTENTION_RULES)),
     ("fuse_epilogues", rule_pass(EPILOGUE_RULES)),
+    ("merge_projections", merge_projections),         # GEMMs sharing an input -> one GEMM + Split
     ("fuse_pointwise", rule_pass(POINTWISE_RULES)),
     ("remove_dead_code", remove_dead_code),
 ]
@@ -55,6 +64,7 @@ RULES = {
     "fuse_norms": NORM_RULES + SKIP_RULES,
     "fuse_attention": ATTENTION_RULES,
     "fuse_epilogues": EPILOGUE_RULES,
+    "merge_projections": QKV_RULES + PARALLEL_GEMM_RULES,
     "fuse_pointwise": POINTWISE_RULES,
 }
 

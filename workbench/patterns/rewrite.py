@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 import onnx_ir as ir
 
+from .shapes import annotate, set_spec
+
 ONNX_NODES = "wb.onnx_nodes"  # same keys as builder.lower (that module imports onnx-ir graphs only)
 ONNX_OPS = "wb.onnx_ops"
 DOMAIN = "workbench"
@@ -58,7 +60,7 @@ class Rule:
 
     name: str = ""
     ops: tuple[str, ...] = ()
-    domain: str = ""
+    domain: str = ""  # of the root: "" = the ONNX domain, "workbench", or "*" = any
 
     def pattern(self, root: ir.Node) -> Match | None:
         raise NotImplementedError
@@ -85,16 +87,21 @@ def provenance(nodes: list[ir.Node]) -> tuple[list[str], list[str]]:
 
 class Emitter:
     """Creates the replacement nodes of one rewrite, inserted before the last matched node (every
-    external input of the match is produced before it), carrying the match's provenance."""
+    external input of the match is produced before it; a rule whose replacement needs only inputs
+    available earlier may name another node as ``m.b["anchor"]``), carrying the match's provenance.
+
+    Every output it creates is typed (``shapes.annotate``: ONNX inference for standard ops, the
+    fused ops' shape functions for ours); ``specs`` overrides that with explicit (dtype, dims)."""
 
     def __init__(self, graph: ir.Graph, m: Match, anchor: ir.Node):
         self.graph, self.m, self.anchor = graph, m, anchor
         self.names, self.ops = provenance(m.nodes)
         self.count = 0
         self.created: list[ir.Node] = []
+        self.opset = _opset(graph)
 
     def node(self, op: str, inputs: list, attrs: dict | None = None, *, domain: str = DOMAIN,
-             n_outputs: int = 1, name: str | None = None) -> ir.Node:
+             n_outputs: int = 1, name: str | None = None, specs: list | None = None) -> ir.Node:
         ins = [self.value(v) for v in inputs]
         attributes = [_attr(k, v) for k, v in (attrs or {}).items() if v is not None]
         self.count += 1
@@ -104,6 +111,10 @@ class Emitter:
         node.meta[ONNX_OPS] = list(self.ops)
         self.graph.insert_before(self.anchor, node)
         self.created.append(node)
+        for v, spec in zip(node.outputs, specs or []):
+            if spec is not None:
+                set_spec(v, *spec)
+        annotate(node, self.opset)
         return node
 
     def op(self, op: str, inputs: list, attrs: dict | None = None, **kw) -> ir.Value:
@@ -121,6 +132,11 @@ class Emitter:
                         shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
         self.graph.register_initializer(init)
         return init
+
+
+def _opset(graph: ir.Graph) -> int:
+    v = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx"))
+    return int(v) if v else 21
 
 
 def _attr(name: str, v) -> ir.Attr:
@@ -175,10 +191,16 @@ def replace_values(graph: ir.Graph, old: list[ir.Value], new: list[ir.Value], cr
         if name and rename:
             o.name = None
             n.name = name
-        if n.shape is None and o.shape is not None:
+        made_here = n.producer() is not None and id(n.producer()) in made
+        if o.shape is not None and (n.shape is None or (made_here and not _is_static(n.shape)
+                                                         and _is_static(o.shape) and len(n.shape) == len(o.shape))):
             n.shape = o.shape
         if n.type is None and o.type is not None:
             n.type = o.type
+
+
+def _is_static(s: ir.Shape) -> bool:
+    return all(isinstance(d, int) for d in s)
 
 
 def apply(model: ir.Model, ctx, rules: list[Rule], *, reverse: bool = False) -> bool:
@@ -192,7 +214,7 @@ def apply(model: ir.Model, ctx, rules: list[Rule], *, reverse: bool = False) -> 
         if node.graph is None:  # removed by an earlier rewrite in this sweep
             continue
         for rule in active:
-            if node.op_type in rule.ops and node.domain in (rule.domain, "ai.onnx" if not rule.domain else rule.domain):
+            if node.op_type in rule.ops and (rule.domain == "*" or node.domain in (rule.domain, "ai.onnx" if not rule.domain else rule.domain)):
                 if try_rule(graph, ctx, rule, node):
                     changed = True
                     break
@@ -209,7 +231,7 @@ def try_rule(graph: ir.Graph, ctx, rule: Rule, node: ir.Node) -> bool:
         ctx.declined(rule.name, names, reason, root=node.name or "")
         return False
     position = {id(n): i for i, n in enumerate(graph)}
-    anchor = max(m.nodes, key=lambda n: position[id(n)])
+    anchor = m.b.get("anchor") or max(m.nodes, key=lambda n: position[id(n)])
     emit = Emitter(graph, m, anchor)
     new = rule.rewrite(m, emit)
     replace_values(graph, m.outputs, new, emit.created)
