@@ -69,6 +69,19 @@ def _padded(x, begin, end, extra, value):
     return np.pad(x, widths, constant_values=value)
 
 
+def _reduce_windows(xp, kernel, strides, dil, out, op):
+    """Reduce every pooling window with ``op`` (np.maximum / np.add) by looping over the kernel
+    offsets: k*k whole-tensor strided ops are far faster than reducing the window axes of a
+    sliding_window_view, whose inner axes are not contiguous."""
+    acc = None
+    for offs in np.ndindex(*kernel):
+        index = (slice(None), slice(None)) + tuple(
+            slice(o * d, o * d + (n - 1) * st + 1, st) for o, d, n, st in zip(offs, dil, out, strides))
+        part = xp[index]
+        acc = part.copy() if acc is None else op(acc, part, out=acc)
+    return acc
+
+
 def _window_axes(nd):
     return tuple(range(2 + nd, 2 + 2 * nd))
 
@@ -92,8 +105,7 @@ def _average_pool(ctx, inputs, attrs):
     geo = pool_geometry(x, attrs)
     kernel, strides, dil, begin, end, extra, out = geo
     xw = _wide(x)
-    v = windows(_padded(xw, begin, end, extra, 0), kernel, strides, dil, out)
-    total = v.sum(axis=_window_axes(len(kernel)))
+    total = _reduce_windows(_padded(xw, begin, end, extra, 0), kernel, strides, dil, out, np.add)
     cnt = _count(x, attrs, geo, attrs.get("count_include_pad", 0))
     return [(total / cnt.astype(total.dtype)).astype(x.dtype)]
 
@@ -114,10 +126,11 @@ def _max_pool(ctx, inputs, attrs):
     nd = len(kernel)
     xw = _wide(x)
     low = np.iinfo(xw.dtype).min if np.issubdtype(xw.dtype, np.integer) else -np.inf
-    v = windows(_padded(xw, begin, end, extra, low), kernel, strides, dil, out)
-    y = v.max(axis=_window_axes(nd))
+    xp = _padded(xw, begin, end, extra, low)
+    y = _reduce_windows(xp, kernel, strides, dil, out, np.maximum)
     result = [y.astype(x.dtype)]
     if ctx.n_outputs > 1:
+        v = windows(xp, kernel, strides, dil, out)
         result.append(_max_indices(x, v, kernel, strides, dil, begin, out,
                                    attrs.get("storage_order", 0)))
     return result
