@@ -98,3 +98,29 @@ def test_float16_causal_attention_keeps_its_dtype():
     assert "Attention" in both(net, feeds, tol=1e-3)
     att = next(l for l in wb.build(net, wb.BuilderConfig(device="cpu")).layers if l.op == "Attention")
     assert att.attrs["causal"] == 1 and att.attrs["causal_fill"] == float(np.finfo(np.float16).min)
+
+
+def test_pointwise_chain_read_inside_a_subgraph():
+    """A pointwise value that an If branch reads stays a graph value (regression: the pointwise
+    rule looked up subgraph readers in the outer graph's node order)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    import workbench as wb
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    branch_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
+    then_g = helper.make_graph([helper.make_node("Neg", ["m"], ["b"])], "then", [], [branch_out])
+    else_g = helper.make_graph([helper.make_node("Abs", ["m"], ["b"])], "else", [], [branch_out])
+    nodes = [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Mul", ["a", "x"], ["m"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, c], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    engine = wb.build(wb.load_onnx(model.SerializeToString()), wb.BuilderConfig(device="cpu"))
+    xv = np.array([1.0, -2.0, 3.0], np.float32)
+    for cond, expect in ((True, -(2 * xv * xv)), (False, np.abs(2 * xv * xv))):
+        got = engine.create_context().run({"x": xv, "c": np.array(cond)})["y"]
+        np.testing.assert_allclose(got, expect, rtol=1e-6)

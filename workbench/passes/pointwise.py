@@ -66,7 +66,8 @@ class FusePointwise(Rule):
         while frontier and len(members) < MAX_GROUP:
             node = frontier.pop(0)
             for u in users(node.outputs[0]):
-                if id(u) in group or not _is_pointwise(u):
+                # a reader inside a subgraph (Loop/If body) is not part of this graph's chain
+                if id(u) in group or u.graph is not graph or not _is_pointwise(u):
                     continue
                 others = [x for x in u.inputs if x is not None and const(x) is None
                           and not (x.producer() is not None and id(x.producer()) in group)]
