@@ -7,6 +7,20 @@ capturable layers; a layer that must sync with the host, e.g. the generic refere
 eagerly between them) and replayed, since CuPy spends ~10 µs of host time per launch. Captured
 segments allocate CuPy temporaries from a private memory pool owned by the context, so no memory
 the graphs use is ever handed to anyone else.
+
+Host path of ``run`` with CuPy feeds (the common case; see ``run``): the feeds are checked against
+per-input expectations cached at load (a dict lookup and a dtype/shape compare per input; anything
+unusual goes through the full ``check_feeds`` with its messages), the caller's stream is joined by
+one event (no host sync), each input goes into its persistent buffer with one device-to-device
+``cudaMemcpyAsync`` -- or, where the graph input's only reader is a cast (``nvrtc.pointwise``, e.g.
+fp32 -> fp16, possibly writing channels-last), that cast kernel reads the caller's array directly and
+a second CUDA graph without it is replayed -- then the graph replays, and outputs are copied into
+fresh arrays (``copy_outputs=False`` returns the persistent output buffers instead).
+
+IO binding (like TensorRT's ``set_tensor_address`` / ONNX Runtime's io_binding): write the inputs
+into ``ctx.input_buffer(name)`` and call ``ctx.execute(stream)``, which only replays the graph on that
+stream (the caller's current CuPy stream by default) and returns at once; read
+``ctx.output_buffer(name)`` after the stream's work. No validation, copy or allocation per call.
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ class GpuExecutionContext:
         except cp.cuda.memory.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"GPU out of memory while loading the engine: {exc}") from None
         self._io = [self._bind(layer) for layer in engine.layers]
+        self._prepare_io()
 
     # ---- setup -------------------------------------------------------------------------------
     def _kernel_map(self) -> dict:
@@ -99,10 +114,10 @@ class GpuExecutionContext:
         return self.engine.outputs
 
     # ---- running -----------------------------------------------------------------------------
-    def _run_layer(self, i: int) -> None:
+    def _run_layer(self, i: int, stream=None) -> None:
         ins, outs = self._io[i]
         try:
-            self.kernels[i].run(ins, outs, self.workspace, self.stream)
+            self.kernels[i].run(ins, outs, self.workspace, stream or self.stream)
         except _cp().cuda.memory.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -122,11 +137,14 @@ class GpuExecutionContext:
                         break
         self.first_nonfinite = bad
 
-    def _capture(self) -> None:
-        """Warm up eagerly, then capture each run of capturable layers into its own CUDA graph."""
+    def _capture(self, skip=frozenset()) -> list:
+        """Warm up eagerly, then capture each run of capturable layers into its own CUDA graph;
+        layers in ``skip`` are left out (they run before the segments). Returns the segments."""
         cp = _cp()
         groups, cur = [], []
         for i, k in enumerate(self.kernels):
+            if i in skip:
+                continue
             if k.capturable and i not in self._eager_only:
                 cur.append(i)
             else:
@@ -166,7 +184,7 @@ class GpuExecutionContext:
                 if failed is not None or graph is None:
                     raise _CaptureFailed(failed if failed is not None else idx[0])
             segments.append(("graph", graph))
-        self._segments = segments
+        return segments
 
     def _execute(self) -> None:
         if not self.cuda_graph or self.debug or self.graph_error:
@@ -174,7 +192,7 @@ class GpuExecutionContext:
             return
         while self._segments is None and len(self._eager_only) < 16:
             try:
-                self._capture()
+                self._segments = self._capture()
             except _CaptureFailed as exc:  # this layer cannot be captured: run it between segments
                 self._eager_only.add(exc.args[0])
                 self.stream.synchronize()
@@ -189,63 +207,177 @@ class GpuExecutionContext:
             self.graph_error = f"could not capture: layers {sorted(self._eager_only)} and more are not capturable"
             self._eager()
             return
-        for kind, item in self._segments:
-            if kind == "graph":
-                item.launch(self.stream)
-            else:
-                for i in item:
-                    self._run_layer(i)
+        self._replay(self._segments)
 
-    def _load_inputs(self, feeds: dict) -> bool:
-        cp = _cp()
-        on_device = any(isinstance(v, cp.ndarray) for v in feeds.values())
-        if on_device:  # the caller's writes must land before we read: a device-side wait, no host sync
-            ev = cp.cuda.Event(block=False, disable_timing=True)
-            ev.record(cp.cuda.get_current_stream())
-            self.stream.wait_event(ev)
-        for spec in self.engine.inputs:
-            buf, value = self.buffers[spec.name], feeds[spec.name]
-            if isinstance(value, cp.ndarray):
-                with self.stream:
-                    cp.copyto(buf, value.view(buf.dtype) if value.dtype != buf.dtype else value)
-            else:
-                host = np.ascontiguousarray(value)
-                buf.set(host.view(buf.dtype) if host.dtype != buf.dtype else host, stream=self.stream)
-        return on_device
-
-    def _collect(self, on_device: bool) -> dict:
+    # ---- per-run host path ----------------------------------------------------------------------
+    def _prepare_io(self) -> None:
+        """Constant per-input / per-output facts, computed once: the fast checks and copies of
+        ``run`` read only these."""
         cp = _cp()
         from ..dtypes import to_numpy
 
-        out = {}
-        with self.stream:
-            for spec in self.engine.outputs:
-                dev = self.buffers.get(spec.name)
-                if dev is None and spec.name in self.engine.plan.constants:
-                    dev = self.constants[(spec.name, spec.dtype)]
-                if on_device:
-                    out[spec.name] = dev.copy()
+        self._in_fast = []  # (name, buffer, expected array dtype, shape, nbytes)
+        for spec in self.engine.inputs:
+            buf = self.buffers[spec.name]
+            try:
+                want = np.dtype(to_numpy(spec.dtype))
+            except Exception:  # noqa: BLE001 - no fast path for this type: full check every run
+                want = None
+            self._in_fast.append((spec.name, buf, want, tuple(buf.shape), int(buf.nbytes)))
+        self._in_names = frozenset(s.name for s in self.engine.inputs)
+        self._out_fast = []  # (name, device array, spec)
+        for spec in self.engine.outputs:
+            dev = self.buffers.get(spec.name)
+            if dev is None and spec.name in self.engine.plan.constants:
+                dev = self.constants[(spec.name, spec.dtype)]
+            self._out_fast.append((spec.name, dev, spec))
+        self._ev_in = cp.cuda.Event(block=False, disable_timing=True)
+        self._ev_out = cp.cuda.Event(block=False, disable_timing=True)
+        self._direct = self._direct_casts()
+        self._tail_segments = None
+
+    def _direct_casts(self) -> dict:
+        """graph input -> (layer index, input position) where the input's only reader is a
+        capturable elementwise kernel (a Cast, possibly to channels-last) that reads nothing else
+        but constants: ``run`` launches that kernel on the caller's array instead of copying it."""
+        readers: dict[str, list] = {}
+        for i, layer in enumerate(self.engine.layers):
+            for pos, n in enumerate(layer.inputs):
+                if n in self._in_names:
+                    readers.setdefault(n, []).append((i, pos))
+        outs = {s.name for s in self.engine.outputs}
+        consts = self.engine.plan.constants
+        direct = {}
+        for name, rs in readers.items():
+            if len(rs) != 1 or name in outs:
+                continue
+            i, pos = rs[0]
+            layer = self.engine.layers[i]
+            if layer.tactic != "nvrtc.pointwise" or not self.kernels[i].capturable:
+                continue
+            if any(n and n != name and n not in consts for n in layer.inputs):
+                continue
+            direct[name] = (i, pos)
+        # run first, the casts must be the first layers: the memory plan may give a later layer's
+        # output the bytes of a tensor that dies before it
+        first = {i for i, _ in direct.values()}
+        prefix = 0
+        while prefix in first:
+            prefix += 1
+        return {n: v for n, v in direct.items() if v[0] < prefix}
+
+    def _fast_feeds(self, feeds) -> bool:
+        """True when every feed is a C-contiguous CuPy array of exactly the expected dtype and
+        shape (then ``check_feeds`` would accept it); False sends the feeds through the full check."""
+        if type(feeds) is not dict or len(feeds) != len(self._in_fast):
+            return False
+        nd = _cp().ndarray
+        for name, _buf, want, shape, _nb in self._in_fast:
+            v = feeds.get(name)
+            if type(v) is not nd or want is None or v.dtype != want or v.shape != shape or not v.flags.c_contiguous:
+                return False
+        return True
+
+    def _load_inputs(self, feeds: dict, direct: bool = False) -> tuple[bool, bool]:
+        """Inputs into their buffers on ``self.stream``. Returns (on_device, tail): ``tail`` when
+        every direct-cast input was cast straight from the caller's array (so the graph to replay
+        is the one without those casts)."""
+        cp = _cp()
+        on_device = any(isinstance(v, cp.ndarray) for v in feeds.values())
+        if on_device:  # the caller's writes must land before we read: a device-side wait, no host sync
+            self._ev_in.record(cp.cuda.get_current_stream())
+            self.stream.wait_event(self._ev_in)
+        tail = direct and bool(self._direct)
+        for name, buf, _want, _shape, nbytes in self._in_fast:
+            value = feeds[name]
+            if isinstance(value, cp.ndarray):
+                if tail and name in self._direct and value.flags.c_contiguous:
+                    continue  # read by its cast kernel below, straight from the caller's array
+                if value.flags.c_contiguous and value.dtype.itemsize == buf.dtype.itemsize and value.nbytes == nbytes:
+                    if nbytes:
+                        buf.data.copy_from_device_async(value.data, nbytes, self.stream)
                 else:
-                    host = dev.get(stream=self.stream)
-                    out[spec.name] = host.view(to_numpy("bfloat16")) if spec.dtype == "bfloat16" else host
+                    with self.stream:
+                        cp.copyto(buf, value.view(buf.dtype) if value.dtype != buf.dtype else value)
+            else:
+                host = np.ascontiguousarray(value)
+                buf.set(host.view(buf.dtype) if host.dtype != buf.dtype else host, stream=self.stream)
+        if tail:  # (``direct`` is only passed for fast feeds: C-contiguous CuPy arrays of the right type)
+            for name, (i, pos) in self._direct.items():
+                ins, outs = self._io[i]
+                ins = list(ins)
+                ins[pos] = feeds[name]
+                self.kernels[i].run(ins, outs, self.workspace, self.stream)
+        return on_device, tail
+
+    def _collect(self, on_device: bool, copy_outputs: bool = True) -> dict:
+        cp = _cp()
+        out = {}
         if on_device:  # CuPy in, CuPy out: asynchronous like a CuPy op; the caller's stream waits on ours
-            ev = cp.cuda.Event(block=False, disable_timing=True)
-            ev.record(self.stream)
-            cp.cuda.get_current_stream().wait_event(ev)
-        else:
-            self.stream.synchronize()
+            for name, dev, _spec in self._out_fast:
+                if copy_outputs:
+                    o = cp.empty(dev.shape, dev.dtype)
+                    if dev.nbytes:
+                        o.data.copy_from_device_async(dev.data, dev.nbytes, self.stream)
+                    out[name] = o
+                else:
+                    out[name] = dev
+            self._ev_out.record(self.stream)
+            cp.cuda.get_current_stream().wait_event(self._ev_out)
+            return out
+        from ..dtypes import to_numpy
+
+        for name, dev, spec in self._out_fast:
+            host = dev.get(stream=self.stream)
+            out[name] = host.view(to_numpy("bfloat16")) if spec.dtype == "bfloat16" else host
+        self.stream.synchronize()
         return out
 
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run once. NumPy feeds -> NumPy outputs; CuPy feeds -> CuPy outputs (fresh arrays)."""
+    def _tail(self):
+        """The segments without the direct-cast layers (captured on first use), or False."""
+        if self._tail_segments is None:
+            try:
+                with self.stream:  # CuPy-based kernels launch on the current stream
+                    self._tail_segments = self._capture(skip=frozenset(i for i, _ in self._direct.values()))
+            except Exception as exc:  # noqa: BLE001 - only a shortcut: inputs are copied instead
+                self._tail_segments = False
+                self.stream.synchronize()
+                warnings.warn(f"could not capture the graph without its input casts ({exc}); inputs are copied",
+                              RuntimeWarning, stacklevel=3)
+        return self._tail_segments
+
+    def _replay(self, segments, stream=None) -> None:
+        stream = stream or self.stream
+        for kind, item in segments:
+            if kind == "graph":
+                item.launch(stream)
+            else:
+                with stream:
+                    for i in item:
+                        self._run_layer(i, stream)
+
+    def run(self, feeds: dict[str, Any], copy_outputs: bool = True) -> dict[str, Any]:
+        """Run once. NumPy feeds -> NumPy outputs (synchronous); CuPy feeds -> CuPy outputs
+        (asynchronous on the caller's current stream, like a CuPy op, no host sync).
+
+        ``copy_outputs`` (CuPy feeds only): True (default) returns fresh arrays; False returns the
+        context's persistent output buffers themselves -- no allocation or copy, but the next
+        ``run``/``execute`` overwrites them, so read or copy them before that."""
         cp = _cp()
-        check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cp.ndarray))
+        fast = self._fast_feeds(feeds)
+        if not fast:
+            check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cp.ndarray))
         with self._lock:
             try:
-                on_device = self._load_inputs(feeds)
-                with self.stream:
-                    self._execute()
-                outs = self._collect(on_device)
+                direct = (fast and bool(self._direct) and self._segments is not None and not self.debug
+                          and not self.graph_error and self.cuda_graph and bool(self._tail()))
+                on_device, tail = self._load_inputs(feeds, direct=direct)
+                if tail:
+                    self._replay(self._tail_segments)
+                else:
+                    with self.stream:
+                        self._execute()
+                outs = self._collect(on_device, copy_outputs)
             except cp.cuda.memory.OutOfMemoryError as exc:
                 self.stream.synchronize()
                 raise OutOfMemoryError(f"GPU out of memory while running the engine: {exc}") from None
@@ -255,12 +387,50 @@ class GpuExecutionContext:
                           NonFiniteWarning, stacklevel=2)
         return outs
 
+    # ---- IO binding ----------------------------------------------------------------------------
+    def input_buffer(self, name: str):
+        """The persistent device array (CuPy) that input ``name`` is read from by ``execute``. Write
+        into it (``buf[...] = x``, ``cupy.copyto(buf, x)``) on the stream you pass to ``execute``,
+        or before it. bfloat16 inputs are stored as uint16 bits."""
+        if name not in self._in_names:
+            raise KeyError(f"no engine input {name!r}; inputs: {', '.join(sorted(self._in_names))}")
+        return self.buffers[name]
+
+    def output_buffer(self, name: str):
+        """The persistent device array (CuPy) that ``execute`` leaves output ``name`` in. It is
+        overwritten by every ``execute``/``run``; read it on the stream given to ``execute`` (or
+        after synchronizing)."""
+        for n, dev, _spec in self._out_fast:
+            if n == name:
+                return dev
+        raise KeyError(f"no engine output {name!r}; outputs: {', '.join(s.name for s in self.engine.outputs)}")
+
+    def execute(self, stream=None) -> None:
+        """Replay the engine on ``stream`` (a CuPy stream; default: the current CuPy stream) reading
+        ``input_buffer``s and writing ``output_buffer``s. Asynchronous: returns once the work is
+        enqueued; no validation, copy, allocation or host sync. Like a TensorRT context, one
+        context must not be executed concurrently on two streams (its activations share one arena)."""
+        cp = _cp()
+        stream = stream if stream is not None else cp.cuda.get_current_stream()
+        segs = self._segments
+        if segs is None or self.debug or self.graph_error or not self.cuda_graph:
+            with self._lock:  # first call (capture) or no graphs: the general path on our stream
+                self._ev_in.record(stream)
+                self.stream.wait_event(self._ev_in)
+                with self.stream:
+                    self._execute()
+                self._ev_out.record(self.stream)
+                stream.wait_event(self._ev_out)
+            return
+        with self._lock:
+            self._replay(segs, stream)
+
     def run_eager(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run layer by layer without CUDA graphs (for checking graph replay against)."""
         cp = _cp()
         check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cp.ndarray))
         with self._lock:
-            on_device = self._load_inputs(feeds)
+            on_device, _ = self._load_inputs(feeds)
             with self.stream:
                 self._eager()
             return self._collect(on_device)

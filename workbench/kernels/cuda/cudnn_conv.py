@@ -31,7 +31,11 @@ from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, con
                      has_input, make_epilogue, ptr, stream_ptr)
 from .tactic import BuiltKernel, GpuInfo
 
-MAX_PLANS = 5
+MAX_PLANS = 5  # kept for callers; per-mode caps below
+# plans per heuristic mode for the fused conv in its assigned layouts (deduplicated across modes by
+# cuDNN's plan name): mode A's top plans, then B's (a different heuristic ranking), then the fallback
+# list. Building a runtime-fusion plan compiles a kernel, so these caps bound the cold build time.
+MODE_PLANS = (("A", 5), ("B", 3))  # FALLBACK too cost 88 s cold at b32 (H100, 2026-11-26)
 _GRAPHS: dict = {}  # (signature, mode) -> (graph, tensors, plan names) or a reason
 _HANDLE = []
 
@@ -200,9 +204,9 @@ class _Graph:
         self._plans = None
         self._built: dict[int, str] = {}
 
-    def plans(self) -> list[tuple[int, str]]:
+    def plans(self, limit: int = 6, skip=frozenset()) -> list[tuple[int, str]]:
         if self._plans is None:
-            self._plans = buildable_plans(self.gr)
+            self._plans = buildable_plans(self.gr, limit, skip)
             self._built.update(dict(self._plans))
         return self._plans
 
@@ -232,11 +236,22 @@ def plan_index(plans: list, config: dict, layer: Layer) -> int:
     raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
 
 
-def buildable_plans(gr, limit: int = 6) -> list[tuple[int, str]]:
-    """(index, name) of the first plans that build. Building is also the only reliable filter:
-    plans removed by ``deselect_*`` stay in the list and fail only at build."""
+def buildable_plans(gr, limit: int = 6, skip=frozenset()) -> list[tuple[int, str]]:
+    """(index, name) of the first ``limit`` plans that build, leaving out plans named in ``skip``
+    (already offered by another heuristic mode) before building them where the name is known
+    unbuilt. Building is also the only reliable filter: plans removed by ``deselect_*`` stay in
+    the list and fail only at build."""
     out = []
-    for i in range(min(gr.get_execution_plan_count(), limit)):
+    tries = 0
+    for i in range(gr.get_execution_plan_count()):
+        if len(out) >= limit or tries >= limit + 6:  # deselected plans fail only at build
+            break
+        try:
+            if gr.get_plan_name_at_index(i) in skip:
+                continue
+        except Exception:  # noqa: BLE001 - the name may need a built plan
+            pass
+        tries += 1
         try:
             gr.build_plan_at_index(i)
             out.append((i, gr.get_plan_name_at_index(i)))
@@ -310,28 +325,32 @@ class CudnnConv:
         return res
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        """Every candidate keeps the layer's assigned layouts for X, Z and Y (layout.py), so no
+        plan needs a conversion layer; the weight, packed once at build, is KRSC for channels-last
+        layers and KRSC or KCRS otherwise."""
         g = _geometry(layer)
         lays = _layouts(layer, {})
         layout = "nhwc" if "nhwc" in lays else "nchw"  # the report's name; the graph uses ``lays``
         out, seen = [], set()
-        for layout in [layout]:
-            for wl in (("nhwc",) if layout == "nhwc" else ("nhwc", "nchw")):
-                for split in ((False, True) if wl == "nhwc" else (False,)):
-                    n_mode = 0
-                    cap = 1 if split or wl == "nchw" else MAX_PLANS
-                    for mode in ("A", "B"):
-                        cfg = {"layout": layout, "w": wl, "mode": mode}
-                        if split:
-                            cfg["split"] = 1
-                        res = _graph(layer, precision, g, cfg, mode)
-                        if isinstance(res, str):
+        for wl in (("nhwc",) if layout == "nhwc" else ("nhwc", "nchw")):
+            for split in ((False, True) if wl == "nhwc" else (False,)):
+                wide = not split and wl == "nhwc"
+                names: set[str] = set()
+                for mode, cap in (MODE_PLANS if wide else (("A", 1), ("B", 1))):
+                    if not wide and names:
+                        break  # split / KCRS variants: one plan, from the first mode that has one
+                    cfg = {"layout": layout, "w": wl, "mode": mode}
+                    if split:
+                        cfg["split"] = 1
+                    res = _graph(layer, precision, g, cfg, mode)
+                    if isinstance(res, str):
+                        continue
+                    for i, name in res.plans(limit=cap, skip=frozenset(names)):
+                        if (wl, split, name) in seen:
                             continue
-                        for i, name in res.plans():
-                            if (layout, wl, split, name) in seen or n_mode >= cap:
-                                continue
-                            seen.add((layout, wl, split, name))
-                            out.append(dict(cfg, plan=name, index=i))
-                            n_mode += 1
+                        seen.add((wl, split, name))
+                        names.add(name)
+                        out.append(dict(cfg, plan=name, index=i))
         return out
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:

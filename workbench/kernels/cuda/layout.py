@@ -17,7 +17,8 @@ the ONNX shapes); only the storage order changes. Graph inputs and outputs, cons
 one pixel (1x1 spatial: both orders are the same bytes) and anything read by another kind of layer
 (Flatten, Reshape, Gemm, Concat, ...) stay NCHW, so no layout-conversion layer is needed: the
 layers at a boundary convert while they compute (a conv writing NHWC from an NCHW input, a pool
-or global pool reading NHWC and writing NCHW). Only groups that touch a convolution are converted,
+or global pool reading NHWC and writing NCHW, and a one-input elementwise layer that reads a graph
+input -- the fp16 engine's input Cast -- writing NHWC, so the stem conv reads channels-last). Only groups that touch a convolution are converted,
 and only fp16/bf16 layers (fp32/tf32 engines stay NCHW). Each conv so marked is checked against
 cuDNN (a validated graph with those strides); a conv cuDNN refuses puts its tensors back to NCHW.
 
@@ -125,6 +126,9 @@ def _candidates(plan, kinds) -> tuple[set[str], _DSU, dict]:
                                             list(specs) + list(layer.output_specs))
                      if n and s is not None and s.shape is not None and math.prod(s.shape) > 1]
             full = [n for n, _ in pairs if n in ok]
+            outs = {o.name for o in layer.output_specs}
+            if _converter(layer, pairs, full, fixed, outs):
+                continue  # e.g. the input Cast: reads the NCHW graph input, may write NHWC
             for a, b in zip(full, full[1:]):
                 dsu.union(a, b)
             if len(full) < len(pairs):  # a full-size operand that must stay NCHW (graph input, constant)
@@ -133,6 +137,18 @@ def _candidates(plan, kinds) -> tuple[set[str], _DSU, dict]:
         if kind == "conv" and len(layer.inputs) > 3 and layer.inputs[3] in ok and layer.output_specs[0].name in ok:
             dsu.union(layer.inputs[3], layer.output_specs[0].name)
     return ok, dsu, conv_touch
+
+
+def _converter(layer, pairs, full, fixed, outs) -> bool:
+    """A one-input elementwise layer (Cast, ...) that reads a graph input (stored NCHW) and whose
+    single output may be stored NHWC: ``nvrtc.pointwise`` converts the layout while it computes,
+    so the stem conv runs channels-last. ``WB_INPUT_NHWC=0`` turns this off."""
+    import os  # noqa: PLC0415
+
+    if os.environ.get("WB_INPUT_NHWC", "1") == "0" or len(pairs) != 2 or len(layer.output_specs) != 1:
+        return False
+    (a, _), (b, _) = pairs
+    return a in fixed and a not in outs and full == [b] and b in outs
 
 
 def _nhwc_set(ok, dsu, conv_touch, banned_groups) -> set[str]:

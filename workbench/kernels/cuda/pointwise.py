@@ -164,6 +164,12 @@ def generate(prog: list[dict], outs: list[str], in_kinds: list[str], in_dtypes: 
         body.append("    }")
     types: dict[str, tuple[str, str]] = {}
     for k, (kind, d) in enumerate(zip(in_kinds, in_dtypes)):
+        if kind.startswith("nchw:"):  # NCHW operand of an NHWC output: i walks N, H, W, C
+            c_, h_, w_ = (int(v) for v in kind[5:].split(","))
+            body.append(f"    int q{k} = i / {c_}; int qc{k} = i - q{k} * {c_}; int qw{k} = q{k} % {w_}; q{k} /= {w_};"
+                        f" int qh{k} = q{k} % {h_}; int qn{k} = q{k} / {h_};")
+            body.append(f"    int o{k} = ((qn{k} * {c_} + qc{k}) * {h_} + qh{k}) * {w_} + qw{k};")
+            kind = "bcast"
         idx = {"full": "i", "scalar": "0", "bcast": f"o{k}"}[kind]
         body.append(f"    {P.compute(d)} v{k} = {P.load(d, f'x{k}[{idx}]')};")
         types[f"in{k}"] = (f"v{k}", d)
@@ -225,6 +231,11 @@ class PointwiseTactic:
         prog, out_names = program_of(layer, [s.dtype for s in ins], [s.dtype for s in outs])
         out_shape = list(outs[0].shape)
         kinds = ["scalar" if math.prod(s.shape) == 1 else "full" if list(s.shape) == out_shape else "bcast" for s in ins]
+        in_l, out_l = layer.attrs.get("in_layouts") or [], layer.attrs.get("out_layouts") or []
+        if out_l and out_l[0] == "nhwc":  # inputs stored NCHW are read transposed (layout.py's converters)
+            for k, lay in enumerate(in_l[:len(kinds)]):
+                if lay == "nchw" and kinds[k] == "full":
+                    kinds[k] = "nchw:" + ",".join(str(v) for v in out_shape[1:4])
         src = generate(prog, out_names, kinds, [s.dtype for s in ins], [s.dtype for s in outs], max(len(out_shape), 1), name)
         meta = list(out_shape) or [1]
         for s, k in zip(ins, kinds):

@@ -20,6 +20,7 @@ PRIMARY = [
     "pointwise",     # NVRTC: fused pointwise programs and every elementwise op
     "rowwise",       # NVRTC: LayerNorm / SkipLayerNorm / RMSNorm / Softmax
     "pool",          # NVRTC: Max/Average pooling and global pooling, NCHW and channels-last
+    "gather",        # NVRTC: Gather / embedding lookup as a vectorized row copy
     "cupy_ops",      # CuPy: layout, pooling, reductions, small ops
 ]
 FALLBACK = [
