@@ -167,3 +167,12 @@ def test_layout_assignment_stores_conv_activations_channels_last():
     plan32 = _lowered(path, {k: v.shape for k, v in feeds.items()})
     assign_precisions(plan32, wb.BuilderConfig(device="cpu", precision="fp32"), lambda l, p: True)
     assert assign_layouts(plan32, by_name, None) == []
+
+
+def test_supported_precisions_without_a_gpu():
+    """The notebook's precision dropdowns ask the targets what they offer; asking about the GPU
+    target must work on a machine without one."""
+    from workbench.builder.backends import supported_precisions
+
+    assert supported_precisions("cpu") == ["fp32", "fp16", "bf16"]
+    assert {"fp32", "tf32", "fp16", "bf16"} <= set(supported_precisions("gpu"))

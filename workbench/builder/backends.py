@@ -58,7 +58,9 @@ def supported_precisions(device: str) -> list[str]:
     """Precisions a target offers per layer (what a notebook dropdown should list)."""
     if device == "cpu":
         return list(CpuTarget.precisions)
-    return list(get_target("gpu").precisions)
+    from ..kernels.cuda.target import GpuTarget  # noqa: PLC0415
+
+    return list(GpuTarget.precisions)
 
 
 def _is_float_layer(layer: Layer) -> bool:

@@ -32,6 +32,8 @@ KERNEL_MAP = "gpu/kernel_map.json"
 
 class GpuTarget:
     name = "gpu"
+    # what a layer may be set to (int8 / fp8 are refused with a clear BuildError for now)
+    precisions = ("fp32", "tf32", "fp16", "bf16")
 
     def __init__(self):
         self.gpu = gpu_info()
