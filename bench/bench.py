@@ -58,7 +58,11 @@ def models():
     def ids(b):
         return {"input_ids": torch.randint(0, 30000, (b, SEQ), device="cuda")}
 
-    return {"resnet50": (resnet, image), "bert": (bert, ids), "gpt2": (gpt2, ids), "vit": (vit, image)}
+    def ids_mask(b):
+        # GPT-2 traced without a mask computes one with aten::diff, which the TorchScript exporter lacks
+        return {**ids(b), "attention_mask": torch.ones(b, SEQ, dtype=torch.int64, device="cuda")}
+
+    return {"resnet50": (resnet, image), "bert": (bert, ids), "gpt2": (gpt2, ids_mask), "vit": (vit, image)}
 
 
 class Wrap:
@@ -145,8 +149,9 @@ def export(name, model, feeds, path):
                               dynamic_axes=dyn, opset_version=17, dynamo=False)
         except Exception as e:
             print(f"[{name}] legacy ONNX export failed ({type(e).__name__}: {e}); trying dynamo=True", flush=True)
+            batch = torch.export.Dim("batch", max=256)
             torch.onnx.export(w, tuple(feeds.values()), str(path), input_names=names, output_names=["output"],
-                              dynamic_shapes={n: {0: torch.export.Dim("batch", max=256)} for n in names},
+                              dynamic_shapes={"args": tuple({0: batch} for _ in names)},
                               dynamo=True, external_data=False)
 
 
