@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import unittest
 
-import numpy as np
 import onnx.backend.test
 import pytest
 

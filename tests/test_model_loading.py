@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import builtins
 import os
-import resource
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import onnx

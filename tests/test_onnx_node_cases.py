@@ -12,7 +12,6 @@ import warnings
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import pytest
 
 import workbench.onnx_backend as backend
 

@@ -4,7 +4,6 @@ outputs as the unoptimized engine."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

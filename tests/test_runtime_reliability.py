@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 import workbench as wb
-from workbench.errors import InputError, InputTypeError, ResourceLimitError, WorkbenchError
+from workbench.errors import InputError, InputTypeError, WorkbenchError
 from workbench.runtime import NonFiniteWarning
 from tests.test_cli import small_model
 from tests.exporter_models import load_io, model_path
@@ -106,14 +104,6 @@ def test_same_build_gives_byte_identical_engine(tmp_path):
     wb.build(wb.load_onnx(model_path("resnet_legacy")), cfg).save(tmp_path / "b.wbe")
     digest = [hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() for n in ("a.wbe", "b.wbe")]
     assert digest[0] == digest[1]
-
-
-def _const_of_shape_model(shape_input: bool):
-    shape = helper.make_tensor_value_info("s", TensorProto.INT64, [4])
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    node = helper.make_node("ConstantOfShape", ["s"], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
-    g = helper.make_graph([node], "g", [shape], [out])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 @pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Reshape"])

@@ -94,7 +94,9 @@ def test_network_graph_has_every_onnx_node():
 def test_graph_view_traits():
     v = GraphView()
     v.color_by = "time"
-    with pytest.raises(Exception):
+    import traitlets
+
+    with pytest.raises(traitlets.TraitError):
         v.color_by = "rainbow"
     assert v.layer_count == 0
     from workbench.ui.graph import _ESM

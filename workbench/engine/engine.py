@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import EngineCompatibilityError, EngineFormatError
-from .format import FORMAT_VERSION, read_container, write_container
+from .format import read_container, write_container
 from .plan import Layer, Plan
 from .serialize import decode_plan, encode_plan
 

@@ -123,7 +123,6 @@ def _lp_pool(ctx, inputs, attrs):
 def _max_pool(ctx, inputs, attrs):
     x = inputs[0]
     kernel, strides, dil, begin, end, extra, out = pool_geometry(x, attrs)
-    nd = len(kernel)
     xw = _wide(x)
     low = np.iinfo(xw.dtype).min if np.issubdtype(xw.dtype, np.integer) else -np.inf
     xp = _padded(xw, begin, end, extra, low)
