@@ -65,7 +65,7 @@ def cmd_build(args) -> int:
     from .builder import BuilderConfig, parse_shapes
 
     _existing_file(args.model, "model")
-    shapes = parse_shapes(args.shapes) if args.shapes else {}
+    shapes = parse_shapes(args.shapes) if args.shapes is not None else {}
     disable = [d for item in args.disable or [] for d in item.split(",") if d]
     overrides = {}
     for item in args.layer_precision or []:
@@ -94,8 +94,9 @@ def cmd_run(args) -> int:
     outs = ctx.run(feeds)
     outs = {k: _to_host(v) for k, v in outs.items()}
     if args.outputs:
-        np.savez(args.outputs, **outs)
-        print(f"wrote {len(outs)} outputs to {args.outputs}")
+        path = args.outputs if args.outputs.endswith(".npz") else args.outputs + ".npz"  # what np.savez writes
+        np.savez(path, **outs)
+        print(f"wrote {len(outs)} outputs to {path}")
     for name, v in outs.items():
         arr = np.asarray(v)
         stats = f" mean {float(arr.astype(np.float64).mean()):.6g}" if arr.size and arr.dtype.kind in "fiu" else ""
@@ -112,6 +113,8 @@ def cmd_profile(args) -> int:
     feeds = load_feeds(args.inputs) if args.inputs else None
     if args.runs < 1:
         raise CliError("--runs must be at least 1")
+    if args.top < 1:
+        raise CliError("--top must be at least 1")
     ctx = engine.create_context()
     df = ctx.profile(feeds, runs=args.runs)
     print(format_profile(df, top=args.top))
@@ -166,6 +169,8 @@ def cmd_inspect(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if args.runs < 1:
+        raise CliError("--runs must be at least 1")
     return run_demo(output=args.output, runs=args.runs)
 
 
@@ -227,13 +232,23 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except WorkbenchError as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except BrokenPipeError:  # `workbench inspect E | head`: the reader left; not an error
+        _silence_stdout()
+        return 0
     except OSError as exc:  # unwritable output path, full disk, permission denied
         return _fail(f"{exc.strerror or exc}: {exc.filename!r}" if getattr(exc, "filename", None) else str(exc))
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

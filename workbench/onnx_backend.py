@@ -36,6 +36,36 @@ def _as_value(v):
     return v
 
 
+def _single_node_model(node, graph_inputs, opset, outputs_info) -> onnx.ModelProto:
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    imports = [onnx.helper.make_opsetid("", opset if (opset and not domain) else onnx.defs.onnx_opset_version())]
+    if domain:
+        try:
+            version = opset or onnx.defs.get_schema(node.op_type, domain=domain).since_version
+        except onnx.defs.SchemaError:
+            version = opset or 1
+        imports.append(onnx.helper.make_opsetid(domain, version))
+    outputs = [o for o in node.output if o]
+    if outputs_info:
+        graph_outputs = [onnx.helper.make_tensor_value_info(o, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+                         for o, (dt, shape) in zip(outputs, outputs_info)]
+    else:
+        graph_outputs = [onnx.ValueInfoProto(name=o) for o in outputs]
+    graph = onnx.helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
+    model = onnx.helper.make_model(graph, opset_imports=imports)
+    if outputs_info:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+             if v.type.HasField("tensor_type") or v.type.HasField("sequence_type")}
+    for out in model.graph.output:
+        if out.name in types:
+            out.type.CopyFrom(types[out.name])
+        else:
+            raise ValueError(f"run_node: cannot infer the type of output {out.name!r} of {node.op_type}; pass outputs_info")
+    return model
+
+
 class WorkbenchRep(BackendRep):
     def __init__(self, engine):
         self.engine = engine
@@ -76,20 +106,20 @@ class WorkbenchBackend(Backend):
     @classmethod
     def run_node(cls, node: onnx.NodeProto, inputs: Any, device: str = "CPU",
                  outputs_info: Sequence[tuple[np.dtype, tuple[int, ...]]] | None = None, **kwargs) -> tuple:
-        """Run one node: wrap it in a model whose inputs take the arrays' dtypes and shapes."""
-        super().run_node(node, inputs, device=device, outputs_info=outputs_info)
+        """Run one node: wrap it in a model whose inputs take the arrays' dtypes and shapes and whose
+        output types come from ``outputs_info`` or from ONNX shape inference. (The base class's
+        check_node knows only the default domain; the wrapped model is checked whole in prepare.)"""
         values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
         names = [n for n in node.input if n]
+        arrays = [_as_value(v) for v in values]
         graph_inputs = [
-            onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
-                                               np.asarray(v).shape)
-            for n, v in zip(names, values)
+            onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype),
+                                               np.asarray(a).shape)
+            for n, a in zip(names, arrays)
         ]
-        graph_outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o]
-        graph = onnx.helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
-        opset = kwargs.pop("opset_version", onnx.defs.onnx_opset_version())
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(node.domain or "", opset)])
-        return cls.run_model(model, {n: np.asarray(v) for n, v in zip(names, values)}, device, **kwargs)
+        opset = kwargs.pop("opset_version", None)
+        model = _single_node_model(node, graph_inputs, opset, outputs_info)
+        return cls.run_model(model, {n: a for n, a in zip(names, arrays)}, device, **kwargs)
 
     @classmethod
     def supports_device(cls, device: str) -> bool:

@@ -15,6 +15,7 @@ from .. import __version__
 from ..engine.engine import Engine
 from ..errors import WorkbenchError
 from ..ir.network import Network
+from ..kernels.reference.limits import element_cap
 from ..passes.context import PassContext
 from ..passes.pipeline import known_names, run_pipeline
 from .backends import get_target, resolve_device
@@ -53,10 +54,11 @@ class Builder:
         device = resolve_device(cfg.device)
         model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
         nodes_before = len(model.graph)
-        apply_input_shapes(model, cfg.shapes)
+        apply_input_shapes(model, cfg.shapes, max_elements=cfg.max_elements)
         progress.stage("optimize")
         ctx = PassContext(disabled=frozenset(cfg.disable), device=device)
-        run_pipeline(model, ctx, optimize=cfg.optimize)
+        with element_cap(cfg.max_elements):  # constant folding runs the same kernels
+            run_pipeline(model, ctx, optimize=cfg.optimize)
         progress.stage("lower")
         plan = lower_model(model)
         target = get_target(device)
@@ -74,6 +76,7 @@ class Builder:
             "shapes": {k: list(v) for k, v in cfg.shapes.items()},
             "disabled": sorted(cfg.disable),
             "layer_precisions": dict(cfg.layer_precisions),
+            "max_elements": int(cfg.max_elements),
         }
         reports = {
             "fusions": ctx.log,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import onnx_ir as ir
 
 from ..errors import ShapeError
 
 
-def apply_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> None:
+def apply_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], max_elements: int | None = None) -> None:
     """Set the given inputs' shapes, checking names, ranks, fixed dims and symbol consistency.
 
     Intermediate shapes recorded by the exporter are cleared so that inference recomputes them
@@ -35,6 +37,9 @@ def apply_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> N
                     if prev is not None and prev[0] != got:
                         raise ShapeError(f"dim {want.value!r} is {prev[0]} for input {prev[1]!r} but {got} for {name!r}")
                     symbols[want.value] = (got, name)
+        if max_elements is not None and math.prod(dims) > max_elements:
+            raise ShapeError(f"input {name!r} shape {'x'.join(map(str, dims))} has {math.prod(dims)} elements, "
+                             f"over the limit of {max_elements} (BuilderConfig.max_elements)")
         value.shape = ir.Shape(list(dims))
     # any other input using a symbol we now know gets it too
     for name, value in inputs.items():

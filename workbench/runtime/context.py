@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.reference.limits import element_cap
 from .executor import PlanExecutor
 from .validate import check_feeds
 
@@ -30,6 +31,7 @@ class ExecutionContext:
         self._lock = threading.Lock()
         self._exec = PlanExecutor(engine.plan, rng=np.random.default_rng(seed))
         self.first_nonfinite: tuple[str, str] | None = None
+        self._max_elements = engine.build_info.get("max_elements")
 
     @property
     def inputs(self):
@@ -42,7 +44,7 @@ class ExecutionContext:
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
         check_feeds(self.engine.inputs, feeds)
-        with self._lock:
+        with self._lock, element_cap(self._max_elements):
             outs = self._exec.run(dict(feeds), check_finite=self.debug)
             if self.debug:
                 self.first_nonfinite = self._exec.first_nonfinite
@@ -56,7 +58,7 @@ class ExecutionContext:
         """One run with host timers around every layer: (per-layer seconds, end-to-end seconds)."""
         check_feeds(self.engine.inputs, feeds)
         timings: list[float] = []
-        with self._lock:
+        with self._lock, element_cap(self._max_elements):
             t0 = time.perf_counter()
             self._exec.run(dict(feeds), timings=timings)
             total = time.perf_counter() - t0

@@ -8,8 +8,9 @@ from ..dtypes import to_numpy
 from ..errors import InputError
 
 
-def random_feeds(specs, seed: int = 0, int_high: int = 8) -> dict[str, np.ndarray]:
-    """Normal floats, small non-negative ints (valid as token ids / indices), random bools."""
+def random_feeds(specs, seed: int = 0, int_high: int = 2) -> dict[str, np.ndarray]:
+    """Normal floats, ints in [0, int_high) (valid as token ids, token types and mask values of any
+    vocabulary), random bools."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:

@@ -18,6 +18,7 @@ from onnx_ir.passes.common import InlinePass, NameFixPass
 from ...errors import ModelLoadError
 from ...ir.network import Network
 from . import safe_read
+from .validate import check_graph
 
 
 def load_onnx(source, *, base_dir: str | os.PathLike | None = None, inline_functions: bool = True) -> Network:
@@ -38,6 +39,7 @@ def load_onnx(source, *, base_dir: str | os.PathLike | None = None, inline_funct
 
 
 def network_from_proto(proto: onnx.ModelProto, *, source: str = "<ModelProto>", inline_functions: bool = True) -> Network:
+    check_graph(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # onnx-ir raises various errors on malformed graphs
