@@ -92,6 +92,11 @@ GEMMS = [  # (op, A, B, C, attrs)
     ("MatMul", (3, 4, 16, 32), (3, 4, 32, 24), None, {}),
     ("MatMul", (5, 128, 96), (96, 40), None, {}),
     ("FusedGemm", (8, 24), (24, 16), None, {"activation": "Sigmoid"}),
+    # activations cuBLASLt has no epilogue for: cublaslt.gemm_act (GEMM + NVRTC activation kernel)
+    ("FusedGemm", (2, 17, 64), (48, 64), (48,), {"transB": 1, "activation": "Silu"}),
+    ("FusedGemm", (20, 31), (31, 9), (20, 9), {"alpha": 0.5, "beta": 2.0, "activation": "HardSwish"}),
+    ("FusedGemm", (33, 70), (70, 50), (50,), {"activation": "Clip", "act_min": 0.0, "act_max": 6.0}),
+    ("FusedGemm", (3, 4, 16, 32), (3, 4, 32, 24), None, {"activation": "Tanh"}),
 ]
 
 
@@ -108,7 +113,7 @@ def _gemm_ref(op, a, b, c, attrs):
 
 @pytest.mark.parametrize("prec", ["fp32", "tf32", "fp16"])
 @pytest.mark.parametrize("case", range(len(GEMMS)))
-@pytest.mark.parametrize("source", ["cublaslt", "cublas"])
+@pytest.mark.parametrize("source", ["cublaslt", "cublaslt_act", "cublas"])
 def test_gemm(source, case, prec):
     from workbench.kernels.cuda import cublas, cublaslt
     from workbench.kernels.cuda.device import gpu_info
@@ -129,11 +134,16 @@ def test_gemm(source, case, prec):
     weights = {} if batched_b else {"b": b.astype(np.float32)}
     if c is not None:
         weights["c"] = c.astype(np.float32)
-    tactic = cublaslt.CublasLtGemm() if source == "cublaslt" else cublas.CublasGemm()
+    tactic = {"cublaslt": cublaslt.CublasLtGemm(), "cublaslt_act": cublaslt.CublasLtGemmAct(),
+              "cublas": cublas.CublasGemm()}[source]
     why = tactic.supports(layer, prec, gpu_info())
     act = attrs.get("activation", "")
-    if source == "cublaslt" and (act == "Sigmoid" or (act == "Gelu" and prec != "fp16")):
+    lt_epilogue = act in ("", "Relu", "GeluTanh") or (act == "Gelu" and prec == "fp16")
+    if source == "cublaslt" and not lt_epilogue:
         assert why and "epilogue" in why
+        return
+    if source == "cublaslt_act" and lt_epilogue:  # cublaslt.gemm runs these in one launch
+        assert why and ("epilogue" in why or "no activation" in why), why
         return
     _run_all(tactic, layer, prec, feeds, weights, ref)
 

@@ -24,7 +24,8 @@ nvmath's own workspace, allocated at build).
 cuBLASLt epilogues: none, BIAS, RELU(_BIAS), GELU(_BIAS). cuBLASLt's GELU is the tanh
 approximation: exact for "GeluTanh"; for "Gelu" (erf) it is used only at fp16/bf16 where the
 approximation (|err| < 5e-4 absolute) is below the storage rounding. Other activations have no
-epilogue: ``supports`` says so and the GPU target picks cuBLAS + a pointwise kernel instead.
+epilogue: ``supports`` says so, and ``cublaslt.gemm_act`` (below) runs them as this GEMM with its
+BIAS epilogue plus one NVRTC activation kernel in place (capturable, unlike ``cublas.gemm``).
 """
 
 from __future__ import annotations
@@ -273,4 +274,79 @@ def _fast_launcher(plan: _Plan, algo):
     return launch, ws
 
 
-TACTICS = [CublasLtGemm()]
+# --------------------------------------------------------------------------- cublaslt.gemm_act
+_ACT_KEYS = ("activation", "act_min", "act_max", "act_alpha", "act_beta")
+
+
+def _without_activation(layer: Layer) -> Layer:
+    """A shallow copy of ``layer`` whose GEMM has no activation (the epilogue cuBLASLt can do)."""
+    import copy  # noqa: PLC0415
+
+    bare = copy.copy(layer)
+    bare.attrs = {k: v for k, v in layer.attrs.items() if k not in _ACT_KEYS}
+    return bare
+
+
+def _act_source(act: str, params: dict, dtype: str, name: str) -> str:
+    from . import cuda_prelude as P  # noqa: PLC0415
+    from .cublas import act_expr  # noqa: PLC0415
+
+    st = P.storage(dtype)
+    return (P.PRELUDE + f'extern "C" __global__ void {name}({st}* __restrict__ y, long long n) {{\n'
+            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {\n"
+            f"    float v = {P.load(dtype, 'y[i]')};\n"
+            f"    y[i] = {P.store(dtype, act_expr(act, params))};\n  }}\n}}\n")
+
+
+class CublasLtGemmAct:
+    """A GEMM whose activation cuBLASLt has no epilogue for (erf GELU at fp32/tf32, Sigmoid, Silu,
+    Tanh, HardSwish, Clip, LeakyRelu, HardSigmoid): cuBLASLt's GEMM with its BIAS epilogue (or none),
+    then one NVRTC kernel applying the activation in place. Two launches, both capturable, so such
+    a layer stays inside the engine's CUDA graph (``cublas.gemm`` runs it eagerly through CuPy)."""
+
+    name = "cublaslt.gemm_act"
+    _lt = CublasLtGemm()
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        from .cublas import ACTIVATIONS  # noqa: PLC0415
+
+        if layer.key not in GEMM_OPS:
+            return f"{layer.op} is not a GEMM"
+        act, _ = activation_of(layer)
+        if not act:
+            return "no activation: cublaslt.gemm runs it"
+        if act not in ACTIVATIONS:
+            return f"unknown activation {act!r}"
+        if self._lt.supports(layer, precision, gpu) is None:
+            return "cublaslt.gemm fuses this activation as its epilogue"
+        return self._lt.supports(_without_activation(layer), precision, gpu)
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        return self._lt.configs(_without_activation(layer), precision, gpu)
+
+    def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
+        from .nvrtc import get_function  # noqa: PLC0415
+
+        gemm = self._lt.build(_without_activation(layer), precision, config, weights, gpu)
+        act, params = activation_of(layer)
+        dtype = layer.output_specs[0].dtype
+        out: dict[str, bytes] = {}
+        fn = get_function(_act_source(act, params, dtype, "wb_gemm_act"), "wb_gemm_act", gpu.arch, binaries, out)
+        n = int(np.prod(layer.output_specs[0].shape))
+        block = 256
+        grid = max(1, min(-(-n // block), gpu.sm_count * 8))
+        nn = np.int64(n)
+
+        def run(inputs, outputs, workspace, stream):
+            gemm.run(inputs, outputs, workspace, stream)
+            fn((grid,), (block,), (outputs[0], nn), stream=stream)
+
+        kern = BuiltKernel(run=run, workspace_bytes=gemm.workspace_bytes, binaries=out)
+        kern.algorithm_id = getattr(gemm, "algorithm_id", None)
+        kern.fast_launch = getattr(gemm, "fast_launch", None)
+        kern.plan = getattr(gemm, "plan", None)
+        kern.gemm = gemm
+        return kern
+
+
+TACTICS = [CublasLtGemm(), CublasLtGemmAct()]

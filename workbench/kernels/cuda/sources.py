@@ -12,11 +12,13 @@ from __future__ import annotations
 import importlib
 
 PRIMARY = [
-    "cublaslt",      # cuBLASLt through nvmath-python: GEMM + bias/activation epilogues
+    "cublaslt",      # cuBLASLt through nvmath-python: GEMM + bias/activation epilogues, and GEMM +
+                     # an NVRTC activation kernel for activations it has no epilogue for
     "cudnn_conv",    # cuDNN graph API through cudnn-frontend: conv + bias/act/residual
     "cudnn_sdpa",    # cuDNN SDPA flash attention (fp16/bf16)
     "cublas",        # cuBLAS through CuPy: plain and batched GEMM
-    "attention",     # our fallback attention: batched GEMMs through CuPy + safe softmax (fp32 too)
+    "attention",     # NVRTC flash-style attention (every precision, layout, mask; capturable) and the
+                     # CuPy batched-GEMM fallback (eager)
     "pointwise",     # NVRTC: fused pointwise programs and every elementwise op
     "rowwise",       # NVRTC: LayerNorm / SkipLayerNorm / RMSNorm / Softmax
     "pool",          # NVRTC: Max/Average pooling and global pooling, NCHW and channels-last
