@@ -61,7 +61,6 @@ def test_conv_relu_epilogue():
 
 def test_conv_relu6_from_clip():
     lo, hi = init("lo", np.float32(0)), init("hi", np.float32(6))
-    net = conv_net([helper.make_node("Clip", ["c", "lo", "hi"], ["y"])])
     net = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
                 [("x", [1, 3, 8, 8])], ["y"], [init("w", RNG.standard_normal((4, 3, 3, 3))), init("b", np.zeros(4)), lo, hi])
     e = build_both(net, X)
