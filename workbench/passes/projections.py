@@ -125,7 +125,23 @@ def _through_layout(v: ir.Value) -> tuple[ir.Node | None, list[str]]:
     return v.producer(), walked
 
 
-class MergeQKVProjections(Rule):
+class _MergeGemms(Rule):
+    """What both merge rules share: the weights must be compatible, the rewrite is one GEMM on
+    the concatenated weight followed by a Split."""
+
+    def check(self, m):
+        if m.b["reason"]:
+            return m.b["reason"]
+        parts, why = compatible(m.b["gemms"])
+        m.b["parts"] = parts
+        return why
+
+    def rewrite(self, m, emit):
+        gemms = m.b["gemms"]
+        return merged_gemm(emit, gemms[0].inputs[0], gemms, m.b["parts"])
+
+
+class MergeQKVProjections(_MergeGemms):
     """Attention whose Q, K and V come (through Reshape / Transpose only) from three GEMMs over the
     same input with constant weights -> one GEMM on the concatenated weight + Split."""
 
@@ -154,19 +170,8 @@ class MergeQKVProjections(Rule):
         return Match(root, nodes, outputs=[p.outputs[0] for p in gemms] if not reason else None,
                      b={"gemms": gemms, "reason": reason, "anchor": _first(gemms) if not reason else None})
 
-    def check(self, m):
-        if m.b["reason"]:
-            return m.b["reason"]
-        parts, why = compatible(m.b["gemms"])
-        m.b["parts"] = parts
-        return why
 
-    def rewrite(self, m, emit):
-        gemms = m.b["gemms"]
-        return merged_gemm(emit, gemms[0].inputs[0], gemms, m.b["parts"])
-
-
-class MergeParallelGemms(Rule):
+class MergeParallelGemms(_MergeGemms):
     """Two or more GEMMs over the same input with constant weights (Llama's Q/K/V through RoPE, an
     MLP's gate and up projections) -> one GEMM on the concatenated weight + Split. Rooted at the
     first of them; those that cannot join are logged with the reason."""
@@ -199,16 +204,6 @@ class MergeParallelGemms(Rule):
         return Match(root, mine, outputs=[g.outputs[0] for g in mine],
                      b={"gemms": mine, "reason": "", "declined": declined, "anchor": root})
 
-    def check(self, m):
-        if m.b["reason"]:
-            return m.b["reason"]
-        parts, why = compatible(m.b["gemms"])
-        m.b["parts"] = parts
-        return why
-
-    def rewrite(self, m, emit):
-        gemms = m.b["gemms"]
-        return merged_gemm(emit, gemms[0].inputs[0], gemms, m.b["parts"])
 
 
 def _first(nodes: list[ir.Node]) -> ir.Node:

@@ -14,8 +14,6 @@ from ..runtime.feeds import random_feeds
 
 
 def profile_context(ctx, feeds=None, runs: int = 10, warmup: int = 1):
-    import pandas as pd
-
     if runs < 1:
         raise ValueError("runs must be at least 1")
     engine = ctx.engine
@@ -29,12 +27,18 @@ def profile_context(ctx, feeds=None, runs: int = 10, warmup: int = 1):
         totals.append(total)
         for i, t in enumerate(times):
             per_layer[i].append(t * 1e3)
-    e2e = []
-    for _ in range(runs):
-        e2e.append(_timed_run(ctx, feeds))
+    e2e = [_timed_run(ctx, feeds) for _ in range(runs)]
+    return profile_table(engine, per_layer, e2e, device=ctx.device,
+                         note="per-layer times come from separate runs with a timer around every layer, which adds "
+                              "overhead; end-to-end times come from plain runs")
+
+
+def profile_table(engine, per_layer_ms: list[list[float]], end_to_end_ms: list[float], *, device: str, note: str):
+    """The profile DataFrame (one row per layer) from per-layer and end-to-end samples in ms."""
+    import pandas as pd
+
     rows = []
-    for layer, ts in zip(engine.layers, per_layer):
-        med = statistics.median(ts) if ts else 0.0
+    for layer, ts in zip(engine.layers, per_layer_ms):
         rows.append({
             "layer": layer.name,
             "type": layer.op,
@@ -42,22 +46,22 @@ def profile_context(ctx, feeds=None, runs: int = 10, warmup: int = 1):
             "precision": layer.precision,
             "tactic": layer.tactic,
             "mean_ms": statistics.fmean(ts) if ts else 0.0,
-            "median_ms": med,
+            "median_ms": statistics.median(ts) if ts else 0.0,
             "flops": layer.flops,
             "bytes": layer.bytes_moved,
         })
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=["layer", "type", "onnx_ops", "precision", "tactic", "mean_ms", "median_ms",
+                                     "flops", "bytes"])
     total_med = float(df["median_ms"].sum()) if len(df) else 0.0
     df["pct"] = 100.0 * df["median_ms"] / total_med if total_med else 0.0
     secs = df["median_ms"].where(df["median_ms"] > 0) / 1e3
     df["gflops_per_s"] = (df["flops"] / secs / 1e9).fillna(0.0)
     df["gb_per_s"] = (df["bytes"] / secs / 1e9).fillna(0.0)
-    df.attrs["end_to_end_ms"] = statistics.median(e2e)
+    df.attrs["end_to_end_ms"] = float(statistics.median(end_to_end_ms))
     df.attrs["sum_of_layers_ms"] = total_med
-    df.attrs["runs"] = runs
-    df.attrs["device"] = ctx.device
-    df.attrs["note"] = ("per-layer times come from separate runs with a timer around every layer, which adds "
-                        "overhead; end-to-end times come from plain runs")
+    df.attrs["runs"] = len(end_to_end_ms)
+    df.attrs["device"] = device
+    df.attrs["note"] = note
     return df
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ...engine.plan import Layer
 from .device import cupy
+from .layer_io import attention_view as _logical
 from .tactic import BuiltKernel, GpuInfo
 
 
@@ -116,22 +117,6 @@ SMEM_MAX = 48 * 1024  # static shared memory per block
 NV_CONFIGS = [(4, 4), (4, 2), (8, 2), (8, 4)]  # (warps, rows per warp)
 _FLOAT = ("float32", "float16", "bfloat16")
 _RANK = {"bhsd": 4, "bshd": 4, "bsd": 3, "bhds": 4}
-
-
-def _logical(shape, lay: str, heads: int):
-    """(logical [B, H, S, D] dims, element strides of those dims) of a contiguous tensor in ``lay``."""
-    if lay == "bhsd":
-        b, h, s, d = shape
-        return [b, h, s, d], [h * s * d, s * d, d, 1]
-    if lay == "bshd":
-        b, s, h, d = shape
-        return [b, h, s, d], [s * h * d, d, h * d, 1]
-    if lay == "bsd":
-        b, s, hd = shape
-        d = hd // heads
-        return [b, heads, s, d], [s * hd, d, hd, 1]
-    b, h, d, s = shape  # bhds: a stored K^T
-    return [b, h, s, d], [h * d * s, d * s, 1, s]
 
 
 def _nv_problem(layer: Layer, precision: str):

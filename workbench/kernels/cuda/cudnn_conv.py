@@ -72,7 +72,7 @@ def strides(dims, layout: str) -> list[int]:
             out.append(acc)
             acc *= d
         return out[::-1]
-    n, c, sp = dims[0], dims[1], dims[2:]
+    c, sp = dims[1], dims[2:]
     st = [0] * len(dims)
     st[1], acc = 1, c
     for i in range(len(sp) - 1, -1, -1):

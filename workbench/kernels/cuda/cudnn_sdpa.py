@@ -23,6 +23,7 @@ from __future__ import annotations
 from ...engine.plan import Layer
 from .cublas import IO_DTYPE, in_specs, cupy_or_reason, has_input, np_dtype, ptr, static_shape, stream_ctx, stream_ptr
 from .cudnn_conv import Launcher, _cudnn_or_reason, buildable_plans, cudnn_dtype, handle, plan_index
+from .layer_io import attention_view as _logical
 from .tactic import BuiltKernel, GpuInfo
 
 MAX_PLANS = 2
@@ -31,23 +32,6 @@ NEG = -30000.0  # a masked score: finite in fp16 (exp underflows to 0), so no Na
 
 
 RANK = {"bhsd": 4, "bshd": 4, "bsd": 3, "bhds": 4}
-
-
-def _logical(shape, lay: str, heads: int):
-    """(logical [B, H, S, D] dims, element strides of those dims) of a packed tensor stored in
-    ``lay`` (FUSED_OPS.md: "bsd" is [B, S, H*D] split by the head count, "bhds" a stored K^T)."""
-    if lay == "bhsd":
-        b, h, s, d = shape
-        return [b, h, s, d], [h * s * d, s * d, d, 1]
-    if lay == "bshd":
-        b, s, h, d = shape
-        return [b, h, s, d], [s * h * d, d, h * d, 1]
-    if lay == "bsd":
-        b, s, hd = shape
-        d = hd // heads
-        return [b, heads, s, d], [s * hd, d, hd, 1]
-    b, h, d, s = shape  # bhds
-    return [b, h, s, d], [h * d * s, d * s, 1, s]
 
 
 def _problem(layer: Layer, precision: str):
@@ -112,7 +96,7 @@ def _graph(p: dict, mode: str = "A"):
 
     io = cudnn_dtype(IO_DTYPE[p["precision"]])
     b, h, sq, d = p["q"]
-    skv, dv = p["k"][2], p["v"][3]
+    skv = p["k"][2]
     try:
         gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
                            compute_data_type=cudnn.data_type.FLOAT, handle=handle())
