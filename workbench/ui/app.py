@@ -120,11 +120,20 @@ class Workbench:
         if self.net is None:
             raise wb.WorkbenchError("open an ONNX model first (this session holds only a saved engine)")
         cfg = self.config(**overrides)
-        steps = ["optimize + build", "reports", "graph"]
-        bar = progress(total=len(steps), desc="build") if progress else None
+        from ..builder.progress import STAGES  # noqa: PLC0415
+
+        # one tick per builder stage (prepare, optimize, lower, precision + tactics, memory plan,
+        # engine), then one for drawing the reports and the graph
+        bar = progress(total=len(STAGES) + 1, desc="build") if progress else None
+
+        def on_stage(name, index, count):
+            if bar is not None:
+                bar.n = index
+                bar.set_postfix_str(name)
+                bar.refresh()
+
+        cfg.progress = on_stage if bar is not None else False
         engine = wb.build(self.net, cfg)
-        if bar:
-            bar.update(1)
         self.settings.update({k: v for k, v in overrides.items() if k != "layer_precisions"})
         self.settings["shapes"] = dict(cfg.shapes)  # parsed, if it came as "name:1x3x224x224" text
         n = len(self.engines) + 1
@@ -132,7 +141,8 @@ class Workbench:
         self.add_engine(engine, f"#{n} {engine.backend} {cfg.precision}{extra}")
         self.tabs.selected_index = 1  # show the result: fusion log and graph
         if bar:
-            bar.update(2)
+            bar.n = bar.total
+            bar.set_postfix_str("done")
             bar.close()
         return engine
 
