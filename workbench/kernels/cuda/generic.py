@@ -1,10 +1,12 @@
-"""cupy.reference: the long tail. Runs the op's NumPy reference kernel on CuPy arrays (NumPy
-dispatches ``np.*`` calls on CuPy arrays to CuPy through ``__array_function__`` / ``__array_ufunc__``).
+"""cupy.reference: the long tail. Runs the op's reference kernel on CuPy arrays, two ways, first
+that validates wins: the CuPy twin of the reference kernels (``cupy_twin.py``: the same code with
+``np`` bound to CuPy), then the NumPy kernel itself on CuPy arrays (NumPy dispatches ``np.*`` calls
+to CuPy through ``__array_function__`` / ``__array_ufunc__``).
 
-Not every reference kernel survives that (host-only calls such as ``np.asarray`` raise), so each
-layer is validated at build: the kernel runs on random inputs of the layer's shapes on the device
-and on the host, and must agree within the dtype's tolerance, or the tactic declines with the
-reason. The kernel allocates its results, so it runs outside CUDA graph capture.
+Not every kernel survives either (host-only calls raise), so each layer is validated at build: the
+kernel runs on random inputs of the layer's shapes on the device and on the host, and must agree
+within the dtype's tolerance, or the tactic declines with both reasons. The kernel allocates its
+results, so it runs outside CUDA graph capture.
 """
 
 from __future__ import annotations
@@ -70,9 +72,16 @@ class ReferenceOnCupy:
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
         cp = cupy()
-        kernel = get_kernel(layer.domain, layer.op)
-        attrs = layer.attrs
-        self._validate(layer, kernel, weights)
+        reference = get_kernel(layer.domain, layer.op)
+        reasons = []
+        for label, kernel, attrs in self._variants(layer, reference):
+            try:
+                self._validate(layer, kernel, attrs, reference, weights)
+                break
+            except Exception as exc:  # noqa: BLE001 - each variant's failure is the reason it is not used
+                reasons.append(f"{label}: {type(exc).__name__}: {exc}")
+        else:
+            raise ValueError("; ".join(reasons))
         ctx = self._ctx(layer, np.random.default_rng(0))
 
         def run(inputs, outputs, workspace, stream):
@@ -83,7 +92,21 @@ class ReferenceOnCupy:
 
         return BuiltKernel(run=run, capturable=False)
 
-    def _validate(self, layer: Layer, kernel, weights: dict) -> None:
+    def _variants(self, layer: Layer, reference):
+        cp = cupy()
+        try:
+            from .cupy_twin import twin_kernel  # noqa: PLC0415
+
+            twin = twin_kernel(cp, layer.domain, layer.op)
+        except Exception:  # noqa: BLE001 - no twin: only the dispatch variant remains
+            twin = None
+        if twin is not None:  # tensor attributes move to the device with the twin
+            attrs = {k: cp.asarray(v) if isinstance(v, np.ndarray) and v.dtype != object else v
+                     for k, v in layer.attrs.items()}
+            yield "cupy twin", twin, attrs
+        yield "numpy dispatch", reference, layer.attrs
+
+    def _validate(self, layer: Layer, kernel, attrs: dict, reference, weights: dict) -> None:
         cp = cupy()
         rng = np.random.default_rng(1)
         host, dev = [], []
@@ -99,10 +122,10 @@ class ReferenceOnCupy:
             host.append(h)
             dev.append(cp.asarray(h))
         try:
-            ref = kernel(self._ctx(layer, np.random.default_rng(0)), host, layer.attrs)
+            ref = reference(self._ctx(layer, np.random.default_rng(0)), host, layer.attrs)
         except Exception:
             return  # random data is not valid for this op; the device run is checked at first use
-        got = kernel(self._ctx(layer, np.random.default_rng(0)), dev, layer.attrs)
+        got = kernel(self._ctx(layer, np.random.default_rng(0)), dev, attrs)
         for spec, r, g in zip(layer.output_specs, ref, got):
             if r is None or not spec.name:
                 continue
