@@ -49,7 +49,9 @@ class BuilderConfig:
         if isinstance(self.shapes, str):
             self.shapes = parse_shapes(self.shapes)
         self.shapes = {str(k): _check_shape(k, v) for k, v in dict(self.shapes).items()}
-        self.disable = list(self.disable)
+        if isinstance(self.disable, str):  # "a,b" as on the command line
+            self.disable = [d for d in self.disable.split(",") if d.strip()]
+        self.disable = [d.strip() for d in self.disable]
 
 
 def _check_shape(name: str, shape) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ can answer "where did my node go".
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ..engine.plan import Layer, Plan, Subgraph
@@ -26,7 +27,7 @@ def _domain(d: str) -> str:
 
 def lower_node(node: ir.Node, opsets: dict[str, int]) -> Layer:
     domain = _domain(node.domain)
-    opset = node.version or opsets.get(domain, opsets.get("ai.onnx", 0) if domain == "" else _DEFAULT_OPSETS.get(domain, 1))
+    opset = node.version or opsets.get(domain, _DEFAULT_OPSETS.get(domain, 1))
     return Layer(
         name=node.name or "",
         op=node.op_type,
@@ -43,7 +44,15 @@ def lower_node(node: ir.Node, opsets: dict[str, int]) -> Layer:
 
 
 def _constants(graph: ir.Graph) -> dict:
-    return {name: tensor_to_numpy(v.const_value) for name, v in graph.initializers.items() if v.const_value is not None}
+    """Weights, read-only: every context of the engine shares them (as a loaded engine's do)."""
+    consts = {}
+    for name, v in graph.initializers.items():
+        if v.const_value is None:
+            continue
+        arr = np.array(tensor_to_numpy(v.const_value), copy=True)  # owned, never a view of the proto
+        arr.flags.writeable = False
+        consts[name] = arr
+    return consts
 
 
 def lower_subgraph(graph: ir.Graph, opsets: dict[str, int]) -> Subgraph:

@@ -296,8 +296,12 @@ def read_container(source, *, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple
         f: BinaryIO = io.BytesIO(bytes(source))
         size = len(f.getbuffer())
     else:
-        f = open(os.fspath(source), "rb")  # noqa: SIM115 - closed below
-        size = os.fstat(f.fileno()).st_size
+        path = os.fspath(source)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise EngineFormatError(f"cannot read engine {path!r}: {exc.strerror or exc}") from None
     with f:
         return _read(f, size, max_header_bytes)
 

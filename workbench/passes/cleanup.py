@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 
+import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass, TopologicalSortPass
 
@@ -49,7 +52,8 @@ def simplify(model: ir.Model, ctx) -> bool:
         step = apply(model, ctx, SIMPLIFY_RULES)
         if step:
             toposort(model)
-            fold_to_fixed_point(model, ctx)
+            if ctx.enabled("fold_constants"):
+                fold_to_fixed_point(model, ctx)
         changed |= step
         if not step:
             break
@@ -68,6 +72,20 @@ def _input_key(v: ir.Value | None):
     return id(v)
 
 
+def _attr_key(attr: ir.Attr):
+    """An attribute's identity by content: repr() of a large tensor elides its data, so tensors are
+    keyed by dtype, shape and a digest of their bytes."""
+    t = attr.type
+    if t in (ir.AttributeType.TENSOR, ir.AttributeType.SPARSE_TENSOR):
+        arr = attr.value.numpy() if t == ir.AttributeType.TENSOR else None
+        if arr is None:
+            return ("sparse", id(attr.value))
+        return ("tensor", str(arr.dtype), arr.shape, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest())
+    if t in (ir.AttributeType.TENSORS, ir.AttributeType.SPARSE_TENSORS):
+        return ("tensors", id(attr.value))  # rare: never merged
+    return repr(attr.value)
+
+
 def eliminate_common_subexpressions(model: ir.Model, ctx) -> bool:
     """Two nodes with the same op, attributes and inputs compute the same thing: keep the first.
     Random ops and nodes with subgraphs are never merged; graph outputs keep their producers."""
@@ -78,7 +96,7 @@ def eliminate_common_subexpressions(model: ir.Model, ctx) -> bool:
     for node in list(graph):
         if node.op_type in NON_DETERMINISTIC or has_subgraph(node) or any(id(o) in outputs for o in node.outputs):
             continue
-        attrs = tuple(sorted((k, repr(a.value)) for k, a in node.attributes.items()))
+        attrs = tuple(sorted((k, _attr_key(a)) for k, a in node.attributes.items()))
         key = (node.domain, node.op_type, node.version, tuple(_input_key(v) for v in node.inputs), attrs, len(node.outputs))
         first = seen.get(key)
         if first is None:

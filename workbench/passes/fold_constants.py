@@ -102,8 +102,8 @@ def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
     if len(outs) < len(node.outputs) or not all(isinstance(o, np.ndarray) for o in outs[: len(node.outputs)]):
         return None  # sequences / optionals stay layers
     in_bytes = sum(a.nbytes for a in inputs if a is not None)
-    if sum(o.nbytes for o in outs) > max(MAX_FOLD_BYTES, in_bytes):
-        return None
+    if node.op_type != "Constant" and sum(o.nbytes for o in outs) > max(MAX_FOLD_BYTES, in_bytes):
+        return None  # (a Constant only moves data the model already holds: always folded)
     return outs[: len(node.outputs)]
 
 

@@ -221,6 +221,22 @@ def apply(model: ir.Model, ctx, rules: list[Rule], *, reverse: bool = False) -> 
     return changed
 
 
+def _last_in_graph(graph, nodes):
+    """The matched node that comes last in the graph's order (the rewrite goes there). One node:
+    itself; else walk the graph once, stopping as soon as every matched node has been seen."""
+    if len(nodes) == 1:
+        return nodes[0]
+    wanted = {id(n) for n in nodes}
+    last = None
+    for n in graph:
+        if id(n) in wanted:
+            last = n
+            wanted.discard(id(n))
+            if not wanted:
+                break
+    return last
+
+
 def try_rule(graph: ir.Graph, ctx, rule: Rule, node: ir.Node) -> bool:
     m = rule.pattern(node)
     if m is None:
@@ -230,8 +246,7 @@ def try_rule(graph: ir.Graph, ctx, rule: Rule, node: ir.Node) -> bool:
     if reason:
         ctx.declined(rule.name, names, reason, root=node.name or "")
         return False
-    position = {id(n): i for i, n in enumerate(graph)}
-    anchor = m.b.get("anchor") or max(m.nodes, key=lambda n: position[id(n)])
+    anchor = m.b.get("anchor") or _last_in_graph(graph, m.nodes)
     emit = Emitter(graph, m, anchor)
     new = rule.rewrite(m, emit)
     replace_values(graph, m.outputs, new, emit.created)

@@ -56,6 +56,12 @@ def _is_f32(spec: TensorSpec | None) -> bool:
 def assign_precisions(plan: Plan, config, supports: Callable[[Layer, str], bool]) -> list[dict]:
     """Set ``layer.precision`` and storage dtypes for every top-level layer, insert Cast layers,
     and return the precision table (one row per layer, plus one per inserted cast)."""
+    # names in layer_precisions must be layers or ONNX nodes of this model: the CPU target's
+    # resolver checks them the same way, so a typo is an error on both targets
+    from ..builder.backends import resolve_layer_precisions  # noqa: PLC0415
+
+    resolve_layer_precisions(plan.layers, config.layer_precisions,
+                             ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best"))
     rows: list[dict] = []
     for layer in plan.layers:  # own spec objects: lowering a layer must not retype a shared spec
         layer.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]

@@ -52,7 +52,8 @@ class ExecutionContext:
                     layer, tensor = self.first_nonfinite
                     warnings.warn(f"first non-finite value produced by layer {layer!r} (tensor {tensor!r})",
                                   NonFiniteWarning, stacklevel=2)
-        return {spec.name: _owned(v) for spec, v in zip(self.engine.outputs, outs)}
+        fed = {id(v) for v in feeds.values()}
+        return {spec.name: _owned(v, fed) for spec, v in zip(self.engine.outputs, outs)}
 
     def time_layers(self, feeds: dict[str, Any]) -> tuple[list[float], float]:
         """One run with host timers around every layer: (per-layer seconds, end-to-end seconds)."""
@@ -71,8 +72,10 @@ class ExecutionContext:
         return profile_context(self, feeds, runs=runs, warmup=warmup)
 
 
-def _owned(v):
-    # constants of the plan are shared; give callers their own copy of those
-    if isinstance(v, np.ndarray) and not v.flags.writeable:
+def _owned(v, fed: set[int]):
+    """The caller's own array: weights (read-only, shared by every context) and the caller's own
+    inputs passed straight through (an Identity output) are copied, so writing to an output never
+    changes the engine or the feeds."""
+    if isinstance(v, np.ndarray) and (not v.flags.writeable or id(v) in fed or not v.flags.owndata):
         return v.copy()
     return v

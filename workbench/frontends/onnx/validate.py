@@ -42,10 +42,11 @@ def _check_graph(graph: GraphProto, outer: set[str], opsets: dict, functions: se
     defined = set(outer) | {v.name for v in graph.input} | {t.name for t in graph.initializer}
     defined |= {s.values.name for s in graph.sparse_initializer}
     producer: dict[str, int] = {}
+    local = defined - outer
     for i, node in enumerate(graph.node):
         for out in node.output:
             if out:
-                if out in producer or out in defined - set(outer):
+                if out in producer or out in local:
                     raise ModelLoadError(f"{where}: value {out!r} is defined twice (again by {_node_label(node, i)})")
                 producer[out] = i
     visible = defined | set(producer)
