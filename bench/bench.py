@@ -294,7 +294,7 @@ def build_cache_demo(tmp):
         export("resnet50", make().eval().cuda(), inputs(1), path)
     cache = Path(tmp) / "timing.cache"
     cache.unlink(missing_ok=True)
-    from workbench.kernels.cuda.target import clear_process_caches
+    from workbench.builder.targets.gpu import clear_process_caches
 
     times = []
     for label in ("empty", "warm"):

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workbench.engine.plan import Layer, TensorSpec  # noqa: E402
+from workbench.core.plan import Layer, TensorSpec  # noqa: E402
 from workbench.kernels.cuda import cublas, cublaslt, cudnn_conv, cudnn_sdpa  # noqa: E402
 from workbench.kernels.cuda.device import gpu_info  # noqa: E402
 from workbench.kernels.cuda.timing import time_ms  # noqa: E402

@@ -234,7 +234,7 @@ def test_ctrl_c_while_saving_leaves_no_partial_engine(tmp_path):
     out.mkdir()
     script = (
         "import os, signal, sys\n"
-        "from workbench.engine import format as fmt\n"
+        "from workbench.format import container as fmt\n"
         "real = fmt.os.replace\n"
         "def replace(src, dst):\n"
         "    assert os.path.getsize(src) > 0\n"

@@ -22,16 +22,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench.engine import format as fmt
-from workbench.engine import serialize
-from workbench.engine.format import (
+from workbench.format import container as fmt
+from workbench.format import serialize
+from workbench.format.container import (
     FORMAT_VERSION,
     MAGIC,
     read_container,
     write_container,
 )
-from workbench.engine.plan import Layer, Plan, Subgraph, TensorSpec
-from workbench.engine.serialize import MAX_GRAPH_DEPTH, decode_plan, encode_plan
+from workbench.core.plan import Layer, Plan, Subgraph, TensorSpec
+from workbench.format.serialize import MAX_GRAPH_DEPTH, decode_plan, encode_plan
 from workbench.errors import EngineCompatibilityError, EngineFormatError
 
 # --------------------------------------------------------------------------- fixtures and helpers
@@ -239,7 +239,7 @@ def test_deepest_allowed_graph_nesting_round_trips(tmp_path):
 
 
 def test_lean_modules_import_no_optimizer():
-    code = ("import sys, workbench.engine.format, workbench.engine.serialize; "
+    code = ("import sys, workbench.format.container, workbench.format.serialize; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnx_ir')"
             " or m.startswith(('workbench.frontends', 'workbench.passes', 'workbench.builder'))]; "
             "assert not bad, bad")

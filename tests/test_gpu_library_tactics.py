@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.engine.plan import Layer, TensorSpec
+from workbench.core.plan import Layer, TensorSpec
 from workbench.kernels.reference.conv import conv_nd
 
 pytestmark = pytest.mark.gpu

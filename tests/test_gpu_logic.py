@@ -10,7 +10,7 @@ import pytest
 
 import workbench as wb
 from workbench.builder.timing_cache import TimingCache, layer_signature
-from workbench.engine.plan import Layer, Plan, TensorSpec
+from workbench.core.plan import Layer, Plan, TensorSpec
 from workbench.errors import EngineCompatibilityError
 from workbench.kernels.cuda import pointwise
 from workbench.kernels.cuda.compat import check_target
@@ -135,7 +135,7 @@ def test_layout_assignment_stores_conv_activations_channels_last():
     import os
 
     from workbench.kernels.cuda import pool
-    from workbench.kernels.cuda.layout import assign_layouts
+    from workbench.builder.layout import assign_layouts
 
     path = os.path.join(os.path.dirname(__file__), "models", "resnet_legacy.onnx")
     data = np.load(path[:-5] + ".npz")
@@ -172,7 +172,7 @@ def test_layout_assignment_stores_conv_activations_channels_last():
 def test_supported_precisions_without_a_gpu():
     """The notebook's precision dropdowns ask the targets what they offer; asking about the GPU
     target must work on a machine without one."""
-    from workbench.builder.backends import supported_precisions
+    from workbench.builder.targets import supported_precisions
 
     assert supported_precisions("cpu") == ["fp32", "fp16", "bf16"]
     assert {"fp32", "tf32", "fp16", "bf16"} <= set(supported_precisions("gpu"))

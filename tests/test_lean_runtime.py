@@ -14,7 +14,7 @@ from tests.test_cli import small_model
 BLOCKER = textwrap.dedent('''
     import sys, importlib.abc
     BLOCKED = ("onnx", "onnx_ir", "onnxscript", "onnxruntime", "workbench.frontends", "workbench.passes",
-               "workbench.builder", "workbench.ir", "workbench.patterns", "workbench.precision")
+               "workbench.builder", "workbench.ir", "workbench.rewrite", "workbench.precision")
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if any(name == b or name.startswith(b + ".") for b in BLOCKED):

@@ -10,7 +10,7 @@ import pytest
 
 import workbench as wb
 from workbench.errors import ShapeError, UnsupportedModelError, WorkbenchError
-from workbench.network import (
+from workbench.frontends.network.definition import (
     DuplicateNameError,
     ForeignTensorError,
     InvalidLayerError,

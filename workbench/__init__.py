@@ -13,9 +13,9 @@ imports it.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .engine.engine import Engine  # noqa: E402
+from .runtime.engine import Engine  # noqa: E402
 from .errors import (  # noqa: E402
     BuildError,
     EngineCompatibilityError,
@@ -33,9 +33,9 @@ _LAZY = {
     "Builder": ("workbench.builder", "Builder"),
     "BuilderConfig": ("workbench.builder", "BuilderConfig"),
     "Network": ("workbench.ir.network", "Network"),
-    "NetworkDefinition": ("workbench.network", "NetworkDefinition"),
-    "NetworkDefinitionError": ("workbench.network", "NetworkDefinitionError"),
-    "Tensor": ("workbench.network", "Tensor"),
+    "NetworkDefinition": ("workbench.frontends.network", "NetworkDefinition"),
+    "NetworkDefinitionError": ("workbench.frontends.network", "NetworkDefinitionError"),
+    "Tensor": ("workbench.frontends.network", "Tensor"),
 }
 
 

@@ -50,7 +50,7 @@ def is_engine_file(path: str) -> bool:
 
 
 def _load_engine(path: str):
-    from .engine.engine import Engine
+    from .runtime.engine import Engine
 
     _existing_file(path, "engine")
     if not is_engine_file(path):

@@ -127,7 +127,7 @@ class WorkbenchBackend(Backend):
         if d == "cpu":
             return True
         if d == "gpu":
-            from .builder.backends import gpu_available
+            from .builder.targets import gpu_available
 
             return gpu_available()
         return False

@@ -11,14 +11,14 @@ import time
 
 import onnx_ir as ir
 
-from .. import __version__
-from ..engine.engine import Engine
+from .._version import __version__
+from ..runtime.engine import Engine
 from ..errors import WorkbenchError
 from ..ir.network import Network
 from ..kernels.reference.limits import element_cap
 from ..passes.context import PassContext
 from ..passes.pipeline import known_names, run_pipeline
-from .backends import get_target, resolve_device
+from .targets import get_target, resolve_device
 from .config import BuilderConfig
 from .cost import annotate_costs
 from .lower import lower_model

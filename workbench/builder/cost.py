@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..dtypes import itemsize
-from ..engine.plan import Layer
+from ..core.plan import Layer
 
 _POINTWISE_FLOPS = {"Erf": 8, "Tanh": 8, "Sigmoid": 4, "Exp": 4, "Gelu": 10, "Softmax": 5, "LogSoftmax": 6,
                     "LayerNormalization": 8, "RMSNormalization": 5, "BatchNormalization": 2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..engine.plan import Layer, Plan, Subgraph
+from ..core.plan import Layer, Plan, Subgraph
 from ..ir.attrs import node_attrs, tensor_to_numpy
 from ..ir.types import spec_of
 

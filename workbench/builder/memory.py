@@ -8,8 +8,8 @@ collide with an already placed tensor that is alive at the same time.
 from __future__ import annotations
 
 from ..dtypes import itemsize
-from ..engine.liveness import last_uses_of
-from ..engine.plan import Plan
+from ..core.liveness import last_uses_of
+from ..core.plan import Plan
 
 ALIGN = 256
 

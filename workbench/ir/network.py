@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from ..engine.plan import TensorSpec
+from ..core.plan import TensorSpec
 from .types import spec_of
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ..dtypes import NAMES_BY_CODE
-from ..engine.plan import Dim, TensorSpec
+from ..core.plan import Dim, TensorSpec
 
 
 def dtype_name(value: ir.Value) -> str | None:

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from ..ir.attrs import node_attrs
 from ..kernels.reference import KernelContext, get_kernel
 from ..kernels.reference.fused import activate
-from ..patterns.values import const, is_graph_output, rank, users
+from ..ir.values import const, is_graph_output, rank, users
 
 UNARY_OK = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh",
                       "Sigmoid", "Relu", "Neg", "Abs", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish",

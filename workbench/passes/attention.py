@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.rewrite import Match, Rule
-from ..patterns.values import attr, const, producer, rank, scalar, shape, sole_user, users
+from ..rewrite.engine import Match, Rule
+from ..ir.values import attr, const, producer, rank, scalar, shape, sole_user, users
 from .masks import is_fill, plan_masks
 
 

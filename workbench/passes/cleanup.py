@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass, TopologicalSortPass
 
 from ..ir.attrs import has_subgraph
-from ..patterns.rewrite import apply
+from ..rewrite.engine import apply
 from .fold_constants import NON_DETERMINISTIC, fold_constants
 from .simplify import RULES as SIMPLIFY_RULES
 

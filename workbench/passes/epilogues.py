@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.rewrite import Match, Rule, provenance
-from ..patterns.values import attr, const, is_graph_output, producer, shape, sole_user, users
+from ..rewrite.engine import Match, Rule, provenance
+from ..ir.values import attr, const, is_graph_output, producer, shape, sole_user, users
 from .activations import UNARY_OK, find_activation
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.values import const, producer, scalar
+from ..ir.values import const, producer, scalar
 
 NEG_BIG = -1e30  # fill values at or below this count as "masked out" (or half the dtype's lowest)
 

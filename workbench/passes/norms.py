@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.rewrite import DOMAIN, Match, Rule
-from ..patterns.values import (
+from ..rewrite.engine import DOMAIN, Match, Rule
+from ..ir.values import (
     attr,
     axes_of,
     const,

@@ -18,7 +18,7 @@ from .norms import NORM_RULES, SKIP_RULES
 from .attention import ATTENTION_RULES
 from .pointwise import POINTWISE_RULES
 from .projections import PARALLEL_GEMM_RULES, QKV_RULES
-from ..patterns.rewrite import apply
+from ..rewrite.engine import apply
 from .cleanup import (eliminate_common_subexpressions, fold_to_fixed_point, infer_shapes, remove_dead_code,
                       simplify as simplify_graph, toposort)
 from .context import PassContext

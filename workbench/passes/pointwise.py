@@ -15,8 +15,8 @@ import onnx_ir as ir
 
 from ..dtypes import to_numpy
 from ..ir.attrs import node_attrs
-from ..patterns.rewrite import Match, Rule
-from ..patterns.values import const, dtype, is_graph_output, users
+from ..rewrite.engine import Match, Rule
+from ..ir.values import const, dtype, is_graph_output, users
 
 POINTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.rewrite import DOMAIN, Match, Rule
-from ..patterns.shapes import dims
-from ..patterns.values import attr, const, rank, users
+from ..rewrite.engine import DOMAIN, Match, Rule
+from ..ir.typing import dims
+from ..ir.values import attr, const, rank, users
 
 GEMMS = ("FusedGemm", "MatMul", "Gemm")
 ACT_ATTRS = ("activation", "act_min", "act_max", "act_alpha", "act_beta")

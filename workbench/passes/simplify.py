@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..patterns.rewrite import Match, Rule
-from ..patterns.values import attr, const, dtype, is_graph_output, producer, shape, users
+from ..rewrite.engine import Match, Rule
+from ..ir.values import attr, const, dtype, is_graph_output, producer, shape, users
 
 
 def _bypass_reason(out: ir.Value, src: ir.Value) -> str:

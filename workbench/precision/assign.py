@@ -18,23 +18,11 @@ from __future__ import annotations
 from typing import Callable
 
 from ..dtypes import ONNX_CODES
-from ..engine.plan import Layer, Plan, TensorSpec
+from ..core.plan import Layer, Plan, TensorSpec
 from ..errors import BuildError
 
-STORAGE = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-MATRIX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "Attention", "Einsum"}
-LOWERABLE = MATRIX_OPS | {
-    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
-    "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Softplus", "Softsign", "Mish", "Swish", "Clip", "Max", "Min",
-    "Sum", "Mean", "Sqrt", "Reciprocal", "Exp", "Log", "Pow", "Sin", "Cos", "Where", "Softmax", "LogSoftmax",
-    "LayerNormalization", "RMSNormalization", "BatchNormalization", "InstanceNormalization", "LRN",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceMin",
-    "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather", "Expand",
-    "Tile", "Identity", "Dropout", "Pad", "Resize", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-    "Pointwise", "LayerNorm", "SkipLayerNorm", "RMSNorm",
-}
-# float inputs that keep float32 whatever the layer's precision (ONNX types them float32 only)
-FLOAT32_INPUTS = {"Resize": {1, 2}}
+from ..core.precisions import STORAGE
+from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE as LOWERABLE, MATRIX_OPS
 
 
 def requested_precision(layer: Layer, config) -> tuple[str, str]:
@@ -58,7 +46,7 @@ def assign_precisions(plan: Plan, config, supports: Callable[[Layer, str], bool]
     and return the precision table (one row per layer, plus one per inserted cast)."""
     # names in layer_precisions must be layers or ONNX nodes of this model: the CPU target's
     # resolver checks them the same way, so a typo is an error on both targets
-    from ..builder.backends import resolve_layer_precisions  # noqa: PLC0415
+    from ..builder.targets import resolve_layer_precisions  # noqa: PLC0415
 
     resolve_layer_precisions(plan.layers, config.layer_precisions,
                              ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best"))

@@ -66,8 +66,8 @@ class ExecutionContext:
         return timings, total
 
     def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1):
-        """Per-layer profile as a pandas DataFrame (see workbench.profiler)."""
-        from ..profiler import profile_context
+        """Per-layer profile as a pandas DataFrame (see workbench.runtime.profile)."""
+        from .profile import profile_context
 
         return profile_context(self, feeds, runs=runs, warmup=warmup)
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engine.liveness import last_uses_of
-from ..engine.plan import Layer, Plan, Subgraph
+from ..core.liveness import last_uses_of
+from ..core.plan import Layer, Plan, Subgraph
 from ..errors import WorkbenchError
 from ..kernels.reference import KernelContext, get_kernel
 

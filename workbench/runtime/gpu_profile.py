@@ -5,7 +5,7 @@ adds its own cost."""
 
 from __future__ import annotations
 
-from ..profiler.profile import profile_table
+from .profile import profile_table
 from ..runtime.feeds import random_feeds
 
 

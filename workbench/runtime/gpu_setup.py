@@ -51,7 +51,7 @@ def place_tensors(engine):
 def build_kernels(engine, kernel_map: dict[int, dict[str, bytes]]):
     from ..kernels.cuda.device import gpu_info
     from ..kernels.cuda.sources import load_sources
-    from ..kernels.cuda.target import selected_config
+    from ..builder.targets.gpu import selected_config
     from ..kernels.cuda.layer_io import aligned_inputs
 
     primary, fallback, unavailable = load_sources()

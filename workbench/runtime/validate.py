@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import from_numpy
-from ..engine.plan import TensorSpec
+from ..core.plan import TensorSpec
 from ..errors import InputError, InputTypeError
 
 

@@ -29,14 +29,14 @@ TAB_TITLES = ("Model", "Optimize", "Precision", "Profile", "Compare", "Export")
 def supported_precisions(device: str) -> list[str]:
     """Precisions the target for ``device`` ("cpu" / "gpu") can run, from the builder's backends."""
     try:
-        from ..builder.backends import supported_precisions as from_backend  # noqa: PLC0415
+        from ..builder.targets import supported_precisions as from_backend  # noqa: PLC0415
     except ImportError:
         return ["fp32"] if device == "cpu" else ["fp32", "tf32", "fp16", "bf16"]
     return list(from_backend(device))
 
 
 def resolve_device(device: str) -> str:
-    from ..builder.backends import resolve_device as resolve  # noqa: PLC0415
+    from ..builder.targets import resolve_device as resolve  # noqa: PLC0415
 
     return resolve(device)
 

@@ -88,7 +88,7 @@ class ProfileTab:
         return path
 
     def export_trace(self, path: str | None = None) -> str | None:
-        from ..profiler import to_chrome_trace  # noqa: PLC0415
+        from ..runtime.profile import to_chrome_trace  # noqa: PLC0415
 
         if self.df is None:
             self.saved.value = note_html("profile first", "#b00")

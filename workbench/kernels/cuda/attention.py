@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .device import cupy
 from .layer_io import attention_view as _logical
 from .tactic import BuiltKernel, GpuInfo

@@ -19,7 +19,7 @@ from math import prod
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .tactic import BuiltKernel, GpuInfo
 
 # the element type of activations at each precision (weights are cast to it at build)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .cublas import (GEMM_OPS, in_specs, static_shape, IO_DTYPE, activation_of, as_device, check_io, gemm_geometry, has_input, ptr,
                      stream_ctx, stream_ptr)
 from .tactic import BuiltKernel, GpuInfo

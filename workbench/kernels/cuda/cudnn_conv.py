@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, conv_geometry, cupy_or_reason,
                      has_input, make_epilogue, ptr, stream_ptr)
 from .tactic import BuiltKernel, GpuInfo

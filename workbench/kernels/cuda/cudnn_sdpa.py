@@ -20,7 +20,7 @@ Configs: the plans cuDNN's heuristic (mode A) offers, by name; engine load rebui
 
 from __future__ import annotations
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .cublas import IO_DTYPE, in_specs, cupy_or_reason, has_input, np_dtype, ptr, static_shape, stream_ctx, stream_ptr
 from .cudnn_conv import Launcher, _cudnn_or_reason, buildable_plans, cudnn_dtype, handle, plan_index
 from .layer_io import attention_view as _logical

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .device import cupy
 from .tactic import BuiltKernel, GpuInfo
 

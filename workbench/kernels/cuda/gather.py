@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from .nvrtc import get_function
 from .tactic import BuiltKernel, GpuInfo
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...dtypes import to_numpy
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from ...kernels.reference import KernelContext, get_kernel
 from .device import cupy
 from .tactic import BuiltKernel, GpuInfo
@@ -57,7 +57,7 @@ class ReferenceOnCupy:
             return "needs static tensors of numeric type"
         if any(s.dtype == "bfloat16" for s in specs):
             return "CuPy has no bfloat16 arithmetic"
-        from ...engine.liveness import subgraphs_of
+        from ...core.liveness import subgraphs_of
 
         if subgraphs_of(layer):
             return "control flow (subgraphs) is not run on the GPU"

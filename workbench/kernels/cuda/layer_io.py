@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...engine.plan import Layer, TensorSpec
+from ...core.plan import Layer, TensorSpec
 
 
 def aligned_inputs(layer: Layer) -> list[TensorSpec | None]:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ...dtypes import from_onnx_code
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from . import cuda_prelude as P
 from .nvrtc import get_function
 from .tactic import BuiltKernel, GpuInfo

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from . import cuda_prelude as P
 from .nvrtc import get_function
 from .tactic import BuiltKernel, GpuInfo

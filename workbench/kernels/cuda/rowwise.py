@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 from . import cuda_prelude as P
 from .layer_io import aligned_inputs
 from .nvrtc import get_function

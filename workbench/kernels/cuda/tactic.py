@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from ...engine.plan import Layer
+from ...core.plan import Layer
 
 
 @dataclass
@@ -44,10 +44,21 @@ class BuiltKernel:
     # compiled code to store in the engine: name -> cubin bytes (NVRTC kernels)
     binaries: dict[str, bytes] = field(default_factory=dict)
     capturable: bool = True  # False: must not be captured in a CUDA graph (e.g. host sync inside)
+    # an elementwise kernel that may read a graph input straight from the caller's array (the
+    # runtime's direct input cast: no copy into the input buffer first)
+    reads_inputs_directly: bool = False
+    # facts for people (algorithm id, whether a raw launch path is used, ...): shown, never run
+    info: dict[str, Any] = field(default_factory=dict)
+    # library objects the launch closure needs alive (plans, descriptors, device constants)
+    keepalive: tuple = ()
 
 
 class Tactic(Protocol):
     name: str  # unique, "source.kernel", e.g. "cublaslt.gemm", "cudnn.conv", "nvrtc.pointwise"
+    source: str  # the module of this package that defines it (a key of sources.PRIMARY / FALLBACK)
+    # relative cost of calling ``supports`` (0: looks at shapes only; 1: plans a library graph):
+    # the precision assigner asks the cheap sources first
+    supports_cost: int
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         """None if this tactic can run ``layer`` at ``precision``; otherwise the reason it cannot."""

@@ -6,7 +6,7 @@ A kernel is a function ``kernel(ctx, inputs, attrs) -> list of outputs``:
   scalars; bfloat16 / float8 / int4 through ml_dtypes), a sequence is a Python ``list`` of arrays,
   an absent optional input (empty name) or an empty optional value is ``None``.
 * ``attrs``: only the attributes the node sets, as plain values (int, float, str, list of int /
-  float / str, ndarray for tensor attributes, list of ndarray, :class:`~workbench.engine.plan.Subgraph`
+  float / str, ndarray for tensor attributes, list of ndarray, :class:`~workbench.core.plan.Subgraph`
   for graph attributes). Kernels apply the ONNX defaults themselves (``attrs.get("axis", 1)``).
 * ``ctx``: a :class:`KernelContext` giving the op's opset version (behaviour that changed between
   opsets keys on it), how many outputs the node declares, and a way to run subgraphs.

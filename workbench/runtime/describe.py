@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .plan import Layer
+from ..core.plan import Layer
 
 
 def _layer_dict(layer: Layer) -> dict:

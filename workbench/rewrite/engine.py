@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import onnx_ir as ir
 
-from .shapes import annotate, set_spec
+from ..ir.typing import annotate, set_spec
 
 ONNX_NODES = "wb.onnx_nodes"  # same keys as builder.lower (that module imports onnx-ir graphs only)
 ONNX_OPS = "wb.onnx_ops"

@@ -42,7 +42,7 @@ def _rank4(spec) -> bool:
 
 
 def _aligned(layer):
-    from .layer_io import aligned_inputs  # noqa: PLC0415
+    from ..kernels.cuda.layer_io import aligned_inputs  # noqa: PLC0415
 
     return aligned_inputs(layer)
 

@@ -52,9 +52,13 @@ class Layer:
     onnx_nodes: list[str] = field(default_factory=list)  # original ONNX node names this layer covers
     onnx_ops: list[str] = field(default_factory=list)
     precision: str = "fp32"
-    tactic: str = ""
+    # the chosen tactic: what the runtime builds this layer's kernel from (no autotuning at load)
+    tactic: str = ""  # its registry name, e.g. "cublaslt.gemm", "cpu.numpy"
+    tactic_config: dict[str, Any] = field(default_factory=dict)  # the chosen candidate's configuration
+    binaries: dict[str, str] = field(default_factory=dict)  # kernel name -> engine blob (compiled cubins)
+    # report only (never read to run): every candidate's time or the reason it was not used
     tactic_table: list[dict] = field(default_factory=list)  # [{"tactic", "config", "ms" | "reason"}]
-    input_specs: list[TensorSpec] = field(default_factory=list)
+    input_specs: list[TensorSpec] = field(default_factory=list)  # one per *present* input (see aligned_input_specs)
     output_specs: list[TensorSpec] = field(default_factory=list)
     flops: int = 0
     bytes_moved: int = 0
@@ -62,6 +66,11 @@ class Layer:
     @property
     def key(self) -> tuple[str, str]:
         return (self.domain, self.op)
+
+    def aligned_input_specs(self) -> list[TensorSpec | None]:
+        """One entry per ``inputs`` position: the spec, or None for an absent optional input."""
+        specs = iter(self.input_specs)
+        return [next(specs, None) if name else None for name in self.inputs]
 
 
 @dataclass
@@ -76,8 +85,28 @@ class Subgraph:
 
 
 @dataclass
+class Arena:
+    """The static memory plan: one buffer of ``bytes`` holding every intermediate tensor at its
+    offset (tensors whose lifetimes do not overlap share bytes). Empty for plans with dynamic
+    shapes, which the CPU runtime runs with per-run allocation."""
+
+    bytes: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
+    alignment: int = 256
+
+
+@dataclass
+class RunOptions:
+    """Decisions the builder made for the runtime that are not per layer."""
+
+    cuda_graph: bool = False  # GPU: capture the engine into CUDA graphs and replay them
+    max_elements: int | None = None  # the element cap the build ran with; runs keep it
+
+
+@dataclass
 class Plan:
-    """The top-level program of an engine."""
+    """The top-level program of an engine: everything the runtime needs to run it, and nothing
+    that is only for people (those are the engine's reports)."""
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -85,6 +114,8 @@ class Plan:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     # name -> TensorSpec for every intermediate tensor the builder knows the type of
     tensors: dict[str, TensorSpec] = field(default_factory=dict)
+    arena: Arena = field(default_factory=Arena)
+    options: RunOptions = field(default_factory=RunOptions)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from workbench import dtypes
-from workbench.engine.plan import Layer, Plan, Subgraph, TensorSpec
+from workbench.core.plan import Layer, Plan, Subgraph, TensorSpec
 from workbench.errors import EngineFormatError
 
 MAX_GRAPH_DEPTH = 16  # nested If/Loop/Scan bodies; keeps the header under format.MAX_JSON_DEPTH

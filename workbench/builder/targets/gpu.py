@@ -16,16 +16,16 @@ import time
 
 import numpy as np
 
-from ... import __version__
-from ...builder.timing_cache import TimingCache, layer_signature
+from ..._version import __version__
+from ..timing_cache import TimingCache, layer_signature
 from ...errors import BuildError
 from ...precision import assign_precisions
-from . import nvrtc
-from .device import cupy, gpu_info, storage_dtype, to_device_bits
-from .layer_io import aligned_inputs
-from .sources import load_sources
-from .layout import assign_layouts
-from .timing import time_launches
+from ...kernels.cuda import nvrtc
+from ...kernels.cuda.device import cupy, gpu_info, storage_dtype, to_device_bits
+from ...kernels.cuda.layer_io import aligned_inputs
+from ...kernels.cuda.sources import load_sources
+from ..layout import assign_layouts
+from ...kernels.cuda.timing import time_launches
 
 KERNEL_MAP = "gpu/kernel_map.json"
 
@@ -231,7 +231,7 @@ def materialize_constants(plan) -> list[str]:
     """Evaluate, on the host, layers that read only constants (e.g. the ConstantOfShape layers that
     produce the light_* models' weights, left unfolded by the optimizer's size cap), so that GPU
     tactics see them as weights to pack and upload once. Returns the names of removed layers."""
-    from ...engine.liveness import subgraphs_of
+    from ...core.liveness import subgraphs_of
     from ...kernels.reference import KernelContext, get_kernel
 
     outputs = {s.name for s in plan.outputs}
@@ -272,6 +272,6 @@ def clear_process_caches() -> None:
 
     for mod, attr in (("cudnn_conv", "_GRAPHS"), ("cudnn_sdpa", "_GRAPHS"), ("cublaslt", "_NALGOS"), ("nvrtc", "_CUBINS")):
         try:
-            getattr(importlib.import_module(f"{__package__}.{mod}"), attr).clear()
+            getattr(importlib.import_module(f"workbench.kernels.cuda.{mod}"), attr).clear()
         except Exception:  # noqa: BLE001 - a source whose library is missing has nothing cached
             pass

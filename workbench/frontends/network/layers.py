@@ -1,4 +1,4 @@
-"""Typed layer helpers of :class:`workbench.network.NetworkDefinition`.
+"""Typed layer helpers of :class:`workbench.frontends.network.NetworkDefinition`.
 
 Each helper spells one common layer as the ONNX operator(s) the optimizer's fusion rules expect
 (Conv + bias input, Gemm, LayerNormalization, ...), fills ONNX's parameter inputs (axes, shapes,
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .dtypes import ONNX_CODES
-from .network_tensor import (
+from ...dtypes import ONNX_CODES
+from .tensor import (
     DuplicateNameError,
     InvalidLayerError,
     NetworkDefinitionError,

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EngineCompatibilityError, EngineFormatError
-from .format import read_container, write_container
-from .plan import Layer, Plan
-from .serialize import decode_plan, encode_plan
+from ..format.container import read_container, write_container
+from ..core.plan import Layer, Plan
+from ..format.serialize import decode_plan, encode_plan
 
 BACKENDS = ("cpu", "gpu")
 

@@ -22,10 +22,10 @@ import onnx
 import onnx_ir as ir
 from onnx import checker, shape_inference
 
-from .dtypes import ONNX_CODES, to_numpy
-from .errors import UnsupportedModelError
-from .network_layers import Layers
-from .network_tensor import (  # noqa: F401  (the errors are part of this module's API)
+from ...dtypes import ONNX_CODES, to_numpy
+from ...errors import UnsupportedModelError
+from .layers import Layers
+from .tensor import (  # noqa: F401  (the errors are part of this module's API)
     DuplicateNameError,
     ForeignTensorError,
     InvalidLayerError,
@@ -259,7 +259,7 @@ class NetworkDefinition(Layers):
         """The network as an ONNX ModelProto (for saving, or running with onnxruntime)."""
         if not self._graph.outputs:
             raise MissingOutputError(f"network {self.name!r} has no outputs; mark one with net.output(tensor)")
-        from . import __version__
+        from ..._version import __version__
 
         model = ir.Model(self._graph, ir_version=self._ir_version(), producer_name="workbench.network",
                          producer_version=__version__)
@@ -274,8 +274,8 @@ class NetworkDefinition(Layers):
         """Validate the whole network (onnx checker with full shape inference) and return a
         :class:`~workbench.ir.network.Network` for ``workbench.build``. The definition stays
         usable; later changes do not affect the returned Network."""
-        from .frontends.onnx.loader import network_from_proto
-        from .frontends.onnx.safe_read import check_opsets
+        from ..onnx.loader import network_from_proto
+        from ..onnx.safe_read import check_opsets
 
         proto = self.to_onnx()
         try:

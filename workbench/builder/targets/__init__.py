@@ -6,10 +6,10 @@ CPU: every layer runs its NumPy reference kernel (tactic "numpy"). The GPU targe
 
 from __future__ import annotations
 
-from ..engine.engine import cpu_target
-from ..engine.plan import Layer, Plan
-from ..errors import BuildError, UnsupportedModelError
-from ..kernels.reference import get_kernel
+from ...runtime.engine import cpu_target
+from ...core.plan import Layer, Plan
+from ...errors import BuildError, UnsupportedModelError
+from ...kernels.reference import get_kernel
 
 
 def gpu_available() -> bool:
@@ -58,7 +58,7 @@ def supported_precisions(device: str) -> list[str]:
     """Precisions a target offers per layer (what a notebook dropdown should list)."""
     if device == "cpu":
         return list(CpuTarget.precisions)
-    from ..kernels.cuda.target import GpuTarget  # noqa: PLC0415
+    from .gpu import GpuTarget  # noqa: PLC0415
 
     return list(GpuTarget.precisions)
 
@@ -85,7 +85,7 @@ def resolve_layer_precisions(layers: list[Layer], overrides: dict[str, str], all
 
 
 def _all_layers(layers: list[Layer]):
-    from ..engine.liveness import subgraphs_of
+    from ...core.liveness import subgraphs_of
 
     for layer in layers:
         yield layer
@@ -104,6 +104,6 @@ def _check_kernels(layers: list[Layer]) -> None:
 def get_target(device: str):
     if device == "cpu":
         return CpuTarget()
-    from ..kernels.cuda.target import GpuTarget  # noqa: PLC0415
+    from .gpu import GpuTarget  # noqa: PLC0415
 
     return GpuTarget()

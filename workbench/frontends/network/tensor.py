@@ -1,4 +1,4 @@
-"""Tensor handles and the errors of the network-definition API (see :mod:`workbench.network`)."""
+"""Tensor handles and the errors of the network-definition API (see :mod:`workbench.frontends.network`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from .dtypes import ONNX_CODES, from_numpy, from_onnx_code
-from .errors import ShapeError, UnsupportedModelError, WorkbenchError
+from ...dtypes import ONNX_CODES, from_numpy, from_onnx_code
+from ...errors import ShapeError, UnsupportedModelError, WorkbenchError
 
 if TYPE_CHECKING:
-    from .network import NetworkDefinition
+    from .definition import NetworkDefinition
 
 
 class NetworkDefinitionError(WorkbenchError, ValueError):

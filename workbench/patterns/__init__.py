@@ -1,1 +1,0 @@
-"""The pattern/rewrite engine shared by every optimization rule (see rewrite.py)."""
