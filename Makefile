@@ -1,5 +1,6 @@
 # make demo  - create .venv, install workbench, run the main job on the embedded ResNet-50
 # make test  - create .venv, install workbench with test extras, run every test
+# make quick - the same without the tests marked slow (> ~5 s each)
 # make lab   - start JupyterLab on notebooks/ from the venv
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab venv clean
+.PHONY: demo test quick lab venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lab: $(STAMP)
 	$(PIP) install -q -c constraints.txt jupyterlab

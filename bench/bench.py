@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SEQ = 128
 
+from workbench.core.numerics import rel_err  # noqa: E402
+
 
 def models():
     """name -> (make fp32 eval model on cuda, make inputs(batch) as a dict of torch tensors)."""
@@ -131,11 +133,6 @@ def peak_tflops():
     return 2 * n**3 / ms / 1e9
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def export(name, model, feeds, path):
     import torch
 
@@ -228,7 +225,7 @@ def run_model(name, args, peak, rows, tmp):
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
                 out = ctx.run(dfeeds)
                 got = cp.asnumpy(next(iter(out.values()))).astype(np.float32)
-                row["err"] = rel(got, ref)
+                row["err"] = rel_err(got, ref)
                 row["workbench"] = time_cupy(lambda: ctx.run(dfeeds), args.runs)
                 if hasattr(ctx, "execute"):  # IO binding: inputs written once, execute() only replays
                     for n, v in dfeeds.items():

@@ -14,10 +14,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from workbench.core.numerics import random_array  # noqa: E402
 from workbench.core.plan import Layer, TensorSpec  # noqa: E402
 from workbench.kernels.cuda import cublas, cublaslt, cudnn_conv, cudnn_sdpa  # noqa: E402
 from workbench.kernels.cuda.device import gpu_info  # noqa: E402
-from workbench.kernels.cuda.timing import time_ms  # noqa: E402
+from workbench.kernels.cuda.events import time_ms  # noqa: E402
 
 
 def layer(op, dom, ins, out, attrs, dt="float16"):
@@ -62,7 +63,7 @@ def bench(t, lay, prec, feeds, weights, label):
                 k.run(ins, [y], ws, s)
             g = s.end_capture()
             gms = time_ms(lambda: g.launch(s), stream=s, warmup=2, iters=10) / 20
-        res.append((gms, ms, host_us, bt, dict(c, fast=getattr(k, "fast_launch", None))))
+        res.append((gms, ms, host_us, bt, dict(c, fast=k.info.get("fast_launch"))))
     res.sort(key=lambda r: r[0])
     print(f"{label:44s} {t.name:20s} {len(cfgs)} cfgs in {time.time() - t0:.1f}s; best graph {res[0][0]*1e3:.1f} us "
           f"(events {res[0][1]*1e3:.1f} us, host {res[0][2]:.1f} us/launch, build {res[0][3]*1e3:.0f} ms) "
@@ -81,22 +82,21 @@ def main():
                         (n, m, o, o), {"pads": [pad] * 4, "strides": [st, st], "kernel_shape": [k, k],
                                        "activation": "Relu", "channels_last": cl,
                                        **({"in_layouts": ["nhwc", "", ""], "out_layouts": ["nhwc"]} if cl else {})})
-            w = {"w": rng.standard_normal((m, c, k, k)).astype(np.float32) * 0.05,
-                 "b": rng.standard_normal(m).astype(np.float32)}
+            w = {"w": random_array("float32", (m, c, k, k), rng) * 0.05, "b": random_array("float32", (m,), rng)}
             label = f"conv n{n} c{c} {hw}x{hw} m{m} k{k} s{st} {'CL' if cl else 'NCHW'}"
-            bench(cudnn_conv.CudnnConv(), lay, "fp16", {"x": rng.standard_normal((n, c, hw, hw))}, w, label)
+            bench(cudnn_conv.CudnnConv(), lay, "fp16", {"x": random_array("float32", (n, c, hw, hw), rng)}, w, label)
     for m, kk, nn in [(128, 768, 768), (128, 768, 3072), (4096, 768, 3072), (4096, 3072, 768)]:
         lay = layer("FusedGemm", "workbench", [("a", (m, kk)), ("b", (kk, nn)), ("c", (nn,))], (m, nn),
                     {"activation": "GeluTanh"})
-        w = {"b": rng.standard_normal((kk, nn)).astype(np.float32) * 0.03, "c": rng.standard_normal(nn).astype(np.float32)}
+        w = {"b": random_array("float32", (kk, nn), rng) * 0.03, "c": random_array("float32", (nn,), rng)}
         for t in (cublaslt.CublasLtGemm(), cublas.CublasGemm()):
-            bench(t, lay, "fp16", {"a": rng.standard_normal((m, kk))}, w, f"gemm+bias+gelu {m}x{kk}x{nn}")
+            bench(t, lay, "fp16", {"a": random_array("float32", (m, kk), rng)}, w, f"gemm+bias+gelu {m}x{kk}x{nn}")
     if "--gemm-only" in sys.argv:
         return
     for b in (1, 32):
         lay = layer("Attention", "workbench", [("q", (b, 12, 128, 64)), ("k", (b, 12, 128, 64)), ("v", (b, 12, 128, 64))],
                     (b, 12, 128, 64), {"scale": 0.125, "causal": 0})
-        f = {n: rng.standard_normal((b, 12, 128, 64)) for n in "qkv"}
+        f = {n: random_array("float32", (b, 12, 128, 64), rng) for n in "qkv"}
         bench(cudnn_sdpa.CudnnSdpa(), lay, "fp16", f, {}, f"sdpa b{b} h12 s128 d64")
 
 

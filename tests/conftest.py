@@ -7,6 +7,8 @@ import pickle
 
 import pytest
 
+from tests.support.gpu import gpu_available
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -22,15 +24,6 @@ def forbid_pickle(monkeypatch, request):
     monkeypatch.setattr(pickle, "loads", _no_pickle)
     monkeypatch.setattr(pickle, "load", _no_pickle)
     yield
-
-
-def gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,14 +9,17 @@
 Importing this package is cheap: the optimizer (onnx, onnx-ir) is imported only when
 ``load_onnx`` / ``build`` are first used, so a deployment that only loads and runs engines never
 imports it.
+
+This module is the public API: the CLI, the demo and the notebook UI go through it. It is the top of
+the layer order and names lower modules only in its lazy table.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
 
-from .runtime.engine import Engine  # noqa: E402
-from .errors import (  # noqa: E402
+from .runtime.engine import Engine
+from .errors import (
     BuildError,
     EngineCompatibilityError,
     EngineFormatError,
@@ -36,6 +39,10 @@ _LAZY = {
     "NetworkDefinition": ("workbench.frontends.network", "NetworkDefinition"),
     "NetworkDefinitionError": ("workbench.frontends.network", "NetworkDefinitionError"),
     "Tensor": ("workbench.frontends.network", "Tensor"),
+    "parse_shapes": ("workbench.builder", "parse_shapes"),
+    "pass_names": ("workbench.passes.pipeline", "known_names"),
+    "resolve_device": ("workbench.builder.targets", "resolve_device"),
+    "supported_precisions": ("workbench.core.precisions", "supported_precisions"),
 }
 
 
@@ -56,6 +63,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BuildError", "Builder", "BuilderConfig", "Engine", "EngineCompatibilityError", "EngineFormatError",
-    "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor", "UnsupportedModelError", "WorkbenchError",
-    "__version__", "build", "load_onnx",
+    "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor",
+    "UnsupportedModelError", "WorkbenchError", "__version__", "build", "load_onnx", "parse_shapes", "pass_names",
+    "resolve_device", "supported_precisions",
 ]

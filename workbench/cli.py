@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from .core.precisions import DEVICES, REQUESTABLE
 from .errors import WorkbenchError
 
 EXIT_USAGE = 2
@@ -115,6 +116,8 @@ def cmd_profile(args) -> int:
         raise CliError("--runs must be at least 1")
     if args.top < 1:
         raise CliError("--top must be at least 1")
+    from .runtime.profile import format_profile
+
     ctx = engine.create_context()
     df = ctx.profile(feeds, runs=args.runs)
     print(format_profile(df, top=args.top))
@@ -122,16 +125,6 @@ def cmd_profile(args) -> int:
         df.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
     return 0
-
-
-def format_profile(df, top: int = 15) -> str:
-    cols = ["layer", "type", "onnx_ops", "precision", "tactic", "median_ms", "pct", "gflops_per_s"]
-    view = df.sort_values("median_ms", ascending=False).head(top)[cols].copy()
-    view["onnx_ops"] = view["onnx_ops"].str.slice(0, 40)
-    lines = [view.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
-    lines.append(f"{len(df)} layers; end-to-end median {df.attrs['end_to_end_ms']:.3f} ms over {df.attrs['runs']} runs; "
-                 f"sum of per-layer medians {df.attrs['sum_of_layers_ms']:.3f} ms ({df.attrs['note']})")
-    return "\n".join(lines)
 
 
 def cmd_inspect(args) -> int:
@@ -189,8 +182,8 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="optimize a model and write an engine")
     b.add_argument("model")
     b.add_argument("-o", "--output", required=True, help="engine file to write")
-    b.add_argument("--device", default="auto", choices=["cpu", "gpu", "auto"])
-    b.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best"])
+    b.add_argument("--device", default="auto", choices=list(DEVICES))
+    b.add_argument("--precision", default="fp32", choices=list(REQUESTABLE))
     b.add_argument("--shapes", help="fix input shapes: name:DxD[,name:DxD]")
     b.add_argument("--disable", action="append", help="pass or fusion rule to skip (repeatable, comma-separated)")
     b.add_argument("--layer-precision", action="append", help="LAYER=PRECISION override (repeatable)")
@@ -202,7 +195,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("engine")
     r.add_argument("--inputs", required=True, help=".npz whose keys are input names")
     r.add_argument("--outputs", help=".npz to write outputs to")
-    r.add_argument("--device", default="auto", choices=["cpu", "gpu", "auto"])
+    r.add_argument("--device", default="auto", choices=list(DEVICES))
     r.set_defaults(fn=cmd_run)
 
     pr = sub.add_parser("profile", help="per-layer timing of an engine")

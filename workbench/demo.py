@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from .core.numerics import rel_err
+
 
 def embedded_model_path(name: str = "light_resnet50") -> str:
     import onnx
@@ -44,14 +46,9 @@ def reference_io(model_path: str) -> tuple[dict[str, np.ndarray], list[np.ndarra
     return feeds, outputs
 
 
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(b64), 1e-30))
-
-
 def run_demo(output: str = os.path.join("out", "resnet50.wbe"), runs: int = 5) -> int:
     import workbench as wb
-    from .cli import format_profile
+    from .runtime.profile import format_profile
 
     path = embedded_model_path()
     print(f"model: {path}")
@@ -70,8 +67,7 @@ def run_demo(output: str = os.path.join("out", "resnet50.wbe"), runs: int = 5) -
     feeds, expected = reference_io(path)
     ctx = engine.create_context()
     outs = ctx.run(feeds)
-    got = [np.asarray(outs[o.name].get() if hasattr(outs[o.name], "get") else outs[o.name]) for o in engine.outputs]
-    errs = [rel_err(g, e) for g, e in zip(got, expected)]
+    errs = [rel_err(outs[o.name], e) for o, e in zip(engine.outputs, expected)]
     ok = all(e < 1e-3 for e in errs)
     print(f"output vs the shipped reference: relative error {max(errs):.2e} -> {'OK' if ok else 'MISMATCH'}")
     df = ctx.profile(feeds, runs=runs)

@@ -11,9 +11,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from .builder import BuilderConfig, build
+from .builder.targets import gpu_available
 from .frontends.onnx.loader import network_from_proto
 from .frontends.onnx.safe_read import check_opsets, read_model
 
@@ -26,8 +28,6 @@ def _device(device: str) -> str:
 def _as_value(v):
     """onnx's test data holds NumPy scalars for 0-d inputs and TensorProtos for some dtypes."""
     if isinstance(v, onnx.TensorProto):
-        from onnx import numpy_helper
-
         return numpy_helper.to_array(v)
     if isinstance(v, np.generic):
         return np.asarray(v)
@@ -127,8 +127,6 @@ class WorkbenchBackend(Backend):
         if d == "cpu":
             return True
         if d == "gpu":
-            from .builder.targets import gpu_available
-
             return gpu_available()
         return False
 

@@ -5,7 +5,7 @@
     def test(case): check_case(case)
 """
 
-from .check import check_case, compare, rel_err, run_ort
+from .check import check_case, compare, run_ort
 from .core import Case, FixedChooser, GraphBuilder
 from .models import KINDS, fixed_case, generate, models, replay
 
@@ -19,7 +19,6 @@ __all__ = [
            "fixed_case",
            "generate",
            "models",
-           "rel_err",
            "replay",
            "run_ort",
 ]

@@ -37,7 +37,7 @@ WIDE = ("ReluCap25", "ClipMinOnly", "ClipMaxOnly", "ClipWide", "MaxNeg25", "NegR
 
 # Variants that expose an open workbench bug: left out of the random generators (they would fail every
 # property test that draws them and hide everything else) and kept as strict-xfail regression tests in
-# tests/test_property_graphs.py. Set GRAPHGEN_KNOWN_BUGS=1 to draw them anyway. None open now (the
+# tests/passes/test_property_graphs.py. Set GRAPHGEN_KNOWN_BUGS=1 to draw them anyway. None open now (the
 # activation-range and mask-before-scale bugs are fixed; their cases are plain regression tests).
 KNOWN_BUGS: dict[str, str] = {}
 

@@ -1,8 +1,8 @@
-"""The builder: Network + BuilderConfig -> Engine.
+"""The builder: Network + BuilderConfig -> Engine, as a list of stages (``_build`` reads in order).
 
-Stages, in order (each a separate module): fix input shapes -> optimization passes (with the fusion
-log) -> lowering to a plan -> precision and tactic selection by the target -> cost estimates ->
-memory plan -> Engine.
+prepare (fix input shapes) -> optimize (the passes, with the fusion log) -> lower (to a plan) ->
+precision + tactics (the target: CPU, or GPU's precision -> layout -> autotune) -> memory plan ->
+engine (the target finishes it: cubins, run options, its reports).
 """
 
 from __future__ import annotations
@@ -12,22 +12,24 @@ import time
 import onnx_ir as ir
 
 from .._version import __version__
-from ..runtime.engine import Engine
 from ..errors import WorkbenchError
 from ..ir.network import Network
 from ..kernels.reference.limits import element_cap
 from ..passes.context import PassContext
 from ..passes.pipeline import known_names, run_pipeline
-from .targets import get_target, resolve_device
+from ..runtime.engine import Engine
 from .config import BuilderConfig
 from .cost import annotate_costs
 from .lower import lower_model
 from .memory import plan_memory
-from .progress import BuildProgress
+from .progress import STAGES, BuildProgress
 from .shapes import apply_input_shapes
+from .targets import Target, get_target, resolve_device
 
 
 class Builder:
+    STAGES = STAGES  # the stage names a progress callback receives, in order
+
     def __init__(self, config: BuilderConfig | None = None):
         self.config = config or BuilderConfig()
 
@@ -45,49 +47,54 @@ class Builder:
         finally:
             progress.close()
         # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
-        engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3}
-        engine.build_stats.update(getattr(target, "build_stats", {}))
+        engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3, **target.build_stats}
         return engine
 
-    def _build(self, network: Network, cfg: BuilderConfig, progress: BuildProgress):
+    def _build(self, network: Network, cfg: BuilderConfig, progress: BuildProgress) -> tuple[Engine, PassContext, Target]:
         progress.stage("prepare")
         device = resolve_device(cfg.device)
         model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
         nodes_before = len(model.graph)
         apply_input_shapes(model, cfg.shapes, max_elements=cfg.max_elements)
+
         progress.stage("optimize")
         ctx = PassContext(disabled=frozenset(cfg.disable), device=device)
         with element_cap(cfg.max_elements):  # constant folding runs the same kernels
             run_pipeline(model, ctx, optimize=cfg.optimize)
+
         progress.stage("lower")
         plan = lower_model(model)
-        target = get_target(device)
+        plan.options.max_elements = int(cfg.max_elements)
         annotate_costs(plan.layers)
+
         progress.stage("precision + tactics")
-        target.assign(plan, cfg)
+        target = get_target(device)
+        target.assign(plan, cfg)  # GPU: precision -> layout -> autotune (targets/gpu.py)
+
         progress.stage("memory plan")
-        memory = plan_memory(plan)
+        memory = plan_memory(plan)  # fills plan.arena
+
         progress.stage("engine")
-        build = {
-            "producer": {"name": "workbench", "version": __version__},
-            "source": network.source,
-            "device": device,
-            "precision": cfg.precision,
-            "shapes": {k: list(v) for k, v in cfg.shapes.items()},
-            "disabled": sorted(cfg.disable),
-            "layer_precisions": dict(cfg.layer_precisions),
-            "max_elements": int(cfg.max_elements),
-        }
-        reports = {
-            "fusions": ctx.log,
-            "counters": dict(ctx.counters),
-            "nodes": {"before": nodes_before, "after": len(model.graph), "layers": len(plan.layers)},
-            "memory": memory,
-        }
-        engine = Engine(plan, target.target(), build, reports)
-        if hasattr(target, "finish"):
-            target.finish(engine, cfg)
+        engine = Engine(plan, target.target(), _build_info(network, cfg, device),
+                        {"fusions": ctx.log, "counters": dict(ctx.counters),
+                         "nodes": {"before": nodes_before, "after": len(model.graph), "layers": len(plan.layers)},
+                         "memory": memory})
+        target.finish(engine, cfg)  # GPU: cubins into the engine, CUDA-graph option, reports
         return engine, ctx, target
+
+
+def _build_info(network: Network, cfg: BuilderConfig, device: str) -> dict:
+    """How the engine was built (for people and for rebuilding it)."""
+    return {
+        "producer": {"name": "workbench", "version": __version__},
+        "source": network.source,
+        "device": device,
+        "precision": cfg.precision,
+        "shapes": {k: list(v) for k, v in cfg.shapes.items()},
+        "disabled": sorted(cfg.disable),
+        "layer_precisions": dict(cfg.layer_precisions),
+        "max_elements": int(cfg.max_elements),
+    }
 
 
 def build(network: Network, config: BuilderConfig | None = None) -> Engine:

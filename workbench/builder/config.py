@@ -7,10 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.precisions import DEVICES, REQUESTABLE
 from ..errors import ShapeError, WorkbenchError
-
-DEVICES = ("auto", "cpu", "gpu")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
 
 
 @dataclass
@@ -24,6 +22,11 @@ class BuilderConfig:
     layer_precisions: layer or ONNX node name -> precision override.
     timing_cache: path of a persistent autotuning cache (GPU builds).
     optimize:   False runs no graph optimization (only what lowering needs).
+    autotune:   False takes each layer's first candidate instead of timing them (GPU builds).
+    cuda_graph: False runs the engine eagerly instead of replaying CUDA graphs (GPU engines).
+    max_elements: cap on the elements a shape taken from tensor values (ConstantOfShape, Expand,
+                Tile, ...) may allocate, at build and in the engine's runs.
+    progress:   True shows a bar; a callable(stage, index, count) receives ``Builder.STAGES``.
     """
 
     device: str = "auto"
@@ -41,10 +44,10 @@ class BuilderConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise WorkbenchError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise WorkbenchError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.precision not in REQUESTABLE:
+            raise WorkbenchError(f"unknown precision {self.precision!r}; expected one of {', '.join(REQUESTABLE)}")
         for name, p in self.layer_precisions.items():
-            if p not in PRECISIONS:
+            if p not in REQUESTABLE:
                 raise WorkbenchError(f"unknown precision {p!r} for layer {name!r}")
         if isinstance(self.shapes, str):
             self.shapes = parse_shapes(self.shapes)

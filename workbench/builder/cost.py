@@ -5,6 +5,7 @@ Used for the profile table (achieved FLOP/s, roofline) — estimates, not measur
 
 from __future__ import annotations
 
+import json
 import math
 
 from ..dtypes import itemsize
@@ -73,8 +74,6 @@ def _fused_flops(layer: Layer, out: int) -> int | None:
     if op == "RMSNorm":
         return 5 * out
     if op == "Pointwise":
-        import json
-
         return out * max(len(json.loads(layer.attrs.get("program", "[]"))), 1)
     return None
 

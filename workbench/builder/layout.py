@@ -31,26 +31,22 @@ cublas.im2col_conv) decline such layers.
 from __future__ import annotations
 
 import math
+import os
+
+from ..core.precisions import HALF
 
 CONV = {("workbench", "FusedConv"), ("", "Conv")}
 POOL = {("", "MaxPool"), ("", "AveragePool"), ("", "GlobalAveragePool"), ("", "GlobalMaxPool")}
-HALF = ("fp16", "bf16")
 
 
 def _rank4(spec) -> bool:
     return spec is not None and spec.is_static and spec.shape is not None and len(spec.shape) == 4
 
 
-def _aligned(layer):
-    from ..kernels.cuda.layer_io import aligned_inputs  # noqa: PLC0415
-
-    return aligned_inputs(layer)
-
-
 def _kind(layer, by_name, gpu) -> str | None:
     if layer.precision not in HALF:
         return None
-    specs = _aligned(layer)
+    specs = layer.aligned_input_specs()
     if layer.key in CONV:
         conv = by_name.get("cudnn.conv")
         if conv is None or not specs or not _rank4(specs[0]) or not _rank4(layer.output_specs[0]):
@@ -62,7 +58,7 @@ def _kind(layer, by_name, gpu) -> str | None:
             return None
         try:
             return "pool" if pool.supports(layer, layer.precision, gpu) is None else None
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
     pw = by_name.get("nvrtc.pointwise")
     if pw is None or len(layer.output_specs) < 1 or not _rank4(layer.output_specs[0]):
@@ -70,7 +66,7 @@ def _kind(layer, by_name, gpu) -> str | None:
     try:
         if pw.supports(layer, layer.precision, gpu) is not None:
             return None
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     out_shape = list(layer.output_specs[0].shape)
     for s in list(specs) + list(layer.output_specs):
@@ -114,7 +110,7 @@ def _candidates(plan, kinds) -> tuple[set[str], _DSU, dict]:
         dsu.find(name)
 
     for layer, kind in zip(plan.layers, kinds):
-        specs = _aligned(layer)
+        specs = layer.aligned_input_specs()
         for pos, (name, spec) in enumerate(zip(layer.inputs, specs)):
             role = kind == "pw" or (kind == "conv" and pos in (0, 3)) or (kind == "pool" and pos == 0)
             see(name, spec, kind, role)
@@ -143,8 +139,6 @@ def _converter(layer, pairs, full, fixed, outs) -> bool:
     """A one-input elementwise layer (Cast, ...) that reads a graph input (stored NCHW) and whose
     single output may be stored NHWC: ``nvrtc.pointwise`` converts the layout while it computes,
     so the stem conv runs channels-last. ``WB_INPUT_NHWC=0`` turns this off."""
-    import os  # noqa: PLC0415
-
     if os.environ.get("WB_INPUT_NHWC", "1") == "0" or len(pairs) != 2 or len(layer.output_specs) != 1:
         return False
     (a, _), (b, _) = pairs
@@ -165,7 +159,7 @@ def _nhwc_set(ok, dsu, conv_touch, banned_groups) -> set[str]:
 
 
 def _mark(layer, nhwc: set[str], constants) -> bool:
-    specs = _aligned(layer)
+    specs = layer.aligned_input_specs()
     ins = ["nhwc" if n in nhwc else ("nchw" if _rank4(s) and n not in constants else "")
            for n, s in zip(layer.inputs, specs)]
     outs = ["nhwc" if s.name in nhwc else ("nchw" if _rank4(s) else "") for s in layer.output_specs]
@@ -197,7 +191,7 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
             if kind == "conv" and marked:
                 try:
                     why = conv.supports(layer, layer.precision, gpu)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}"
                 if why is not None:
                     for n in list(layer.inputs) + [s.name for s in layer.output_specs]:

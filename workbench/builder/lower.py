@@ -1,8 +1,7 @@
 """Lowering: the optimized onnx-ir graph -> a Plan of Layers (plain data, no onnx-ir inside).
 
-Fused nodes made by the passes carry, in ``node.meta``, the names and op types of the original
-ONNX nodes they replaced (``ONNX_NODES`` / ``ONNX_OPS``); every layer records them so the reports
-can answer "where did my node go".
+Every layer records the original ONNX nodes and op types it covers (``ir.provenance``: fused nodes
+made by the passes carry them), so the reports can answer "where did my node go".
 """
 
 from __future__ import annotations
@@ -12,10 +11,8 @@ import onnx_ir as ir
 
 from ..core.plan import Layer, Plan, Subgraph
 from ..ir.attrs import node_attrs, tensor_to_numpy
+from ..ir.provenance import provenance
 from ..ir.types import spec_of
-
-ONNX_NODES = "wb.onnx_nodes"
-ONNX_OPS = "wb.onnx_ops"
 
 # default opset of a domain the model does not import explicitly
 _DEFAULT_OPSETS = {"": 1, "ai.onnx.ml": 1, "ai.onnx.preview.training": 1, "ai.onnx.preview": 1, "workbench": 1}
@@ -28,6 +25,7 @@ def _domain(d: str) -> str:
 def lower_node(node: ir.Node, opsets: dict[str, int]) -> Layer:
     domain = _domain(node.domain)
     opset = node.version or opsets.get(domain, _DEFAULT_OPSETS.get(domain, 1))
+    onnx_nodes, onnx_ops = provenance([node])
     return Layer(
         name=node.name or "",
         op=node.op_type,
@@ -36,8 +34,8 @@ def lower_node(node: ir.Node, opsets: dict[str, int]) -> Layer:
         inputs=[v.name if v is not None else "" for v in node.inputs],
         outputs=[v.name or "" for v in node.outputs],
         attrs=node_attrs(node, lambda g: lower_subgraph(g, opsets)),
-        onnx_nodes=list(node.meta.get(ONNX_NODES, [node.name or ""])),
-        onnx_ops=list(node.meta.get(ONNX_OPS, [node.op_type])),
+        onnx_nodes=onnx_nodes,
+        onnx_ops=onnx_ops,
         input_specs=[spec_of(v) for v in node.inputs if v is not None],
         output_specs=[spec_of(v) for v in node.outputs],
     )

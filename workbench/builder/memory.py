@@ -3,14 +3,19 @@
 Tensors whose lifetimes do not overlap share bytes. Placement is greedy best-fit by decreasing
 size (the heuristic TensorRT and TVM use): for each tensor, the lowest offset whose range does not
 collide with an already placed tensor that is alive at the same time.
+
+``plan_memory`` writes the result into the plan (``plan.arena``: what the GPU runtime places every
+tensor by) and returns the memory report for people (sizes, reuse, the same offsets).
 """
 
 from __future__ import annotations
 
 from ..dtypes import itemsize
 from ..core.liveness import last_uses_of
-from ..core.plan import Plan
+from ..core.plan import Arena, Plan
 
+# bytes: CUDA's allocation alignment, so a tensor in the arena is as aligned as its own allocation
+# would be (cuBLASLt's fast paths want 16)
 ALIGN = 256
 
 
@@ -28,6 +33,8 @@ def tensor_bytes(spec) -> int | None:
 
 
 def plan_memory(plan: Plan) -> dict:
+    """Place every intermediate tensor with a static shape in one arena (``plan.arena``); returns
+    the memory report."""
     last = last_uses_of(plan.layers, [o.name for o in plan.outputs])
     intervals = []  # (size, start, end, name)
     dynamic = []
@@ -52,6 +59,7 @@ def plan_memory(plan: Plan) -> dict:
         placed.append((offset, size, start, end))
         offsets[name] = offset
     arena = max((o + s for o, s, _, _ in placed), default=0)
+    plan.arena = Arena(bytes=int(arena), offsets=dict(offsets), alignment=ALIGN)
     naive = sum(t[0] for t in intervals)
     peak_live = 0
     for i in range(len(plan.layers) + 1):

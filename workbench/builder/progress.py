@@ -1,7 +1,8 @@
 """Build progress: a tqdm bar (notebook-aware via tqdm.auto) or a user callback per stage.
 
 ``BuilderConfig(progress=True)`` shows a bar; ``progress=callable`` receives
-``(stage_name, stage_index, stage_count)`` so that a UI can draw its own.
+``(stage_name, stage_index, stage_count)`` so that a UI can draw its own. The names, in order, are
+``STAGES`` (public as ``workbench.Builder.STAGES``); the last call is ``("done", count, count)``.
 """
 
 from __future__ import annotations

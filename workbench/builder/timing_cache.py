@@ -41,12 +41,10 @@ def _canon(value):
 def layer_signature(layer, constants: dict) -> str:
     """Stable hash of everything about a layer that can change which tactic wins."""
     ins = []
-    specs = iter(layer.input_specs)
-    for name in layer.inputs:
+    for name, spec in zip(layer.inputs, layer.aligned_input_specs()):
         if not name:
             ins.append(None)
             continue
-        spec = next(specs, None)
         entry = {"dtype": spec.dtype if spec else None, "shape": spec.shape if spec else None,
                  "const": name in constants}
         c = constants.get(name)

@@ -1,2 +1,7 @@
-"""The engine file: ``container`` (checksummed header + aligned blobs, no pickle) and ``serialize``
-(Plan <-> header and blobs). Lean side: imports only ``core``, ``errors`` and ``dtypes``."""
+"""The engine file: ``container`` (checksummed header + 64-aligned blobs, no pickle, deterministic
+bytes), ``serialize`` (Plan <-> header and blobs: what the runtime needs lives in the plan, reports
+are for people) and ``strict`` (the type-exact readers of header values).
+
+May import: ``core``, ``errors``, ``dtypes`` (and NumPy). Never ``kernels``, ``runtime`` or anything
+of the optimizer, nor onnx / onnx_ir.
+"""

@@ -40,7 +40,10 @@ import numpy as np
 from workbench.errors import EngineCompatibilityError, EngineFormatError
 
 MAGIC = b"WBENGINE"
-FORMAT_VERSION = (1, 0)
+# (major, minor): a reader reads every minor of its major. Major 2: the plan carries what the
+# runtime needs (each layer's tactic config and binaries, the arena, the run options); major 1
+# engines kept them in report sections, so they are refused, not guessed at
+FORMAT_VERSION = (2, 0)
 ALIGN = 64
 MAX_HEADER_BYTES = 64 << 20
 MAX_JSON_DEPTH = 128  # deep enough for ~16 levels of nested If/Loop bodies, far below RecursionError
@@ -317,8 +320,8 @@ def _read(f: BinaryIO, size: int, max_header_bytes: int) -> tuple[dict, dict[str
     _, major, minor, header_len = _PREFIX.unpack(prefix)
     if major != FORMAT_VERSION[0]:
         raise EngineCompatibilityError(
-            f"engine was built with engine format {major}.{minor}, this is "
-            f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} — rebuild the engine with this workbench")
+            f"engine file built by format {major}.{minor}, this workbench reads format "
+            f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} — rebuild it")
     if header_len > max_header_bytes:
         raise EngineFormatError(f"engine header length {header_len} exceeds the limit of {max_header_bytes} bytes")
     data_start = _align(_PREFIX.size + header_len)

@@ -22,6 +22,19 @@ container writes canonical JSON. Constants and tensor specs are lists, so their 
 Decoded arrays are read-only views of the container's buffer (``numpy.frombuffer``, no copy):
 weights are never written by the runtime, and a stray write raises instead of corrupting a shared
 engine. Callers that need to write copy first.
+
+What the runtime reads is all in the plan; report sections are for people and may be stripped:
+
+* ``layer.tactic`` (registry name), ``layer.tactic_config`` (the chosen candidate's configuration,
+  a dict of JSON-able values) and ``layer.binaries`` ({kernel name: engine blob name}): the runtime
+  rebuilds the layer's kernel from these. ``layer.tactic_table`` is a report and never read to run.
+* Compiled code convention: a blob name in ``layer.binaries`` is a key of ``Engine.blobs`` (the
+  builder names a cubin ``"cubin/" + sha256(cubin)[:32]``, so identical code is stored once); the
+  engine file stores ``Engine.blobs[name]`` as container blob ``"kernel/" + name`` and lists the
+  names in the header's ``"kernels"``. ``Engine.load`` refuses a plan whose binaries name a
+  missing blob.
+* ``plan.arena``: ``{"bytes", "offsets": {tensor: offset}, "alignment"}``, the static memory plan.
+* ``plan.options``: ``{"cuda_graph": bool, "max_elements": int | null}``.
 """
 
 from __future__ import annotations
@@ -35,8 +48,8 @@ from typing import Any
 import numpy as np
 
 from workbench import dtypes
-from workbench.core.plan import Layer, Plan, Subgraph, TensorSpec
-from workbench.errors import EngineFormatError
+from workbench.core.plan import Arena, Layer, Plan, RunOptions, Subgraph, TensorSpec
+from workbench.format import strict
 
 MAX_GRAPH_DEPTH = 16  # nested If/Loop/Scan bodies; keeps the header under format.MAX_JSON_DEPTH
 MAX_VALUE_DEPTH = 32  # nested lists / dicts inside one attribute value
@@ -45,8 +58,11 @@ _LOW_BITS = {"int4": 4, "uint4": 4, "float4e2m1": 4, "int2": 2, "uint2": 2}
 _TAGS = ("$float", "$bytes", "$tensor", "$graph", "$dict")
 
 _LAYER_FIELDS = ("name", "op", "domain", "opset", "inputs", "outputs", "attrs", "onnx_nodes", "onnx_ops",
-                 "precision", "tactic", "tactic_table", "input_specs", "output_specs", "flops", "bytes_moved")
-_PLAN_FIELDS = ("inputs", "outputs", "layers", "constants", "tensors")
+                 "precision", "tactic", "tactic_config", "binaries", "tactic_table", "input_specs", "output_specs",
+                 "flops", "bytes_moved")
+_PLAN_FIELDS = ("inputs", "outputs", "layers", "constants", "tensors", "arena", "options")
+_ARENA_FIELDS = ("bytes", "offsets", "alignment")
+_OPTION_FIELDS = ("cuda_graph", "max_elements")
 _GRAPH_FIELDS = ("name", "inputs", "outputs", "layers", "constants")
 
 
@@ -123,11 +139,18 @@ class _Encoder:
             "attrs": {k: self.value(v, f"{where}/attr/{_escape(k)}", depth) for k, v in layer.attrs.items()},
             "onnx_nodes": list(layer.onnx_nodes), "onnx_ops": list(layer.onnx_ops),
             "precision": layer.precision, "tactic": layer.tactic,
+            "tactic_config": self.config(layer.tactic_config, f"{where}/tactic_config", depth),
+            "binaries": _str_map(layer.binaries, f"{where}/binaries"),
             "tactic_table": self.value(list(layer.tactic_table), f"{where}/tactic_table", depth),
             "input_specs": [s.to_dict() for s in layer.input_specs],
             "output_specs": [s.to_dict() for s in layer.output_specs],
             "flops": int(layer.flops), "bytes_moved": int(layer.bytes_moved),
         }
+
+    def config(self, config: dict, where: str, depth: int) -> dict:
+        if not isinstance(config, dict):
+            raise TypeError(f"{where}: a tactic config must be a dict, got {type(config).__name__}")
+        return self.value(config, where, depth)
 
     def body(self, g: Plan | Subgraph, prefix: str, depth: int) -> dict:
         if depth > MAX_GRAPH_DEPTH:
@@ -148,65 +171,33 @@ def encode_plan(plan: Plan) -> tuple[dict, dict[str, memoryview]]:
     enc = _Encoder()
     d = enc.body(plan, "", 0)
     d["tensors"] = [{"key": k, **s.to_dict()} for k, s in plan.tensors.items()]
+    arena = plan.arena
+    d["arena"] = {"bytes": int(arena.bytes), "alignment": int(arena.alignment),
+                  "offsets": {_str_key(k, "arena.offsets"): int(v) for k, v in arena.offsets.items()}}
+    max_elements = plan.options.max_elements
+    d["options"] = {"cuda_graph": bool(plan.options.cuda_graph),
+                    "max_elements": None if max_elements is None else int(max_elements)}
     return d, enc.blobs
 
 
-# --------------------------------------------------------------------------- decoding
+def _str_key(k, where: str) -> str:
+    if not isinstance(k, str):
+        raise TypeError(f"{where}: keys must be str, got {k!r}")
+    return k
 
 
-def _fail(where: str, msg: str) -> EngineFormatError:
-    return EngineFormatError(f"engine plan, {where}: {msg}")
-
-
-def _type_name(v) -> str:
-    return "null" if v is None else type(v).__name__
-
-
-def _fields(d, names: tuple[str, ...], where: str) -> dict:
+def _str_map(d: dict, where: str) -> dict[str, str]:
     if not isinstance(d, dict):
-        raise _fail(where, f"expected an object, got {_type_name(d)}")
-    missing = [n for n in names if n not in d]
-    extra = sorted(set(d) - set(names))
-    if missing:
-        raise _fail(where, f"missing field {missing[0]!r}")
-    if extra:
-        raise _fail(where, f"unknown field {extra[0]!r}")
-    return d
+        raise TypeError(f"{where}: expected a dict, got {type(d).__name__}")
+    out = {}
+    for k, v in d.items():
+        if not isinstance(v, str) or not v:
+            raise TypeError(f"{where}[{k!r}]: expected a non-empty str, got {v!r}")
+        out[_str_key(k, where)] = v
+    return out
 
 
-def _str(v, where: str) -> str:
-    if not isinstance(v, str):
-        raise _fail(where, f"expected str, got {_type_name(v)}")
-    return v
-
-
-def _int(v, where: str) -> int:
-    if type(v) is not int:
-        raise _fail(where, f"expected int, got {_type_name(v)}")
-    return v
-
-
-def _list(v, where: str) -> list:
-    if not isinstance(v, list):
-        raise _fail(where, f"expected list, got {_type_name(v)}")
-    return v
-
-
-def _str_list(v, where: str) -> list[str]:
-    return [_str(x, f"{where}[{i}]") for i, x in enumerate(_list(v, where))]
-
-
-def _spec(d, where: str, extra: tuple[str, ...] = ()) -> TensorSpec:
-    d = _fields(d, ("name", "dtype", "shape") + extra, where)
-    dtype = d["dtype"]
-    if dtype is not None:
-        _str(dtype, f"{where}.dtype")
-    shape = d["shape"]
-    if shape is not None:
-        for i, dim in enumerate(_list(shape, f"{where}.shape")):
-            if dim is not None and not isinstance(dim, str) and type(dim) is not int:
-                raise _fail(f"{where}.shape[{i}]", f"expected int, str or null, got {_type_name(dim)}")
-    return TensorSpec(_str(d["name"], f"{where}.name"), dtype, None if shape is None else list(shape))
+# --------------------------------------------------------------------------- decoding
 
 
 class _Decoder:
@@ -215,46 +206,46 @@ class _Decoder:
 
     def tensor(self, d, where: str) -> np.ndarray:
         if not isinstance(d, dict):
-            raise _fail(where, f"expected a tensor object, got {_type_name(d)}")
-        dtype = _str(d.get("dtype"), f"{where}.dtype")
+            raise strict.fail(where, f"expected a tensor object, got {strict.type_name(d)}")
+        dtype = strict.string(d.get("dtype"), f"{where}.dtype")
         is_string = dtype == "string"
-        d = _fields(d, ("dtype", "kind", "shape", "strings") if is_string else ("dtype", "shape", "blob"), where)
-        shape = _list(d["shape"], f"{where}.shape")
+        d = strict.fields(d, ("dtype", "kind", "shape", "strings") if is_string else ("dtype", "shape", "blob"), where)
+        shape = strict.array(d["shape"], f"{where}.shape")
         count = 1
         for i, dim in enumerate(shape):
             if type(dim) is not int or dim < 0:
-                raise _fail(f"{where}.shape[{i}]", f"expected a non-negative int, got {dim!r}")
+                raise strict.fail(f"{where}.shape[{i}]", f"expected a non-negative int, got {dim!r}")
             count *= dim
             if count > MAX_ELEMENTS:
-                raise _fail(f"{where}.shape", f"{shape} exceeds the limit of {MAX_ELEMENTS} elements")
+                raise strict.fail(f"{where}.shape", f"{shape} exceeds the limit of {MAX_ELEMENTS} elements")
         if is_string:
             return self._strings(d, shape, count, where)
         try:
             dt = dtypes.to_numpy(dtype)
         except TypeError:
-            raise _fail(f"{where}.dtype", f"unknown element type {dtype!r}") from None
-        blob = _str(d["blob"], f"{where}.blob")
+            raise strict.fail(f"{where}.dtype", f"unknown element type {dtype!r}") from None
+        blob = strict.string(d["blob"], f"{where}.blob")
         if blob not in self.blobs:
-            raise _fail(f"{where}.blob", f"blob {blob!r} is not in the engine file")
+            raise strict.fail(f"{where}.blob", f"blob {blob!r} is not in the engine file")
         mv = self.blobs[blob]
         if count * dt.itemsize != mv.nbytes:
-            raise _fail(where, f"{dtype}{shape} needs {count * dt.itemsize} bytes, blob {blob!r} has {mv.nbytes}")
+            raise strict.fail(where, f"{dtype}{shape} needs {count * dt.itemsize} bytes, blob {blob!r} has {mv.nbytes}")
         if sys.byteorder == "big" and dt.byteorder == "=":
             dt = dt.newbyteorder("<")
         raw = np.frombuffer(mv, dtype=np.uint8)
         if dtype == "bool" and raw.size and raw.max() > 1:
-            raise _fail(where, "bool tensor holds bytes other than 0 and 1")
+            raise strict.fail(where, "bool tensor holds bytes other than 0 and 1")
         if dtype in _LOW_BITS and raw.size and raw.max() >> _LOW_BITS[dtype]:
-            raise _fail(where, f"{dtype} tensor has bits set above its low {_LOW_BITS[dtype]}")
+            raise strict.fail(where, f"{dtype} tensor has bits set above its low {_LOW_BITS[dtype]}")
         return raw.view(dt).reshape(shape)  # read-only: a view of the container's read-only buffer
 
     def _strings(self, d: dict, shape: list[int], count: int, where: str) -> np.ndarray:
         kind = d["kind"]
         if kind not in ("U", "S", "O"):
-            raise _fail(f"{where}.kind", f"expected 'U', 'S' or 'O', got {kind!r}")
-        items = _list(d["strings"], f"{where}.strings")
+            raise strict.fail(f"{where}.kind", f"expected 'U', 'S' or 'O', got {kind!r}")
+        items = strict.array(d["strings"], f"{where}.strings")
         if len(items) != count:
-            raise _fail(where, f"shape {shape} needs {count} strings, found {len(items)}")
+            raise strict.fail(where, f"shape {shape} needs {count} strings, found {len(items)}")
         values = []
         for i, x in enumerate(items):
             if isinstance(x, str) and kind != "S":
@@ -262,7 +253,7 @@ class _Decoder:
             elif isinstance(x, dict) and kind != "U" and set(x) == {"$bytes"}:
                 values.append(self._bytes(x["$bytes"], f"{where}.strings[{i}]"))
             else:
-                raise _fail(f"{where}.strings[{i}]", f"not a valid element of a {kind!r} string tensor")
+                raise strict.fail(f"{where}.strings[{i}]", f"not a valid element of a {kind!r} string tensor")
         if kind == "O":
             arr = np.empty(count, dtype=object)
             arr[:] = values
@@ -273,33 +264,33 @@ class _Decoder:
     @staticmethod
     def _bytes(s, where: str) -> bytes:
         try:
-            return base64.b64decode(_str(s, where), validate=True)
+            return base64.b64decode(strict.string(s, where), validate=True)
         except binascii.Error:
-            raise _fail(where, "invalid base64") from None
+            raise strict.fail(where, "invalid base64") from None
 
     def value(self, v, where: str, depth: int, graph_depth: int) -> Any:
         if depth > MAX_VALUE_DEPTH:
-            raise _fail(where, f"value nests deeper than {MAX_VALUE_DEPTH}")
+            raise strict.fail(where, f"value nests deeper than {MAX_VALUE_DEPTH}")
         if v is None or isinstance(v, (bool, int, str)):
             return v
         if isinstance(v, float):
             if not math.isfinite(v):  # only reachable when the dict did not come from our parser
-                raise _fail(where, "non-finite float must be tagged")
+                raise strict.fail(where, "non-finite float must be tagged")
             return v
         if isinstance(v, list):
             return [self.value(x, f"{where}[{i}]", depth + 1, graph_depth) for i, x in enumerate(v)]
         if not isinstance(v, dict):
-            raise _fail(where, f"unexpected value of type {_type_name(v)}")
+            raise strict.fail(where, f"unexpected value of type {strict.type_name(v)}")
         tags = [k for k in v if isinstance(k, str) and k.startswith("$")]
         if not tags:
             return {k: self.value(x, f"{where}.{k}", depth + 1, graph_depth) for k, x in v.items()}
         if len(v) != 1 or tags[0] not in _TAGS:
-            raise _fail(where, f"unknown tag {tags[0]!r}" if tags[0] not in _TAGS
+            raise strict.fail(where, f"unknown tag {tags[0]!r}" if tags[0] not in _TAGS
                         else f"tag {tags[0]!r} must be the object's only key")
         tag, x = tags[0], v[tags[0]]
         if tag == "$float":
             if x not in ("inf", "-inf", "nan"):
-                raise _fail(where, f"$float must be 'inf', '-inf' or 'nan', got {x!r}")
+                raise strict.fail(where, f"$float must be 'inf', '-inf' or 'nan', got {x!r}")
             return float(x)
         if tag == "$bytes":
             return self._bytes(x, where)
@@ -308,70 +299,97 @@ class _Decoder:
         if tag == "$graph":
             return self.graph(x, where, graph_depth + 1)
         if not isinstance(x, dict):
-            raise _fail(where, f"$dict must hold an object, got {_type_name(x)}")
+            raise strict.fail(where, f"$dict must hold an object, got {strict.type_name(x)}")
         return {k: self.value(y, f"{where}.{k}", depth + 1, graph_depth) for k, y in x.items()}
 
     def layer(self, d, where: str, graph_depth: int) -> Layer:
-        d = _fields(d, _LAYER_FIELDS, where)
-        name = _str(d["name"], f"{where}.name")
+        d = strict.fields(d, _LAYER_FIELDS, where)
+        name = strict.string(d["name"], f"{where}.name")
         where = f"{where} ({name!r})"
-        attrs = d["attrs"]
-        if not isinstance(attrs, dict):
-            raise _fail(f"{where}.attrs", f"expected an object, got {_type_name(attrs)}")
-        table = _list(d["tactic_table"], f"{where}.tactic_table")
+        at = {k: f"{where}.{k}" for k in _LAYER_FIELDS}
+        attrs = strict.obj(d["attrs"], at["attrs"])
+        binaries = strict.obj(d["binaries"], at["binaries"])
+        binaries = {k: strict.string(v, f"{at['binaries']}.{k}") for k, v in binaries.items()}
+        if not all(binaries.values()):
+            raise strict.fail(at["binaries"], "blob names must not be empty")
+        config = self.value(strict.obj(d["tactic_config"], at["tactic_config"]), at["tactic_config"], 0, graph_depth)
+        if not isinstance(config, dict):
+            raise strict.fail(at["tactic_config"], f"expected an object, got {strict.type_name(config)}")
+        table = strict.array(d["tactic_table"], at["tactic_table"])
         for i, row in enumerate(table):
-            if not isinstance(row, dict):
-                raise _fail(f"{where}.tactic_table[{i}]", f"expected an object, got {_type_name(row)}")
+            strict.obj(row, f"{at['tactic_table']}[{i}]")
         return Layer(
-            name=name, op=_str(d["op"], f"{where}.op"), domain=_str(d["domain"], f"{where}.domain"),
-            opset=_int(d["opset"], f"{where}.opset"),
-            inputs=_str_list(d["inputs"], f"{where}.inputs"), outputs=_str_list(d["outputs"], f"{where}.outputs"),
+            name=name, op=strict.string(d["op"], at["op"]), domain=strict.string(d["domain"], at["domain"]),
+            opset=strict.integer(d["opset"], at["opset"]),
+            inputs=strict.strings(d["inputs"], at["inputs"]), outputs=strict.strings(d["outputs"], at["outputs"]),
             attrs={k: self.value(v, f"{where}.attrs.{k}", 0, graph_depth) for k, v in attrs.items()},
-            onnx_nodes=_str_list(d["onnx_nodes"], f"{where}.onnx_nodes"),
-            onnx_ops=_str_list(d["onnx_ops"], f"{where}.onnx_ops"),
-            precision=_str(d["precision"], f"{where}.precision"), tactic=_str(d["tactic"], f"{where}.tactic"),
-            tactic_table=self.value(table, f"{where}.tactic_table", 0, graph_depth),
-            input_specs=[_spec(s, f"{where}.input_specs[{i}]")
-                         for i, s in enumerate(_list(d["input_specs"], f"{where}.input_specs"))],
-            output_specs=[_spec(s, f"{where}.output_specs[{i}]")
-                          for i, s in enumerate(_list(d["output_specs"], f"{where}.output_specs"))],
-            flops=_int(d["flops"], f"{where}.flops"), bytes_moved=_int(d["bytes_moved"], f"{where}.bytes_moved"),
+            onnx_nodes=strict.strings(d["onnx_nodes"], at["onnx_nodes"]),
+            onnx_ops=strict.strings(d["onnx_ops"], at["onnx_ops"]),
+            precision=strict.string(d["precision"], at["precision"]), tactic=strict.string(d["tactic"], at["tactic"]),
+            tactic_config=config, binaries=binaries,
+            tactic_table=self.value(table, at["tactic_table"], 0, graph_depth),
+            input_specs=_specs(d["input_specs"], at["input_specs"]),
+            output_specs=_specs(d["output_specs"], at["output_specs"]),
+            flops=strict.integer(d["flops"], at["flops"]),
+            bytes_moved=strict.integer(d["bytes_moved"], at["bytes_moved"]),
         )
 
     def body(self, d: dict, where: str, graph_depth: int) -> dict:
         if graph_depth > MAX_GRAPH_DEPTH:
-            raise _fail(where, f"subgraphs nest deeper than {MAX_GRAPH_DEPTH}")
+            raise strict.fail(where, f"subgraphs nest deeper than {MAX_GRAPH_DEPTH}")
         constants: dict[str, np.ndarray] = {}
-        for i, c in enumerate(_list(d["constants"], f"{where}constants")):
+        for i, c in enumerate(strict.array(d["constants"], f"{where}constants")):
             if not isinstance(c, dict):
-                raise _fail(f"{where}constants[{i}]", f"expected an object, got {_type_name(c)}")
-            name = _str(c.get("name"), f"{where}constants[{i}].name")
+                raise strict.fail(f"{where}constants[{i}]", f"expected an object, got {strict.type_name(c)}")
+            name = strict.string(c.get("name"), f"{where}constants[{i}].name")
             if name in constants:
-                raise _fail(f"{where}constants", f"duplicate constant {name!r}")
+                raise strict.fail(f"{where}constants", f"duplicate constant {name!r}")
             constants[name] = self.tensor({k: x for k, x in c.items() if k != "name"}, f"{where}constant {name!r}")
         return {
-            "inputs": [_spec(s, f"{where}inputs[{i}]") for i, s in enumerate(_list(d["inputs"], f"{where}inputs"))],
-            "outputs": [_spec(s, f"{where}outputs[{i}]") for i, s in enumerate(_list(d["outputs"], f"{where}outputs"))],
+            "inputs": _specs(d["inputs"], f"{where}inputs"),
+            "outputs": _specs(d["outputs"], f"{where}outputs"),
             "layers": [self.layer(x, f"{where}layers[{i}]", graph_depth)
-                       for i, x in enumerate(_list(d["layers"], f"{where}layers"))],
+                       for i, x in enumerate(strict.array(d["layers"], f"{where}layers"))],
             "constants": constants,
         }
 
     def graph(self, d, where: str, graph_depth: int) -> Subgraph:
-        d = _fields(d, _GRAPH_FIELDS, where)
-        return Subgraph(name=_str(d["name"], f"{where}.name"), **self.body(d, f"graph {where}: ", graph_depth))
+        d = strict.fields(d, _GRAPH_FIELDS, where)
+        name = strict.string(d["name"], f"{where}.name")
+        return Subgraph(name=name, **self.body(d, f"graph {where}: ", graph_depth))
+
+
+def _specs(v, where: str) -> list[TensorSpec]:
+    return [strict.spec(s, f"{where}[{i}]") for i, s in enumerate(strict.array(v, where))]
 
 
 def decode_plan(d: dict, blobs: dict[str, memoryview]) -> Plan:
     """Rebuild a Plan from :func:`encode_plan` output, validating every field; arrays are read-only."""
-    d = _fields(d, _PLAN_FIELDS, "plan")
+    d = strict.fields(d, _PLAN_FIELDS, "plan")
     dec = _Decoder(blobs)
     tensors: dict[str, TensorSpec] = {}
-    for i, t in enumerate(_list(d["tensors"], "tensors")):
+    for i, t in enumerate(strict.array(d["tensors"], "tensors")):
         if not isinstance(t, dict):
-            raise _fail(f"tensors[{i}]", f"expected an object, got {_type_name(t)}")
-        key = _str(t.get("key"), f"tensors[{i}].key")
+            raise strict.fail(f"tensors[{i}]", f"expected an object, got {strict.type_name(t)}")
+        key = strict.string(t.get("key"), f"tensors[{i}].key")
         if key in tensors:
-            raise _fail("tensors", f"duplicate tensor {key!r}")
-        tensors[key] = _spec(t, f"tensors[{i}]", extra=("key",))
-    return Plan(**dec.body(d, "", 0), tensors=tensors)
+            raise strict.fail("tensors", f"duplicate tensor {key!r}")
+        tensors[key] = strict.spec(t, f"tensors[{i}]", extra=("key",))
+    return Plan(**dec.body(d, "", 0), tensors=tensors, arena=_arena(d["arena"]), options=_options(d["options"]))
+
+
+def _arena(d) -> Arena:
+    d = strict.fields(d, _ARENA_FIELDS, "arena")
+    offsets = strict.obj(d["offsets"], "arena.offsets")
+    offsets = {k: strict.count(v, f"arena.offsets.{k}") for k, v in offsets.items()}
+    alignment = strict.count(d["alignment"], "arena.alignment")
+    if not alignment:
+        raise strict.fail("arena.alignment", "must be positive")
+    return Arena(bytes=strict.count(d["bytes"], "arena.bytes"), offsets=offsets, alignment=alignment)
+
+
+def _options(d) -> RunOptions:
+    d = strict.fields(d, _OPTION_FIELDS, "options")
+    cap = d["max_elements"]
+    return RunOptions(cuda_graph=strict.boolean(d["cuda_graph"], "options.cuda_graph"),
+                      max_elements=None if cap is None else strict.count(cap, "options.max_elements"))

@@ -1,4 +1,6 @@
-"""Node attributes as plain Python values (the form kernels and the engine file use)."""
+"""Node attributes, both directions: ``ir.Attr`` -> plain Python values (the form kernels and the
+engine file use) and Python values -> ``ir.Attr`` (what rewrites and the network-definition API
+create nodes with)."""
 
 from __future__ import annotations
 
@@ -62,3 +64,25 @@ def node_attrs(node: ir.Node, lower_graph: Callable[[ir.Graph], Any] | None = No
 
 def has_subgraph(node: ir.Node) -> bool:
     return any(a.type in (AT.GRAPH, AT.GRAPHS) for a in node.attributes.values())
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return ir.tensor(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):  # ONNX has no bool attribute: flags are ints
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_attr(name: str, value: Any) -> ir.Attr:
+    """``value`` as an attribute: int, float, str, lists of one of those, NumPy arrays and scalars,
+    onnx-ir tensors and graphs (the type is the value's; an empty list is an empty INTS). Raises
+    TypeError for a value no attribute type holds (e.g. a list mixing ints and floats)."""
+    value = _plain(value)
+    if isinstance(value, list) and not value:
+        return ir.AttrInt64s(name, [])
+    return ir.convenience.convert_attribute(name, value)

@@ -33,6 +33,11 @@ class Network:
     def outputs(self) -> list[TensorSpec]:
         return [spec_of(v) for v in self.graph.outputs]
 
+    @staticmethod
+    def spec(value: ir.Value) -> TensorSpec:
+        """Name, dtype and shape of one of the graph's values."""
+        return spec_of(value)
+
     @property
     def opsets(self) -> dict[str, int]:
         return dict(self.graph.opset_imports)

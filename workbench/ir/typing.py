@@ -3,54 +3,30 @@ where its inputs' shapes are static, a static shape (backends refuse tensors of 
 
 Standard-domain nodes are typed by ONNX's own per-node shape inference (``infer_node_outputs``,
 with the model's opset and the values of small constant inputs, e.g. a Reshape target); the fused
-ops of the ``workbench`` domain (``passes/FUSED_OPS.md``) by the shape functions below. The final
+ops of the ``workbench`` domain by the shape functions of their schemas (``ops/fused.py``). The final
 ``infer_shapes`` of the pipeline cannot do this: ONNX inference stops at ops it does not know.
 """
 
 from __future__ import annotations
-
-import json
 
 import onnx
 import onnx.shape_inference
 import onnx_ir as ir
 
 from ..dtypes import ONNX_CODES
+from ..ops.fused import FUSED_OPS
+from .attrs import node_attrs
+from .values import dims, dtype
 
 Dims = tuple  # of int | str (symbolic) | None (unknown)
 Spec = tuple  # (ir.DataType | None, Dims | None)
 _CONST_DATA_MAX = 1024  # constant inputs up to this many elements are given to ONNX inference
 
 
-def dims(v: ir.Value | None) -> Dims | None:
-    if v is None or v.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None) for d in v.shape)
-
-
 def dtype_of(v: ir.Value | None) -> ir.DataType | None:
     if v is None or not isinstance(v.type, ir.TensorType):
         return None
     return v.type.dtype
-
-
-def broadcast(*shapes: Dims | None) -> Dims | None:
-    """Numpy broadcasting over dims that may be symbolic (equal names match) or unknown."""
-    if any(s is None for s in shapes):
-        return None
-    r = max((len(s) for s in shapes), default=0)
-    out = []
-    for i in range(r):
-        ds = [s[len(s) - r + i] for s in shapes if len(s) - r + i >= 0]
-        ds = [d for d in ds if d != 1]
-        ints = {d for d in ds if isinstance(d, int)}
-        if not ds:
-            out.append(1)
-        elif ints:  # a valid broadcast: every other dim is 1 or this one
-            out.append(ints.pop() if len(ints) == 1 else None)
-        else:
-            out.append(ds[0] if ds[0] is not None and all(d == ds[0] for d in ds) else None)
-    return tuple(out)
 
 
 def set_spec(v: ir.Value, dt: ir.DataType | None, shape: Dims | None) -> None:
@@ -137,112 +113,17 @@ def _onnx_outputs(node: ir.Node, opset: int) -> list[Spec]:
     return specs
 
 
-# ---- the workbench domain ------------------------------------------------------------------
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    if a is None:
-        return default
-    return list(a.value) if isinstance(a.value, tuple) else a.value
+# ---- the workbench domain: the shape functions of ops.fused over plain dims and dtype names ----
+def _fused_outputs(node: ir.Node) -> list[Spec]:
+    schema = FUSED_OPS[node.op_type]
+    ins = [None if v is None else (dtype(v), dims(v)) for v in node.inputs]
+    got = schema.shape(ins, schema.with_defaults(node_attrs(node)))
+    specs = [(ir.DataType(ONNX_CODES[dt]) if dt is not None else None, shape) for dt, shape in got]
+    n = len(node.outputs)
+    return (specs + [(None, None)] * n)[:n]
 
 
-def _fused_conv(node):
-    x, w = dims(node.inputs[0]), dims(node.inputs[1])
-    dt = dtype_of(node.inputs[0])
-    if x is None or w is None:
-        return [(dt, None)]
-    out = [x[0], w[0]]
-    kernel, strides = _attr(node, "kernel_shape", list(w[2:])), _attr(node, "strides")
-    dil, pads = _attr(node, "dilations"), _attr(node, "pads")
-    nd = len(x) - 2
-    for i in range(nd):
-        if not isinstance(x[2 + i], int):
-            out.append(None)
-            continue
-        s, d = (strides or [1] * nd)[i], (dil or [1] * nd)[i]
-        p = (pads or [0] * 2 * nd)
-        out.append((x[2 + i] + p[i] + p[i + nd] - (d * (kernel[i] - 1) + 1)) // s + 1)
-    if len(node.inputs) > 3 and node.inputs[3] is not None:
-        out = list(broadcast(tuple(out), dims(node.inputs[3])) or out)
-    return [(dt, tuple(out))]
-
-
-def _fused_gemm(node):
-    a, b = dims(node.inputs[0]), dims(node.inputs[1])
-    dt = dtype_of(node.inputs[0])
-    if a is None or b is None or len(a) < 2 or len(b) < 2:
-        return [(dt, None)]
-    if _attr(node, "transA", 0):
-        a = a[:-2] + (a[-1], a[-2])
-    if _attr(node, "transB", 0):
-        b = b[:-2] + (b[-1], b[-2])
-    lead = broadcast(a[:-2], b[:-2])
-    out = lead + (a[-2], b[-1])
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        out = broadcast(out, dims(node.inputs[2])) or out
-    return [(dt, out)]
-
-
-def _like_first(node):
-    x = node.inputs[0]
-    return [(dtype_of(x), dims(x))] * len(node.outputs)
-
-
-def _skip_layer_norm(node):
-    s = broadcast(dims(node.inputs[0]), dims(node.inputs[1]))
-    return [(dtype_of(node.inputs[0]), s)] * len(node.outputs)
-
-
-def _heads_view(s: Dims | None, layout: str, heads: int):
-    """(batch, heads, seq, head_dim) of a Q/K/V operand in ``layout``."""
-    if s is None:
-        return None
-    if layout == "bhsd" and len(s) == 4:
-        return s
-    if layout == "bshd" and len(s) == 4:
-        return (s[0], s[2], s[1], s[3])
-    if layout == "bhds" and len(s) == 4:
-        return (s[0], s[1], s[3], s[2])
-    if layout == "bsd" and len(s) == 3:
-        return (s[0], heads, s[1], s[2] // heads if isinstance(s[2], int) and heads else None)
-    return None
-
-
-def _attention(node):
-    heads = int(_attr(node, "num_heads", 0) or 0)
-    kvh = int(_attr(node, "kv_heads", 0) or heads)
-    dt = dtype_of(node.inputs[0])
-    q = _heads_view(dims(node.inputs[0]), _attr(node, "q_layout", "bhsd"), heads)
-    v = _heads_view(dims(node.inputs[2]), _attr(node, "v_layout", "bhsd"), kvh)
-    if q is None or v is None:
-        return [(dt, None)]
-    b, h, sq, dv = q[0], q[1] if q[1] is not None else heads, q[2], v[3]
-    layout = _attr(node, "out_layout", "bhsd")
-    if layout == "bshd":
-        return [(dt, (b, sq, h, dv))]
-    if layout == "bsd":
-        return [(dt, (b, sq, h * dv if isinstance(h, int) and isinstance(dv, int) else None))]
-    return [(dt, (b, h, sq, dv))]
-
-
-def _pointwise(node):
-    env = {f"in{k}": (dtype_of(v), dims(v)) for k, v in enumerate(node.inputs)}
-    for ins in json.loads(_attr(node, "program")):
-        shapes = [() if a.startswith("c:") else env[a][1] for a in ins["args"] if a != ""]
-        name = ins.get("dtype")
-        dt = ir.DataType(ONNX_CODES[name]) if name in ONNX_CODES else None
-        env[ins["out"]] = (dt, broadcast(*shapes))
-    return [env[o] for o in _attr(node, "outputs")]
-
-
-FUSED = {
-    "FusedConv": _fused_conv,
-    "FusedGemm": _fused_gemm,
-    "LayerNorm": _like_first,
-    "RMSNorm": _like_first,
-    "SkipLayerNorm": _skip_layer_norm,
-    "Attention": _attention,
-    "Pointwise": _pointwise,
-}
+FUSED = {name: _fused_outputs for name in FUSED_OPS}
 
 
 def untyped(values) -> list[str]:
@@ -250,4 +131,4 @@ def untyped(values) -> list[str]:
     return [v.name or "?" for v in values if dtype_of(v) is None or not _static(dims(v))]
 
 
-__all__ = ["annotate", "broadcast", "dims", "dtype_of", "infer_outputs", "set_spec", "untyped"]
+__all__ = ["annotate", "dtype_of", "infer_outputs", "set_spec", "untyped"]

@@ -1,15 +1,18 @@
-"""Small questions rules ask about values: constant?, scalar?, who reads it, what shape and dtype."""
+"""Small questions asked about onnx-ir values: constant?, scalar?, who computes and reads it, what
+shape, rank and dtype. The one copy: rules, the constant folder, typing and lowering all use these."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
+from ..core.plan import Dim
 from ..dtypes import NAMES_BY_CODE
-from ..ir.attrs import tensor_to_numpy
+from .attrs import tensor_to_numpy
 
 
 def const(v: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant (an initializer or folded value) as a NumPy array, else None."""
     if v is None or v.const_value is None:
         return None
     return tensor_to_numpy(v.const_value)
@@ -60,7 +63,15 @@ def is_graph_output(v: ir.Value) -> bool:
     return g is not None and any(o is v for o in g.outputs)
 
 
+def dims(v: ir.Value | None) -> tuple[Dim, ...] | None:
+    """Every dim of ``v``: an int, a symbolic name, or None (unknown); None for an unknown rank."""
+    if v is None or v.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None) for d in v.shape)
+
+
 def shape(v: ir.Value | None) -> tuple[int, ...] | None:
+    """The static shape of ``v``, or None if any dim is not a known int."""
     if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
         return None
     return tuple(int(d) for d in v.shape)
@@ -73,12 +84,10 @@ def rank(v: ir.Value | None) -> int | None:
 
 
 def dtype(v: ir.Value | None) -> str | None:
-    if v is None or v.type is None:
+    """The canonical dtype name of a tensor value; None for unknown and non-tensor types."""
+    if v is None or not isinstance(v.type, ir.TensorType):
         return None
-    try:
-        return NAMES_BY_CODE.get(int(v.type.dtype))
-    except Exception:
-        return None
+    return NAMES_BY_CODE.get(int(v.type.dtype))
 
 
 def attr(node: ir.Node, name: str, default=None):

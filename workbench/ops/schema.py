@@ -4,12 +4,17 @@
 inputs and outputs all share one type and whose math is safe with half-precision storage (the
 precision assigner lowers only these; the rest stay fp32: Cast, Range, CumSum, large-sum
 reductions of squares, anything shape-like). ``FLOAT32_INPUTS``: float inputs that keep float32
-whatever the layer's precision (ONNX types them float32 only).
+whatever the layer's precision (ONNX types them float32 only). The fused ops of the workbench
+domain enter these sets from their schemas (``fused.FUSED_OPS``: shape functions, attributes,
+semantics, the activation vocabulary).
 """
 
 from __future__ import annotations
 
-MATRIX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "Attention", "Einsum"}
+from .fused import FUSED_OPS
+
+MATRIX_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "Einsum"} | {
+    s.name for s in FUSED_OPS.values() if s.matrix}
 HALF_SAFE = MATRIX_OPS | {
     "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid",
     "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Softplus", "Softsign", "Mish", "Swish", "Clip", "Max", "Min",
@@ -18,7 +23,6 @@ HALF_SAFE = MATRIX_OPS | {
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceMin",
     "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice", "Split", "Gather", "Expand",
     "Tile", "Identity", "Dropout", "Pad", "Resize", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-    "Pointwise", "LayerNorm", "SkipLayerNorm", "RMSNorm",
-}
+} | {s.name for s in FUSED_OPS.values() if s.half_safe}
 # float inputs that keep float32 whatever the layer's precision (ONNX types them float32 only)
 FLOAT32_INPUTS = {"Resize": {1, 2}}

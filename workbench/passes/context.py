@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class PassContext:
     disabled: frozenset[str] = frozenset()
-    device: str = "cpu"
+    device: str = "cpu"  # the build's target ("cpu" / "gpu"): fold_constants lifts its size cap for "gpu"
     # every fusion attempt: {"rule", "status": "fired"|"declined", "reason", "nodes": [...], "root"}
     log: list[dict[str, Any]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..rewrite.engine import Match, Rule, provenance
+from ..ir.provenance import provenance
 from ..ir.values import attr, const, is_graph_output, producer, shape, sole_user, users
+from ..ops.geometry import conv_geometry
+from ..rewrite.engine import Match, Rule
 from .activations import UNARY_OK, find_activation
 
 
@@ -159,7 +161,22 @@ def _epilogue(y: ir.Value, channel_axis: int, allow_residual: bool, what: str, c
     return nodes, y, parts, declined
 
 
-class ConvEpilogue(Rule):
+class _Epilogue(Rule):
+    """What the Conv and GEMM epilogue rules share: the match of an op and what follows it, and the
+    check that declines a bare op whose activation could not come along."""
+
+    @staticmethod
+    def _match(root, nodes, y, parts, declined) -> Match | None:
+        # nothing follows the op: not this pattern, unless an activation was left behind (logged)
+        if not nodes and not declined:
+            return None
+        return Match(root, [root, *nodes], outputs=[y], b={"parts": parts, "declined": declined})
+
+    def check(self, m):
+        return m.b["declined"][0][0] if len(m.nodes) == 1 else ""
+
+
+class ConvEpilogue(_Epilogue):
     """Conv -> [+bias] -> [+residual] -> [activation] as one FusedConv."""
 
     name = "conv_epilogue"
@@ -170,15 +187,7 @@ class ConvEpilogue(Rule):
         if w is None:
             return None
         nodes, out, parts, declined = _epilogue(root.outputs[0], 1, True, "Conv", w.shape[0], w.ndim)
-        m = Match(root, [root, *nodes], outputs=[out], b={"parts": parts, "declined": declined})
-        if not nodes:
-            if not declined:
-                return None
-            m.b["reason"] = declined[0][0]
-        return m
-
-    def check(self, m):
-        return m.b.get("reason", "")
+        return self._match(root, nodes, out, parts, declined)
 
     def rewrite(self, m, emit):
         conv, parts = m.root, m.b["parts"]
@@ -203,8 +212,6 @@ def _conv_attrs(conv: ir.Node, xs, ws) -> dict:
     pads = list(attr(conv, "pads") or [0] * (2 * nd))
     auto = attr(conv, "auto_pad", "NOTSET") or "NOTSET"
     if auto not in ("NOTSET", "VALID") and xs is not None:
-        from ..kernels.reference.conv import conv_geometry
-
         begin, end, _ = conv_geometry(xs[2:], kernel, strides, dil, pads, auto)
         pads = list(begin) + list(end)
     elif auto == "VALID":
@@ -213,7 +220,7 @@ def _conv_attrs(conv: ir.Node, xs, ws) -> dict:
             "group": int(attr(conv, "group", 1))}
 
 
-class GemmEpilogue(Rule):
+class GemmEpilogue(_Epilogue):
     """Gemm, or MatMul [+ bias over the last axis], -> [activation] as one FusedGemm."""
 
     name = "gemm_epilogue"
@@ -233,15 +240,7 @@ class GemmEpilogue(Rule):
         nodes, y, parts, declined = _epilogue(out, -1, False, root.op_type, n if isinstance(n, int) else None, r)
         if root.op_type == "Gemm" and "bias" in parts and len(root.inputs) > 2 and root.inputs[2] is not None:
             nodes, y, parts, declined = [], out, {}, []  # a second bias: leave it to pointwise fusion
-        if not nodes and not declined:
-            return None
-        m = Match(root, [root, *nodes], outputs=[y], b={"parts": parts, "declined": declined})
-        if not nodes and declined:
-            m.b["reason"] = declined[0][0]
-        return m
-
-    def check(self, m):
-        return m.b.get("reason", "")
+        return self._match(root, nodes, y, parts, declined)
 
     def rewrite(self, m, emit):
         g, parts = m.root, m.b["parts"]

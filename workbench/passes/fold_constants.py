@@ -5,8 +5,12 @@ them: Gather, Concat, Unsqueeze, Cast, Reshape of constants...), and any other d
 with only constant inputs. Evaluation uses the same NumPy reference kernels the CPU runtime runs,
 so a folded value is exactly what the layer would have produced.
 
-Keeps: random ops; nodes with subgraphs; results that would be much larger than their inputs
-(ConstantOfShape to a big shape stays a layer rather than bloating the engine file).
+Keeps: random ops; nodes with subgraphs; and, in CPU builds, results that would be much larger
+than their inputs (ConstantOfShape to a big shape stays a layer rather than bloating the engine
+file). A GPU build (``PassContext.device == "gpu"``) lifts that size cap: its tactics pack and
+upload weights once at build, so every constant-only node is evaluated here (e.g. the
+ConstantOfShape nodes that make the light_* models' weights) instead of running on the device at
+every inference.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..dtypes import ONNX_CODES, from_numpy
-from ..ir.attrs import has_subgraph, node_attrs, tensor_to_numpy
+from ..dtypes import NAMES_BY_CODE, ONNX_CODES, from_numpy, to_numpy
+from ..ir.attrs import has_subgraph, node_attrs
+from ..ir.values import const, shape
 from ..kernels.reference import KernelContext, get_kernel
 
 NON_DETERMINISTIC = frozenset(
@@ -24,50 +29,42 @@ NON_DETERMINISTIC = frozenset(
 MAX_FOLD_BYTES = 1 << 22  # results up to 4 MiB are always folded; larger only if no larger than the inputs
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return tensor_to_numpy(value.const_value)
-
-
-def _static_shape(value: ir.Value) -> tuple[int, ...] | None:
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-        return None
-    return tuple(int(d) for d in value.shape)
+def size_cap(device: str) -> int | None:
+    """The fold size cap of a build for ``device`` (None: no cap; see the module doc)."""
+    return None if device == "gpu" else MAX_FOLD_BYTES
 
 
 def _shape_op(node: ir.Node) -> list[np.ndarray] | None:
     """Shape / Size of a value whose shape is static, even if the value itself is not constant."""
-    shape = _static_shape(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
-    if shape is None:
+    dims = shape(node.inputs[0]) if node.inputs else None
+    if dims is None:
         return None
     if node.op_type == "Size":
-        return [np.array(int(np.prod(shape)), dtype=np.int64)]
-    rank = len(shape)
+        return [np.array(int(np.prod(dims)), dtype=np.int64)]
+    rank = len(dims)
     start = node.attributes.get("start")
     end = node.attributes.get("end")
     s = start.as_int() if start is not None else 0
     e = end.as_int() if end is not None else rank
     s = min(max(s + rank if s < 0 else s, 0), rank)
     e = min(max(e + rank if e < 0 else e, 0), rank)
-    return [np.array(shape[s:e], dtype=np.int64)]
+    return [np.array(dims[s:e], dtype=np.int64)]
 
 
 def _cast_like(node: ir.Node) -> list[np.ndarray] | None:
     """CastLike only needs the target's element type, which is known even when its data is not."""
-    src, like = const_array(node.inputs[0]), node.inputs[1]
+    src, like = const(node.inputs[0]), node.inputs[1]
     if src is None or like.type is None:
         return None
-    from ..dtypes import NAMES_BY_CODE, to_numpy
-
     name = NAMES_BY_CODE.get(int(like.type.dtype))
     if name is None or name == "string":
         return None
     return [np.asarray(src).astype(to_numpy(name))]
 
 
-def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
-    """The node's outputs if they can be computed at build time, else None."""
+def evaluate(node: ir.Node, opsets: dict[str, int], max_bytes: int | None = MAX_FOLD_BYTES) -> list[np.ndarray] | None:
+    """The node's outputs if they can be computed at build time, else None. Results over
+    ``max_bytes`` (None: no cap) are folded only if no larger than the inputs."""
     if node.op_type in NON_DETERMINISTIC or has_subgraph(node):
         return None
     if node.domain in ("", "ai.onnx") and node.op_type in ("Shape", "Size"):
@@ -83,7 +80,7 @@ def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
         if v is None:
             inputs.append(None)
             continue
-        arr = const_array(v)
+        arr = const(v)
         if arr is None:
             return None
         inputs.append(arr)
@@ -102,7 +99,7 @@ def evaluate(node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray] | None:
     if len(outs) < len(node.outputs) or not all(isinstance(o, np.ndarray) for o in outs[: len(node.outputs)]):
         return None  # sequences / optionals stay layers
     in_bytes = sum(a.nbytes for a in inputs if a is not None)
-    if node.op_type != "Constant" and sum(o.nbytes for o in outs) > max(MAX_FOLD_BYTES, in_bytes):
+    if max_bytes is not None and node.op_type != "Constant" and sum(o.nbytes for o in outs) > max(max_bytes, in_bytes):
         return None  # (a Constant only moves data the model already holds: always folded)
     return outs[: len(node.outputs)]
 
@@ -126,9 +123,10 @@ def fold_constants(model: ir.Model, ctx) -> bool:
     """One sweep in topological order; returns whether anything was folded."""
     graph = model.graph
     opsets = dict(model.opset_imports)
+    cap = size_cap(ctx.device)
     changed = False
     for node in list(graph):
-        arrays = evaluate(node, opsets)
+        arrays = evaluate(node, opsets, cap)
         if arrays is None:
             continue
         replace_with_constants(graph, node, arrays)

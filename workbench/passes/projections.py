@@ -14,11 +14,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ..rewrite.engine import DOMAIN, Match, Rule
-from ..ir.typing import dims
-from ..ir.values import attr, const, rank, users
+from ..ir.values import attr, const, dims, rank, users
+from ..ops.fused import ACTIVATION_ATTRS
 
 GEMMS = ("FusedGemm", "MatMul", "Gemm")
-ACT_ATTRS = ("activation", "act_min", "act_max", "act_alpha", "act_beta")
 
 
 def _is_gemm(node: ir.Node | None) -> bool:
@@ -40,7 +39,7 @@ def projection(node: ir.Node) -> tuple[dict | None, str]:
     if (rank(node.inputs[0]) or 0) < 2 or (node.op_type == "Gemm" and rank(node.inputs[0]) != 2):
         return None, f"the input of {node.name} has rank {rank(node.inputs[0])}, not >= 2"
     if node.op_type == "MatMul":
-        return {"w": w, "c": None, "key": (w.dtype, 1.0, ("",) * len(ACT_ATTRS))}, ""
+        return {"w": w, "c": None, "key": (w.dtype, 1.0, ("",) * len(ACTIVATION_ATTRS))}, ""
     if attr(node, "transA", 0):
         return None, f"{node.name} transposes its input (transA)"
     if attr(node, "transB", 0):
@@ -56,7 +55,7 @@ def projection(node: ir.Node) -> tuple[dict | None, str]:
         cv = np.broadcast_to(cv.reshape(-1), (w.shape[1],)).astype(cv.dtype)
         if beta != 1.0:
             cv = cv * np.asarray(beta, cv.dtype)
-    acts = tuple(attr(node, a, "") for a in ACT_ATTRS)
+    acts = tuple(attr(node, a, "") for a in ACTIVATION_ATTRS)
     return {"w": w, "c": cv, "key": (w.dtype, float(attr(node, "alpha", 1.0)), acts)}, ""
 
 
@@ -93,7 +92,7 @@ def merged_gemm(emit, x: ir.Value, gemms: list[ir.Node], parts: list[dict]) -> l
         c = c.astype(w.dtype)
     _, alpha, acts = parts[0]["key"]
     attrs = {"transA": 0, "transB": 0, "alpha": alpha, "beta": 1.0}
-    attrs.update({a: v for a, v in zip(ACT_ATTRS, acts) if v != ""})
+    attrs.update({a: v for a, v in zip(ACTIVATION_ATTRS, acts) if v != ""})
     attrs.setdefault("activation", "")
     name = f"FusedGemm:{emit.names[0]}+{len(gemms) - 1}"
     y = emit.op("FusedGemm", [x, w] + ([c] if c is not None else []), attrs, name=name)

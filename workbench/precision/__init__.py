@@ -1,5 +1,11 @@
-"""Precision assignment: which precision each layer runs at, and the casts at the boundaries."""
+"""Precision: which precision each layer runs at (``assign.py``, one assigner for both targets) and
+the Cast layers at storage-type boundaries (``casts.py``, GPU engines).
 
-from .assign import LOWERABLE, assign_precisions, requested_precision
+Runs on the lowered plan, after the passes and before tactic selection. May import: ``core``,
+``ops``, ``dtypes``, ``errors``; never the builder, the passes or the IR (it sees plain Layers).
+"""
 
-__all__ = ["LOWERABLE", "assign_precisions", "requested_precision"]
+from .assign import BEST, all_layers, assign_precisions, requested_precision, resolve_layer_precisions
+from .casts import insert_casts
+
+__all__ = ["BEST", "all_layers", "assign_precisions", "insert_casts", "requested_precision", "resolve_layer_precisions"]

@@ -1,88 +1,138 @@
-"""Precision assignment for the GPU target.
+"""Precision assignment, one assigner for both targets: which precision each layer runs at.
 
-A layer at fp16 / bf16 stores every float32 tensor it reads or writes in that type (math stays fp32
-inside the kernels); tf32 and fp32 layers store float32. Graph inputs and outputs keep their
-declared dtypes: where a producer's storage type differs from what a consumer (or the graph output)
-needs, a Cast layer is inserted right after the producer and recorded. Constants are not cast by
-layers: the runtime uploads each constant in the type its consumers read (saturating, so that a
-float32 -3.4e38 mask fill becomes -65504 rather than -inf in fp16).
+Each layer is asked for a precision (a per-layer override by layer or ONNX node name, else the
+build's; "best" is the target's best, ``BEST``), then kept there only if
 
-Only ops whose float inputs and outputs all share one type and whose math is safe with half
-storage (LOWERABLE) are lowered; the rest stay fp32 (e.g. Cast, Range, CumSum, large-sum
-reductions of squares, anything shape-like). A lowered layer must also have a tactic at that
-precision (``supports``), otherwise it stays fp32 and the report says why.
+* it has float32 tensors at all (reduced precision changes float32 math and storage only),
+* for fp16 / bf16: its op is safe in half precision (``ops.schema.HALF_SAFE``: float inputs and
+  outputs of one type, no large sums of squares, nothing shape-like) and a tactic of the target
+  runs it at that precision (``supports``),
+* for tf32: its op is a matrix op (``ops.schema.MATRIX_OPS``); tf32 changes nothing else,
+
+otherwise it stays fp32 and the precision table says why.
+
+The GPU target stores a layer's float32 tensors in the layer's precision (``STORAGE``: math stays
+fp32 inside the kernels) and needs Cast layers where a producer's storage type differs from what a
+consumer or a graph output needs (``casts.py``). The CPU target emulates: tensors stay float32 and
+the layer's tactic rounds its inputs and outputs to the precision (``kernels/reference/tactics.py``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import copy
+from typing import Callable, Iterator
 
-from ..dtypes import ONNX_CODES
+from ..core.liveness import subgraphs_of
 from ..core.plan import Layer, Plan, TensorSpec
+from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precisions
 from ..errors import BuildError
+from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE, MATRIX_OPS
+from .casts import insert_casts
 
-from ..core.precisions import STORAGE
-from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE as LOWERABLE, MATRIX_OPS
+# what "best" means per target: on the GPU fp16 wherever a layer can (tensor cores, half the bytes
+# moved); on the CPU emulation only adds rounding to fp32 math, so fp32 is both fastest and exact
+BEST = {"cpu": "fp32", "gpu": "fp16"}
+# targets that emulate reduced precision around fp32 kernels instead of storing tensors in it
+EMULATED = ("cpu",)
 
 
-def requested_precision(layer: Layer, config) -> tuple[str, str]:
+def all_layers(layers: list[Layer]) -> Iterator[Layer]:
+    """Every layer, those of If / Loop / Scan bodies included (depth first, in plan order)."""
+    for layer in layers:
+        yield layer
+        for sub in subgraphs_of(layer):
+            yield from all_layers(sub.layers)
+
+
+def resolve_layer_precisions(layers: list[Layer], overrides: dict[str, str], allowed) -> dict[str, str]:
+    """Check per-layer overrides (given by layer or ONNX node name) and map them to layer names: a
+    name of neither, or a precision outside ``allowed``, is a BuildError."""
+    by_name: dict[str, str] = {}
+    for layer in all_layers(layers):
+        by_name[layer.name] = layer.name
+        for n in layer.onnx_nodes:
+            by_name.setdefault(n, layer.name)
+    result = {}
+    for name, prec in overrides.items():
+        if name not in by_name:
+            raise BuildError(f"layer precision given for {name!r}, which is neither a layer nor an ONNX node of this model")
+        if prec not in allowed:
+            raise BuildError(f"precision {prec} for {name!r} is not available on this target (it has {', '.join(allowed)})")
+        result[by_name[name]] = prec
+    return result
+
+
+def requested_precision(layer: Layer, config, device: str) -> tuple[str, str]:
     """(precision, why) asked for this layer: a per-layer override by layer or ONNX node name, else
-    the build's precision ("best" means fp16 wherever a layer can)."""
+    the build's precision ("best" is ``BEST[device]``)."""
     over = config.layer_precisions
     for name in [layer.name, *layer.onnx_nodes]:
         if name and name in over:
             p = over[name]
-            return ("fp16" if p == "best" else p), f"override for {name!r}"
+            return (BEST[device] if p == "best" else p), f"override for {name!r}"
     p = config.precision
-    return ("fp16" if p == "best" else p), "build precision"
+    return (BEST[device] if p == "best" else p), "build precision"
+
+
+def _check_default(config, device: str, allowed: list[str]) -> None:
+    want = BEST[device] if config.precision == "best" else config.precision
+    if want in allowed:
+        return
+    elsewhere = [d for d, ps in TARGET_PRECISIONS.items() if d != device and want in ps]
+    hint = f"; use --device {elsewhere[0]}" if elsewhere else ""
+    raise BuildError(f"precision {config.precision} is not available on the {device.upper()} target "
+                     f"(it has {', '.join(allowed)}){hint}")
 
 
 def _is_f32(spec: TensorSpec | None) -> bool:
     return spec is not None and spec.dtype == "float32"
 
 
-def assign_precisions(plan: Plan, config, supports: Callable[[Layer, str], bool]) -> list[dict]:
-    """Set ``layer.precision`` and storage dtypes for every top-level layer, insert Cast layers,
-    and return the precision table (one row per layer, plus one per inserted cast)."""
-    # names in layer_precisions must be layers or ONNX nodes of this model: the CPU target's
-    # resolver checks them the same way, so a typo is an error on both targets
-    from ..builder.targets import resolve_layer_precisions  # noqa: PLC0415
-
-    resolve_layer_precisions(plan.layers, config.layer_precisions,
-                             ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best"))
+def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer, str], bool]) -> list[dict]:
+    """Set ``layer.precision`` for every layer (``device``: "cpu" or "gpu"); on a storing target also
+    the storage dtypes and the Cast layers at the boundaries. ``supports(layer, precision)``: whether
+    a tactic of the target runs ``layer`` (its specs as they would be stored) at ``precision``.
+    Returns the precision table: one row per layer, plus one per inserted cast."""
+    allowed = supported_precisions(device)
+    emulated = device in EMULATED
+    _check_default(config, device, allowed)
+    resolve_layer_precisions(plan.layers, config.layer_precisions, [*allowed, "best"])
+    # a storing target assigns top-level layers only: the casts a lowered tensor needs are placed in
+    # the top-level plan, so layers of subgraph bodies keep fp32
+    layers = list(all_layers(plan.layers)) if emulated else plan.layers
+    if not emulated:
+        for layer in layers:  # own spec objects: lowering a layer must not retype a shared spec
+            layer.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
+            layer.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
     rows: list[dict] = []
-    for layer in plan.layers:  # own spec objects: lowering a layer must not retype a shared spec
-        layer.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
-        layer.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
-    for layer in plan.layers:
-        want, why = requested_precision(layer, config)
-        if want in ("int8", "fp8"):
-            raise BuildError(f"precision {want} is not implemented by the GPU target yet (layer {layer.name!r}); "
-                             "use fp32, tf32, fp16, bf16 or best")
-        floats = [s for s in layer.input_specs + layer.output_specs if _is_f32(s)]
-        got, reason = want, why
-        if want in ("fp16", "bf16"):
-            if not floats:
-                got, reason = "fp32", "no float32 tensors"
-            elif layer.op not in LOWERABLE:
-                got, reason = "fp32", f"{layer.op} is kept in fp32 (not safe or not meaningful in half precision)"
-            else:
-                trial = _lowered_copy(layer, STORAGE[want])
-                if not supports(trial, want):
-                    got, reason = "fp32", f"no GPU tactic runs {layer.op} in {want}"
-        elif want == "tf32" and layer.op not in MATRIX_OPS:
-            got, reason = "fp32", "tf32 only changes matrix ops"
-        if got in ("fp16", "bf16"):
+    for layer in layers:
+        want, why = requested_precision(layer, config, device)
+        got, reason = _decide(layer, want, why, device, supports, emulated)
+        if got in HALF and not emulated:
             _lower(layer, STORAGE[got])
         layer.precision = got
         rows.append({"layer": layer.name, "op": layer.op, "requested": want, "precision": got, "reason": reason})
-    rows += _insert_casts(plan)
+    if not emulated:
+        rows += insert_casts(plan)
     return rows
 
 
-def _lowered_copy(layer: Layer, dtype: str) -> Layer:
-    import copy
+def _decide(layer: Layer, want: str, why: str, device: str, supports, emulated: bool) -> tuple[str, str]:
+    """(precision, reason) for one layer asked for ``want`` (see the module doc)."""
+    if want in HALF:
+        if not any(_is_f32(s) for s in layer.input_specs + layer.output_specs):
+            return "fp32", "no float32 tensors"
+        if layer.op not in HALF_SAFE:
+            return "fp32", f"{layer.op} is kept in fp32 (not safe or not meaningful in half precision)"
+        trial = layer if emulated else _lowered_copy(layer, STORAGE[want])
+        if not supports(trial, want):
+            return "fp32", f"no {device.upper()} tactic runs {layer.op} in {want}"
+    elif want == "tf32" and layer.op not in MATRIX_OPS:
+        return "fp32", "tf32 only changes matrix ops"
+    return want, why
 
+
+def _lowered_copy(layer: Layer, dtype: str) -> Layer:
     trial = copy.copy(layer)
     trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
     trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
@@ -91,81 +141,11 @@ def _lowered_copy(layer: Layer, dtype: str) -> Layer:
 
 
 def _lower(layer: Layer, dtype: str) -> None:
+    """Store the layer's float32 tensors in ``dtype`` (inputs ONNX types float32-only excepted)."""
     keep = FLOAT32_INPUTS.get(layer.op, set())
-    present = [i for i, n in enumerate(layer.inputs) if n]
-    for pos, spec in zip(present, layer.input_specs):
+    for pos, spec in enumerate(layer.aligned_input_specs()):
         if _is_f32(spec) and pos not in keep:
             spec.dtype = dtype
     for spec in layer.output_specs:
         if _is_f32(spec):
             spec.dtype = dtype
-
-
-def _insert_casts(plan: Plan) -> list[dict]:
-    """Make every consumer read its tensor in the dtype it expects, adding Cast layers."""
-    home: dict[str, str] = {s.name: s.dtype for s in plan.inputs}
-    producer: dict[str, int] = {}
-    for i, layer in enumerate(plan.layers):
-        for spec in layer.output_specs:
-            if spec.name:
-                home[spec.name] = spec.dtype
-                producer[spec.name] = i
-                plan.tensors[spec.name] = TensorSpec(spec.name, spec.dtype, spec.shape)
-    declared_out = {s.name: s.dtype for s in plan.outputs}
-    casts: dict[tuple[str, str], str] = {}  # (tensor, dtype) -> name of the cast result
-    after: dict[int, list[Layer]] = {}  # producer index (-1: graph input) -> casts to place after it
-    rows = []
-
-    def cast_of(t: str, need: str, out_name: str | None = None) -> str:
-        key = (t, need)
-        if key in casts:
-            return casts[key]
-        src = plan.tensors.get(t) or next((s for s in plan.inputs if s.name == t), None)
-        shape = src.shape if src is not None else None
-        name = out_name or f"{t}/{need}"
-        cast = Layer(name=f"wb_cast:{t}->{need}", op="Cast", domain="", opset=19, inputs=[t], outputs=[name],
-                     attrs={"to": ONNX_CODES[need]}, onnx_nodes=[], onnx_ops=[],
-                     precision="fp16" if "float16" in (need, home[t]) else "bf16" if "bfloat16" in (need, home[t]) else "fp32",
-                     input_specs=[TensorSpec(t, home[t], shape)], output_specs=[TensorSpec(name, need, shape)])
-        after.setdefault(producer.get(t, -1), []).append(cast)
-        plan.tensors[name] = TensorSpec(name, need, shape)
-        casts[key] = name
-        rows.append({"layer": cast.name, "op": "Cast", "requested": "", "precision": cast.precision,
-                     "reason": f"inserted: {t} is {home[t]}, a consumer needs {need}"})
-        return name
-
-    # graph outputs keep their declared dtype: the producer writes a renamed tensor, a cast restores it
-    for name, want in declared_out.items():
-        if name in producer and home.get(name) != want and want is not None:
-            low = f"{name}/{home[name]}"
-            layer = plan.layers[producer[name]]
-            layer.outputs = [low if o == name else o for o in layer.outputs]
-            for spec in layer.output_specs:
-                if spec.name == name:
-                    spec.name = low
-            for other in plan.layers[producer[name] + 1:]:
-                other.inputs = [low if n == name else n for n in other.inputs]
-                for spec in other.input_specs:
-                    if spec.name == name:
-                        spec.name = low
-            home[low] = home.pop(name)
-            producer[low] = producer.pop(name)
-            plan.tensors[low] = plan.tensors.pop(name)
-            plan.tensors[low].name = low
-            cast_of(low, want, out_name=name)
-    for layer in plan.layers:
-        present = [i for i, n in enumerate(layer.inputs) if n]
-        for pos, spec in zip(present, layer.input_specs):
-            t = layer.inputs[pos]
-            if t in plan.constants or t not in home or spec.dtype is None or home[t] == spec.dtype:
-                continue
-            new = cast_of(t, spec.dtype)
-            layer.inputs[pos] = new
-            spec.name = new
-    if after:
-        layers = list(after.get(-1, []))
-        for i, layer in enumerate(plan.layers):
-            layers.append(layer)
-            layers.extend(after.get(i, []))
-        plan.layers = layers
-    return rows

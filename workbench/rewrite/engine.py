@@ -25,13 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import onnx_ir as ir
 
+from ..ir.attrs import to_attr
+from ..ir.provenance import provenance, record
 from ..ir.typing import annotate, set_spec
+from ..ops.fused import DOMAIN
 
-ONNX_NODES = "wb.onnx_nodes"  # same keys as builder.lower (that module imports onnx-ir graphs only)
-ONNX_OPS = "wb.onnx_ops"
-DOMAIN = "workbench"
 
 
 @dataclass
@@ -72,25 +73,12 @@ class Rule:
         raise NotImplementedError
 
 
-def provenance(nodes: list[ir.Node]) -> tuple[list[str], list[str]]:
-    """The original ONNX node names and op types behind ``nodes`` (fused nodes expand)."""
-    names, ops = [], []
-    for n in nodes:
-        if ONNX_NODES in n.meta:
-            names += list(n.meta[ONNX_NODES])
-            ops += list(n.meta[ONNX_OPS])
-        else:
-            names.append(n.name or "")
-            ops.append(n.op_type)
-    return names, ops
-
-
 class Emitter:
     """Creates the replacement nodes of one rewrite, inserted before the last matched node (every
     external input of the match is produced before it; a rule whose replacement needs only inputs
     available earlier may name another node as ``m.b["anchor"]``), carrying the match's provenance.
 
-    Every output it creates is typed (``shapes.annotate``: ONNX inference for standard ops, the
+    Every output it creates is typed (``ir.typing.annotate``: ONNX inference for standard ops, the
     fused ops' shape functions for ours); ``specs`` overrides that with explicit (dtype, dims)."""
 
     def __init__(self, graph: ir.Graph, m: Match, anchor: ir.Node):
@@ -103,12 +91,11 @@ class Emitter:
     def node(self, op: str, inputs: list, attrs: dict | None = None, *, domain: str = DOMAIN,
              n_outputs: int = 1, name: str | None = None, specs: list | None = None) -> ir.Node:
         ins = [self.value(v) for v in inputs]
-        attributes = [_attr(k, v) for k, v in (attrs or {}).items() if v is not None]
+        attributes = [to_attr(k, v) for k, v in (attrs or {}).items() if v is not None]
         self.count += 1
         node = ir.Node(domain, op, ins, attributes, num_outputs=n_outputs,
                        name=name or f"{op}:{self.m.root.name}" + (f"#{self.count}" if self.count > 1 else ""))
-        node.meta[ONNX_NODES] = list(self.names)
-        node.meta[ONNX_OPS] = list(self.ops)
+        record(node, self.names, self.ops)
         self.graph.insert_before(self.anchor, node)
         self.created.append(node)
         for v, spec in zip(node.outputs, specs or []):
@@ -124,8 +111,6 @@ class Emitter:
         """Values pass through; NumPy arrays become new initializers."""
         if v is None or isinstance(v, ir.Value):
             return v
-        import numpy as np
-
         arr = np.asarray(v)
         self.count += 1
         init = ir.Value(name=f"{self.m.root.name}/const{self.count}", const_value=ir.tensor(arr),
@@ -137,26 +122,6 @@ class Emitter:
 def _opset(graph: ir.Graph) -> int:
     v = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx"))
     return int(v) if v else 21
-
-
-def _attr(name: str, v) -> ir.Attr:
-    if isinstance(v, bool):
-        v = int(v)
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, bool)) for x in v):
-        return ir.AttrInt64s(name, [int(x) for x in v])
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
-        return ir.AttrFloat32s(name, [float(x) for x in v])
-    if isinstance(v, (list, tuple)) and not v:
-        return ir.AttrInt64s(name, [])
-    if isinstance(v, int):
-        return ir.AttrInt64(name, v)
-    if isinstance(v, float):
-        return ir.AttrFloat32(name, v)
-    if isinstance(v, str):
-        return ir.AttrString(name, v)
-    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-        return ir.AttrStrings(name, list(v))
-    raise TypeError(f"attribute {name}: cannot store {type(v).__name__}")
 
 
 def escaping_use(m: Match) -> str:

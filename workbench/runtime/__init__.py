@@ -1,30 +1,19 @@
-"""The lean runtime: executes engines. Imports neither onnx, onnx-ir nor the optimizer."""
+"""The lean runtime: loads engines and executes them, on the CPU (NumPy reference kernels, bound
+through the CPU tactic source) or the GPU (CuPy, the GPU tactic sources, CUDA graphs).
+
+``engine.py`` (Engine: load / save / describe), ``context.py`` (the one execution-context interface
+and ``create_context``), ``cpu.py``, ``gpu/``, ``profile.py`` (one profile for every device),
+``feeds.py``, ``validate.py``, ``describe.py``.
+
+May import: ``core``, ``ops``, ``kernels`` (reference and cuda), ``format``, ``errors``, ``dtypes``
+(plus NumPy, ml_dtypes, and CuPy for GPU engines; pandas only for profiles and reports). Never
+``ir``, ``passes``, ``builder``, ``precision``, ``frontends``, ``rewrite`` or ``ui``, nor onnx,
+onnx_ir or onnxscript, not even inside functions: a deployment loads and runs engines without the
+optimizer installed.
+"""
 
 from __future__ import annotations
 
-from ..errors import EngineCompatibilityError, WorkbenchError
-from .context import ExecutionContext, NonFiniteWarning
-from .executor import LayerError
-
-
-def create_context(engine, device: str | None = None, **options):
-    backend = engine.backend
-    device = device or backend
-    if device in ("auto",):
-        device = backend
-    if device != backend:
-        raise WorkbenchError(f"engine was built for {backend}; it cannot run on {device} — rebuild with --device {device}")
-    if backend == "cpu":
-        return ExecutionContext(engine, **options)
-    try:
-        import cupy  # noqa: F401, PLC0415 - CuPy only when a GPU engine runs
-    except ImportError as exc:
-        raise EngineCompatibilityError(
-            f"this engine was built for the GPU ({engine.target.get('device', 'gpu')}, {engine.target.get('arch', '?')}) "
-            f"and this machine has no CuPy/CUDA ({exc}) — rebuild with --device cpu, or install 'workbench[gpu]'") from None
-    from .gpu import GpuExecutionContext  # noqa: PLC0415
-
-    return GpuExecutionContext(engine, **options)
-
+from .context import ExecutionContext, LayerError, NonFiniteWarning, create_context
 
 __all__ = ["ExecutionContext", "LayerError", "NonFiniteWarning", "create_context"]

@@ -1,81 +1,82 @@
-"""ExecutionContext (CPU): validated runs, profiling, and safe use from several threads.
+"""The one execution-context interface (CPU and GPU) and ``create_context``, which picks one.
 
-One context serializes its own runs with a lock (sharing one context between threads is safe but
-not parallel); for parallel inference make one context per thread.
+An execution context runs one engine: ``run(feeds)`` validates the feeds and returns the outputs;
+``time_layers`` and ``time_end_to_end`` are the device's own measurements (host timers on the CPU,
+CUDA events on the GPU), in milliseconds; ``profile`` tabulates them (``runtime/profile.py``) the
+same way for every device. One context serializes its own runs with a lock (sharing one context
+between threads is safe but not parallel); for parallel inference make one context per thread.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-import warnings
 from typing import Any
 
-import numpy as np
-
-from ..kernels.reference.limits import element_cap
-from .executor import PlanExecutor
-from .validate import check_feeds
+from ..errors import EngineCompatibilityError, WorkbenchError
+from . import profile as profiling
 
 
 class NonFiniteWarning(RuntimeWarning):
     """Debug mode found NaN/Inf; the message names the first layer that produced it."""
 
 
+class LayerError(WorkbenchError, RuntimeError):
+    """A layer failed while running; the message names the layer and its ONNX nodes."""
+
+
 class ExecutionContext:
-    device = "cpu"
+    """What every context offers. Subclasses set ``device`` and ``profile_note`` (how their
+    per-layer and end-to-end samples were taken: shown with every profile)."""
 
-    def __init__(self, engine, *, debug: bool = False, seed: int = 0):
+    device: str
+    profile_note: str
+
+    inputs = property(lambda self: self.engine.inputs, doc="The engine's input specs.")
+    outputs = property(lambda self: self.engine.outputs, doc="The engine's output specs.")
+
+    def __init__(self, engine):
         self.engine = engine
-        self.debug = debug
-        self._lock = threading.Lock()
-        self._exec = PlanExecutor(engine.plan, rng=np.random.default_rng(seed))
-        self.first_nonfinite: tuple[str, str] | None = None
-        self._max_elements = engine.build_info.get("max_elements")
-
-    @property
-    def inputs(self):
-        return self.engine.inputs
-
-    @property
-    def outputs(self):
-        return self.engine.outputs
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
-        check_feeds(self.engine.inputs, feeds)
-        with self._lock, element_cap(self._max_elements):
-            outs = self._exec.run(dict(feeds), check_finite=self.debug)
-            if self.debug:
-                self.first_nonfinite = self._exec.first_nonfinite
-                if self.first_nonfinite:
-                    layer, tensor = self.first_nonfinite
-                    warnings.warn(f"first non-finite value produced by layer {layer!r} (tensor {tensor!r})",
-                                  NonFiniteWarning, stacklevel=2)
-        fed = {id(v) for v in feeds.values()}
-        return {spec.name: _owned(v, fed) for spec, v in zip(self.engine.outputs, outs)}
+        raise NotImplementedError
 
-    def time_layers(self, feeds: dict[str, Any]) -> tuple[list[float], float]:
-        """One run with host timers around every layer: (per-layer seconds, end-to-end seconds)."""
-        check_feeds(self.engine.inputs, feeds)
-        timings: list[float] = []
-        with self._lock, element_cap(self._max_elements):
-            t0 = time.perf_counter()
-            self._exec.run(dict(feeds), timings=timings)
-            total = time.perf_counter() - t0
-        return timings, total
+    def time_layers(self, feeds: dict[str, Any], runs: int) -> list[list[float]]:
+        """Milliseconds of every layer in each of ``runs`` runs: one sample list per layer."""
+        raise NotImplementedError
+
+    def time_end_to_end(self, feeds: dict[str, Any], runs: int) -> list[float]:
+        """Milliseconds of each of ``runs`` whole-engine runs."""
+        raise NotImplementedError
+
+    def profile_attrs(self) -> dict:
+        """Facts about how this context ran, added to a profile's ``attrs``."""
+        return {}
 
     def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1):
-        """Per-layer profile as a pandas DataFrame (see workbench.runtime.profile)."""
-        from .profile import profile_context
-
-        return profile_context(self, feeds, runs=runs, warmup=warmup)
+        """Per-layer profile as a pandas DataFrame (see ``workbench.runtime.profile``)."""
+        return profiling.profile(self, feeds, runs=runs, warmup=warmup)
 
 
-def _owned(v, fed: set[int]):
-    """The caller's own array: weights (read-only, shared by every context) and the caller's own
-    inputs passed straight through (an Identity output) are copied, so writing to an output never
-    changes the engine or the feeds."""
-    if isinstance(v, np.ndarray) and (not v.flags.writeable or id(v) in fed or not v.flags.owndata):
-        return v.copy()
-    return v
+def create_context(engine, device: str | None = None, **options) -> ExecutionContext:
+    """The context for ``engine`` on its backend (``device`` may only confirm it)."""
+    backend = engine.backend
+    device = device or backend
+    if device == "auto":
+        device = backend
+    if device != backend:
+        raise WorkbenchError(f"engine was built for {backend}; it cannot run on {device} — "
+                             f"rebuild with --device {device}")
+    if backend == "cpu":
+        from .cpu import CpuExecutionContext  # noqa: PLC0415
+
+        return CpuExecutionContext(engine, **options)
+    try:
+        import cupy  # noqa: F401, PLC0415 - CuPy only when a GPU engine runs
+    except ImportError as exc:
+        where = f"{engine.target.get('device', 'gpu')}, {engine.target.get('arch', '?')}"
+        raise EngineCompatibilityError(
+            f"this engine was built for the GPU ({where}) and this machine has no CuPy/CUDA ({exc}) — "
+            "rebuild with --device cpu, or install 'workbench[gpu]'") from None
+    from .gpu.context import GpuExecutionContext  # noqa: PLC0415
+
+    return GpuExecutionContext(engine, **options)

@@ -17,6 +17,8 @@ def _layer_dict(layer: Layer) -> dict:
         "onnx_ops": list(layer.onnx_ops),
         "precision": layer.precision,
         "tactic": layer.tactic,
+        "tactic_config": dict(layer.tactic_config),
+        "binaries": dict(layer.binaries),
         "tactics": list(layer.tactic_table),
         "inputs": [s.to_dict() for s in layer.input_specs],
         "outputs": [s.to_dict() for s in layer.output_specs],
@@ -35,7 +37,7 @@ def onnx_node_index(engine) -> dict[str, str]:
 
 
 def describe(engine) -> dict:
-    memory = dict(engine.reports.get("memory", {}))  # includes each tensor's arena offset
+    memory = dict(engine.reports.get("memory", {}))  # the memory plan's statistics, for people
     return {
         "producer": engine.build_info.get("producer", {}),
         "target": engine.target,
@@ -48,6 +50,10 @@ def describe(engine) -> dict:
         "nodes": engine.reports.get("nodes", {}),
         "onnx_node_to_layer": onnx_node_index(engine),
         "memory": memory,
+        "arena": {"bytes": engine.plan.arena.bytes, "alignment": engine.plan.arena.alignment,
+                  "offsets": dict(engine.plan.arena.offsets)},
+        "run_options": {"cuda_graph": engine.plan.options.cuda_graph,
+                        "max_elements": engine.plan.options.max_elements},
         "precisions": dict(Counter(layer.precision for layer in engine.layers)),
     }
 

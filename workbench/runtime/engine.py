@@ -1,22 +1,26 @@
-"""Engine: a built plan plus its target and build reports; saves to / loads from one file.
+"""Engine: a built plan plus its target, build facts and reports; saves to / loads from one file.
 
-This module and the runtime import neither onnx, onnx-ir nor the optimizer: a deployment needs only
-NumPy (and CuPy for GPU engines).
+The plan holds everything a context needs to run (tactics, configs, binaries, arena, run options);
+``reports`` and each layer's ``tactic_table`` are for people and are never read to run, so an
+engine with them stripped runs the same. This module and the runtime import neither onnx, onnx-ir
+nor the optimizer: a deployment needs only NumPy (and CuPy for GPU engines).
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from typing import Any
 
 import numpy as np
 
 from .._version import __version__
 from ..errors import EngineCompatibilityError, EngineFormatError
 from ..format.container import read_container, write_container
+from ..core.liveness import subgraphs_of
 from ..core.plan import Layer, Plan
 from ..format.serialize import decode_plan, encode_plan
+from .context import ExecutionContext, create_context
+from .describe import describe, report_tables
 
 BACKENDS = ("cpu", "gpu")
 
@@ -36,6 +40,18 @@ def _json_safe(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def _check_binaries(layers: list[Layer], kernels: dict[str, bytes]) -> None:
+    """Every compiled kernel a layer refers to is in the file (a stripped or edited engine is
+    refused at load, not when the layer's kernel is rebuilt)."""
+    for layer in layers:
+        for kernel, blob in layer.binaries.items():
+            if blob not in kernels:
+                raise EngineFormatError(f"layer {layer.name!r} refers to blob {blob!r} for kernel {kernel!r}, "
+                                        "which the engine file does not hold")
+        for sub in subgraphs_of(layer):
+            _check_binaries(sub.layers, kernels)
 
 
 class Engine:
@@ -74,6 +90,8 @@ class Engine:
 
     # ---- file ------------------------------------------------------------------------------
     def to_header(self) -> tuple[dict, dict[str, bytes]]:
+        """The container header and blobs: ``self.blobs[name]`` is stored as ``kernel/<name>``
+        (see ``workbench.format.serialize`` for how layers refer to it)."""
         plan_d, blobs = encode_plan(self.plan)
         for name, data in self.blobs.items():
             blobs[f"kernel/{name}"] = data
@@ -114,26 +132,21 @@ class Engine:
             if f"kernel/{n}" not in blobs:
                 raise EngineFormatError(f"engine lists kernel {n!r} but has no blob for it")
             kernels[n] = bytes(blobs[f"kernel/{n}"])
+        _check_binaries(plan.layers, kernels)
         engine = cls(plan, target, header.get("build") or {}, header.get("reports") or {}, kernels)
         engine.path = os.fspath(path)
         return engine
 
     # ---- running ---------------------------------------------------------------------------
-    def create_context(self, device: str | None = None, **options) -> Any:
+    def create_context(self, device: str | None = None, **options) -> ExecutionContext:
         """An ExecutionContext (one per thread). ``device`` defaults to the engine's backend."""
-        from ..runtime import create_context
-
         return create_context(self, device=device, **options)
 
     # ---- reports ---------------------------------------------------------------------------
     def describe(self) -> dict:
         """The JSON that ``workbench inspect ENGINE --json`` prints."""
-        from .describe import describe
-
         return describe(self)
 
     def report(self) -> dict:
         """Tables (pandas DataFrames): layers, fusions, precisions, tactics, memory, summary."""
-        from .describe import report_tables
-
         return report_tables(self)

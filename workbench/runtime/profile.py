@@ -1,41 +1,62 @@
-"""Profiling: time every layer over several runs and tabulate it with the build's cost estimates.
+"""Profiling, one way for every device: time an engine through its execution context and tabulate
+it with the build's cost estimates.
+
+``profile(ctx)`` takes the context's own measurements: ``ctx.time_end_to_end`` (CPU: plain runs
+under a host timer; GPU: whole-engine CUDA-graph replays timed with CUDA events) and
+``ctx.time_layers`` (CPU: a host timer around every layer; GPU: eager runs with a CUDA event pair
+around every layer). Per-layer timing adds overhead, so the sum of layer medians exceeds the
+end-to-end median; both are reported, with the context's note saying how they were taken.
 
 Columns: layer, type, onnx_ops, precision, tactic, mean_ms, median_ms, pct, flops, bytes,
-gflops_per_s, gb_per_s. ``df.attrs`` holds the end-to-end median and the sum of layer medians
-(per-layer timing adds overhead, so the sum exceeds end-to-end; both are reported).
+gflops_per_s, gb_per_s. ``df.attrs``: end_to_end_ms, sum_of_layers_ms, runs, device, note, and
+what the context adds (GPU: cuda_graph).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
+import time
 
-from ..runtime.feeds import random_feeds
+import numpy as np
+
+from .feeds import random_feeds
 
 
-def profile_context(ctx, feeds=None, runs: int = 10, warmup: int = 1):
+def profile(ctx, feeds=None, runs: int = 10, warmup: int = 1):
+    """The profile DataFrame of ``runs`` measured runs of ``ctx`` after ``warmup`` plain ones
+    (``feeds``: random data of the engine's input shapes when not given)."""
     if runs < 1:
         raise ValueError("runs must be at least 1")
     engine = ctx.engine
     feeds = feeds if feeds is not None else random_feeds(engine.inputs)
     for _ in range(warmup):
         ctx.run(feeds)
-    per_layer: list[list[float]] = [[] for _ in engine.layers]
-    totals = []
-    for _ in range(runs):
-        times, total = ctx.time_layers(feeds)
-        totals.append(total)
-        for i, t in enumerate(times):
-            per_layer[i].append(t * 1e3)
-    e2e = [_timed_run(ctx, feeds) for _ in range(runs)]
-    return profile_table(engine, per_layer, e2e, device=ctx.device,
-                         note="per-layer times come from separate runs with a timer around every layer, which adds "
-                              "overhead; end-to-end times come from plain runs")
+    end_to_end = ctx.time_end_to_end(feeds, runs)
+    per_layer = ctx.time_layers(feeds, runs)
+    df = profile_table(engine, per_layer, end_to_end, device=ctx.device, note=ctx.profile_note)
+    df.attrs.update(ctx.profile_attrs())
+    return df
+
+
+def host_ms(fn) -> float:
+    """Milliseconds of one call of ``fn`` by the host clock (the CPU context's timer)."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def latency_ms(engine, feeds, runs: int) -> float:
+    """Median end-to-end milliseconds of ``engine`` on ``feeds`` (one warm-up run first)."""
+    ctx = engine.create_context()
+    ctx.run(feeds)
+    return float(statistics.median(ctx.time_end_to_end(feeds, runs)))
 
 
 def profile_table(engine, per_layer_ms: list[list[float]], end_to_end_ms: list[float], *, device: str, note: str):
     """The profile DataFrame (one row per layer) from per-layer and end-to-end samples in ms."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 - only profiles need pandas; running an engine does not
 
     rows = []
     for layer, ts in zip(engine.layers, per_layer_ms):
@@ -65,12 +86,52 @@ def profile_table(engine, per_layer_ms: list[list[float]], end_to_end_ms: list[f
     return df
 
 
-def _timed_run(ctx, feeds) -> float:
-    import time
+def format_profile(df, top: int = 15) -> str:
+    """The profile as text: the ``top`` slowest layers and a summary line (``workbench profile``)."""
+    cols = ["layer", "type", "onnx_ops", "precision", "tactic", "median_ms", "pct", "gflops_per_s"]
+    view = df.sort_values("median_ms", ascending=False).head(top)[cols].copy()
+    view["onnx_ops"] = view["onnx_ops"].str.slice(0, 40)
+    lines = [view.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
+    lines.append(f"{len(df)} layers; end-to-end median {df.attrs['end_to_end_ms']:.3f} ms over {df.attrs['runs']} runs; "
+                 f"sum of per-layer medians {df.attrs['sum_of_layers_ms']:.3f} ms ({df.attrs['note']})")
+    return "\n".join(lines)
 
-    t0 = time.perf_counter()
-    ctx.run(feeds)
-    return (time.perf_counter() - t0) * 1e3
+
+def compare_profiles(df_a, df_b):
+    """(per-layer table, per-op-type table) of two profiles, each with ms_a, ms_b and
+    speedup = ms_a / ms_b; layers are matched by name."""
+    import pandas as pd  # noqa: PLC0415
+
+    a = df_a[["layer", "type", "median_ms"]].rename(columns={"median_ms": "ms_a"})
+    b = df_b[["layer", "precision", "median_ms"]].rename(columns={"median_ms": "ms_b", "precision": "precision_b"})
+    layers = a.merge(b, on="layer", how="inner")
+    layers["speedup"] = layers["ms_a"] / layers["ms_b"].where(layers["ms_b"] > 0)
+    by_type = pd.concat([df_a.groupby("type")["median_ms"].sum().rename("ms_a"),
+                         df_b.groupby("type")["median_ms"].sum().rename("ms_b")], axis=1).fillna(0.0)
+    by_type["speedup"] = by_type["ms_a"] / by_type["ms_b"].where(by_type["ms_b"] > 0)
+    by_type = by_type.reset_index().rename(columns={"index": "type"}).sort_values("ms_a", ascending=False)
+    return layers.sort_values("ms_a", ascending=False), by_type
+
+
+@functools.lru_cache(maxsize=4)
+def measured_peaks(device: str = "cpu") -> dict:
+    """Peaks for the roofline: GFLOP/s of an fp32 GEMM and GB/s of a large copy, measured once
+    with NumPy on this host."""
+    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    a @ a
+    best = min(max(host_ms(lambda: a @ a), 1e-6) for _ in range(5)) / 1e3
+    big = np.ones(8 * 2**20, np.float32)
+    copy = min(max(host_ms(big.copy), 1e-6) for _ in range(3)) / 1e3
+    return {"gflops": 2 * 512**3 / best / 1e9, "gbps": 2 * big.nbytes / copy / 1e9, "source": "measured here (NumPy)"}
+
+
+def peaks_for(engine) -> dict:
+    """The roofline peaks of an engine's target: the target's own (``engine.target["peaks"]``)
+    where it reports them, else :func:`measured_peaks`."""
+    p = engine.target.get("peaks") if isinstance(engine.target, dict) else None
+    if isinstance(p, dict) and p.get("gflops") and p.get("gbps"):
+        return p
+    return measured_peaks(engine.backend)
 
 
 def to_chrome_trace(df, path=None) -> dict:

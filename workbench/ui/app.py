@@ -1,5 +1,6 @@
-"""``Workbench``: the notebook app. It keeps the session's state (model, engines, profiles) and calls
-only the public API; each tab (its own module) draws from that state and calls back into it.
+"""``Workbench``: the notebook app. Its state and actions are a :class:`session.Session` (model,
+engines, profiles; the public API only); this module adds the tabs, each its own module, which draw
+from that state and call back into it. Tabs never import this module.
 
     from workbench.ui import Workbench
     app = Workbench("model.onnx", shapes={"x": (1, 3, 224, 224)})
@@ -8,12 +9,7 @@ only the public API; each tab (its own module) draws from that state and calls b
 
 from __future__ import annotations
 
-import os
-
 import ipywidgets as W
-import numpy as np
-
-import workbench as wb
 
 from .compare_tab import CompareTab
 from .export_tab import ExportTab
@@ -22,49 +18,17 @@ from .model_tab import ModelTab
 from .optimize_tab import OptimizeTab
 from .precision_tab import PrecisionTab
 from .profile_tab import ProfileTab
+from .session import Session
 
 TAB_TITLES = ("Model", "Optimize", "Precision", "Profile", "Compare", "Export")
 
 
-def supported_precisions(device: str) -> list[str]:
-    """Precisions the target for ``device`` ("cpu" / "gpu") can run, from the builder's backends."""
-    try:
-        from ..builder.targets import supported_precisions as from_backend  # noqa: PLC0415
-    except ImportError:
-        return ["fp32"] if device == "cpu" else ["fp32", "tf32", "fp16", "bf16"]
-    return list(from_backend(device))
-
-
-def resolve_device(device: str) -> str:
-    from ..builder.targets import resolve_device as resolve  # noqa: PLC0415
-
-    return resolve(device)
-
-
-def to_numpy(x) -> np.ndarray:
-    return np.asarray(x.get() if hasattr(x, "get") else x)
-
-
-def rel_err(a, b) -> float:
-    a64, b64 = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
-    return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(b64), 1e-30))
-
-
-class Workbench:
+class Workbench(Session):
     """Load -> optimize (fusion log, graph) -> per-layer precision -> profile -> compare -> export."""
 
     def __init__(self, model=None, *, device: str = "auto", precision: str = "fp32", shapes=None,
                  feeds: dict | None = None, build: bool = False):
-        self.net = None
-        self.source: str | None = None
-        self.engine = None
-        self.engines: dict[str, object] = {}  # label -> Engine, every build of this session
-        self.profiles: dict[str, object] = {}  # label -> profile DataFrame
-        self.label: str | None = None  # label of the current engine
-        self.settings = {"device": device, "precision": precision, "shapes": dict(shapes or {}), "disable": []}
-        self.user_feeds = dict(feeds) if feeds else None
-        self._feeds_cache: dict = {}
-        self._reference = None  # (settings key, fp32 engine) for output-error checks
+        super().__init__(device=device, precision=precision, shapes=shapes, feeds=feeds)
         self.model_tab = ModelTab(self)
         self.optimize_tab = OptimizeTab(self)
         self.precision_tab = PrecisionTab(self)
@@ -83,131 +47,27 @@ class Workbench:
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
-    # ---- state changes ---------------------------------------------------------------------
-    def open(self, model) -> None:
-        """A path (.onnx model or saved engine), a Network, or an Engine."""
-        if isinstance(model, (str, os.PathLike)):
-            path = os.fspath(model)
-            model = wb.Engine.load(path) if path.endswith(".wbe") else wb.load_onnx(path)
-        if isinstance(model, wb.Engine):
-            self.net, self.source = None, model.path or "<engine>"
-            self.engines, self.profiles, self._reference = {}, {}, None
-            self.model_tab.refresh()
-            self.optimize_tab.refresh_model()
-            self.add_engine(model, f"#1 {model.backend} (loaded)")
-            return
-        self.net, self.source = model, model.source
-        self.engine, self.label, self.engines, self.profiles, self._reference = None, None, {}, {}, None
-        self._feeds_cache.clear()
-        self.settings["shapes"] = {**default_shapes(model), **self.settings["shapes"]}
+    # ---- redrawing on state changes --------------------------------------------------------
+    def _opened(self) -> None:
         for tab in self.tab_objects:
             getattr(tab, "refresh_model", tab.refresh)()
 
-    def add_engine(self, engine, label: str) -> None:
-        self.engine, self.label = engine, label
-        self.engines[label] = engine
+    def _opened_engine(self) -> None:
+        self.model_tab.refresh()
+        self.optimize_tab.refresh_model()
+
+    def _engine_added(self) -> None:
         for tab in self.tab_objects:
             tab.refresh()
 
-    def config(self, **overrides) -> "wb.BuilderConfig":
-        s = {**self.settings, **overrides}
-        return wb.BuilderConfig(device=s["device"], precision=s["precision"], shapes=s["shapes"],
-                                disable=list(s["disable"]), layer_precisions=dict(s.get("layer_precisions") or {}))
-
+    # ---- actions that also move the view ---------------------------------------------------
     def build(self, progress=None, **overrides):
-        """Build with the current settings (overridden by keyword: device, precision, shapes, disable,
-        layer_precisions); the new engine becomes current. Returns it."""
-        if self.net is None:
-            raise wb.WorkbenchError("open an ONNX model first (this session holds only a saved engine)")
-        cfg = self.config(**overrides)
-        from ..builder.progress import STAGES  # noqa: PLC0415
-
-        # one tick per builder stage (prepare, optimize, lower, precision + tactics, memory plan,
-        # engine), then one for drawing the reports and the graph
-        bar = progress(total=len(STAGES) + 1, desc="build") if progress else None
-
-        def on_stage(name, index, count):
-            if bar is not None:
-                bar.n = index
-                bar.set_postfix_str(name)
-                bar.refresh()
-
-        cfg.progress = on_stage if bar is not None else False
-        engine = wb.build(self.net, cfg)
-        self.settings.update({k: v for k, v in overrides.items() if k != "layer_precisions"})
-        self.settings["shapes"] = dict(cfg.shapes)  # parsed, if it came as "name:1x3x224x224" text
-        n = len(self.engines) + 1
-        extra = " +overrides" if cfg.layer_precisions else ""
-        self.add_engine(engine, f"#{n} {engine.backend} {cfg.precision}{extra}")
+        engine = super().build(progress, **overrides)
         self.tabs.selected_index = 1  # show the result: fusion log and graph
-        if bar:
-            bar.n = bar.total
-            bar.set_postfix_str("done")
-            bar.close()
         return engine
-
-    # ---- running ---------------------------------------------------------------------------
-    def feeds(self, engine=None) -> dict:
-        """Inputs for runs and profiles: the ones given to the app, else random ones (small ints,
-        valid as token ids and type ids) that stay the same for the whole session."""
-        engine = engine or self.engine
-        if self.user_feeds is not None:
-            return {s.name: self.user_feeds[s.name] for s in engine.inputs}
-        key = tuple((s.name, s.dtype, tuple(s.shape or ())) for s in engine.inputs)
-        if key not in self._feeds_cache:
-            from ..runtime.feeds import random_feeds  # noqa: PLC0415
-
-            self._feeds_cache[key] = random_feeds(engine.inputs, int_high=2)
-        return self._feeds_cache[key]
-
-    def run(self, engine=None) -> dict:
-        engine = engine or self.engine
-        return engine.create_context().run(self.feeds(engine))
-
-    def reference_engine(self):
-        """An fp32 engine with the current settings and no per-layer overrides (built once)."""
-        key = repr(sorted((k, repr(v)) for k, v in self.settings.items()))
-        if self._reference is None or self._reference[0] != key:
-            ref = next((e for e in self.engines.values() if self._is_reference(e)), None)
-            if ref is None:
-                ref = wb.build(self.net, self.config(precision="fp32", layer_precisions={}))
-            self._reference = (key, ref)
-        return self._reference[1]
-
-    def _is_reference(self, engine) -> bool:
-        b, s = engine.build_info, self.settings
-        return (b.get("precision") == "fp32" and not b.get("layer_precisions")
-                and b.get("shapes") == {k: list(v) for k, v in s["shapes"].items()}
-                and b.get("disabled") == sorted(s["disable"]) and b.get("device") == resolve_device(s["device"]))
-
-    def output_error(self, engine=None) -> dict[str, float]:
-        """Relative error (L2) of every output against the fp32 reference engine."""
-        engine = engine or self.engine
-        ref = self.reference_engine()
-        got, want = self.run(engine), self.run(ref)
-        return {name: rel_err(got[name], want[name]) for name in want}
-
-    def profile(self, runs: int = 10, label: str | None = None):
-        """Profile an engine (default: the current one); the DataFrame is kept for Compare."""
-        label = label or self.label
-        engine = self.engines[label]
-        df = engine.create_context().profile(self.feeds(engine), runs=runs)
-        self.profiles[label] = df
-        return df
 
     def compare(self, label_a: str, label_b: str, runs: int = 5):
         return self.compare_tab.compare(label_a, label_b, runs)
 
     def export(self, path) -> dict:
         return self.export_tab.export(path)
-
-
-
-
-def default_shapes(net) -> dict:
-    """Shapes for inputs with symbolic dims (each symbolic dim -> 1); static inputs need none."""
-    shapes = {}
-    for s in net.inputs:
-        if s.shape is not None and not s.is_static:
-            shapes[s.name] = tuple(d if isinstance(d, int) else 1 for d in s.shape)
-    return shapes

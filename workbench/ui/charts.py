@@ -1,38 +1,11 @@
 """matplotlib charts of a profile and of a comparison. Figures are made with the object API
-(``matplotlib.figure.Figure``), not pyplot, so no global state or GUI backend is involved."""
+(``matplotlib.figure.Figure``), not pyplot, so no global state or GUI backend is involved. The
+numbers come from ``workbench.runtime.profile`` (profiles, roofline peaks); nothing here times."""
 
 from __future__ import annotations
 
-import functools
-import time
-
 import numpy as np
 from matplotlib.figure import Figure
-
-
-@functools.lru_cache(maxsize=4)
-def measured_peaks(device: str = "cpu") -> dict:
-    """Peaks for the roofline: GFLOP/s of an fp32 GEMM and GB/s of a large copy, measured once.
-    A GPU target that reports its own peaks (``engine.target["peaks"]``) is used instead."""
-    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
-    a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(5))
-    big = np.ones(8 * 2**20, np.float32)
-    copy = min(_timed(lambda: big.copy()) for _ in range(3))
-    return {"gflops": 2 * 512**3 / best / 1e9, "gbps": 2 * big.nbytes / copy / 1e9, "source": "measured here (NumPy)"}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return max(time.perf_counter() - t0, 1e-9)
-
-
-def peaks_for(engine) -> dict:
-    p = engine.target.get("peaks") if isinstance(engine.target, dict) else None
-    if isinstance(p, dict) and p.get("gflops") and p.get("gbps"):
-        return p
-    return measured_peaks(engine.backend)
 
 
 def profile_figure(df, peaks: dict, top: int = 15) -> Figure:

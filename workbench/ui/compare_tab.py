@@ -4,24 +4,11 @@ speed-up (layers matched by name; time by op type for engines whose layers diffe
 from __future__ import annotations
 
 import ipywidgets as W
-import pandas as pd
 from IPython.display import Image, display
 
+from ..runtime.profile import compare_profiles
 from .charts import compare_figure, figure_png
 from .html import df_html, error_html, esc, note_html
-
-
-def compare_profiles(df_a, df_b) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-layer table, per-op-type table), each with ms_a, ms_b and speedup = ms_a / ms_b."""
-    a = df_a[["layer", "type", "median_ms"]].rename(columns={"median_ms": "ms_a"})
-    b = df_b[["layer", "precision", "median_ms"]].rename(columns={"median_ms": "ms_b", "precision": "precision_b"})
-    layers = a.merge(b, on="layer", how="inner")
-    layers["speedup"] = layers["ms_a"] / layers["ms_b"].where(layers["ms_b"] > 0)
-    by_type = pd.concat([df_a.groupby("type")["median_ms"].sum().rename("ms_a"),
-                         df_b.groupby("type")["median_ms"].sum().rename("ms_b")], axis=1).fillna(0.0)
-    by_type["speedup"] = by_type["ms_a"] / by_type["ms_b"].where(by_type["ms_b"] > 0)
-    by_type = by_type.reset_index().rename(columns={"index": "type"}).sort_values("ms_a", ascending=False)
-    return layers.sort_values("ms_a", ascending=False), by_type
 
 
 class CompareTab:

@@ -136,8 +136,6 @@ def engine_graph(engine, network=None) -> dict:
 
 def network_graph(network) -> dict:
     """Graph data of a loaded model before optimization: one box per ONNX node (no groups)."""
-    from ..ir.types import spec_of
-
     nodes: list[dict] = []
     producer: dict[str, str] = {}
     _io_nodes([s.to_dict() for s in network.inputs], "in", producer, nodes)
@@ -149,7 +147,7 @@ def network_graph(network) -> dict:
                       "search": f"{node.name} {node.op_type}".lower()})
         for v in node.inputs:
             if v is not None and v.name in producer:
-                edges.append({"source": producer[v.name], "target": nid, "label": shape_label(spec_of(v).to_dict())})
+                edges.append({"source": producer[v.name], "target": nid, "label": shape_label(network.spec(v).to_dict())})
         for v in node.outputs:
             producer[v.name] = nid
     for i, spec in enumerate(s.to_dict() for s in network.outputs):

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
+import workbench as wb
+
+from ..core.precisions import DEVICES
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # a usage error should be one line in the notebook, not SystemExit
@@ -19,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 def _open_parser() -> _Parser:
     p = _Parser(prog="%wb_open", add_help=False)
     p.add_argument("model")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--device", default="auto", choices=list(DEVICES))
     p.add_argument("--precision", default="fp32")
     p.add_argument("--shapes", default="")
     p.add_argument("--build", action="store_true")
@@ -34,18 +38,15 @@ def _profile_parser() -> _Parser:
 
 
 def wb_open(line: str, user_ns: dict | None = None):
-    from ..builder.config import parse_shapes
     from .app import Workbench
 
     a = _open_parser().parse_args(shlex.split(line))
-    shapes = parse_shapes(a.shapes) if a.shapes else None
+    shapes = wb.parse_shapes(a.shapes) if a.shapes else None
     model = (user_ns or {}).get(a.model, a.model)  # a Network variable or a path
     return Workbench(model, device=a.device, precision=a.precision, shapes=shapes, build=a.build)
 
 
 def wb_profile(line: str, user_ns: dict | None = None):
-    import workbench as wb
-
     from .app import Workbench
 
     a = _profile_parser().parse_args(shlex.split(line))

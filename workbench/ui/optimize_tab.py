@@ -4,21 +4,16 @@ fusion log (fired / declined with reasons, filterable), and the graph view with 
 from __future__ import annotations
 
 import ipywidgets as W
+import pandas as pd
+from tqdm.auto import tqdm
 
+import workbench as wb
+
+from ..core.precisions import DEVICES, REQUESTABLE
 from .details import layer_details_html
 from .graph import GraphView, engine_graph
 from .html import df_html, error_html, esc
-
-PRECISION_CHOICES = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
-
-
-def known_rule_names() -> list[str]:
-    """Passes and fusion rules that BuilderConfig(disable=...) accepts."""
-    try:
-        from ..passes.pipeline import known_names  # noqa: PLC0415
-    except ImportError:
-        return []
-    return sorted(known_names())
+from .session import device_precisions
 
 
 def shapes_text(shapes: dict) -> str:
@@ -27,15 +22,13 @@ def shapes_text(shapes: dict) -> str:
 
 class OptimizeTab:
     def __init__(self, app):
-        from .app import supported_precisions  # noqa: PLC0415
-
         self.app = app
-        self.device = W.Dropdown(options=["auto", "cpu", "gpu"], value=app.settings["device"], description="device")
-        self.precision = W.Dropdown(options=list(PRECISION_CHOICES), value=app.settings["precision"],
+        self.device = W.Dropdown(options=list(DEVICES), value=app.settings["device"], description="device")
+        self.precision = W.Dropdown(options=list(REQUESTABLE), value=app.settings["precision"],
                                     description="precision")
         self.shapes = W.Text(description="shapes", placeholder="input:1x3x224x224,mask:1x128",
                              layout=W.Layout(width="50%"))
-        self.disable = W.SelectMultiple(options=known_rule_names(), description="disable", rows=4)
+        self.disable = W.SelectMultiple(options=sorted(wb.pass_names()), description="disable", rows=4)
         self.build_button = W.Button(description="Build", button_style="primary", icon="cogs")
         self.progress = W.Output()
         self.error = W.HTML()
@@ -46,7 +39,7 @@ class OptimizeTab:
         self.log = W.HTML()
         self.graph = GraphView()
         self.details = W.HTML("<i>click a layer in the graph</i>")
-        self.device.observe(lambda _: self._precision_options(supported_precisions), "value")
+        self.device.observe(lambda _: self._precision_options(), "value")
         self.build_button.on_click(lambda _: self.build())
         self.log_status.observe(lambda _: self._render_log(), "value")
         self.log_filter.observe(lambda _: self._render_log(), "value")
@@ -56,17 +49,15 @@ class OptimizeTab:
         fusion_log = W.VBox([W.HTML("<h4 style='margin:4px 0'>Fusion log</h4>"),
                              W.HBox([self.log_status, self.log_filter]), self.log])
         self.widget = W.VBox([settings, fusion_log, self.graph, self.details])
-        self._precision_options(supported_precisions)
+        self._precision_options()
 
-    def _precision_options(self, supported) -> None:
-        from .app import resolve_device  # noqa: PLC0415
-
+    def _precision_options(self) -> None:
         try:
-            dev = resolve_device(self.device.value)
-        except Exception as exc:
+            offered = device_precisions(self.device.value)
+        except Exception as exc:  # e.g. "gpu" on a machine without one: say so in the tab
             self.error.value = error_html(exc)
             return
-        opts = [p for p in PRECISION_CHOICES if p in supported(dev) or p == "best"]
+        opts = [p for p in REQUESTABLE if p in offered or p == "best"]
         value = self.precision.value if self.precision.value in opts else opts[0]
         self.precision.options = opts
         self.precision.value = value
@@ -85,8 +76,6 @@ class OptimizeTab:
 
     def build(self):
         """Build from the widgets' settings; errors are shown in the tab (and returned as None)."""
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
         self.error.value = ""
         self.progress.clear_output()
         self.build_button.disabled = True
@@ -135,8 +124,6 @@ class OptimizeTab:
         return rows
 
     def _render_log(self) -> None:
-        import pandas as pd  # noqa: PLC0415
-
         rows = self.fusion_rows()
         total = len(getattr(self, "desc", {}).get("fusions", []))
         if not total:

@@ -3,12 +3,11 @@ filterable; Rebuild applies the overrides and shows output error vs fp32 and lat
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import ipywidgets as W
 import pandas as pd
 
+from ..core.precisions import supported_precisions
+from ..runtime.profile import latency_ms
 from .html import df_html, error_html, esc, note_html
 
 PAGE = 40  # dropdowns per page: thousands of widgets at once make the front end crawl
@@ -44,8 +43,6 @@ class PrecisionTab:
 
     # ---- table -----------------------------------------------------------------------------
     def supported(self) -> list[str]:
-        from .app import supported_precisions  # noqa: PLC0415
-
         engine = self.app.engine
         return supported_precisions(engine.backend if engine is not None else "cpu")
 
@@ -113,7 +110,7 @@ class PrecisionTab:
             after = app.build(layer_precisions=dict(self.overrides))
             app.tabs.selected_index = 2  # stay on this tab to show the result
             feeds = app.feeds(after)
-            t_before, t_after = _latency(before, feeds, self.runs.value), _latency(after, feeds, self.runs.value)
+            t_before, t_after = latency_ms(before, feeds, self.runs.value), latency_ms(after, feeds, self.runs.value)
             errs = app.output_error(after)
         except Exception as exc:  # an override the target cannot run is reported, not raised
             self.result.value = error_html(exc)
@@ -127,14 +124,3 @@ class PrecisionTab:
                              + df_html(table, 20, "Output error vs fp32 reference")
                              + df_html(lat, 5, "End-to-end latency"))
         return after
-
-
-def _latency(engine, feeds, runs: int) -> float:
-    ctx = engine.create_context()
-    ctx.run(feeds)  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        ctx.run(feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)

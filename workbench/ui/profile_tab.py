@@ -8,7 +8,8 @@ import os
 import ipywidgets as W
 from IPython.display import Image, display
 
-from .charts import figure_png, peaks_for, profile_figure
+from ..runtime.profile import peaks_for, to_chrome_trace
+from .charts import figure_png, profile_figure
 from .html import df_html, error_html, esc, note_html
 
 COLUMNS = ["layer", "type", "onnx_ops", "precision", "tactic", "median_ms", "pct", "flops", "bytes",
@@ -88,8 +89,6 @@ class ProfileTab:
         return path
 
     def export_trace(self, path: str | None = None) -> str | None:
-        from ..runtime.profile import to_chrome_trace  # noqa: PLC0415
-
         if self.df is None:
             self.saved.value = note_html("profile first", "#b00")
             return None

@@ -10,7 +10,8 @@ The definition is an onnx-ir graph under construction. Every layer is checked th
 added (ONNX's node checker, then ONNX's per-node type and shape inference), so a rank mismatch or
 a bad attribute raises at the line that caused it, not at build time. Tensors are small handles
 (:class:`Tensor`) whose Python operators add layers. The typed helpers (``conv``, ``gemm``, ...)
-live in :mod:`workbench.network_layers`; :meth:`NetworkDefinition.op` reaches any ONNX operator.
+live in :mod:`workbench.frontends.network.layers`; :meth:`NetworkDefinition.op` reaches any ONNX
+operator.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import onnx
 import onnx_ir as ir
 from onnx import checker, shape_inference
 
+from ..._version import __version__
 from ...dtypes import ONNX_CODES, to_numpy
 from ...errors import UnsupportedModelError
+from ...ir.attrs import to_attr
+from ..onnx.loader import network_from_proto
+from ..onnx.safe_read import check_opsets
 from .layers import Layers
 from .tensor import (  # noqa: F401  (the errors are part of this module's API)
     DuplicateNameError,
@@ -259,8 +264,6 @@ class NetworkDefinition(Layers):
         """The network as an ONNX ModelProto (for saving, or running with onnxruntime)."""
         if not self._graph.outputs:
             raise MissingOutputError(f"network {self.name!r} has no outputs; mark one with net.output(tensor)")
-        from ..._version import __version__
-
         model = ir.Model(self._graph, ir_version=self._ir_version(), producer_name="workbench.network",
                          producer_version=__version__)
         proto = ir.serde.serialize_model(model)
@@ -274,9 +277,6 @@ class NetworkDefinition(Layers):
         """Validate the whole network (onnx checker with full shape inference) and return a
         :class:`~workbench.ir.network.Network` for ``workbench.build``. The definition stays
         usable; later changes do not affect the returned Network."""
-        from ..onnx.loader import network_from_proto
-        from ..onnx.safe_read import check_opsets
-
         proto = self.to_onnx()
         try:
             checker.check_model(proto, full_check=True)
@@ -300,23 +300,17 @@ def _snake(op_type: str) -> str:
 
 
 def _attributes(attrs: dict, where: str) -> list[ir.Attr]:
-    clean = {}
+    out = []
     for key, val in attrs.items():
         if val is None:
             continue
-        if isinstance(val, np.ndarray):
-            val = ir.tensor(val)
-        elif isinstance(val, np.generic):
-            val = val.item()
-        elif isinstance(val, (list, tuple)):
-            if not val:
-                raise NetworkDefinitionError(f"layer {where!r}: attribute {key!r} is an empty list; its type is ambiguous")
-            val = [v.item() if isinstance(v, np.generic) else v for v in val]
-        clean[key] = val
-    try:
-        return ir.convenience.convert_attributes(clean)
-    except (TypeError, ValueError) as exc:
-        raise NetworkDefinitionError(f"layer {where!r}: {exc}") from None
+        if isinstance(val, (list, tuple)) and not val:  # a user's [] could mean ints, floats or strings
+            raise NetworkDefinitionError(f"layer {where!r}: attribute {key!r} is an empty list; its type is ambiguous")
+        try:
+            out.append(to_attr(key, val))
+        except (TypeError, ValueError) as exc:
+            raise NetworkDefinitionError(f"layer {where!r}: {exc}") from None
+    return out
 
 
 def _first_line(exc: Exception) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...errors import EngineCompatibilityError
+from .device import gpu_info
 
 # library -> how many leading version parts must match (cubins need the arch; plans need cuDNN minor)
 CHECKED = {"cuda": 1, "cudnn": 2, "cublas": 1}
@@ -35,7 +36,5 @@ def check_target(built_for: dict, here_arch: str, here_libs: dict) -> None:
 
 
 def check_engine(engine) -> None:
-    from .device import gpu_info
-
     info = gpu_info()
     check_target(engine.target, info.arch, info.libraries)

@@ -30,18 +30,23 @@ BIAS epilogue plus one NVRTC activation kernel in place (capturable, unlike ``cu
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ...core.plan import Layer
-from .cublas import (GEMM_OPS, in_specs, static_shape, IO_DTYPE, activation_of, as_device, check_io, gemm_geometry, has_input, ptr,
-                     stream_ctx, stream_ptr)
-from .tactic import BuiltKernel, GpuInfo
+from ...ops.fused import ACTIVATION_ATTRS
+from . import cuda_prelude as P
+from .common import (GEMM_OPS, IO_DTYPE, activation_of, as_device, check_io, gemm_geometry, has_input, nbytes, np_dtype,
+                     ptr, require_activation, require_op, static_shape, stream_ctx, stream_ptr)
+from .nvrtc import get_function
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 MAX_ALGOS = 8  # how many of the heuristic's algorithms the builder times
 _NALGOS: dict = {}  # problem signature -> [(algo_id, blob hex)] from the heuristic (planning costs ~1 ms)
 
 
-def _nvmath_or_reason():
+def _require_nvmath() -> str | None:
     try:
         import nvmath  # noqa: F401, PLC0415
         from nvmath.linalg.advanced import Matmul  # noqa: F401, PLC0415
@@ -128,8 +133,6 @@ class _Plan:
         import cupy as cp  # noqa: PLC0415
         from nvmath.linalg.advanced import Matmul, MatmulEpilog  # noqa: PLC0415
 
-        from .cublas import np_dtype  # noqa: PLC0415
-
         io = IO_DTYPE[precision]
         dt = np_dtype(io)
         bt, m, k, n = p["batch"], p["m"], p["k"], p["n"]
@@ -161,13 +164,11 @@ def _signature(p: dict, precision: str) -> tuple:
     return (p["batch"], p["m"], p["k"], p["n"], p["ta"], p["tb"], p["epilog"], p["c_mode"], precision)
 
 
-class CublasLtGemm:
+class CublasLtGemm(TacticBase):
     name = "cublaslt.gemm"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
-        if layer.key not in GEMM_OPS:
-            return f"{layer.op} is not a GEMM"
-        why = _nvmath_or_reason()
+        why = require_op(layer, GEMM_OPS, "a GEMM") or _require_nvmath()
         if why:
             return why
         if precision == "bf16":
@@ -191,7 +192,7 @@ class CublasLtGemm:
 
         p = _problem(layer, precision)
         p["c_name"] = layer.inputs[2] if has_input(layer, 2) else ""
-        if p["b_const"] not in weights and in_specs(layer)[1].dtype not in (None, IO_DTYPE[precision]):
+        if p["b_const"] not in weights and layer.aligned_input_specs()[1].dtype not in (None, IO_DTYPE[precision]):
             raise ValueError(f"runtime operand B is {layer.input_specs[1].dtype}, precision {precision}")
         algos = None
         if config.get("blob"):  # the recorded algorithm, exactly (no heuristic at engine load)
@@ -207,7 +208,7 @@ class CublasLtGemm:
         if p["c_mode"] == "full" and p["c_name"] in weights:
             c_const = cp.ascontiguousarray(cp.broadcast_to(as_device(weights[p["c_name"]], IO_DTYPE[precision]),
                                                            p["out_shape"]))
-        launch, ws_bytes = _fast_launcher(plan, algo)
+        launch, ws_bytes, launch_keep, slow_why = _fast_launcher(plan, algo)
         mm = plan.mm
         if launch is None:  # public path: nvmath allocates its workspace now, not inside a capture
             mm.execute(algorithm=algo)
@@ -225,21 +226,17 @@ class CublasLtGemm:
             if runtime_bias:  # a bias computed at run time: its pointer goes into the descriptor
                 mm.reset_operands_unchecked(epilog_inputs={"bias": inputs[2].reshape(-1, 1)})
             if launch is not None:
-                launch(ptr(b), ptr(a), ptr(y), ptr(workspace), _nbytes(workspace), stream_ptr(stream))
+                launch(ptr(b), ptr(a), ptr(y), ptr(workspace), nbytes(workspace), stream_ptr(stream))
             else:
                 a_op, b_op, c_op = _operands(p, a, b, y)
                 mm.reset_operands_unchecked(a=a_op, b=b_op, c=c_op)
                 mm.execute(algorithm=algo, stream=stream_ptr(stream))
 
-        kern = BuiltKernel(run=run, workspace_bytes=ws_bytes)
-        kern.algorithm_id = algo.algorithm_id
-        kern.fast_launch = launch is not None or getattr(plan, "fast_error", "")
-        kern.plan = plan  # keeps descriptors, weight and bias alive as long as the kernel
-        return kern
-
-
-def _nbytes(a) -> int:
-    return 0 if a is None or isinstance(a, int) else int(a.nbytes)
+        # the plan keeps descriptors, weight and bias alive as long as the kernel; fast_launch: True,
+        # or why nvmath's descriptors could not be read (then execute() runs it)
+        return BuiltKernel(run=run, workspace_bytes=ws_bytes,
+                           info={"algorithm_id": algo.algorithm_id, "fast_launch": launch is not None or slow_why},
+                           keepalive=(plan, *launch_keep))
 
 
 def _scalar(v) -> int:
@@ -247,9 +244,9 @@ def _scalar(v) -> int:
 
 
 def _fast_launcher(plan: _Plan, algo):
-    """(launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream), workspace bytes) over nvmath's planned
-    descriptors, or (None, 0) when this nvmath has no such attributes (then execute() is used;
-    the reason is kept in ``plan.fast_error``)."""
+    """(launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream), workspace bytes, objects the launch
+    reads through raw pointers, "") over nvmath's planned descriptors, or (None, 0, (), why) when
+    this nvmath has no such attributes (then execute() is used)."""
     try:
         from nvmath.bindings import cublasLt as lt  # noqa: PLC0415
 
@@ -263,42 +260,32 @@ def _fast_launcher(plan: _Plan, algo):
         la, lb, lc, ld = (int(x) for x in (mm.a_layout_ptr, mm.b_layout_ptr, mm.c_layout_ptr, mm.d_layout_ptr))
         algo_ptr = int(algo_struct.ctypes.data)
     except Exception as e:
-        plan.fast_error = f"{type(e).__name__}: {e}"
-        return None, 0
+        return None, 0, (), f"{type(e).__name__}: {e}"
 
     def launch(a_ptr, b_ptr, d_ptr, ws_ptr, ws_size, stream):
         lt.matmul(handle, desc, alpha, a_ptr, la, b_ptr, lb, beta, d_ptr, lc, d_ptr, ld,
                   algo_ptr, ws_ptr, ws_size, stream)
 
-    launch.keep = (rec, algo_struct)
-    return launch, ws
+    return launch, ws, (rec, algo_struct), ""
 
 
 # --------------------------------------------------------------------------- cublaslt.gemm_act
-_ACT_KEYS = ("activation", "act_min", "act_max", "act_alpha", "act_beta")
-
-
 def _without_activation(layer: Layer) -> Layer:
     """A shallow copy of ``layer`` whose GEMM has no activation (the epilogue cuBLASLt can do)."""
-    import copy  # noqa: PLC0415
-
     bare = copy.copy(layer)
-    bare.attrs = {k: v for k, v in layer.attrs.items() if k not in _ACT_KEYS}
+    bare.attrs = {k: v for k, v in layer.attrs.items() if k not in ACTIVATION_ATTRS}
     return bare
 
 
 def _act_source(act: str, params: dict, dtype: str, name: str) -> str:
-    from . import cuda_prelude as P  # noqa: PLC0415
-    from .cublas import act_expr  # noqa: PLC0415
-
     st = P.storage(dtype)
     return (P.PRELUDE + f'extern "C" __global__ void {name}({st}* __restrict__ y, long long n) {{\n'
             "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {\n"
             f"    float v = {P.load(dtype, 'y[i]')};\n"
-            f"    y[i] = {P.store(dtype, act_expr(act, params))};\n  }}\n}}\n")
+            f"    y[i] = {P.store(dtype, P.act_expr(act, params))};\n  }}\n}}\n")
 
 
-class CublasLtGemmAct:
+class CublasLtGemmAct(TacticBase):
     """A GEMM whose activation cuBLASLt has no epilogue for (erf GELU at fp32/tf32, Sigmoid, Silu,
     Tanh, HardSwish, Clip, LeakyRelu, HardSigmoid): cuBLASLt's GEMM with its BIAS epilogue (or none),
     then one NVRTC kernel applying the activation in place. Two launches, both capturable, so such
@@ -308,15 +295,14 @@ class CublasLtGemmAct:
     _lt = CublasLtGemm()
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
-        from .cublas import ACTIVATIONS  # noqa: PLC0415
-
-        if layer.key not in GEMM_OPS:
-            return f"{layer.op} is not a GEMM"
-        act, _ = activation_of(layer)
-        if not act:
+        why = require_op(layer, GEMM_OPS, "a GEMM")
+        if why:
+            return why
+        if not activation_of(layer)[0]:
             return "no activation: cublaslt.gemm runs it"
-        if act not in ACTIVATIONS:
-            return f"unknown activation {act!r}"
+        why = require_activation(layer)
+        if why:
+            return why
         if self._lt.supports(layer, precision, gpu) is None:
             return "cublaslt.gemm fuses this activation as its epilogue"
         return self._lt.supports(_without_activation(layer), precision, gpu)
@@ -325,8 +311,6 @@ class CublasLtGemmAct:
         return self._lt.configs(_without_activation(layer), precision, gpu)
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
-        from .nvrtc import get_function  # noqa: PLC0415
-
         gemm = self._lt.build(_without_activation(layer), precision, config, weights, gpu)
         act, params = activation_of(layer)
         dtype = layer.output_specs[0].dtype
@@ -341,12 +325,8 @@ class CublasLtGemmAct:
             gemm.run(inputs, outputs, workspace, stream)
             fn((grid,), (block,), (outputs[0], nn), stream=stream)
 
-        kern = BuiltKernel(run=run, workspace_bytes=gemm.workspace_bytes, binaries=out)
-        kern.algorithm_id = getattr(gemm, "algorithm_id", None)
-        kern.fast_launch = getattr(gemm, "fast_launch", None)
-        kern.plan = getattr(gemm, "plan", None)
-        kern.gemm = gemm
-        return kern
+        return BuiltKernel(run=run, workspace_bytes=gemm.workspace_bytes, binaries=out, info=dict(gemm.info),
+                           keepalive=(gemm,))
 
 
 TACTICS = [CublasLtGemm(), CublasLtGemmAct()]

@@ -1,10 +1,26 @@
-"""Shared text of generated CUDA C++: storage types and load/store conversions per dtype.
+"""Shared text of generated CUDA C++: storage types and load/store conversions per dtype, float
+literals, and the one table of activation expressions.
 
 Half types are raw 16-bit words converted with inline PTX, so no CUDA header is needed.
 Arithmetic on fp16/bf16/fp32 tensors is always done in fp32.
+
+Activations (``act_expr``): every generated kernel that applies one takes its C expression from
+``_ACTIVATIONS`` — the fused epilogues (``common.make_epilogue``, a CuPy elementwise kernel;
+``cublaslt.gemm_act``, NVRTC) and the unfused ops of ``nvrtc.pointwise`` — so a fused and an
+unfused Sigmoid are written alike. The expressions use only CUDA's built-in math functions (no
+helper of ``PRELUDE``), since a CuPy elementwise kernel does not include it, and the accurate
+spelling (``expf``, not ``__expf``): what differs is the compiler's flags, not the source. NVRTC
+kernels are compiled with ``--use_fast_math`` (``nvrtc.options_for``), under which ``expf``
+compiles to the ``__expf`` intrinsic; the CuPy epilogue is compiled without it and keeps the
+accurate ``expf``. Relu and Clip propagate NaN, as the reference kernels'
+``np.maximum`` / ``np.clip`` do.
 """
 
 from __future__ import annotations
+
+import math
+
+from ...ops.fused import ACTIVATIONS
 
 PRELUDE = r"""
 typedef unsigned short wb_half;
@@ -13,9 +29,6 @@ __device__ __forceinline__ float wb_h2f(unsigned short h) { float f; asm("cvt.f3
 __device__ __forceinline__ unsigned short wb_f2h(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 __device__ __forceinline__ float wb_b2f(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
 __device__ __forceinline__ unsigned short wb_f2b(float f) { unsigned short h; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-__device__ __forceinline__ float wb_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
-__device__ __forceinline__ float wb_softplus(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
-__device__ __forceinline__ float wb_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
 __device__ __forceinline__ float wb_fmax(float a, float b) { return (a != a || a > b) ? a : b; }
 __device__ __forceinline__ float wb_fmin(float a, float b) { return (a != a || a < b) ? a : b; }
 """
@@ -67,3 +80,45 @@ def round_to(dtype: str, expr: str) -> str:
     if dtype == "bfloat16":
         return f"wb_b2f(wb_f2b({expr}))"
     return f"(({compute(dtype)})({expr}))"
+
+
+def literal(x: float) -> str:
+    """A float32 C literal of ``x`` (NaN and infinities as bit patterns: no header defines them)."""
+    x = float(x)
+    if math.isnan(x):
+        return "__int_as_float(0x7fc00000)"
+    if math.isinf(x):
+        return "__int_as_float(0x7f800000)" if x > 0 else "__int_as_float(0xff800000)"
+    return f"{x!r}f"
+
+
+# activation -> C expression of the float operand {x}; {alpha} and {beta} are float literals of its
+# act_alpha / act_beta attributes. Clip is written by act_expr (either bound may be absent).
+_ACTIVATIONS = {
+    "": "{x}",
+    "Relu": "({x} <= 0.f ? 0.f : {x})",
+    "LeakyRelu": "({x} < 0.f ? {alpha} * {x} : {x})",
+    "Sigmoid": "(1.f / (1.f + expf(-{x})))",
+    "Tanh": "tanhf({x})",
+    "HardSigmoid": "fminf(fmaxf({alpha} * {x} + {beta}, 0.f), 1.f)",
+    "HardSwish": "({x} * fminf(fmaxf({x} * (1.f / 6.f) + 0.5f, 0.f), 1.f))",
+    "Silu": "({x} / (1.f + expf(-{x})))",
+    "Gelu": "(0.5f * {x} * (1.f + erff({x} * 0.70710678118654752f)))",
+    "GeluTanh": "(0.5f * {x} * (1.f + tanhf(0.79788456080286536f * ({x} + 0.044715f * {x} * {x} * {x}))))",
+    "Softplus": "({x} > 20.f ? {x} : log1pf(expf({x})))",
+}
+
+
+def act_expr(act: str, params: dict, x: str = "v") -> str:
+    """The activation ``act`` of the float expression ``x`` as a C expression (ONNX semantics,
+    float math). ``params``: its act_* attributes (absent ones take the defaults of
+    ``ops.fused.ACTIVATIONS``); an absent Clip bound leaves that side unclamped."""
+    x = x if x.isidentifier() else f"({x})"
+    if act == "Clip":
+        lo, hi = params.get("act_min"), params.get("act_max")
+        expr = x if lo is None else f"({x} < {literal(lo)} ? {literal(lo)} : {x})"
+        return expr if hi is None else f"({expr} > {literal(hi)} ? {literal(hi)} : {expr})"
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}")
+    p = {k: v for k, v in ACTIVATIONS[act].attrs.items() if v is not None} | dict(params)
+    return _ACTIVATIONS[act].format(x=x, **{k[4:]: literal(v) for k, v in p.items()})

@@ -5,7 +5,7 @@ in fp32 inside the conv kernel's epilogue (runtime-fusion engines). 1-D convs ge
 groups and depthwise come from the weight's dims (cuDNN infers the group count from C / W.C).
 
 Layout. Activations are NCHW device buffers unless the GPU target's layout assignment
-(``layout.py``) stored a tensor channels-last: then the layer's attrs ``in_layouts`` /
+(``builder/layout.py``) stored a tensor channels-last: then the layer's attrs ``in_layouts`` /
 ``out_layouts`` say so per tensor, and X, Z and Y are described to cuDNN with those strides
 (each may differ: the stem conv reads NCHW and writes NHWC). Otherwise all three are NCHW
 (config ``"layout": "nchw"``). The weight is ours (packed once at build), so its
@@ -13,7 +13,7 @@ layout is a tuning choice: ``"w": "nhwc"`` (KRSC, what cuDNN's tensor-core kerne
 or ``"nchw"`` (KCRS; offered for NCHW layers only). The config's ``"layout"`` names the storage
 the layer was given ("nhwc" if any of X, Z, Y is channels-last), so the tactic table shows it.
 
-Configs: the plans of cuDNN's heuristics (modes A then B, deduplicated, ``MAX_PLANS`` at most),
+Configs: the plans of cuDNN's heuristics (modes A then B, deduplicated, ``MODE_PLANS`` per mode),
 each named by cuDNN's plan name (engine + knobs), plus ``"split"``: the conv alone in cuDNN followed
 by a CuPy elementwise epilogue, for graphs cuDNN cannot fuse (e.g. some depthwise or fp32 cases).
 At engine load ``build`` re-creates the graph and picks the recorded plan by name: no timing.
@@ -24,44 +24,17 @@ tf32 allows them.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...core.plan import Layer
-from .cublas import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, conv_geometry, cupy_or_reason,
-                     has_input, make_epilogue, ptr, stream_ptr)
-from .tactic import BuiltKernel, GpuInfo
+from .common import (CONV_OPS, IO_DTYPE, activation_of, as_device, check_io, conv_geometry, has_input, make_epilogue,
+                     ptr, require_activation, require_cupy, require_op, stream_ptr)
+from .cudnn_common import Launcher, buildable_plans, cudnn_dtype, handle, plan_index, require_cudnn
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
-MAX_PLANS = 5  # kept for callers; per-mode caps below
 # plans per heuristic mode for the fused conv in its assigned layouts (deduplicated across modes by
 # cuDNN's plan name): mode A's top plans, then B's (a different heuristic ranking), then the fallback
 # list. Building a runtime-fusion plan compiles a kernel, so these caps bound the cold build time.
 MODE_PLANS = (("A", 5), ("B", 3))  # FALLBACK too cost 88 s cold at b32 (H100, 2026-11-26)
 _GRAPHS: dict = {}  # (signature, mode) -> (graph, tensors, plan names) or a reason
-_HANDLE = []
-
-
-def _cudnn_or_reason():
-    try:
-        import cudnn  # noqa: F401, PLC0415
-
-        return None
-    except Exception as e:
-        return f"cudnn-frontend is not available ({type(e).__name__}: {e})"
-
-
-def handle():
-    import cudnn  # noqa: PLC0415
-
-    if not _HANDLE:
-        _HANDLE.append(cudnn.create_handle())
-    return _HANDLE[0]
-
-
-def cudnn_dtype(name: str):
-    import cudnn  # noqa: PLC0415
-
-    return {"float16": cudnn.data_type.HALF, "bfloat16": cudnn.data_type.BFLOAT16,
-            "float32": cudnn.data_type.FLOAT}[name]
 
 
 def strides(dims, layout: str) -> list[int]:
@@ -105,8 +78,8 @@ def _signature(layer: Layer, precision: str, g: dict, config: dict):
 
 def _layouts(layer: Layer, config: dict) -> tuple[str, str, str]:
     """Storage layouts of X, Z (residual) and Y: the layout assignment's per-tensor choice
-    (attrs ``in_layouts`` / ``out_layouts``, see layout.py) when the layer has one, else the
-    config's ``layout`` for all three."""
+    (attrs ``in_layouts`` / ``out_layouts``, see builder/layout.py) when the layer has one, else
+    the config's ``layout`` for all three."""
     ins, outs = layer.attrs.get("in_layouts"), layer.attrs.get("out_layouts")
     if ins or outs:
         ins, outs = list(ins or []), list(outs or [])
@@ -227,88 +200,13 @@ class _Graph:
         return plan_index(self.plans(), config, layer)
 
 
-def plan_index(plans: list, config: dict, layer: Layer) -> int:
-    """The graph's index of the recorded plan (by cuDNN's plan name: engine + knobs)."""
-    name = config.get("plan")
-    for i, n in plans:
-        if n == name or (name is None and i == int(config.get("index", 0))):
-            return i
-    raise RuntimeError(f"cuDNN no longer offers plan {name!r} for layer {layer.name}: rebuild the engine")
-
-
-def buildable_plans(gr, limit: int = 6, skip=frozenset()) -> list[tuple[int, str]]:
-    """(index, name) of the first ``limit`` plans that build, leaving out plans named in ``skip``
-    (already offered by another heuristic mode) before building them where the name is known
-    unbuilt. Building is also the only reliable filter: plans removed by ``deselect_*`` stay in
-    the list and fail only at build."""
-    out = []
-    tries = 0
-    for i in range(gr.get_execution_plan_count()):
-        if len(out) >= limit or tries >= limit + 6:  # deselected plans fail only at build
-            break
-        try:
-            if gr.get_plan_name_at_index(i) in skip:
-                continue
-        except Exception:  # noqa: BLE001 - the name may need a built plan
-            pass
-        tries += 1
-        try:
-            gr.build_plan_at_index(i)
-            out.append((i, gr.get_plan_name_at_index(i)))
-        except Exception:
-            continue
-    return out
-
-
-class Launcher:
-    """Executes one built plan of a cuDNN graph with the least host work the frontend allows.
-
-    The public ``execute_plan_at_index`` with a dict costs ~60 us of Python per call (measured on
-    an H200), which would dominate every small layer during autotuning and un-graphed runs. The
-    frontend's own fast path hands C++ a sorted array of pointers (``_execute_with_raw_ptrs``); we
-    fill such an array in place. Those are private names of cudnn-frontend 1.32: if they are
-    missing or refuse our arguments, the first call falls back to the public dict form for good.
-    """
-
-    def __init__(self, gr, index: int, tensors: dict):
-        from cudnn._handle import to_backend_handle  # noqa: PLC0415
-
-        self.gr, self.index, self.tensors = gr, index, tensors
-        self.names = list(tensors)
-        self.raw = None
-        try:
-            uid_of = {tensors[n].uid: n for n in self.names}
-            order = list(gr._variant_pack_uids())
-            cfg = gr._materialize_backend_plan(index)
-            if sorted(order) == sorted(uid_of) and cfg.cpp_index is not None:
-                self.order = [self.names.index(uid_of[u]) for u in order]
-                self.arr = np.zeros(len(order), np.int64)
-                self.cpp_index = cfg.cpp_index
-                self.raw = gr._lowered_graph._execute_with_raw_ptrs
-                self.to_h = to_backend_handle
-        except Exception:
-            self.raw = None
-
-    def __call__(self, ptrs: list[int], ws_ptr: int, h) -> None:
-        if self.raw is not None:
-            for j, i in enumerate(self.order):
-                self.arr[j] = ptrs[i]
-            try:
-                self.raw(self.arr.ctypes.data, len(self.arr), ws_ptr, self.to_h(h), self.cpp_index)
-                return
-            except TypeError:
-                self.raw = None  # signature changed: public path from now on
-        self.gr.execute_plan_at_index({self.tensors[n]: p for n, p in zip(self.names, ptrs)}, ws_ptr,
-                                      index=self.index, handle=h)
-
-
-class CudnnConv:
+class CudnnConv(TacticBase):
     name = "cudnn.conv"
+    supports_cost = 1  # validates a cuDNN graph
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
-        if layer.key not in CONV_OPS:
-            return f"{layer.op} is not a convolution"
-        why = cupy_or_reason()[1] or _cudnn_or_reason()
+        why = (require_op(layer, CONV_OPS, "a convolution") or require_cupy() or require_cudnn()
+               or require_activation(layer))
         if why:
             return why
         g = _geometry(layer)
@@ -325,8 +223,8 @@ class CudnnConv:
         return res
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
-        """Every candidate keeps the layer's assigned layouts for X, Z and Y (layout.py), so no
-        plan needs a conversion layer; the weight, packed once at build, is KRSC for channels-last
+        """Every candidate keeps the layer's assigned layouts for X, Z and Y (builder/layout.py), so
+        no plan needs a conversion layer; the weight, packed once at build, is KRSC for channels-last
         layers and KRSC or KCRS otherwise."""
         g = _geometry(layer)
         lays = _layouts(layer, {})
@@ -404,10 +302,8 @@ class CudnnConv:
                     z = z.reshape(-1, g["m"]) if z is not None else None
                 epi(y, ([bias] if bias is not None else []) + ([z] if z is not None else []), stream)
 
-        kern = BuiltKernel(run=run, workspace_bytes=ws)
-        kern.keep = (gr, w, bias, launch)
-        kern.fast_launch = launch.raw is not None
-        return kern
+        return BuiltKernel(run=run, workspace_bytes=ws, info={"fast_launch": launch.raw is not None},
+                           keepalive=(gr, w, bias, launch))
 
 
 TACTICS = [CudnnConv()]

@@ -21,71 +21,47 @@ Configs: the plans cuDNN's heuristic (mode A) offers, by name; engine load rebui
 from __future__ import annotations
 
 from ...core.plan import Layer
-from .cublas import IO_DTYPE, in_specs, cupy_or_reason, has_input, np_dtype, ptr, static_shape, stream_ctx, stream_ptr
-from .cudnn_conv import Launcher, _cudnn_or_reason, buildable_plans, cudnn_dtype, handle, plan_index
-from .layer_io import attention_view as _logical
-from .tactic import BuiltKernel, GpuInfo
+from ...ops.fused import FUSED_OPS
+from .common import IO_DTYPE, as_device, has_input, np_dtype, ptr, require_cupy, static_shape, stream_ctx, stream_ptr
+from .cudnn_common import Launcher, buildable_plans, cudnn_dtype, handle, plan_index, require_cudnn
+from .layer_io import attention_operands, mask_view
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 MAX_PLANS = 2
 _GRAPHS: dict = {}
 NEG = -30000.0  # a masked score: finite in fp16 (exp underflows to 0), so no NaN for empty rows
-
-
-RANK = {"bhsd": 4, "bshd": 4, "bsd": 3, "bhds": 4}
+SCALE = FUSED_OPS["Attention"].attrs["scale"]  # the op's default
 
 
 def _problem(layer: Layer, precision: str):
-    if (layer.domain, layer.op) != ("workbench", "Attention"):
-        return f"{layer.op} is not the fused Attention op"
+    ops = attention_operands(layer)
+    if isinstance(ops, str):
+        return ops
     if precision not in ("fp16", "bf16"):
         return f"cuDNN SDPA runs fp16/bf16 only, not {precision}"
-    at = layer.attrs
-    lay = {k: str(at.get(f"{k}_layout", "bhsd") or "bhsd") for k in ("q", "k", "v")}
-    lay["o"] = str(at.get("out_layout", at.get("o_layout", "bhsd")) or "bhsd")
-    for n, v in lay.items():
-        if v not in RANK or (v == "bhds" and n != "k"):
-            return f"{n}_layout {v!r} is not one cuDNN SDPA reads"
-    shapes = [static_shape(layer, i) for i in range(3)] + [static_shape(layer, 0, out=True)]
-    for s, n in zip(shapes, "qkvo"):
-        if s is None or len(s) != RANK[lay[n]]:
-            return f"{n.upper()} of shape {s} does not match layout {lay[n]!r}"
-    heads = int(at.get("num_heads") or 0) or (shapes[0][1] if lay["q"] in ("bhsd", "bhds") else
-                                               shapes[0][2] if lay["q"] == "bshd" else 0)
-    kv = int(at.get("kv_heads") or 0) or heads
-    if not heads or not kv:
-        return "num_heads is needed for the bsd layout"
-    if any(shapes[i][-1] % h for i, h in ((0, heads), (1, kv), (2, kv)) if lay["qkv"[i]] == "bsd"):
-        return "hidden size is not a multiple of the head count"
-    (q, qs), (k, ks), (v, vs) = (_logical(s, lay[n], h) for s, n, h in zip(shapes[:3], "qkv", (heads, kv, kv)))
+    (q, qs), (k, ks), (v, vs), (o, os_) = (ops["views"][n] for n in "qkvo")
+    heads, kv = ops["heads"], ops["kv"]
     if q[1] != heads or k[1] != kv or v[1] != kv:
         return f"head counts: Q {q}, K {k}, V {v} vs num_heads {heads}, kv_heads {kv}"
-    if q[0] != k[0] or k[:3] != v[:3] or q[3] != k[3]:
-        return f"inconsistent Q {q}, K {k}, V {v}"
     if q[1] % k[1]:
         return f"{q[1]} query heads are not a multiple of {k[1]} key/value heads"
     if q[3] % 8 or v[3] % 8 or max(q[3], v[3]) > 256:
         return f"head dims {q[3]}/{v[3]}: cuDNN wants multiples of 8 up to 256"
-    o, os_ = _logical(shapes[3], lay["o"], heads)
-    if o != [q[0], q[1], q[2], v[3]]:
-        return f"output {shapes[3]} ({lay['o']}) is not [B, H, Sq, Dv] = {[q[0], q[1], q[2], v[3]]}"
+    at = layer.attrs
     kind = str(at.get("mask_kind", "") or "")
-    mask = None
+    mask, mst = None, None
     if has_input(layer, 3):
         if kind not in ("additive", "boolean"):
-            kind = "boolean" if in_specs(layer)[3].dtype == "bool" else "additive"
-        ms = static_shape(layer, 3)
-        if ms is None or len(ms) > 4:
-            return "mask must be static and of rank <= 4"
-        ms = (1,) * (4 - len(ms)) + tuple(ms)
-        full = (q[0], q[1], q[2], k[2])
-        if any(a not in (1, b) for a, b in zip(ms, full)):
-            return f"mask {ms} does not broadcast to {full}"
-        mask = ms
+            kind = "boolean" if layer.aligned_input_specs()[3].dtype == "bool" else "additive"
+        view = mask_view(static_shape(layer, 3), (q[0], q[1], q[2], k[2]))
+        if isinstance(view, str):
+            return view
+        mask, mst = view
     # rows whose every key is masked: cuDNN (finite -30000 bias) gives a softmax over the raw scores
     # where the reference gives NaN (nan_to_zero: zeros) or a uniform row; see the module doc
-    return dict(q=tuple(q), k=tuple(k), v=tuple(v), o=tuple(o), st={"q": qs, "k": ks, "v": vs, "o": os_},
+    return dict(q=tuple(q), k=tuple(k), v=tuple(v), o=tuple(o), st={"q": qs, "k": ks, "v": vs, "o": os_, "m": mst},
                 causal=bool(int(at.get("causal", 0))), kind=kind if mask else "", mask=mask,
-                scale=float(at.get("scale", q[3] ** -0.5)), precision=precision)
+                scale=float(at.get("scale", SCALE)), precision=precision)
 
 
 def _graph(p: dict, mode: str = "A"):
@@ -95,8 +71,7 @@ def _graph(p: dict, mode: str = "A"):
     import cudnn  # noqa: PLC0415
 
     io = cudnn_dtype(IO_DTYPE[p["precision"]])
-    b, h, sq, d = p["q"]
-    skv = p["k"][2]
+    sq, skv = p["q"][2], p["k"][2]
     try:
         gr = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
                            compute_data_type=cudnn.data_type.FLOAT, handle=handle())
@@ -105,12 +80,9 @@ def _graph(p: dict, mode: str = "A"):
         kw = {}
         if p["mask"] is not None:
             ms = p["mask"]
-            full = [b, h, sq, skv]
-            dense = [ms[1] * ms[2] * ms[3], ms[2] * ms[3], ms[3], 1]
-            st = [0 if ms[i] == 1 and full[i] != 1 else dense[i] for i in range(4)]
             # batch/head broadcast is native (dim 1); a broadcast query dim is stride 0 on a full dim
             dims = [ms[0], ms[1], sq, skv]
-            t["mask"] = gr.tensor(name="BIAS", dim=dims, stride=[st[0], st[1], st[2], st[3]], data_type=io)
+            t["mask"] = gr.tensor(name="BIAS", dim=dims, stride=list(p["st"]["m"]), data_type=io)
             kw["bias"] = t["mask"]
         if p["causal"]:  # FUSED_OPS.md: aligned to the end (query i sees keys j <= i + Skv - Sq)
             kw["use_causal_mask" if sq == skv else "use_causal_mask_bottom_right"] = True
@@ -130,14 +102,15 @@ def _graph(p: dict, mode: str = "A"):
     return res
 
 
-class CudnnSdpa:
+class CudnnSdpa(TacticBase):
     name = "cudnn.sdpa"
+    supports_cost = 1  # validates a cuDNN graph
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         why = _problem(layer, precision)
         if isinstance(why, str):
             return why
-        why = cupy_or_reason()[1] or _cudnn_or_reason()
+        why = require_cupy() or require_cudnn()
         if why:
             return why
         want = IO_DTYPE[precision]
@@ -169,8 +142,6 @@ class CudnnSdpa:
         if p["mask"] is not None:
             import cupy as cp  # noqa: PLC0415
 
-            from .cublas import as_device  # noqa: PLC0415
-
             ms = p["mask"]
             if mask_const is not None:  # a constant mask: converted once, here
                 m = cp.asarray(mask_const)
@@ -179,7 +150,7 @@ class CudnnSdpa:
                 m = cp.maximum(m.astype(cp.float32), NEG)
                 mask_const = as_device(m.astype(cp.float32), io).reshape(ms)
             else:
-                in_dt = in_specs(layer)[3].dtype
+                in_dt = layer.aligned_input_specs()[3].dtype
                 if p["kind"] == "boolean" or in_dt not in (None, io):
                     # convert the runtime mask into the workspace (after cuDNN's own region)
                     mask_bytes = int(ms[0] * ms[1] * ms[2] * ms[3]) * 2
@@ -212,10 +183,8 @@ class CudnnSdpa:
             ptrs.append(ptr(outputs[0]))
             launch(ptrs, ptr(workspace), h)
 
-        kern = BuiltKernel(run=run, workspace_bytes=ws + mask_bytes)
-        kern.keep = (gr, mask_const, launch)
-        kern.fast_launch = launch.raw is not None
-        return kern
+        return BuiltKernel(run=run, workspace_bytes=ws + mask_bytes, info={"fast_launch": launch.raw is not None},
+                           keepalive=(gr, mask_const, launch))
 
 
 TACTICS = [CudnnSdpa()]

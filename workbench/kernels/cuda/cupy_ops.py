@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from ...core.plan import Layer
+from .common import require_nchw
 from .device import cupy
-from .tactic import BuiltKernel, GpuInfo
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 MOVE_ONLY = {"GatherND", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Expand", "Transpose", "Concat",
              "Split", "Slice", "Gather", "Tile", "Shape", "Size", "ConstantOfShape"}
@@ -225,10 +226,10 @@ def _pool(kind):
         st = list(a.get("strides") or [1] * nd)
         dil = list(a.get("dilations") or [1] * nd)
         if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
-            raise ValueError("auto_pad pooling is left to the generic tactic")
+            raise ValueError("auto_pad pooling is left to cupy.reference")
         pads = list(a.get("pads") or [0] * (2 * nd))
         if len(layer.outputs) > 1 and layer.outputs[1]:
-            raise ValueError("MaxPool indices output is left to the generic tactic")
+            raise ValueError("MaxPool indices output is left to cupy.reference")
         # extra right padding so that ceil_mode windows exist in the padded view
         need = [(ys[2 + i] - 1) * st[i] + (k[i] - 1) * dil[i] + 1 for i in range(nd)]
         extra = [max(0, need[i] - (xs[2 + i] + pads[i] + pads[i + nd])) for i in range(nd)]
@@ -310,21 +311,22 @@ OPS = {
 }
 
 
-class CupyOpsTactic:
+class CupyOpsTactic(TacticBase):
     name = "cupy.ops"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         if layer.domain or layer.op not in OPS:
             return f"no CuPy implementation of {layer.op}"
-        if layer.attrs.get("channels_last"):
-            return "channels-last (NHWC) tensors: CuPy views index NCHW"
+        why = require_nchw(layer, "CuPy views index NCHW")
+        if why:
+            return why
         specs = [s for s in list(layer.input_specs) + list(layer.output_specs) if s.name]
         if not all(s.is_static and s.dtype not in (None, "string") for s in specs):
             return "needs static numeric tensors"
         if layer.op not in MOVE_ONLY and any(s.dtype == "bfloat16" for s in specs):
             return "CuPy has no bfloat16 arithmetic"
         if layer.op == "Dropout" and len(layer.outputs) > 1 and layer.outputs[1]:
-            return "Dropout mask output is left to the generic tactic"
+            return "Dropout mask output is left to cupy.reference"
         if layer.op == "BatchNormalization" and (layer.attrs.get("training_mode") or len([o for o in layer.outputs if o]) > 1):
             return "training-mode BatchNormalization"
         return None

@@ -14,8 +14,9 @@ import math
 import numpy as np
 
 from ...core.plan import Layer
+from .common import require_nchw, require_op, require_static
 from .nvrtc import get_function
-from .tactic import BuiltKernel, GpuInfo
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 WORD = {16: "wb_v16", 8: "unsigned long long", 4: "unsigned int", 2: "unsigned short", 1: "unsigned char"}
 V16 = "struct alignas(16) wb_v16 { unsigned int w[4]; };\n"  # no headers: our own 16-byte word
@@ -47,16 +48,15 @@ def geometry(layer: Layer):
     return axis, outer, ds[axis], math.prod(ish), inner
 
 
-class GatherTactic:
+class GatherTactic(TacticBase):
     name = "nvrtc.gather"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
-        if layer.domain or layer.op != "Gather":
-            return f"{layer.op} is not Gather"
-        if layer.attrs.get("channels_last"):
-            return "channels-last tensors"
+        why = require_op(layer, {("", "Gather")}, "Gather") or require_nchw(layer)
+        if why:
+            return why
         specs = list(layer.input_specs[:2]) + [layer.output_specs[0]]
-        if len(specs) < 3 or not all(s is not None and s.is_static for s in specs):
+        if len(specs) < 3 or require_static(specs):
             return "needs static shapes"
         if specs[1].dtype not in ("int32", "int64"):
             return f"indices of type {specs[1].dtype}"
@@ -120,18 +120,18 @@ def split_source(word: int, n_out: int) -> str:
             "  }\n}\n")
 
 
-class SplitTactic:
+class SplitTactic(TacticBase):
     """nvrtc.split: every output of a Split in one launch, 16-byte words where the sizes allow."""
 
     name = "nvrtc.split"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
-        if layer.domain or layer.op != "Split":
-            return f"{layer.op} is not Split"
-        if layer.attrs.get("channels_last"):
-            return "channels-last tensors"
-        x, outs = layer.input_specs[0], list(layer.output_specs)
-        if not x.is_static or not all(o.is_static for o in outs) or x.dtype not in _ITEMSIZE:
+        outs = list(layer.output_specs)
+        why = (require_op(layer, {("", "Split")}, "Split") or require_nchw(layer)
+               or require_static(layer.input_specs[:1] + outs, "needs static shapes and a numeric type"))
+        if why:
+            return why
+        if layer.input_specs[0].dtype not in _ITEMSIZE:
             return "needs static shapes and a numeric type"
         if not 1 <= len(outs) <= MAX_SPLIT or not all(o.name for o in outs):
             return f"{len(outs)} outputs (1..{MAX_SPLIT}, all used)"

@@ -9,32 +9,32 @@ output's shape are read at the flat index and scalars at 0. Math is fp32 for fp1
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 
-from ...dtypes import from_onnx_code
 from ...core.plan import Layer
+from ...dtypes import from_onnx_code
+from ...ops.fused import program
 from . import cuda_prelude as P
+from .device import cupy
 from .nvrtc import get_function
-from .tactic import BuiltKernel, GpuInfo
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
-F = "float"
-# op -> (arity or None for variadic, float expression, generic expression or None if float-only)
+# op -> (float expression, generic expression or None if float-only); None as the float expression:
+# the op is an activation of the fused vocabulary, written by cuda_prelude.act_expr (_activation)
 UNARY = {
     "Abs": ("fabsf({0})", "({0} < 0 ? -{0} : {0})"), "Neg": ("-{0}", "-{0}"), "Exp": ("__expf({0})", None),
     "Log": ("__logf({0})", None), "Sqrt": ("sqrtf({0})", None), "Reciprocal": ("1.0f / {0}", None),
-    "Erf": ("erff({0})", None), "Tanh": ("tanhf({0})", None), "Sigmoid": ("wb_sigmoid({0})", None),
-    "Relu": ("wb_fmax({0}, 0.0f)", "({0} > 0 ? {0} : 0)"), "Ceil": ("ceilf({0})", None),
+    "Erf": ("erff({0})", None), "Tanh": (None, None), "Sigmoid": (None, None),
+    "Relu": (None, "({0} > 0 ? {0} : 0)"), "Ceil": ("ceilf({0})", None),
     "Floor": ("floorf({0})", None), "Round": ("rintf({0})", None), "Sin": ("sinf({0})", None),
     "Cos": ("cosf({0})", None), "Tan": ("tanf({0})", None), "Asin": ("asinf({0})", None),
     "Acos": ("acosf({0})", None), "Atan": ("atanf({0})", None), "Sinh": ("sinhf({0})", None),
     "Cosh": ("coshf({0})", None), "Asinh": ("asinhf({0})", None), "Acosh": ("acoshf({0})", None),
     "Atanh": ("atanhf({0})", None), "Sign": ("(float)(({0} > 0) - ({0} < 0))", "(({0} > 0) - ({0} < 0))"),
-    "Not": (None, "!{0}"), "Softplus": ("wb_softplus({0})", None), "Softsign": ("{0} / (1.0f + fabsf({0}))", None),
-    "Identity": ("{0}", "{0}"), "IsNaN": ("({0} != {0})", None), "Mish": ("{0} * tanhf(wb_softplus({0}))", None),
-    "HardSwish": ("{0} * fminf(fmaxf({0} / 6.0f + 0.5f, 0.0f), 1.0f)", None),
+    "Not": (None, "!{0}"), "Softplus": (None, None), "Softsign": ("{0} / (1.0f + fabsf({0}))", None),
+    "Identity": ("{0}", "{0}"), "IsNaN": ("({0} != {0})", None), "Mish": (None, None), "HardSwish": (None, None),
 }
 BINARY = {
     "Add": "({0} + {1})", "Sub": ("({0} - {1})"), "Mul": "({0} * {1})", "Div": "({0} / {1})",
@@ -49,20 +49,10 @@ ATTR_OPS = ("LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "Gelu", "Threshol
 OPS = set(UNARY) | set(BINARY) | set(VARIADIC) | set(ATTR_OPS)
 
 
-def _num(x: float) -> str:
-    x = float(x)
-    if math.isnan(x):
-        return "__int_as_float(0x7fc00000)"
-    if math.isinf(x):
-        return "__int_as_float(0x7f800000)" if x > 0 else "__int_as_float(0xff800000)"
-    return f"{x!r}f"
-
-
 def program_of(layer: Layer, in_dtypes: list, out_dtypes: list) -> tuple[list[dict], list[str]] | None:
     """The program a layer runs: its own for Pointwise, one instruction for an ONNX elementwise op."""
     if layer.domain == "workbench" and layer.op == "Pointwise":
-        prog = layer.attrs["program"]
-        prog = json.loads(prog) if isinstance(prog, (str, bytes)) else prog
+        prog = program(layer.attrs)
         return prog, list(layer.attrs.get("outputs") or [prog[-1]["out"]])
     if layer.domain or layer.op not in OPS:
         return None
@@ -92,12 +82,34 @@ def program_of(layer: Layer, in_dtypes: list, out_dtypes: list) -> tuple[list[di
     return [{"op": layer.op, "args": present, "attrs": attrs, "out": "t0", "dtype": dt}], ["t0"]
 
 
+def _activation(op: str, attrs: dict, x: str) -> str | None:
+    """``op`` of ``x`` when it is an activation of the fused vocabulary (Mish and Swish: built of
+    them), written by the one table of ``cuda_prelude.act_expr`` as the fused epilogues are."""
+    alpha, beta = attrs.get("alpha"), attrs.get("beta")
+    if op in ("Relu", "Sigmoid", "Tanh", "HardSwish", "Softplus"):
+        return P.act_expr(op, {}, x)
+    if op == "LeakyRelu":
+        return P.act_expr(op, {} if alpha is None else {"act_alpha": alpha}, x)
+    if op == "HardSigmoid":
+        return P.act_expr(op, {k: v for k, v in (("act_alpha", alpha), ("act_beta", beta)) if v is not None}, x)
+    if op == "Gelu":
+        return P.act_expr("GeluTanh" if attrs.get("approximate", "none") == "tanh" else "Gelu", {}, x)
+    if op == "Mish":
+        return f"({x} * tanhf({P.act_expr('Softplus', {}, x)}))"
+    if op == "Swish":
+        return f"({x} * {P.act_expr('Sigmoid', {}, f'{P.literal(1.0 if alpha is None else alpha)} * {x}')})"
+    return None
+
+
 def _expr(ins: dict, types: dict, out_dtype: str) -> str:
     op, args, attrs = ins["op"], ins["args"], ins.get("attrs") or {}
     a = [types[x][0] for x in args]
     fl = P.compute(types[args[0]][1]) in ("float", "double") if args else True
     if op == "Cast":
         return P.round_to(attrs.get("to", out_dtype), a[0])
+    act = _activation(op, attrs, a[0]) if a and (fl or op in ATTR_OPS) else None
+    if act is not None:
+        return act
     if op in UNARY:
         f, g = UNARY[op]
         tmpl = f if fl else g
@@ -122,27 +134,18 @@ def _expr(ins: dict, types: dict, out_dtype: str) -> str:
     if op == "Mod":
         return f"fmodf({a[0]}, {a[1]})" if fl or attrs.get("fmod") else f"(({a[0]}) % ({a[1]}) + (({a[0]}) % ({a[1]}) != 0 && ((({a[0]}) < 0) != (({a[1]}) < 0))) * ({a[1]}))"
     x = a[0]
-    alpha, beta = attrs.get("alpha"), attrs.get("beta")
-    if op == "LeakyRelu":
-        return f"({x} < 0.0f ? {_num(0.01 if alpha is None else alpha)} * {x} : {x})"
+    alpha = attrs.get("alpha")
     if op == "Elu":
-        return f"({x} < 0.0f ? {_num(1.0 if alpha is None else alpha)} * (__expf({x}) - 1.0f) : {x})"
+        return f"({x} < 0.0f ? {P.literal(1.0 if alpha is None else alpha)} * (__expf({x}) - 1.0f) : {x})"
     if op == "Celu":
-        al = _num(1.0 if alpha is None else alpha)
+        al = P.literal(1.0 if alpha is None else alpha)
         return f"(fmaxf(0.0f, {x}) + fminf(0.0f, {al} * (__expf({x} / {al}) - 1.0f)))"
     if op == "Selu":
-        al, ga = _num(attrs.get("alpha", 1.67326319217681884765625)), _num(attrs.get("gamma", 1.05070102214813232421875))
+        al = P.literal(attrs.get("alpha", 1.67326319217681884765625))
+        ga = P.literal(attrs.get("gamma", 1.05070102214813232421875))
         return f"({ga} * ({x} <= 0.0f ? {al} * (__expf({x}) - 1.0f) : {x}))"
-    if op == "HardSigmoid":
-        return f"fminf(fmaxf({_num(0.2 if alpha is None else alpha)} * {x} + {_num(0.5 if beta is None else beta)}, 0.0f), 1.0f)"
     if op == "ThresholdedRelu":
-        return f"({x} > {_num(1.0 if alpha is None else alpha)} ? {x} : 0.0f)"
-    if op == "Swish":
-        return f"({x} * wb_sigmoid({_num(1.0 if alpha is None else alpha)} * {x}))"
-    if op == "Gelu":
-        if attrs.get("approximate", "none") == "tanh":
-            return f"wb_gelu_tanh({x})"
-        return f"(0.5f * {x} * (1.0f + erff({x} * 0.7071067811865476f)))"
+        return f"({x} > {P.literal(1.0 if alpha is None else alpha)} ? {x} : 0.0f)"
     raise NotImplementedError(op)
 
 
@@ -176,7 +179,7 @@ def generate(prog: list[dict], outs: list[str], in_kinds: list[str], in_dtypes: 
     for ins in prog:
         for arg in ins["args"]:
             if arg.startswith("c:"):
-                types[arg] = (_num(float(arg[2:])), "float32")
+                types[arg] = (P.literal(float(arg[2:])), "float32")
         d = ins.get("dtype") or types[ins["args"][0]][1]
         ct = P.compute(d) if P.supported(d) else "float"
         body.append(f"    {ct} {ins['out']} = ({ct})({_expr(ins, types, d)});")
@@ -198,7 +201,7 @@ def _strides(shape, out_shape) -> list[int]:
     return st
 
 
-class PointwiseTactic:
+class PointwiseTactic(TacticBase):
     name = "nvrtc.pointwise"
 
     def _io(self, layer: Layer):
@@ -232,7 +235,8 @@ class PointwiseTactic:
         out_shape = list(outs[0].shape)
         kinds = ["scalar" if math.prod(s.shape) == 1 else "full" if list(s.shape) == out_shape else "bcast" for s in ins]
         in_l, out_l = layer.attrs.get("in_layouts") or [], layer.attrs.get("out_layouts") or []
-        if out_l and out_l[0] == "nhwc":  # inputs stored NCHW are read transposed (layout.py's converters)
+        # inputs stored NCHW are read transposed (the converters of builder/layout.py)
+        if out_l and out_l[0] == "nhwc":
             for k, lay in enumerate(in_l[:len(kinds)]):
                 if lay == "nchw" and kinds[k] == "full":
                     kinds[k] = "nchw:" + ",".join(str(v) for v in out_shape[1:4])
@@ -244,8 +248,6 @@ class PointwiseTactic:
         return src, meta
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
-        from .device import cupy
-
         cp = cupy()
         src, meta = self._source(layer, "wb_pointwise")
         out: dict[str, bytes] = {}
@@ -259,7 +261,8 @@ class PointwiseTactic:
             args = [o for o in outputs] + [x for x in inputs if x is not None] + [meta_d, np.int32(n)]
             fn((grid,), (block,), tuple(args), stream=stream)
 
-        return BuiltKernel(run=run, binaries=out)
+        # elementwise over flat indices: the runtime may hand it a graph input straight from the caller
+        return BuiltKernel(run=run, binaries=out, reads_inputs_directly=True)
 
 
 TACTICS = [PointwiseTactic()]

@@ -2,9 +2,9 @@
 kernels, for NCHW and channels-last (NHWC) storage.
 
 The layout of the input and of the output come from the layer's attrs ``in_layouts`` /
-``out_layouts`` (set by the GPU target's layout assignment, ``layout.py``; absent: NCHW), and may
-differ. Windows: one thread per output element, in the output's storage order (channels fastest
-for NHWC, so a warp reads 32 consecutive channels of one pixel). Shapes, strides, pads and
+``out_layouts`` (set by the GPU target's layout assignment, ``builder/layout.py``; absent: NCHW),
+and may differ. Windows: one thread per output element, in the output's storage order (channels
+fastest for NHWC, so a warp reads 32 consecutive channels of one pixel). Shapes, strides, pads and
 dilations are compile-time constants. Average pooling divides by the count of window positions
 inside the input (``count_include_pad=0``) or inside the padded input (``=1``), never counting
 ceil_mode overhang, as ONNX does. Global pools: NHWC, one thread per (n, c) looping over pixels
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ...core.plan import Layer
+from ...ops.geometry import window_attrs
 from . import cuda_prelude as P
 from .nvrtc import get_function
-from .tactic import BuiltKernel, GpuInfo
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 WINDOW = ("MaxPool", "AveragePool")
 GLOBAL = ("GlobalAveragePool", "GlobalMaxPool")
@@ -40,9 +43,7 @@ def _window_params(layer: Layer):
     if len(layer.outputs) > 1 and layer.outputs[1]:
         return "MaxPool indices output is not produced here"
     k = list(a["kernel_shape"])
-    st = list(a.get("strides") or [1, 1])
-    dil = list(a.get("dilations") or [1, 1])
-    pads = list(a.get("pads") or [0, 0, 0, 0])
+    st, dil, pads = window_attrs(a, 2)
     return dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], OH=ys[2], OW=ys[3], KH=k[0], KW=k[1], SH=st[0], SW=st[1],
                 DH=dil[0], DW=dil[1], PT=pads[0], PL=pads[1], PB=pads[2], PR=pads[3],
                 INCL=int(a.get("count_include_pad", 0)))
@@ -117,7 +118,7 @@ def _global_source(layer: Layer, name: str) -> tuple[str, int, int]:
     return head + sig + body, 32, n * c
 
 
-class PoolTactic:
+class PoolTactic(TacticBase):
     name = "nvrtc.pool"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
@@ -140,8 +141,6 @@ class PoolTactic:
         return [{"block": 256, "layout": "/".join(layouts(layer))}]
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
-        import numpy as np  # noqa: PLC0415
-
         out: dict[str, bytes] = {}
         block = int(config.get("block", 256))
         if layer.op in WINDOW:

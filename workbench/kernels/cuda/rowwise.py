@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ...core.plan import Layer
 from . import cuda_prelude as P
-from .layer_io import aligned_inputs
 from .nvrtc import get_function
-from .tactic import BuiltKernel, GpuInfo
+from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 _REDUCE = r"""
 #define WB_NEG_INF __int_as_float(0xff800000)
@@ -148,7 +149,7 @@ def _softmax_source(layer: Layer, dt: dict, name: str) -> str:
             "}\n")
 
 
-class RowwiseTactic:
+class RowwiseTactic(TacticBase):
     name = "nvrtc.rowwise"
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
@@ -176,13 +177,11 @@ class RowwiseTactic:
         return [{"block": b} for b in (128, 256, 512, 1024) if b <= max(128, 2 * cols)][:3]
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
-        import numpy as np
-
         rows, cols = _rows_cols(layer)
         dt = {"y": layer.output_specs[0].dtype}
         names = (["x", "skip", "scale", "bias", "add_bias"] if layer.op == "SkipLayerNorm"
                  else ["x"] if layer.key in SOFTMAX else ["x", "scale", "bias"])
-        for nm, spec in zip(names, aligned_inputs(layer)):
+        for nm, spec in zip(names, layer.aligned_input_specs()):
             if spec is not None:
                 dt[nm] = spec.dtype
         block = int(config.get("block", 256))

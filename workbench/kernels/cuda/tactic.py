@@ -3,7 +3,7 @@
 A *tactic* is a way to run a layer on the GPU (a library call or a generated kernel). For each
 layer the builder asks every source (listed in ``sources.py``) whether it can run the layer
 (``supports`` -> None or a reason), gathers the candidate configurations, builds each candidate,
-times it with CUDA events (``workbench.kernels.cuda.timing``), keeps the fastest, and records all
+times it with CUDA events (``workbench.kernels.cuda.events``), keeps the fastest, and records all
 timings in the layer's tactic table. At engine load, the runtime calls ``build`` again with the
 recorded config (no autotuning) and, for generated kernels, the cubin stored in the engine.
 
@@ -51,6 +51,18 @@ class BuiltKernel:
     info: dict[str, Any] = field(default_factory=dict)
     # library objects the launch closure needs alive (plans, descriptors, device constants)
     keepalive: tuple = ()
+
+
+class TacticBase:
+    """What the tactics of this package share: ``source`` is the module that defines the tactic
+    (the key of ``sources.PROVIDES``, so it cannot drift from where the tactic lives), and
+    ``supports_cost`` is 0 unless the tactic's ``supports`` plans a library graph."""
+
+    supports_cost = 0
+
+    @property
+    def source(self) -> str:
+        return type(self).__module__.rpartition(".")[2]
 
 
 class Tactic(Protocol):

@@ -3,6 +3,11 @@
 The modules are listed here, not registered by import side effects: reading this list tells which
 op families the CPU path runs. Each module exports ``KERNELS`` (op type -> kernel) and may set
 ``DOMAIN`` (default: the ONNX default domain, "").
+
+``tactics.py`` offers these kernels as the CPU tactic source (``cpu.numpy`` and the emulated
+half precisions): the CPU target selects through it and the CPU runtime binds layers by its names.
+
+May import: ``core``, ``errors``, ``dtypes`` (and NumPy / ml_dtypes); nothing of the optimizer.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from . import (
     quant,
     random,
     reduce,
+    reorder,
     rnn,
     sequence,
     signal,
@@ -36,7 +42,7 @@ from ._base import Kernel, KernelContext, KernelError
 
 _MODULES = (
     elementwise, activation, reduce, linalg, conv, pool, norm, attention, rnn, signal, training,
-    nn_misc, tensor, indexing, cast, image, quant, random, sequence, text, control, ml, fused,
+    nn_misc, tensor, reorder, indexing, cast, image, quant, random, sequence, text, control, ml, fused,
 )
 
 

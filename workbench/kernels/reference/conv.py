@@ -13,33 +13,9 @@ import itertools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ...ops.geometry import conv_geometry, window_attrs
 from ._base import KernelError
 from .linalg import acc_dtype
-
-
-def conv_geometry(in_shape, kernel, strides, dilations, pads, auto_pad):
-    """(pads_begin, pads_end, out_shape) for a forward convolution or pooling window."""
-    nd = len(in_shape)
-    begin, end, out = [], [], []
-    for i in range(nd):
-        k_eff = dilations[i] * (kernel[i] - 1) + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_shape[i] // strides[i])
-            total = max(0, (o - 1) * strides[i] + k_eff - in_shape[i])
-            small = total // 2
-            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        elif auto_pad == "VALID":
-            b = e = 0
-        else:
-            b, e = (pads[i], pads[i + nd]) if pads else (0, 0)
-        o = (in_shape[i] + b + e - k_eff) // strides[i] + 1
-        if o <= 0:
-            raise KernelError(f"convolution output dim {i} would be {o} (input {in_shape[i]}, "
-                              f"kernel {kernel[i]}, pads {b}+{e})")
-        begin.append(b)
-        end.append(e)
-        out.append(o)
-    return begin, end, out
 
 
 def windows(xp, kernel, strides, dilations, out_shape):
@@ -53,13 +29,6 @@ def windows(xp, kernel, strides, dilations, out_shape):
     return v[sl]
 
 
-def _conv_params(x, kernel, attrs):
-    nd = x.ndim - 2
-    strides = list(attrs.get("strides") or [1] * nd)
-    dilations = list(attrs.get("dilations") or [1] * nd)
-    return strides, dilations, attrs.get("pads"), attrs.get("auto_pad", "NOTSET")
-
-
 def conv_nd(x, w, b, attrs, pad_value=0):
     """Forward convolution in ``x``'s dtype (``x``, ``w`` already in the accumulate dtype)."""
     if x.ndim < 3 or w.ndim != x.ndim:
@@ -70,8 +39,13 @@ def conv_nd(x, w, b, attrs, pad_value=0):
     kernel = list(attrs.get("kernel_shape") or w.shape[2:])
     if c != w.shape[1] * group or m % group:
         raise KernelError(f"Conv channels: X has {c}, W {w.shape} with group {group}")
-    strides, dilations, pads, auto_pad = _conv_params(x, kernel, attrs)
-    begin, end, out_shape = conv_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    strides, dilations, pads = window_attrs(attrs, x.ndim - 2)
+    begin, end, out_shape = conv_geometry(x.shape[2:], kernel, strides, dilations, pads,
+                                          attrs.get("auto_pad", "NOTSET"))
+    for i, o in enumerate(out_shape):
+        if o <= 0:
+            raise KernelError(f"convolution output dim {i} would be {o} (input {x.shape[2 + i]}, "
+                              f"kernel {kernel[i]}, pads {begin[i]}+{end[i]})")
     nd = len(kernel)
     k_size = int(np.prod(kernel))
     p = int(np.prod(out_shape))

@@ -23,7 +23,7 @@ DOMAIN = "workbench"
 
 
 def activate(y: np.ndarray, attrs: dict) -> np.ndarray:
-    """The epilogue activation named by ``attrs["activation"]`` (FUSED_OPS.md lists them)."""
+    """The epilogue activation named by ``attrs["activation"]`` (the vocabulary: ``ops.fused.ACTIVATIONS``)."""
     act = attrs.get("activation", "")
     if not act:
         return y

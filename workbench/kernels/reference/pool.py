@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ops.geometry import conv_geometry, window_attrs
 from ._base import KernelError
 from .conv import windows
 
@@ -27,38 +28,15 @@ def pool_geometry(x, attrs):
     kernel = list(attrs.get("kernel_shape") or [])
     if len(kernel) != nd:
         raise KernelError(f"pool kernel_shape {kernel} does not match input rank {x.ndim}")
-    strides = list(attrs.get("strides") or [1] * nd)
-    dil = list(attrs.get("dilations") or [1] * nd)
-    pads = list(attrs.get("pads") or [0] * (2 * nd))
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    ceil_mode = attrs.get("ceil_mode", 0)
-    begin, end, extra, out = [], [], [], []
+    strides, dil, pads = window_attrs(attrs, nd)
+    begin, end, out = conv_geometry(x.shape[2:], kernel, strides, dil, pads, attrs.get("auto_pad", "NOTSET"),
+                                    attrs.get("ceil_mode", 0))
+    extra = []
     for i in range(nd):
-        n_in = x.shape[2 + i]
+        if out[i] <= 0:
+            raise KernelError(f"pool output dim {i} would be {out[i]}")
         k_eff = dil[i] * (kernel[i] - 1) + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-n_in // strides[i])
-            total = max(0, (o - 1) * strides[i] + k_eff - n_in)
-            small = total // 2
-            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        elif auto_pad == "VALID":
-            b = e = 0
-        else:
-            b, e = pads[i], pads[i + nd]
-        span = n_in + b + e - k_eff
-        if ceil_mode:
-            o = -(-span // strides[i]) + 1
-            # the last window must start inside the input or its leading pad
-            if (o - 1) * strides[i] >= n_in + b:
-                o -= 1
-        else:
-            o = span // strides[i] + 1
-        if o <= 0:
-            raise KernelError(f"pool output dim {i} would be {o}")
-        begin.append(b)
-        end.append(e)
-        extra.append(max(0, (o - 1) * strides[i] + k_eff - (n_in + b + e)))
-        out.append(o)
+        extra.append(max(0, (out[i] - 1) * strides[i] + k_eff - (x.shape[2 + i] + begin[i] + end[i])))
     return kernel, strides, dil, begin, end, extra, out
 
 

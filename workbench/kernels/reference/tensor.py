@@ -23,7 +23,7 @@ def norm_axis(axis: int, rank: int, what: str) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _ints(v) -> list[int]:
+def int_values(v) -> list[int]:
     return [int(x) for x in np.asarray(v).reshape(-1)]
 
 
@@ -49,7 +49,7 @@ def constant(ctx, inputs, attrs):
 
 
 def constant_of_shape(ctx, inputs, attrs):
-    shape = _ints(inputs[0])
+    shape = int_values(inputs[0])
     check_elements(shape, "ConstantOfShape")
     value = attrs.get("value")
     if value is None:
@@ -82,7 +82,7 @@ def size(ctx, inputs, attrs):
 
 def reshape(ctx, inputs, attrs):
     x = inputs[0]
-    target = _ints(inputs[1]) if ctx.opset >= 5 or len(inputs) > 1 else _ints(attrs.get("shape", []))
+    target = int_values(inputs[1]) if ctx.opset >= 5 or len(inputs) > 1 else int_values(attrs.get("shape", []))
     allowzero = int(attrs.get("allowzero", 0))
     out, infer = [], None
     for i, d in enumerate(target):
@@ -121,7 +121,7 @@ def flatten(ctx, inputs, attrs):
 def _axes_operand(ctx, inputs, attrs, since: int):
     """Axes given as an attribute before opset ``since``, as an optional input from it on."""
     if ctx.opset >= since or (len(inputs) > 1 and inputs[1] is not None):
-        return None if len(inputs) < 2 or inputs[1] is None else _ints(inputs[1])
+        return None if len(inputs) < 2 or inputs[1] is None else int_values(inputs[1])
     return None if attrs.get("axes") is None else [int(a) for a in attrs["axes"]]
 
 
@@ -185,7 +185,7 @@ def split(ctx, inputs, attrs):
     dim = x.shape[axis]
     n = ctx.n_outputs
     if len(inputs) > 1 and inputs[1] is not None:
-        sizes = _ints(inputs[1])
+        sizes = int_values(inputs[1])
     elif attrs.get("split") is not None:
         sizes = [int(s) for s in attrs["split"]]
     elif "num_outputs" in attrs:
@@ -213,9 +213,9 @@ def slice_(ctx, inputs, attrs):
         starts, ends = list(attrs["starts"]), list(attrs["ends"])
         axes, steps = attrs.get("axes"), None
     else:
-        starts, ends = _ints(inputs[1]), _ints(inputs[2])
-        axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
-        steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else None
+        starts, ends = int_values(inputs[1]), int_values(inputs[2])
+        axes = int_values(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
+        steps = int_values(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else None
     axes = list(range(len(starts))) if axes is None else list(axes)
     steps = [1] * len(starts) if steps is None else steps
     if not len(starts) == len(ends) == len(axes) == len(steps):
@@ -243,10 +243,10 @@ def pad(ctx, inputs, attrs):
         pads = [int(p) for p in attrs.get("pads", attrs.get("paddings", []))]
         value, axes = attrs.get("value", 0.0), None
     else:
-        pads = _ints(inputs[1])
+        pads = int_values(inputs[1])
         value = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
         value = 0 if value is None or np.size(value) == 0 else np.asarray(value).reshape(-1)[0]
-        axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
+        axes = int_values(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else None
     axes = list(range(x.ndim)) if axes is None else [norm_axis(a, x.ndim, "Pad") for a in axes]
     if len(pads) != 2 * len(axes):
         raise KernelError(f"Pad: {len(pads)} pads for {len(axes)} axes")
@@ -268,7 +268,7 @@ def pad(ctx, inputs, attrs):
 
 
 def expand(ctx, inputs, attrs):
-    x, target = inputs[0], _ints(inputs[1])
+    x, target = inputs[0], int_values(inputs[1])
     try:
         out_shape = np.broadcast_shapes(x.shape, tuple(target))
     except ValueError:
@@ -278,7 +278,7 @@ def expand(ctx, inputs, attrs):
 
 
 def tile(ctx, inputs, attrs):
-    x, reps = inputs[0], _ints(inputs[1])
+    x, reps = inputs[0], int_values(inputs[1])
     if len(reps) != x.ndim or any(r < 0 for r in reps):
         raise KernelError(f"Tile: repeats {reps} invalid for rank {x.ndim}")
     check_elements([d * r for d, r in zip(x.shape, reps)], "Tile")
@@ -315,72 +315,6 @@ def range_(ctx, inputs, attrs):
     return [(start + np.arange(n, dtype=dt) * delta).astype(dt)]
 
 
-def depth_to_space(ctx, inputs, attrs):
-    x, bs = inputs[0], int(attrs["blocksize"])
-    b, c, h, w = x.shape
-    if c % (bs * bs):
-        raise KernelError(f"DepthToSpace: channels {c} not divisible by blocksize^2 {bs * bs}")
-    if attrs.get("mode", "DCR") == "DCR":
-        t = x.reshape(b, bs, bs, c // bs // bs, h, w).transpose(0, 3, 4, 1, 5, 2)
-    else:
-        t = x.reshape(b, c // bs // bs, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
-    return [t.reshape(b, c // bs // bs, h * bs, w * bs)]
-
-
-def space_to_depth(ctx, inputs, attrs):
-    x, bs = inputs[0], int(attrs["blocksize"])
-    b, c, h, w = x.shape
-    if h % bs or w % bs:
-        raise KernelError(f"SpaceToDepth: spatial dims {h}x{w} not divisible by blocksize {bs}")
-    t = x.reshape(b, c, h // bs, bs, w // bs, bs)
-    # DCR puts the block offset before the channel, CRD after it (inverse of DepthToSpace)
-    t = t.transpose(0, 3, 5, 1, 2, 4) if attrs.get("mode", "DCR") == "DCR" else t.transpose(0, 1, 3, 5, 2, 4)
-    return [t.reshape(b, c * bs * bs, h // bs, w // bs)]
-
-
-def center_crop_pad(ctx, inputs, attrs):
-    x, target = inputs[0], _ints(inputs[1])
-    axes = attrs.get("axes")
-    axes = list(range(x.ndim)) if axes is None else [norm_axis(a, x.ndim, "CenterCropPad") for a in axes]
-    if len(axes) != len(target):
-        raise KernelError(f"CenterCropPad: {len(target)} sizes for {len(axes)} axes")
-    out_shape = list(x.shape)
-    src = [slice(None)] * x.ndim
-    dst = [slice(None)] * x.ndim
-    for a, t in zip(axes, target):
-        dim = x.shape[a]
-        out_shape[a] = t
-        if t < dim:  # crop: the extra element of an odd difference comes off the end
-            off = (dim - t) // 2
-            src[a] = slice(off, off + t)
-        elif t > dim:
-            off = (t - dim) // 2
-            dst[a] = slice(off, off + dim)
-    check_elements(out_shape, "CenterCropPad")
-    out = np.zeros(out_shape, dtype=x.dtype)
-    out[tuple(dst)] = x[tuple(src)]
-    return [out]
-
-
-def reverse_sequence(ctx, inputs, attrs):
-    x, lens = inputs[0], _ints(inputs[1])
-    batch_axis = int(attrs.get("batch_axis", 1))
-    time_axis = int(attrs.get("time_axis", 0))
-    out = x.copy()
-    if len(lens) != x.shape[batch_axis]:
-        raise KernelError(f"ReverseSequence: {len(lens)} lengths for batch of {x.shape[batch_axis]}")
-    for b, n in enumerate(lens):
-        if not 0 <= n <= x.shape[time_axis]:
-            raise KernelError(f"ReverseSequence: length {n} out of range")
-        idx = [slice(None)] * x.ndim
-        idx[batch_axis] = b
-        idx[time_axis] = slice(0, n)
-        src = list(idx)
-        src[time_axis] = slice(n - 1, None, -1) if n else slice(0, 0)
-        out[tuple(idx)] = x[tuple(src)]
-    return [out]
-
-
 KERNELS = {
     "Constant": constant,
     "ConstantOfShape": constant_of_shape,
@@ -401,8 +335,4 @@ KERNELS = {
     "EyeLike": eye_like,
     "Trilu": trilu,
     "Range": range_,
-    "DepthToSpace": depth_to_space,
-    "SpaceToDepth": space_to_depth,
-    "CenterCropPad": center_crop_pad,
-    "ReverseSequence": reverse_sequence,
 }

@@ -1,0 +1,1 @@
+"""Browser tests: JupyterLab and the graph bundle in headless Chromium (skipped without Chromium)."""

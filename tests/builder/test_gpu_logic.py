@@ -1,0 +1,227 @@
+"""CPU-side logic of the GPU target: precision assignment and casts, pointwise code generation,
+the timing cache file, and engine compatibility checks. Runs without a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.support.paths import MODELS
+import workbench as wb
+from workbench.builder.timing_cache import TimingCache, layer_signature
+from workbench.core.plan import Layer, Plan, TensorSpec
+from workbench.errors import EngineCompatibilityError
+from workbench.kernels.cuda import pointwise
+from workbench.kernels.cuda.compat import check_target
+from workbench.kernels.cuda.cuda_prelude import act_expr
+from workbench.precision import assign_precisions
+
+
+def _plan():
+    x = TensorSpec("x", "float32", [2, 8])
+    mm = Layer("mm", "MatMul", inputs=["x", "w"], outputs=["h"], onnx_nodes=["mm"], onnx_ops=["MatMul"],
+               input_specs=[x, TensorSpec("w", "float32", [8, 8])], output_specs=[TensorSpec("h", "float32", [2, 8])])
+    relu = Layer("relu", "Relu", inputs=["h"], outputs=["r"], onnx_nodes=["relu"], onnx_ops=["Relu"],
+                 input_specs=[TensorSpec("h", "float32", [2, 8])], output_specs=[TensorSpec("r", "float32", [2, 8])])
+    cum = Layer("cum", "CumSum", inputs=["r", "ax"], outputs=["y"], onnx_nodes=["cum"], onnx_ops=["CumSum"],
+                input_specs=[TensorSpec("r", "float32", [2, 8]), TensorSpec("ax", "int64", [])],
+                output_specs=[TensorSpec("y", "float32", [2, 8])])
+    plan = Plan(inputs=[x], outputs=[TensorSpec("y", "float32", [2, 8]), TensorSpec("r", "float32", [2, 8])],
+                layers=[mm, relu, cum], constants={"w": np.ones((8, 8), np.float32), "ax": np.array(1)})
+    plan.tensors = {s.name: s for l in plan.layers for s in l.output_specs}
+    return plan
+
+
+def test_fp16_assignment_inserts_casts_and_keeps_graph_dtypes():
+    plan = _plan()
+    rows = assign_precisions(plan, wb.BuilderConfig(device="cpu", precision="fp16"), "gpu", lambda l, p: True)
+    by = {r["layer"]: r for r in rows}
+    assert by["mm"]["precision"] == "fp16" and by["relu"]["precision"] == "fp16"
+    assert by["cum"]["precision"] == "fp32"
+    ops = [l.op for l in plan.layers]
+    assert ops.count("Cast") == 2  # x -> fp16, r(fp16) -> graph output r fp32 (reused by CumSum)
+    produced = {o: l for l in plan.layers for o in l.outputs}
+    assert produced["r"].op == "Cast" and produced["r"].output_specs[0].dtype == "float32"
+    assert plan.tensors["h"].dtype == "float16"
+    cum = plan.layer("cum")
+    assert cum.inputs[0] == "r"  # the fp32 consumer reads the cast, not the fp16 tensor
+    # every consumer reads a tensor of the dtype it expects
+    home = {s.name: s.dtype for s in plan.inputs} | {s.name: s.dtype for l in plan.layers for s in l.output_specs}
+    for l in plan.layers:
+        for n, s in zip([n for n in l.inputs if n], l.input_specs):
+            if n in home:
+                assert home[n] == s.dtype, (l.name, n)
+
+
+def test_override_and_unsupported_fall_back_to_fp32():
+    plan = _plan()
+    cfg = wb.BuilderConfig(device="cpu", precision="fp16", layer_precisions={"relu": "fp32"})
+    rows = assign_precisions(plan, cfg, "gpu", lambda l, p: l.op != "MatMul")
+    by = {r["layer"]: r for r in rows}
+    assert by["mm"]["precision"] == "fp32" and "no GPU tactic" in by["mm"]["reason"]
+    assert by["relu"]["precision"] == "fp32" and "override" in by["relu"]["reason"]
+    assert not any(l.op == "Cast" for l in plan.layers)
+
+
+def test_pointwise_codegen_text():
+    layer = Layer("a", "Add", inputs=["x", "b"], outputs=["y"],
+                  input_specs=[TensorSpec("x", "float16", [4, 8]), TensorSpec("b", "float16", [8])],
+                  output_specs=[TensorSpec("y", "float16", [4, 8])])
+    t = pointwise.PointwiseTactic()
+    assert t.supports(layer, "fp16", None) is None
+    src, meta = t._source(layer, "k")
+    assert "wb_h2f(x0[i])" in src and "x1[o1]" in src and "wb_f2h(" in src
+    assert meta == [4, 8, 0, 1]
+    prog = json.dumps([{"op": "Mul", "args": ["in0", "c:0.5"], "out": "t0", "dtype": "float32"},
+                       {"op": "Gelu", "args": ["t0"], "attrs": {"approximate": "tanh"}, "out": "t1", "dtype": "float32"}])
+    fused = Layer("p", "Pointwise", domain="workbench", inputs=["x"], outputs=["y"],
+                  attrs={"program": prog, "outputs": ["t1"]},
+                  input_specs=[TensorSpec("x", "bfloat16", [3])], output_specs=[TensorSpec("y", "bfloat16", [3])])
+    src, _ = t._source(fused, "k")
+    # GELU (tanh) spelled as the fused epilogues spell it: the one activation table
+    assert "0.5f" in src and act_expr("GeluTanh", {}, "t0") in src and "wb_b2f(x0[i])" in src
+
+
+def test_timing_cache_roundtrip_and_env_mismatch(tmp_path):
+    path = tmp_path / "tc.json"
+    env = {"gpu": "H100", "arch": "sm_90", "libraries": {"cudnn": "9.19.0"}}
+    layer = _plan().layers[0]
+    key = layer_signature(layer, {"w": np.ones((8, 8), np.float32)})
+    c = TimingCache(path, env)
+    c.put(key, "cublas.gemm", {"algo": 1}, [{"tactic": "cublas.gemm", "config": {"algo": 1}, "ms": 0.01}])
+    c.kernels["abc"] = b"\x7fELF..."
+    c.save()
+    c2 = TimingCache(path, env)
+    assert c2.get(key)["tactic"] == "cublas.gemm" and c2.kernels["abc"] == b"\x7fELF..."
+    c3 = TimingCache(path, {**env, "arch": "sm_80"})
+    assert c3.get(key) is None and c3.stale
+    layer.precision = "fp16"
+    assert layer_signature(layer, {"w": np.ones((8, 8), np.float32)}) != key
+    path.write_text("{not json")
+    assert TimingCache(path, env).stale
+
+
+def test_engine_compatibility_message():
+    built = {"arch": "sm_90", "libraries": {"cuda": "13.0", "cudnn": "9.19.0", "cublas": "13.1.0"}}
+    check_target(built, "sm_90", {"cuda": "13.0", "cudnn": "9.19.1", "cublas": "13.1.0"})
+    with pytest.raises(EngineCompatibilityError, match=r"built for sm_90 / cuda 13.0 / cudnn 9.19.0.*sm_80.*rebuild"):
+        check_target(built, "sm_80", {"cuda": "13.0", "cudnn": "9.19.0", "cublas": "13.1.0"})
+    with pytest.raises(EngineCompatibilityError, match="cudnn 9.10"):
+        check_target(built, "sm_90", {"cuda": "13.0", "cudnn": "9.10.0", "cublas": "13.1.0"})
+
+
+def _lowered(path, shapes):
+    import onnx_ir as ir
+
+    from workbench.builder.lower import lower_model
+    from workbench.builder.shapes import apply_input_shapes
+    from workbench.passes.context import PassContext
+    from workbench.passes.pipeline import run_pipeline
+
+    net = wb.load_onnx(path)
+    model = ir.from_proto(ir.to_proto(net.model))
+    apply_input_shapes(model, shapes)
+    run_pipeline(model, PassContext(disabled=frozenset(), device="gpu"), optimize=True)
+    return lower_model(model)
+
+
+class _FakeConv:
+    name = "cudnn.conv"
+
+    def supports(self, layer, precision, gpu):
+        return None
+
+
+def test_layout_assignment_stores_conv_activations_channels_last():
+    import os
+
+    from workbench.kernels.cuda import pool
+    from workbench.builder.layout import assign_layouts
+
+    path = os.path.join(MODELS, "resnet_legacy.onnx")
+    data = np.load(path[:-5] + ".npz")
+    feeds = {k: data[k] for k in data.files if not k.startswith("output:")}
+    plan = _lowered(path, {k: v.shape for k, v in feeds.items()})
+    assign_precisions(plan, wb.BuilderConfig(device="cpu", precision="fp16"), "gpu", lambda l, p: True)
+    by_name = {"cudnn.conv": _FakeConv(), "nvrtc.pool": pool.PoolTactic(), "nvrtc.pointwise": pointwise.PointwiseTactic()}
+    rows = assign_layouts(plan, by_name, None)
+    assert rows, "no layer was stored channels-last"
+    graph_io = {s.name for s in plan.inputs} | {s.name for s in plan.outputs}
+    nhwc = set()
+    for layer in plan.layers:
+        if layer.attrs.get("channels_last"):
+            assert layer.key in {("workbench", "FusedConv"), ("", "Conv"), ("", "MaxPool"), ("", "AveragePool"),
+                                 ("", "GlobalAveragePool"), ("", "GlobalMaxPool")} or \
+                pointwise.PointwiseTactic().supports(layer, layer.precision, None) is None, layer.op
+            nhwc |= {n for n, l in zip(layer.inputs, layer.attrs["in_layouts"]) if l == "nhwc"}
+            nhwc |= {s.name for s, l in zip(layer.output_specs, layer.attrs["out_layouts"]) if l == "nhwc"}
+    assert not nhwc & graph_io and not nhwc & set(plan.constants)
+    # every reader and writer of an NHWC tensor knows it is NHWC
+    for layer in plan.layers:
+        ins = layer.attrs.get("in_layouts") or [""] * len(layer.inputs)
+        outs = layer.attrs.get("out_layouts") or [""] * len(layer.outputs)
+        for n, l in zip(layer.inputs, ins):
+            assert (n in nhwc) == (l == "nhwc"), (layer.name, n)
+        for s, l in zip(layer.output_specs, outs):
+            assert (s.name in nhwc) == (l == "nhwc"), (layer.name, s.name)
+    # fp32 engines stay NCHW
+    plan32 = _lowered(path, {k: v.shape for k, v in feeds.items()})
+    assign_precisions(plan32, wb.BuilderConfig(device="cpu", precision="fp32"), "gpu", lambda l, p: True)
+    assert assign_layouts(plan32, by_name, None) == []
+
+
+def test_supported_precisions_without_a_gpu():
+    """The notebook's precision dropdowns ask the public API what each target offers; asking about
+    the GPU target must work on a machine without one."""
+    assert wb.supported_precisions("cpu") == ["fp32", "fp16", "bf16"]
+    assert {"fp32", "tf32", "fp16", "bf16"} <= set(wb.supported_precisions("gpu"))
+
+
+def test_fused_and_unfused_activations_share_one_spelling():
+    """An ONNX activation op run by nvrtc.pointwise and the same activation fused into a GEMM or
+    conv epilogue compute it with the same C expression (cuda_prelude.act_expr)."""
+    from workbench.ops.fused import ACTIVATIONS
+
+    for op, attrs in (("Relu", {}), ("Sigmoid", {}), ("Tanh", {}), ("HardSwish", {}), ("Softplus", {}),
+                      ("LeakyRelu", {"alpha": 0.2}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4})):
+        assert op in ACTIVATIONS
+        layer = Layer("a", op, inputs=["x"], outputs=["y"], attrs=attrs,
+                      input_specs=[TensorSpec("x", "float32", [4])], output_specs=[TensorSpec("y", "float32", [4])])
+        src, _ = pointwise.PointwiseTactic()._source(layer, "k")
+        params = {"act_" + k: v for k, v in attrs.items()}
+        assert act_expr(op, params, "v0") in src, op
+
+
+def test_tactic_sources_declare_their_tactics():
+    """sources.PROVIDES names every source's tactics; each tactic knows its source (no source is
+    told from a tactic's name by its prefix). Every source module imports without its library."""
+    from workbench.kernels.cuda import sources
+
+    primary, fallback, unavailable = sources.load_sources()
+    assert unavailable == {}
+    assert set(sources.PROVIDES) == set(sources.PRIMARY + sources.FALLBACK)
+    for t in primary + fallback:
+        assert sources.source_of(t.name) == t.source and t.supports_cost in (0, 1)
+    assert sources.source_of("cudnn.conv") == "cudnn_conv" and sources.source_of("nvrtc.nothing") is None
+
+
+def test_attention_operands_and_mask_broadcast():
+    """The attention tactics read Q/K/V/O through one [B, H, S, D] view and one mask-broadcast check."""
+    from workbench.kernels.cuda.layer_io import attention_operands, mask_view
+    from workbench.kernels.cuda.nvrtc_attention import NvrtcAttention
+
+    def layer(mask_shape):
+        specs = [TensorSpec("q", "float32", [1, 5, 8]), TensorSpec("k", "float32", [1, 7, 8]),
+                 TensorSpec("v", "float32", [1, 7, 8]), TensorSpec("m", "float32", list(mask_shape))]
+        attrs = {"num_heads": 2, "q_layout": "bsd", "k_layout": "bsd", "v_layout": "bsd", "out_layout": "bsd",
+                 "scale": 0.5, "mask_kind": "additive"}
+        return Layer("a", "Attention", domain="workbench", inputs=["q", "k", "v", "m"], outputs=["y"], attrs=attrs,
+                     input_specs=specs, output_specs=[TensorSpec("y", "float32", [1, 5, 8])])
+
+    ops = attention_operands(layer([1, 1, 1, 7]))
+    assert ops["heads"] == ops["kv"] == 2 and ops["views"]["q"] == ([1, 2, 5, 4], [40, 4, 8, 1])
+    assert mask_view((1, 1, 7), (1, 2, 5, 7)) == ((1, 1, 1, 7), [7, 0, 0, 1])
+    assert NvrtcAttention().supports(layer([1, 1, 1, 7]), "fp32", None) is None
+    assert "does not broadcast" in NvrtcAttention().supports(layer([1, 1, 3, 7]), "fp32", None)

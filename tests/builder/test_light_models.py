@@ -1,0 +1,49 @@
+"""The nine light_* models shipped inside onnx match their shipped outputs.
+
+Two ways: onnx's own BackendTest runner over workbench.onnx_backend (exactly how onnx runs them),
+and the public API (load -> build -> save -> load -> run) with a relative-error check.
+"""
+
+from __future__ import annotations
+
+import os
+import unittest
+
+import onnx.backend.test
+import pytest
+
+import workbench as wb
+import workbench.onnx_backend as backend
+from workbench.core.numerics import rel_err
+from workbench.demo import embedded_model_path, reference_io
+
+LIGHT = ["light_bvlc_alexnet", "light_densenet121", "light_inception_v1", "light_inception_v2", "light_resnet50",
+         "light_shufflenet", "light_squeezenet", "light_vgg19", "light_zfnet512"]
+
+
+@pytest.mark.slow
+def test_light_models_through_onnx_backend_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNX_HOME", str(tmp_path))
+    bt = onnx.backend.test.BackendTest(backend, "light_suite")
+    names = "|".join(n[len("light_"):] for n in LIGHT)
+    bt.include(rf"^test_({names})_cpu$")
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(bt.test_cases["OnnxBackendRealModelTest"])
+    result = unittest.TextTestRunner(verbosity=0, stream=open(os.devnull, "w")).run(suite)
+    ran = result.testsRun - len(result.skipped)
+    problems = [(str(t), tb.splitlines()[-1]) for t, tb in result.failures + result.errors]
+    assert ran == 9, f"expected 9 light models to run, ran {ran}"
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_model_public_api(name, tmp_path):
+    path = embedded_model_path(name)
+    feeds, expected = reference_io(path)
+    engine = wb.build(wb.load_onnx(path), wb.BuilderConfig(device="cpu"))
+    engine.save(tmp_path / "e.wbe")
+    loaded = wb.Engine.load(tmp_path / "e.wbe")
+    outs = loaded.create_context().run(feeds)
+    for spec, exp in zip(loaded.outputs, expected):
+        got = outs[spec.name]
+        assert got.dtype == exp.dtype and got.shape == exp.shape
+        assert rel_err(got, exp) < 1e-4, f"{name}: {spec.name} relative error {rel_err(got, exp):.2e}"

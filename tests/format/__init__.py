@@ -1,0 +1,1 @@
+"""The engine file format: round trips, determinism, refusal of damaged or older files."""

@@ -1,0 +1,1 @@
+"""Frontends: ONNX model loading and the network-definition API."""

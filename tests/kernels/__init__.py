@@ -1,0 +1,1 @@
+"""Kernels: reference (NumPy) kernels, ONNX node cases, GPU tactics and attention."""

@@ -1,0 +1,1 @@
+"""The notebooks under notebooks/ execute end to end."""

@@ -1,0 +1,303 @@
+"""Before/Expected tests: one small graph per rule, the op types it must turn into, and the same
+outputs as the unoptimized engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import workbench as wb
+from tests.support.rules import build_both, init, model
+from workbench.errors import WorkbenchError
+
+F = TensorProto.FLOAT
+RNG = np.random.default_rng(0)
+
+
+def ops(engine):
+    return [l.op for l in engine.layers]
+
+
+def fired(engine, rule):
+    return sum(1 for f in engine.reports["fusions"] if f["rule"] == rule and f["status"] == "fired")
+
+
+def conv_net(act_nodes, extra_out=False):
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])] + act_nodes
+    outs = ["y"] + (["c"] if extra_out else [])
+    return model(nodes, [("x", [1, 3, 8, 8])], outs, [init("w", w), init("b", RNG.standard_normal(4))])
+
+
+X = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+
+
+def test_conv_relu_epilogue():
+    e = build_both(conv_net([helper.make_node("Relu", ["c"], ["y"])]), X)
+    assert ops(e) == ["FusedConv"] and e.layers[0].attrs["activation"] == "Relu"
+    assert sorted(e.layers[0].onnx_ops) == ["Conv", "Relu"]
+
+
+def test_conv_relu6_from_clip():
+    lo, hi = init("lo", np.float32(0)), init("hi", np.float32(6))
+    net = model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+                [("x", [1, 3, 8, 8])], ["y"], [init("w", RNG.standard_normal((4, 3, 3, 3))), init("b", np.zeros(4)), lo, hi])
+    e = build_both(net, X)
+    a = e.layers[0].attrs
+    assert ops(e) == ["FusedConv"] and a["activation"] == "Clip" and (a["act_min"], a["act_max"]) == (0.0, 6.0)
+
+
+def test_conv_residual_and_silu():
+    w = init("w", RNG.standard_normal((3, 3, 3, 3)))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "x"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["g"]), helper.make_node("Mul", ["s", "g"], ["y"])]
+    e = build_both(model(nodes, [("x", [1, 3, 8, 8])], ["y"], [w]), X)
+    assert ops(e) == ["FusedConv"] and e.layers[0].attrs["residual"] == 1 and e.layers[0].attrs["activation"] == "Silu"
+
+
+def test_declined_when_conv_output_has_two_consumers():
+    e = build_both(conv_net([helper.make_node("Relu", ["c"], ["y"])], extra_out=True), X)
+    assert "Conv" in ops(e)
+    declined = [f for f in e.report()["fusions"].to_dict("records") if f["status"] == "declined"]
+    assert any(f["rule"] == "conv_epilogue" and "consumers" in f["reason"] or "graph output" in f["reason"] for f in declined)
+    desc = e.describe()
+    assert any(f["status"] == "declined" and f["reason"] for f in desc["fusions"])
+
+
+def test_batchnorm_folded_into_conv():
+    c = 4
+    bn = [init(n, v) for n, v in [("s", RNG.random(c) + 0.5), ("t", RNG.standard_normal(c)), ("m", RNG.standard_normal(c)), ("v", RNG.random(c) + 0.5)]]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["y"])]
+    net = model(nodes, [("x", [1, 3, 8, 8])], ["y"], [init("w", RNG.standard_normal((4, 3, 3, 3))), init("b", RNG.standard_normal(4)), *bn])
+    e = build_both(net, X)
+    assert ops(e) == ["Conv"] and fired(e, "fold_batchnorm") == 1
+
+
+def test_pad_folded_into_conv():
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64), "p")
+    nodes = [helper.make_node("Pad", ["x", "p"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["y"])]
+    e = build_both(model(nodes, [("x", [1, 3, 8, 8])], ["y"], [pads, init("w", RNG.standard_normal((4, 3, 3, 3)))]), X)
+    assert ops(e) == ["Conv"] and e.layers[0].attrs["pads"] == [1, 2, 1, 2]
+
+
+def test_matmul_bias_gelu_erf_decomposed():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["bias", "m"], ["h"]),
+             helper.make_node("Div", ["h", "sq2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["h", "e1"], ["p"]),
+             helper.make_node("Mul", ["p", "half"], ["y"])]
+    inits = [init("w", RNG.standard_normal((8, 16))), init("bias", RNG.standard_normal(16)), init("sq2", np.float32(np.sqrt(2))),
+             init("one", np.float32(1)), init("half", np.float32(0.5))]
+    e = build_both(model(nodes, [("x", [2, 5, 8])], ["y"], inits), {"x": RNG.standard_normal((2, 5, 8)).astype(np.float32)})
+    assert ops(e) == ["FusedGemm"] and e.layers[0].attrs["activation"] == "Gelu"
+
+
+def test_gemm_tanh_gelu_tanh_form():
+    nodes = [helper.make_node("Gemm", ["x", "w", "bias"], ["h"]), helper.make_node("Pow", ["h", "three"], ["p"]),
+             helper.make_node("Mul", ["p", "k"], ["pk"]), helper.make_node("Add", ["h", "pk"], ["s"]),
+             helper.make_node("Mul", ["s", "c"], ["sc"]), helper.make_node("Tanh", ["sc"], ["t"]),
+             helper.make_node("Add", ["t", "one"], ["t1"]), helper.make_node("Mul", ["h", "half"], ["hh"]),
+             helper.make_node("Mul", ["hh", "t1"], ["y"])]
+    inits = [init("w", RNG.standard_normal((8, 16))), init("bias", RNG.standard_normal(16)), init("three", np.float32(3)),
+             init("k", np.float32(0.044715)), init("c", np.float32(np.sqrt(2 / np.pi))), init("one", np.float32(1)), init("half", np.float32(0.5))]
+    e = build_both(model(nodes, [("x", [4, 8])], ["y"], inits), {"x": RNG.standard_normal((4, 8)).astype(np.float32)})
+    assert ops(e) == ["FusedGemm"] and e.layers[0].attrs["activation"] == "GeluTanh"
+
+
+def _layernorm_nodes(x="x", out="y"):
+    return [helper.make_node("ReduceMean", [x], ["mu"], axes=[-1]), helper.make_node("Sub", [x, "mu"], ["d"]),
+            helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+            helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+            helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+            helper.make_node("Add", ["ng", "beta"], [out])]
+
+
+LN_INITS = [init("two", np.float32(2)), init("eps", np.float32(1e-5)), init("g", RNG.random(16)), init("beta", RNG.standard_normal(16))]
+H = {"x": RNG.standard_normal((2, 5, 16)).astype(np.float32), "r": RNG.standard_normal((2, 5, 16)).astype(np.float32)}
+
+
+def test_decomposed_layernorm():
+    e = build_both(model(_layernorm_nodes(), [("x", [2, 5, 16])], ["y"], LN_INITS), {"x": H["x"]})
+    assert ops(e) == ["LayerNorm"]
+
+
+def test_skip_layernorm():
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"])] + _layernorm_nodes("s")
+    e = build_both(model(nodes, [("x", [2, 5, 16]), ("r", [2, 5, 16])], ["y", "s"], LN_INITS), H)
+    assert ops(e) == ["SkipLayerNorm"]
+
+
+def test_rmsnorm_llama_form():
+    nodes = [helper.make_node("Pow", ["x", "two"], ["x2"]), helper.make_node("ReduceMean", ["x2"], ["ms"], axes=[-1]),
+             helper.make_node("Add", ["ms", "eps"], ["me"]), helper.make_node("Sqrt", ["me"], ["rt"]),
+             helper.make_node("Reciprocal", ["rt"], ["inv"]), helper.make_node("Mul", ["x", "inv"], ["n"]),
+             helper.make_node("Mul", ["g", "n"], ["y"])]
+    e = build_both(model(nodes, [("x", [2, 5, 16])], ["y"], LN_INITS[:3]), {"x": H["x"]})
+    assert ops(e) == ["RMSNorm"]
+
+
+def test_channels_first_layernorm_transposes_absorbed():
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "g", "beta"], ["l"], axis=-1, epsilon=1e-6),
+             helper.make_node("Transpose", ["l"], ["y"], perm=[0, 3, 1, 2])]
+    e = build_both(model(nodes, [("x", [2, 16, 4, 4])], ["y"], LN_INITS[2:]), {"x": RNG.standard_normal((2, 16, 4, 4)).astype(np.float32)})
+    assert ops(e) == ["LayerNorm"] and e.layers[0].attrs["channels_first"] == 1
+
+
+def _channels_first_decomposed(second_reader=False):
+    """ConvNeXt at opset 14: Transpose -> decomposed LayerNorm (ReduceMean axes attr) -> Transpose."""
+    nodes = ([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])] + _layernorm_nodes("t", "l")
+             + [helper.make_node("Transpose", ["l"], ["y"], perm=[0, 3, 1, 2])])
+    outs = ["y"]
+    if second_reader:  # the LayerNorm result is also read channels-last: the Transposes must stay
+        nodes.append(helper.make_node("Relu", ["l"], ["z"]))
+        outs.append("z")
+    net = model(nodes, [("x", [2, 16, 4, 4])], outs, LN_INITS, opset=14)
+    return net, {"x": RNG.standard_normal((2, 16, 4, 4)).astype(np.float32)}
+
+
+def test_channels_first_decomposed_layernorm_opset14():
+    net, feeds = _channels_first_decomposed()
+    e = build_both(net, feeds)
+    assert ops(e) == ["LayerNorm"] and e.layers[0].attrs["channels_first"] == 1 and e.layers[0].attrs["axis"] == 1
+    fired = [r for r in e.reports["fusions"] if r["rule"] == "channels_first_layer_norm" and r["status"] == "fired"]
+    assert len(fired) == 1
+    off = wb.build(net, wb.BuilderConfig(device="cpu", disable=["channels_first_layer_norm"]))
+    assert ops(off).count("Transpose") == 2
+
+
+def test_channels_first_layernorm_declined_is_logged():
+    net, feeds = _channels_first_decomposed(second_reader=True)
+    e = build_both(net, feeds)
+    assert ops(e).count("Transpose") == 2
+    declined = [r for r in e.reports["fusions"] if r["rule"] == "channels_first_layer_norm" and r["status"] == "declined"]
+    assert declined and "not only by Transpose" in declined[0]["reason"]
+
+
+def _attention_nodes(gqa=False):
+    """BERT-style: [b, s, h*d] projections split into heads, scaled, masked, merged back."""
+    kvh = 1 if gqa else 2
+    nodes = [helper.make_node("Reshape", ["q3", "s4"], ["q4"]), helper.make_node("Transpose", ["q4"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["k3", "s4kv"], ["k4"]), helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["v3", "s4kv"], ["v4"]), helper.make_node("Transpose", ["v4"], ["v"], perm=[0, 2, 1, 3])]
+    k_name, v_name = "kt", "v"
+    if gqa:  # repeat_kv on K (before its transpose to Kᵀ would be unusual; Llama repeats K in bhsd)
+        nodes = nodes[:2] + [helper.make_node("Reshape", ["k3", "s4kv"], ["k4"]), helper.make_node("Transpose", ["k4"], ["kb"], perm=[0, 2, 1, 3]),
+                             helper.make_node("Unsqueeze", ["kb", "ax2"], ["ku"]), helper.make_node("Expand", ["ku", "e5"], ["ke"]),
+                             helper.make_node("Reshape", ["ke", "s4h"], ["kr"]), helper.make_node("Transpose", ["kr"], ["kt"], perm=[0, 1, 3, 2]),
+                             nodes[4], nodes[5], helper.make_node("Unsqueeze", ["v", "ax2"], ["vu"]),
+                             helper.make_node("Expand", ["vu", "e5"], ["ve"]), helper.make_node("Reshape", ["ve", "s4h"], ["vr"])]
+        v_name = "vr"
+    nodes += [helper.make_node("MatMul", ["q", k_name], ["qk"]), helper.make_node("Mul", ["qk", "scale"], ["sc"]),
+              helper.make_node("Add", ["sc", "mask"], ["sm"]), helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", v_name], ["o"]), helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", "s3"], ["y"])]
+    i64 = lambda n, v: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    inits = [i64("s4", [2, 6, 2, 4]), i64("s4kv", [2, 6, kvh, 4]), i64("s3", [2, 6, 8]), init("scale", np.float32(0.5)),
+             i64("ax2", [2]), i64("e5", [2, 1, 2, 6, 4]), i64("s4h", [2, 2, 6, 4])]
+    kv = 4 * kvh
+    net = model(nodes, [("q3", [2, 6, 8]), ("k3", [2, 6, kv]), ("v3", [2, 6, kv]), ("mask", [2, 1, 1, 6])], ["y"], inits)
+    feeds = {"q3": RNG.standard_normal((2, 6, 8)), "k3": RNG.standard_normal((2, 6, kv)), "v3": RNG.standard_normal((2, 6, kv)),
+             "mask": np.where(RNG.random((2, 1, 1, 6)) < 0.3, -1e9, 0.0)}
+    return net, {k: v.astype(np.float32) for k, v in feeds.items()}
+
+
+def test_attention_with_additive_mask():
+    net, feeds = _attention_nodes()
+    e = build_both(net, feeds)
+    assert ops(e) == ["Attention"]
+    a = e.layers[0].attrs
+    assert (a["q_layout"], a["k_layout"], a["out_layout"], a["mask_kind"], a["num_heads"]) == ("bsd", "bsd", "bsd", "additive", 2)
+
+
+def test_attention_gqa_repeat_absorbed():
+    net, feeds = _attention_nodes(gqa=True)
+    e = build_both(net, feeds)
+    att = [l for l in e.layers if l.op == "Attention"]
+    assert len(att) == 1 and att[0].attrs["kv_heads"] == 1
+    assert not {"Expand", "Unsqueeze", "Softmax", "MatMul"} & set(ops(e))
+    assert att[0].attrs["v_layout"] == "bsd" and "Transpose" not in ops(e)  # V's head split absorbed
+
+
+def _parallel_gemms(acts=("", "", ""), transb=False):
+    """Three projections of one input (Gemm with bias, MatMul + bias Add, MatMul), each read on."""
+    w = [RNG.standard_normal((8, n)).astype(np.float32) for n in (6, 4, 4)]
+    nodes, inits = [], []
+    for i, (wi, act) in enumerate(zip(w, acts)):
+        inits += [init(f"w{i}", wi.T if transb and i == 0 else wi), init(f"b{i}", RNG.standard_normal(wi.shape[1]))]
+        if i == 0:
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]) if not transb else
+                         helper.make_node("Gemm", ["x2", f"w{i}", f"b{i}"], [f"m{i}"], transB=1, beta=0.5))
+        else:
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]))
+        out = f"m{i}"
+        if i < 2 and not (transb and i == 0):
+            nodes.append(helper.make_node("Add", [out, f"b{i}"], [f"a{i}"]))
+            out = f"a{i}"
+        if act:
+            nodes.append(helper.make_node(act, [out], [f"r{i}"]))
+            out = f"r{i}"
+        nodes.append(helper.make_node("Reshape", [out, "flat"], [f"y{i}"]))
+    inits.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
+    x_in = [("x2", [6, 8])] if transb else [("x", [2, 3, 8])]
+    if transb:
+        nodes = [helper.make_node("Identity", ["x2"], ["x"])] + nodes  # MatMuls read x, the Gemm x2
+    net = model(nodes, x_in, ["y0", "y1", "y2"], inits)
+    return net, {x_in[0][0]: RNG.standard_normal(x_in[0][1]).astype(np.float32)}
+
+
+def test_parallel_gemms_merge_into_one_gemm_and_split():
+    net, feeds = _parallel_gemms()
+    e = build_both(net, feeds)
+    assert ops(e).count("FusedGemm") == 1 and ops(e).count("Split") == 1 and "MatMul" not in ops(e)
+    g = next(l for l in e.layers if l.op == "FusedGemm")
+    assert g.input_specs[1].shape == [8, 14] and sorted(g.onnx_ops) == sorted(["MatMul", "Add", "MatMul", "Add", "MatMul"])
+    fired = [r for r in e.reports["fusions"] if r["rule"] == "merge_parallel_gemms" and r["status"] == "fired"]
+    assert len(fired) == 1
+    off = wb.build(net, wb.BuilderConfig(device="cpu", disable=["merge_parallel_gemms"]))
+    assert "Split" not in ops(off)
+
+
+def test_parallel_gemms_with_different_activations_decline_with_a_reason():
+    net, feeds = _parallel_gemms(acts=("Relu", "", ""))
+    e = build_both(net, feeds)
+    assert ops(e).count("Split") == 1 and ops(e).count("FusedGemm") == 2  # the two without activation merge
+    declined = [r for r in e.reports["fusions"] if r["rule"] == "merge_parallel_gemms" and r["status"] == "declined"]
+    assert declined and "differ" in declined[0]["reason"] and "Relu" in declined[0]["reason"]
+
+
+def test_parallel_gemms_transposed_weight_and_scaled_bias():
+    net, feeds = _parallel_gemms(transb=True)
+    e = build_both(net, feeds)
+    assert ops(e).count("FusedGemm") == 1 and ops(e).count("Split") == 1 and "Gemm" not in ops(e)
+
+
+def test_pointwise_chain_becomes_one_node():
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Tanh", ["a"], ["b"]),
+             helper.make_node("Add", ["b", "x"], ["c"]), helper.make_node("Sqrt", ["c"], ["y"])]
+    e = build_both(model(nodes, [("x", [3, 4])], ["y"]), {"x": RNG.random((3, 4)).astype(np.float32) + 2})
+    assert ops(e) == ["Pointwise"] and e.layers[0].onnx_ops == ["Mul", "Tanh", "Add", "Sqrt"]
+
+
+def test_pointwise_clip_with_attribute_bounds_before_opset_11():
+    # Clip-6 keeps min/max in attributes; the Pointwise program is opset 21, so they become operands
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Clip", ["a"], ["y"], min=0.5, max=2.0)]
+    e = build_both(model(nodes, [("x", [3, 4])], ["y"], opset=10), {"x": RNG.standard_normal((3, 4)).astype(np.float32) * 3})
+    assert ops(e) == ["Pointwise"]
+
+
+def test_noop_cleanup_and_transpose_chain():
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Transpose", ["a"], ["b"], perm=[1, 0]),
+             helper.make_node("Transpose", ["b"], ["c"], perm=[1, 0]), helper.make_node("Cast", ["c"], ["d"], to=F),
+             helper.make_node("Relu", ["d"], ["y"])]
+    e = build_both(model(nodes, [("x", [3, 4])], ["y"]), {"x": RNG.standard_normal((3, 4)).astype(np.float32)})
+    assert ops(e) == ["Pointwise"]
+
+
+def test_disable_rule_by_name():
+    net = conv_net([helper.make_node("Relu", ["c"], ["y"])])
+    e = build_both(net, X, disable=["conv_epilogue"])
+    assert ops(e) == ["Conv", "Pointwise"] and fired(e, "conv_epilogue") == 0
+    with pytest.raises(WorkbenchError):
+        wb.BuilderConfig and wb.build(net, wb.BuilderConfig(device="cpu", disable=["no_such_rule"]))

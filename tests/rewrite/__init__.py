@@ -1,0 +1,1 @@
+"""The rewrite engine (workbench.rewrite.engine), tested directly on small onnx-ir graphs."""

@@ -1,0 +1,1 @@
+"""The runtime: the lean import boundary and reliability (errors, threads, Ctrl-C)."""

@@ -1,0 +1,41 @@
+"""An engine this machine cannot run (unknown backend; a GPU engine where CuPy is missing) is refused with
+a message that says to rebuild."""
+
+from __future__ import annotations
+
+import pytest
+from onnx import TensorProto, helper
+
+import workbench as wb
+from workbench.errors import EngineCompatibilityError
+
+
+def one_input_model(nodes, opset=17, out_shape=(3,)):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+def build_cpu(model_bytes, **cfg):
+    return wb.build(wb.load_onnx(model_bytes), wb.BuilderConfig(device="cpu", **cfg))
+
+
+def test_engine_for_an_unknown_backend_is_refused(tmp_path):
+    engine = build_cpu(one_input_model([helper.make_node("Relu", ["x"], ["y"])]))
+    engine.target["backend"] = "tpu"
+    engine.save(tmp_path / "e.wbe")
+    with pytest.raises(EngineCompatibilityError, match="'tpu'.*rebuild"):
+        wb.Engine.load(tmp_path / "e.wbe").create_context()
+
+
+def test_gpu_engine_where_cupy_is_missing_is_refused(tmp_path):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    engine = build_cpu(one_input_model([helper.make_node("Relu", ["x"], ["y"])]))
+    engine.target["backend"], engine.target["arch"] = "gpu", "sm_90"
+    engine.save(tmp_path / "e.wbe")
+    with pytest.raises(EngineCompatibilityError, match="rebuild"):
+        wb.Engine.load(tmp_path / "e.wbe").create_context()

@@ -1,0 +1,1 @@
+"""Modules the tests share: paths, small models, CLI runners, exporter-model data, browser drivers."""

@@ -1,0 +1,1 @@
+"""The notebook UI (workbench.ui) without a browser."""

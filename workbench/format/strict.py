@@ -1,0 +1,90 @@
+"""Strict readers of engine-header values: each returns the value when it has exactly the expected
+JSON type (``True`` is not an int, ``1.0`` is not an int) and otherwise raises EngineFormatError
+naming where in the plan the value sits. Engines come from strangers: nothing is coerced."""
+
+from __future__ import annotations
+
+from workbench.core.plan import TensorSpec
+from workbench.errors import EngineFormatError
+
+
+def fail(where: str, msg: str) -> EngineFormatError:
+    return EngineFormatError(f"engine plan, {where}: {msg}")
+
+
+def type_name(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def fields(d, names: tuple[str, ...], where: str) -> dict:
+    """``d`` as an object with exactly the fields ``names``."""
+    obj(d, where)
+    missing = [n for n in names if n not in d]
+    extra = sorted(set(d) - set(names))
+    if missing:
+        raise fail(where, f"missing field {missing[0]!r}")
+    if extra:
+        raise fail(where, f"unknown field {extra[0]!r}")
+    return d
+
+
+# JSON kind -> (test, how an error names it); bool is an int subclass and 1.0 == 1, hence type() is
+_KINDS = {
+    "str": (lambda v: isinstance(v, str), "str"),
+    "int": (lambda v: type(v) is int, "int"),
+    "bool": (lambda v: type(v) is bool, "bool"),
+    "list": (lambda v: isinstance(v, list), "list"),
+    "object": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def expect(v, kind: str, where: str):
+    """``v`` if it is of JSON ``kind`` (a key of _KINDS), else an EngineFormatError naming ``where``."""
+    test, name = _KINDS[kind]
+    if not test(v):
+        raise fail(where, f"expected {name}, got {type_name(v)}")
+    return v
+
+
+def string(v, where: str) -> str:
+    return expect(v, "str", where)
+
+
+def integer(v, where: str) -> int:
+    return expect(v, "int", where)
+
+
+def boolean(v, where: str) -> bool:
+    return expect(v, "bool", where)
+
+
+def array(v, where: str) -> list:
+    return expect(v, "list", where)
+
+
+def obj(v, where: str) -> dict:
+    return expect(v, "object", where)
+
+
+def count(v, where: str) -> int:
+    """A non-negative int (a size, an offset)."""
+    if integer(v, where) < 0:
+        raise fail(where, f"expected a non-negative int, got {v}")
+    return v
+
+
+def strings(v, where: str) -> list[str]:
+    return [string(x, f"{where}[{i}]") for i, x in enumerate(array(v, where))]
+
+
+def spec(d, where: str, extra: tuple[str, ...] = ()) -> TensorSpec:
+    d = fields(d, ("name", "dtype", "shape") + extra, where)
+    dtype = d["dtype"]
+    if dtype is not None:
+        string(dtype, f"{where}.dtype")
+    shape = d["shape"]
+    if shape is not None:
+        for i, dim in enumerate(array(shape, f"{where}.shape")):
+            if dim is not None and not isinstance(dim, str) and type(dim) is not int:
+                raise fail(f"{where}.shape[{i}]", f"expected int, str or null, got {type_name(dim)}")
+    return TensorSpec(string(d["name"], f"{where}.name"), dtype, None if shape is None else list(shape))
