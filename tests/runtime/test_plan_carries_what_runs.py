@@ -90,8 +90,9 @@ def test_cpu_tactic_source_offers_one_tactic_per_precision(precision, name):
 @pytest.mark.gpu
 def test_gpu_engine_without_reports_runs_the_same(tmp_path):
     """A GPU engine rebuilds every kernel from the plan alone (tactic, config, cubin blobs, arena):
-    with every report and tactic table gone it gives bit-identical outputs."""
-    from workbench.core.numerics import host, random_inputs
+    with every report and tactic table gone it runs the same kernels and gives the same outputs (to
+    the run-to-run spread of cuDNN's and cuBLASLt's reduction orders, far under fp16's tolerance)."""
+    from workbench.core.numerics import host, random_inputs, rel_err
     from workbench.demo import embedded_model_path
 
     net = wb.load_onnx(embedded_model_path("light_squeezenet"))
@@ -105,6 +106,8 @@ def test_gpu_engine_without_reports_runs_the_same(tmp_path):
         layer.tactic_table = []
     again = _reloaded(stripped, tmp_path, "stripped.wbe")
     assert any(layer.binaries for layer in again.layers) and again.plan.arena.offsets
+    assert [(l.tactic, l.tactic_config, l.binaries) for l in again.layers] == \
+        [(l.tactic, l.tactic_config, l.binaries) for l in engine.layers]
     got = again.create_context().run(feeds)
     for name in want:
-        assert np.array_equal(host(got[name]), want[name])
+        assert rel_err(got[name], want[name]) < 1e-3
