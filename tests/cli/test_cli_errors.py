@@ -124,7 +124,7 @@ def test_gpu_engine_on_a_machine_without_cupy(work):
 @pytest.mark.parametrize("feeds,words", [
     ({"z": np.ones((2, 4), np.float32)}, ["missing input 'x'"]),
     ({}, ["missing input 'x'"]),                                           # empty .npz
-    ({"x": np.array([{"a": 1}], dtype=object)}, ["bad.npz", "pickle"]),    # object arrays need pickle: refused
+    ({"x": np.array([{"a": 1}], dtype=object)}, ["bad.npz", "python objects"]),  # would need pickle: refused
 ])
 def test_npz_mistakes(work, feeds, words):
     np.savez(work / "bad.npz", **feeds)

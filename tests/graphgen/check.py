@@ -29,11 +29,12 @@ def run_ort(case: Case) -> dict:
     return dict(zip(names, sess.run(names, case.feeds)))
 
 
-def build(case: Case, optimize: bool):
+def build(case: Case, optimize: bool, timing_cache: str | None = None):
     import workbench as wb
 
     net = wb.load_onnx(case.model)
-    return wb.build(net, wb.BuilderConfig(device="cpu", optimize=optimize, shapes=dict(case.shapes)))
+    return wb.build(net, wb.BuilderConfig(device="cpu", optimize=optimize, shapes=dict(case.shapes),
+                                          timing_cache=timing_cache))
 
 
 def run_engine(engine, case: Case) -> dict:

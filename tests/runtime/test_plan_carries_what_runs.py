@@ -13,6 +13,7 @@ from workbench.core.plan import Layer
 from workbench.core.precisions import STORAGE
 from workbench.dtypes import to_numpy
 from workbench.errors import EngineCompatibilityError, EngineFormatError
+from workbench.kernels import cpu
 from workbench.kernels.reference import tactics
 
 
@@ -48,7 +49,10 @@ def test_engine_without_reports_runs_the_same(engine, tmp_path):
 
 def test_cpu_layers_are_bound_by_their_recorded_tactic(engine):
     names = {layer.tactic for layer in engine.layers}
-    assert names <= set(tactics.BY_NAME) and "cpu.numpy.fp16-emulated" in names
+    assert names <= set(cpu.BY_NAME) and "fp16" in {layer.precision for layer in engine.layers}
+    for layer in engine.layers:  # each recorded tactic runs its layer at the layer's precision
+        assert cpu.BY_NAME[layer.tactic].supports(layer, layer.precision, engine.plan.constants) is None
+    assert set(tactics.BY_NAME) <= set(cpu.BY_NAME)  # the CPU source offers the reference tactics too
 
 
 def test_unknown_cpu_tactic_is_refused_when_the_context_is_made(engine, tmp_path):

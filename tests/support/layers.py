@@ -14,7 +14,7 @@ RANKS = [
     ("workbench._version", 0), ("workbench.errors", 0), ("workbench.dtypes", 0),
     ("workbench.core", 1),
     ("workbench.ops", 2),
-    ("workbench.kernels.reference", 3),
+    ("workbench.kernels.reference", 3), ("workbench.kernels.cpu", 3),
     ("workbench.format", 4),
     ("workbench.kernels.cuda", 5),
     ("workbench.runtime", 6),

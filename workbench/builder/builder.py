@@ -12,7 +12,7 @@ import time
 import onnx_ir as ir
 
 from .._version import __version__
-from ..errors import WorkbenchError
+from ..errors import ResourceLimitError, WorkbenchError
 from ..ir.network import Network
 from ..kernels.reference.limits import element_cap
 from ..passes.context import PassContext
@@ -44,6 +44,10 @@ class Builder:
         progress = BuildProgress(cfg.progress)
         try:
             engine, ctx, target = self._build(network, cfg, progress)
+        except MemoryError:
+            # whatever allocation no budget check predicted: one line naming the stage, no traceback
+            raise ResourceLimitError(f"out of memory during the {progress.current or 'build'} stage; lower "
+                                     "BuilderConfig.memory_budget or fix the input shapes") from None
         finally:
             progress.close()
         # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
@@ -58,8 +62,10 @@ class Builder:
         apply_input_shapes(model, cfg.shapes, max_elements=cfg.max_elements)
 
         progress.stage("optimize")
-        ctx = PassContext(disabled=frozenset(cfg.disable), device=device)
-        with element_cap(cfg.max_elements):  # constant folding runs the same kernels
+        ctx = PassContext(disabled=frozenset(cfg.disable), device=device, max_engine_bytes=cfg.max_engine_bytes)
+        # constant folding runs the same kernels, under the build's caps and byte budget
+        with element_cap(cfg.max_elements, memory_budget=cfg.memory_budget,
+                         max_loop_iterations=cfg.max_loop_iterations):
             run_pipeline(model, ctx, optimize=cfg.optimize)
 
         progress.stage("lower")

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.precisions import DEVICES, REQUESTABLE
-from ..errors import ShapeError, WorkbenchError
+from ..core.budget import check_budget
+from ..core.limits import MAX_ENGINE_BYTES, MAX_LOOP_ITERATIONS
+from ..errors import ResourceLimitError, ShapeError, WorkbenchError
 
 
 @dataclass
@@ -27,6 +29,14 @@ class BuilderConfig:
     max_elements: cap on the elements a shape taken from tensor values (ConstantOfShape, Expand,
                 Tile, ...) may allocate, at build and in the engine's runs.
     progress:   True shows a bar; a callable(stage, index, count) receives ``Builder.STAGES``.
+    threads:    CPU threads (BLAS) used while timing CPU tactics; None: the cores available to the
+                process. Run with the same count: ``engine.create_context(threads=N)``.
+    memory_budget: bytes the build may hold at once (constant folding declines past it, with a
+                reason); None: a share of the memory available to the process (``core.budget``).
+    max_loop_iterations: cap on the iterations of one Loop / Scan while folding; runs take theirs
+                from ``create_context(max_loop_iterations=...)``.
+    max_engine_bytes: the most bytes of constants the engine may hold; constant folding keeps a
+                layer whose results would pass it (and says so in the fusion log).
     """
 
     device: str = "auto"
@@ -40,8 +50,14 @@ class BuilderConfig:
     cuda_graph: bool = True
     max_elements: int = 2**31
     progress: Any = False  # True: a tqdm bar; a callable(stage, index, count) for a UI
+    threads: int | None = None
+    memory_budget: int | None = None
+    max_loop_iterations: int = MAX_LOOP_ITERATIONS
+    max_engine_bytes: int = MAX_ENGINE_BYTES
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        self.memory_budget = check_budget(self.memory_budget, "BuilderConfig.memory_budget")
         if self.device not in DEVICES:
             raise WorkbenchError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
         if self.precision not in REQUESTABLE:
@@ -55,6 +71,39 @@ class BuilderConfig:
         if isinstance(self.disable, str):  # "a,b" as on the command line
             self.disable = [d for d in self.disable.split(",") if d.strip()]
         self.disable = [d.strip() for d in self.disable]
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise WorkbenchError(f"threads must be a positive integer, got {self.threads!r}")
+
+
+# field -> (accepted types, what an error says it expects); bool is an int, so ints refuse it
+_TYPES = {
+    "device": ((str,), "a str"), "precision": ((str,), "a str"),
+    "shapes": ((dict, str), "a dict of input name -> shape, or NAME:DxD text"),
+    "disable": ((list, tuple, str), "a list of pass / rule names"),
+    "layer_precisions": ((dict,), "a dict of layer name -> precision"),
+    "timing_cache": ((str, os.PathLike, type(None)), "a path or None"),
+    "optimize": ((bool,), "True or False"), "autotune": ((bool,), "True or False"),
+    "cuda_graph": ((bool,), "True or False"),
+}
+
+
+def _check_types(cfg) -> None:
+    """One-line errors for fields of the wrong type or range, before anything uses them."""
+    for name, (types, expected) in _TYPES.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, types):
+            raise WorkbenchError(f"BuilderConfig.{name} must be {expected}, got {type(value).__name__} {value!r:.60}")
+    if isinstance(cfg.disable, (list, tuple)) and not all(isinstance(d, str) for d in cfg.disable):
+        raise WorkbenchError("BuilderConfig.disable must hold pass / rule names (str)")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.layer_precisions.items()):
+        raise WorkbenchError("BuilderConfig.layer_precisions must map layer names (str) to precisions (str)")
+    for name in ("max_elements", "max_loop_iterations", "max_engine_bytes"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ResourceLimitError(f"BuilderConfig.{name} must be a positive int, got {value!r:.60}")
+    if not (cfg.progress in (True, False, None) or callable(cfg.progress)):
+        raise WorkbenchError(f"BuilderConfig.progress must be True, False or a callable, got {cfg.progress!r:.60}")
 
 
 def _check_shape(name: str, shape) -> tuple[int, ...]:
@@ -76,9 +125,19 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     if not text.strip():
         raise ShapeError("--shapes is empty; expected NAME:DxD[,NAME:DxD...]")
-    for entry in text.split(","):
+    entries = text.split(",")
+    for i, entry in enumerate(entries):
         entry = entry.strip()
         name, sep, dims = entry.rpartition(":")
+        if not sep and i and _DIM.match(entry) and ":" in entries[i - 1]:
+            # "a:1,3,224,224": the dims were separated by ',' (which separates inputs)
+            head = entries[i - 1].strip()
+            j = i
+            while j < len(entries) and _DIM.match(entries[j].strip()):
+                j += 1
+            fixed = "x".join([head.rpartition(":")[2]] + [e.strip() for e in entries[i:j]])
+            raise ShapeError(f"bad --shapes entry {entry!r} after {head!r}: separate dimensions with 'x', not ',' "
+                             f"(e.g. {head.rpartition(':')[0]}:{fixed})")
         if not sep or not name:
             raise ShapeError(f"bad --shapes entry {entry!r}: expected NAME:DxD (e.g. input:1x3x224x224)")
         parts = dims.lower().split("x") if dims else []

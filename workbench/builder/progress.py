@@ -21,8 +21,10 @@ class BuildProgress:
 
             self.bar = tqdm(total=len(STAGES), desc="build", unit="stage", leave=False)
         self.index = 0
+        self.current: str | None = None  # the stage running now (named by out-of-memory errors)
 
     def stage(self, name: str) -> None:
+        self.current = name
         if self.callback is not None:
             self.callback(name, self.index, len(STAGES))
         if self.bar is not None:

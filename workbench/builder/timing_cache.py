@@ -14,9 +14,10 @@ import base64
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from ..core.files import FileKindError, atomic_write_text, open_regular
 
 FORMAT = 1
 SMALL_CONSTANT = 64  # constants up to this many elements are part of the signature (e.g. Slice starts)
@@ -71,17 +72,24 @@ class TimingCache:
 
     def _read(self) -> None:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                doc = json.load(f)
+            # a FIFO or device at the cache path is refused, never opened (it would block the build)
+            with open_regular(self.path, "timing cache") as f:
+                doc = json.loads(f.read().decode("utf-8"))
+        except FileKindError:
+            raise
         except (OSError, ValueError):
             self.stale = True  # unreadable: start over rather than fail the build
             return
         if not isinstance(doc, dict) or doc.get("env") != self.env:
             self.stale = True
             return
-        entries = doc.get("entries", {})
+        entries = doc.get("entries")
+        kernels = doc.get("kernels")
+        if not isinstance(entries, dict) or not isinstance(kernels, (dict, type(None))):
+            self.stale = True  # a cache of another shape is ignored like a stale one
+            return
         self.entries = {k: v for k, v in entries.items() if isinstance(v, dict) and "tactic" in v}
-        for k, v in (doc.get("kernels") or {}).items():
+        for k, v in (kernels or {}).items():
             try:
                 self.kernels[k] = base64.b64decode(v, validate=True)
             except (ValueError, TypeError):
@@ -103,16 +111,7 @@ class TimingCache:
             return
         doc = {"env": self.env, "entries": dict(sorted(self.entries.items())),
                "kernels": {k: base64.b64encode(v).decode() for k, v in sorted(self.kernels.items())}}
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(prefix=".timing-cache.", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(self.path, json.dumps(doc, sort_keys=True))
 
     def stats(self) -> dict:
         return {"path": self.path, "hits": self.hits, "misses": self.misses, "stale_file_ignored": self.stale,

@@ -32,11 +32,11 @@ import os
 import re
 import struct
 import sys
-import tempfile
 from typing import BinaryIO
 
 import numpy as np
 
+from workbench.core.files import atomic_write, open_regular
 from workbench.errors import EngineCompatibilityError, EngineFormatError
 
 MAGIC = b"WBENGINE"
@@ -176,6 +176,8 @@ def _layout(header: dict, views: dict[str, memoryview]) -> tuple[bytes, dict[str
 def write_container(path, header: dict, blobs: dict[str, Blob]) -> dict:
     """Write ``header`` and ``blobs`` as one engine file, atomically; return path, size and sha256.
 
+    Engines are shareable artifacts, so the file is 0644 (``atomic_write``'s default).
+
     ``header`` must be JSON-able without NaN and must not use the key "blobs" (the container's own
     table). Blobs are written in name order; numpy arrays as their little-endian C-order bytes.
     """
@@ -195,41 +197,32 @@ def write_container(path, header: dict, blobs: dict[str, Blob]) -> dict:
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"engine header nests {depth} levels deep; readers accept {MAX_JSON_DEPTH}")
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    # a temp file in the same folder so that os.replace is an atomic rename, never a copy
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".wbe-tmp", dir=folder)
     digest = hashlib.sha256()  # of everything before the trailer
-    try:
-        # mkstemp makes the file private (0600); an engine is an ordinary shareable artifact
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            def put(b) -> None:
-                digest.update(b)
-                f.write(b)
+    trailer = b""
 
-            put(_PREFIX.pack(MAGIC, *FORMAT_VERSION, len(header_bytes)))
-            put(header_bytes)
-            put(bytes(data_start - _PREFIX.size - len(header_bytes)))
-            pos = data_start
-            for name in sorted(views):
-                put(bytes(offsets[name] - pos))
-                put(views[name])
-                pos = offsets[name] + views[name].nbytes
-            assert pos == data_end
-            trailer = digest.digest()
-            f.write(trailer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(f) -> None:
+        nonlocal trailer
+
+        def put(b) -> None:
+            digest.update(b)
+            f.write(b)
+
+        put(_PREFIX.pack(MAGIC, *FORMAT_VERSION, len(header_bytes)))
+        put(header_bytes)
+        put(bytes(data_start - _PREFIX.size - len(header_bytes)))
+        pos = data_start
+        for name in sorted(views):
+            put(bytes(offsets[name] - pos))
+            put(views[name])
+            pos = offsets[name] + views[name].nbytes
+        assert pos == data_end
+        trailer = digest.digest()
+        f.write(trailer)
+
+    path = atomic_write(path, write)  # temp file + fsync + rename: a failed write leaves nothing
     whole = digest.copy()  # the sha256 of the whole file, as `sha256sum` would print it
     whole.update(trailer)
-    return {"path": path, "size": pos + _TRAILER, "sha256": whole.hexdigest()}
+    return {"path": path, "size": data_end + _TRAILER, "sha256": whole.hexdigest()}
 
 
 # --------------------------------------------------------------------------- reading
@@ -300,10 +293,12 @@ def read_container(source, *, max_header_bytes: int = MAX_HEADER_BYTES) -> tuple
         size = len(f.getbuffer())
     else:
         path = os.fspath(source)
+        # a FIFO, device or directory is refused before it is opened (opening a FIFO blocks)
+        f = open_regular(path, "engine", error=EngineFormatError)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
             size = os.fstat(f.fileno()).st_size
         except OSError as exc:
+            f.close()
             raise EngineFormatError(f"cannot read engine {path!r}: {exc.strerror or exc}") from None
     with f:
         return _read(f, size, max_header_bytes)

@@ -48,10 +48,12 @@ from typing import Any
 import numpy as np
 
 from workbench import dtypes
+from workbench.core.limits import MAX_NESTING
 from workbench.core.plan import Arena, Layer, Plan, RunOptions, Subgraph, TensorSpec
+from workbench.errors import ResourceLimitError
 from workbench.format import strict
 
-MAX_GRAPH_DEPTH = 16  # nested If/Loop/Scan bodies; keeps the header under format.MAX_JSON_DEPTH
+MAX_GRAPH_DEPTH = MAX_NESTING  # nested If/Loop/Scan bodies: the loader's limit, under MAX_JSON_DEPTH
 MAX_VALUE_DEPTH = 32  # nested lists / dicts inside one attribute value
 MAX_ELEMENTS = 1 << 40  # no real tensor has more; a bigger shape in a header is an attack or a bug
 _LOW_BITS = {"int4": 4, "uint4": 4, "float4e2m1": 4, "int2": 2, "uint2": 2}
@@ -154,7 +156,7 @@ class _Encoder:
 
     def body(self, g: Plan | Subgraph, prefix: str, depth: int) -> dict:
         if depth > MAX_GRAPH_DEPTH:
-            raise ValueError(f"{prefix}: subgraphs nest deeper than {MAX_GRAPH_DEPTH}")
+            raise ResourceLimitError(f"{prefix or 'graph'}: subgraphs nest deeper than {MAX_GRAPH_DEPTH} levels")
         return {
             "inputs": [s.to_dict() for s in g.inputs],
             "outputs": [s.to_dict() for s in g.outputs],
@@ -385,11 +387,21 @@ def _arena(d) -> Arena:
     alignment = strict.count(d["alignment"], "arena.alignment")
     if not alignment:
         raise strict.fail("arena.alignment", "must be positive")
-    return Arena(bytes=strict.count(d["bytes"], "arena.bytes"), offsets=offsets, alignment=alignment)
+    if alignment & (alignment - 1) or alignment > 1 << 20:
+        raise strict.fail("arena.alignment", f"must be a power of two up to {1 << 20}, got {alignment}")
+    size = strict.count(d["bytes"], "arena.bytes")
+    if size > strict.MAX_DIM:
+        raise strict.fail("arena.bytes", f"{size} is out of range")
+    for k, off in offsets.items():
+        if off > size:
+            raise strict.fail(f"arena.offsets.{k}", f"offset {off} is past the arena's {size} bytes")
+    return Arena(bytes=size, offsets=offsets, alignment=alignment)
 
 
 def _options(d) -> RunOptions:
     d = strict.fields(d, _OPTION_FIELDS, "options")
     cap = d["max_elements"]
-    return RunOptions(cuda_graph=strict.boolean(d["cuda_graph"], "options.cuda_graph"),
-                      max_elements=None if cap is None else strict.count(cap, "options.max_elements"))
+    if cap is not None and not 1 <= strict.integer(cap, "options.max_elements") <= MAX_ELEMENTS:
+        raise strict.fail("options.max_elements", f"{cap} is out of range [1, {MAX_ELEMENTS}]")
+    # the file's cap can only lower the reader's own: the runtime takes the smaller of the two
+    return RunOptions(cuda_graph=strict.boolean(d["cuda_graph"], "options.cuda_graph"), max_elements=cap)

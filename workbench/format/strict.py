@@ -5,7 +5,13 @@ naming where in the plan the value sits. Engines come from strangers: nothing is
 from __future__ import annotations
 
 from workbench.core.plan import TensorSpec
+from workbench.dtypes import ONNX_CODES
 from workbench.errors import EngineFormatError
+
+MAX_DIM = 1 << 62  # a dim above this overflows int64 arithmetic in every consumer
+# a tensor spec (an input, an output, an intermediate) of more elements than this is refused: no
+# real engine has one, and a feed or random input of that shape could never be allocated
+MAX_SPEC_ELEMENTS = 1 << 40
 
 
 def fail(where: str, msg: str) -> EngineFormatError:
@@ -80,11 +86,18 @@ def strings(v, where: str) -> list[str]:
 def spec(d, where: str, extra: tuple[str, ...] = ()) -> TensorSpec:
     d = fields(d, ("name", "dtype", "shape") + extra, where)
     dtype = d["dtype"]
-    if dtype is not None:
-        string(dtype, f"{where}.dtype")
+    if dtype is not None and string(dtype, f"{where}.dtype") not in ONNX_CODES:
+        raise fail(f"{where}.dtype", f"unknown element type {dtype!r:.60}")
     shape = d["shape"]
     if shape is not None:
+        n = 1
         for i, dim in enumerate(array(shape, f"{where}.shape")):
             if dim is not None and not isinstance(dim, str) and type(dim) is not int:
                 raise fail(f"{where}.shape[{i}]", f"expected int, str or null, got {type_name(dim)}")
+            if type(dim) is int:
+                if not 0 <= dim <= MAX_DIM:
+                    raise fail(f"{where}.shape[{i}]", f"dimension {dim} is out of range [0, {MAX_DIM}]")
+                n *= dim
+        if n > MAX_SPEC_ELEMENTS:
+            raise fail(f"{where}.shape", f"{shape} has {n} elements, over the limit of {MAX_SPEC_ELEMENTS}")
     return TensorSpec(string(d["name"], f"{where}.name"), dtype, None if shape is None else list(shape))

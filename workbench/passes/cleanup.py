@@ -7,8 +7,10 @@ import hashlib
 import logging
 
 import numpy as np
+import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass, TopologicalSortPass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from ..ir.attrs import has_subgraph
 from ..rewrite.engine import apply
@@ -22,9 +24,77 @@ def remove_dead_code(model: ir.Model, ctx) -> bool:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference with data propagation; failures leave the graph as it was."""
+    """ONNX shape inference with data propagation; failures leave the graph as it was.
+
+    This is onnx-ir's ShapeInferencePass (non-strict, data propagation on) with a cheaper merge: that
+    pass deserializes the whole inferred model into a second IR (nodes, attributes, subgraphs) only to
+    read the types back, which took about as long as the inference itself. Here the inferred protos
+    are walked beside the IR graphs they were serialized from, and each value defined in a graph takes
+    the shape and element type that deserializing it would have given it (its graph input, initializer,
+    value_info or graph output entry), set only where inference knows it and it differs, as the pass
+    does."""
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    ShapeInferencePass(strict_mode=False, data_prop=True)(model)
+    try:
+        inferred = call_onnx_api(lambda proto: onnx.shape_inference.infer_shapes(
+            proto, check_type=True, strict_mode=False, data_prop=True), model)
+    except Exception:  # noqa: BLE001 - as the pass: a model inference rejects is left unchanged
+        return
+    decoded: dict[bytes, tuple] = {}  # one decode per distinct TypeProto (a chain repeats one type)
+    stack = [(model.graph, inferred.graph)]
+    while stack:
+        graph, proto = stack.pop()
+        _merge_graph(graph, proto, decoded)
+        for node, node_proto in zip(graph, proto.node):
+            subs = {a.name: a for a in node_proto.attribute}
+            for name, attr in node.attributes.items():
+                sub = subs.get(name)
+                if sub is None:
+                    continue
+                if attr.type == ir.AttributeType.GRAPH:
+                    stack.append((attr.value, sub.g))
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    stack.extend(zip(attr.value, sub.graphs))
+
+
+def _decode(type_proto, decoded: dict) -> tuple:
+    key = type_proto.SerializeToString()
+    hit = decoded.get(key)
+    if hit is None:
+        t = ir.serde.deserialize_type_proto_for_type(type_proto)
+        hit = decoded[key] = (ir.serde.deserialize_type_proto_for_shape(type_proto), t.dtype if t is not None else None)
+    return hit
+
+
+def _merge_graph(graph: ir.Graph, proto, decoded: dict) -> None:
+    """Shapes and dtypes of the values ``graph`` defines, from the inferred GraphProto serialized from it.
+    Which entry wins follows onnx-ir's deserializer: a graph input's own entry; an initializer's
+    tensor, then its value_info; a node output's value_info; a graph output's entry last."""
+    found: dict[str, tuple] = {}
+    inputs = {info.name: info for info in proto.input}
+    value_info = {info.name: info for info in proto.value_info}
+    for name, info in inputs.items():
+        found[name] = _decode(info.type, decoded)
+    for t in proto.initializer:
+        if t.name and t.name not in inputs:
+            info = value_info.get(t.name)
+            found[t.name] = _decode(info.type, decoded) if info is not None else (
+                ir.Shape(list(t.dims)), ir.DataType(t.data_type))
+    for name, info in value_info.items():
+        if name not in found:
+            found[name] = _decode(info.type, decoded)
+    for info in proto.output:
+        found[info.name] = _decode(info.type, decoded)
+    defined = [*graph.inputs, *graph.initializers.values()]
+    defined += [v for node in graph for v in node.outputs]
+    for value in defined:
+        hit = found.get(value.name) if value.name else None
+        if hit is None:
+            continue
+        shape, dtype = hit
+        if shape is not None and value.shape != shape:
+            value.shape = shape
+        if dtype is not None and value.dtype != dtype:
+            value.dtype = dtype
 
 
 def toposort(model: ir.Model) -> None:
@@ -33,12 +103,15 @@ def toposort(model: ir.Model) -> None:
 
 def fold_to_fixed_point(model: ir.Model, ctx, max_rounds: int = 10) -> bool:
     """Alternate shape inference and constant folding until nothing changes: once input shapes are
-    static, Shape -> Gather -> Concat -> Reshape chains collapse to constants round by round."""
+    static, Shape -> Gather -> Concat -> Reshape chains collapse to constants round by round.
+    Leaves ``ctx.shapes_current`` True when the last thing done was an inference of the graph as it is."""
     changed_any = False
     for _ in range(max_rounds):
         infer_shapes(model)
+        ctx.shapes_current = True
         if not fold_constants(model, ctx):
             break
+        ctx.shapes_current = False
         changed_any = True
     return changed_any
 
@@ -51,6 +124,7 @@ def simplify(model: ir.Model, ctx) -> bool:
         remove_dead_code(model, ctx)  # dead readers would make live values look shared
         step = apply(model, ctx, SIMPLIFY_RULES)
         if step:
+            ctx.shapes_current = False
             toposort(model)
             if ctx.enabled("fold_constants"):
                 fold_to_fixed_point(model, ctx)

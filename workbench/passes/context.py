@@ -10,12 +10,16 @@ from typing import Any
 @dataclass
 class PassContext:
     disabled: frozenset[str] = frozenset()
-    device: str = "cpu"  # the build's target ("cpu" / "gpu"): fold_constants lifts its size cap for "gpu"
+    device: str = "cpu"  # the build's target ("cpu" / "gpu")
+    max_engine_bytes: int | None = None  # fold_constants keeps a layer whose results would pass it
     # every fusion attempt: {"rule", "status": "fired"|"declined", "reason", "nodes": [...], "root"}
     log: list[dict[str, Any]] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
     # pass name -> {"ms": float, "changed": bool, "nodes_after": int}
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # True while the graph is as the last shape inference saw it (dead-code removal keeps it so):
+    # the pipeline then skips its closing inference
+    shapes_current: bool = False
 
     def enabled(self, name: str) -> bool:
         return name not in self.disabled

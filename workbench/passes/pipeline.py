@@ -71,17 +71,28 @@ RULES = {
 PASS_NAMES = [name for name, _ in PASSES]
 
 
+# passes that keep ctx.shapes_current themselves; after any other pass that changed the graph the
+# inferred shapes are out of date
+_TRACK_SHAPES = frozenset({"fold_constants", "simplify"})
+
+
 def run_pipeline(model: ir.Model, ctx: PassContext, *, optimize: bool = True) -> PassContext:
-    """Run every enabled pass once, in order, then re-infer shapes for the final graph."""
+    """Run every enabled pass once, in order, then re-infer shapes for the final graph unless the
+    last inference already saw it as it is (whole-model inference costs as much as a pass)."""
     toposort(model)
+    ctx.shapes_current = False
     for name, fn in PASSES if optimize else []:
         if not ctx.enabled(name):
             continue
         t0 = time.perf_counter()
         changed = bool(fn(model, ctx))
-        toposort(model)
+        if changed:  # a pass that changed nothing left the (sorted) order as it was
+            toposort(model)
+            if name not in _TRACK_SHAPES:
+                ctx.shapes_current = False
         ctx.timings[name] = {"ms": (time.perf_counter() - t0) * 1e3, "changed": changed, "nodes_after": len(model.graph)}
-    infer_shapes(model)
+    if not ctx.shapes_current:
+        infer_shapes(model)
     return ctx
 
 

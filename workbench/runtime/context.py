@@ -58,7 +58,8 @@ class ExecutionContext:
 
 
 def create_context(engine, device: str | None = None, **options) -> ExecutionContext:
-    """The context for ``engine`` on its backend (``device`` may only confirm it)."""
+    """The context for ``engine`` on its backend (``device`` may only confirm it). CPU options:
+    ``threads`` (BLAS threads; default: the cores available to the process), ``debug``, ``seed``."""
     backend = engine.backend
     device = device or backend
     if device == "auto":

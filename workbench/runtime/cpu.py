@@ -8,6 +8,8 @@ through nested executors, bound at load like the top level, that read enclosing 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 import warnings
@@ -17,11 +19,12 @@ import numpy as np
 
 from ..core.liveness import last_uses_of, subgraphs_of
 from ..core.plan import Layer, Plan, Subgraph
-from ..errors import EngineCompatibilityError, WorkbenchError
+from ..errors import EngineCompatibilityError, EngineFormatError, WorkbenchError
+from ..kernels.cpu import BY_NAME
+from ..kernels.cpu._common import blas_restore, blas_set
 from ..kernels.reference import KernelContext, KernelError
-from ..kernels.reference.limits import element_cap
-from ..kernels.reference.tactics import BY_NAME
 from .context import ExecutionContext, LayerError, NonFiniteWarning
+from .limits import RunLimits
 from .profile import host_ms
 from .validate import check_feeds
 
@@ -31,33 +34,41 @@ class CpuExecutionContext(ExecutionContext):
     profile_note = ("per-layer times come from separate runs with a timer around every layer, which adds "
                     "overhead; end-to-end times come from plain runs")
 
-    def __init__(self, engine, *, debug: bool = False, seed: int = 0):
+    def __init__(self, engine, *, debug: bool = False, seed: int = 0, threads: int | None = None,
+                 memory_budget: int | None = None, max_elements: int | None = None,
+                 max_loop_iterations: int | None = None):
         super().__init__(engine)
+        self.limits = RunLimits.make(engine, memory_budget, max_elements, max_loop_iterations)
         self.debug = debug
+        self.threads = check_threads(threads)
         self._lock = threading.Lock()
         self._exec = PlanExecutor(engine.plan, rng=np.random.default_rng(seed))
         self.first_nonfinite: tuple[str, str] | None = None
-        self._max_elements = engine.plan.options.max_elements
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
-        check_feeds(self.engine.inputs, feeds)
-        with self._lock, element_cap(self._max_elements):
-            outs = self._exec.run(dict(feeds), check_finite=self.debug)
+        feeds = check_feeds(self.engine.inputs, feeds, memory_budget=self.limits.memory_budget)
+        with self._lock, self.limits.apply(), self._exec.released():
+            state = enter_threads(self.threads)  # inline, not a context manager: this runs on every call
+            try:
+                outs = self._exec.run(feeds, check_finite=self.debug)
+            finally:
+                exit_threads(state)
             if self.debug:
                 self.first_nonfinite = self._exec.first_nonfinite
                 if self.first_nonfinite:
                     layer, tensor = self.first_nonfinite
                     warnings.warn(f"first non-finite value produced by layer {layer!r} (tensor {tensor!r})",
                                   NonFiniteWarning, stacklevel=2)
-        fed = {id(v) for v in feeds.values()}
-        return {spec.name: _owned(v, fed) for spec, v in zip(self.engine.outputs, outs)}
+            # copied under the lock: kernels keep their output buffers, which the next run rewrites
+            fed = {id(v) for v in feeds.values()}
+            return {spec.name: _owned(v, fed) for spec, v in zip(self.engine.outputs, outs)}
 
     def time_layers(self, feeds: dict[str, Any], runs: int) -> list[list[float]]:
         """Runs with a host timer around every layer: one list of ``runs`` ms samples per layer."""
-        check_feeds(self.engine.inputs, feeds)
+        feeds = check_feeds(self.engine.inputs, feeds, memory_budget=self.limits.memory_budget)
         per: list[list[float]] = [[] for _ in self.engine.layers]
-        with self._lock, element_cap(self._max_elements):
+        with self._lock, self.limits.apply(), cpu_threads(self.threads), self._exec.released():
             for _ in range(runs):
                 timings: list[float] = []
                 self._exec.run(dict(feeds), timings=timings)
@@ -70,26 +81,71 @@ class CpuExecutionContext(ExecutionContext):
         return [host_ms(lambda: self.run(feeds)) for _ in range(runs)]
 
 
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), the default thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int:
+    """``threads`` as a positive int (None: ``default_threads()``); anything else is a WorkbenchError."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise WorkbenchError(f"threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+def enter_threads(n: int) -> list:
+    """BLAS on ``n`` threads (threadpoolctl; set only where it differs); returns what
+    ``exit_threads`` restores."""
+    return blas_set(n)
+
+
+def exit_threads(state: list) -> None:
+    blas_restore(state)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """``enter_threads(n)`` for the duration of the block."""
+    state = enter_threads(n)
+    try:
+        yield
+    finally:
+        exit_threads(state)
+
+
 def _owned(v, fed: set[int]):
-    """The caller's own array: weights (read-only, shared by every context) and the caller's own
-    inputs passed straight through (an Identity output) are copied, so writing to an output never
-    changes the engine or the feeds."""
+    """The caller's own array: weights (read-only, shared by every context), the caller's own
+    inputs passed straight through (an Identity output) and views (among them the output buffers
+    the fast CPU tactics keep between runs) are copied, so writing to an output never changes the
+    engine or the feeds, and the next run never changes an output."""
     if isinstance(v, np.ndarray) and (not v.flags.writeable or id(v) in fed or not v.flags.owndata):
         return v.copy()
     return v
 
 
-def bind_kernel(layer: Layer) -> Callable:
-    """The layer's kernel, built by the CPU tactic the engine recorded for it."""
+def bind_kernel(layer: Layer, constants: dict | None = None, reuse: bool = True) -> Callable:
+    """The layer's kernel, built by the CPU tactic the engine recorded for it (with the plan's
+    constants, so weight layouts are made once; ``reuse``: output buffers kept between runs)."""
     tactic = BY_NAME.get(layer.tactic)
     if tactic is None:
         raise EngineCompatibilityError(
             f"layer {layer.name!r} uses tactic {layer.tactic!r}, which this workbench's CPU runtime does not have "
             f"(it has {', '.join(BY_NAME)}) — rebuild the engine")
     try:
-        return tactic.build(layer, layer.precision, layer.tactic_config)
+        return tactic.build(layer, layer.precision, layer.tactic_config, constants, reuse)
     except KernelError as exc:
         raise LayerError(str(exc)) from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        # the header schema checks the plan's shape, not what each tactic keeps in its config or
+        # attributes: a tampered engine reaches here, and gets one line naming the layer
+        raise EngineFormatError(f"layer {layer.name!r:.80} ({layer.op}, tactic {layer.tactic!r:.40}) cannot be "
+                                f"set up from the engine: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                                " — the engine is corrupt or was not written by this workbench") from None
 
 
 class Scope:
@@ -114,21 +170,26 @@ class PlanExecutor:
     """Runs a Plan (or a Subgraph) layer by layer; every kernel, nested ones included, is bound
     when the executor is made, so an engine the runtime cannot run is refused at load."""
 
-    def __init__(self, plan: Plan | Subgraph, *, rng: np.random.Generator | None = None):
+    def __init__(self, plan: Plan | Subgraph, *, rng: np.random.Generator | None = None, reuse: bool = True):
         self.plan = plan
         self.layers = plan.layers
-        self.kernels = [bind_kernel(layer) for layer in self.layers]
+        # subgraph bodies may run a layer many times per run and keep each result: fresh outputs there
+        self.kernels = [bind_kernel(layer, plan.constants, reuse) for layer in self.layers]
         outputs = [s.name for s in plan.outputs]
         self.free_after = _free_lists(self.layers, outputs)
         self.rng = rng or np.random.default_rng(0)
         self.first_nonfinite: tuple[str, str] | None = None
-        self._subexec = {id(sub): PlanExecutor(sub, rng=self.rng)
+        self._subexec = {id(sub): PlanExecutor(sub, rng=self.rng, reuse=False)
                          for layer in self.layers for sub in subgraphs_of(layer)}
         self.contexts = [
             KernelContext(opset=l.opset, n_outputs=len(l.outputs), run_subgraph=None,
                           output_dtypes=[s.dtype for s in l.output_specs], rng=self.rng, name=l.name)
             for l in self.layers
         ]
+        # what the hot loop reads per layer, gathered once (per-layer dispatch cost stays small)
+        self._steps = [(layer, self.kernels[i], self.contexts[i], tuple(layer.inputs), tuple(layer.outputs),
+                        tuple(self.free_after[i]), bool(subgraphs_of(layer)))
+                       for i, layer in enumerate(self.layers)]
 
     def run(self, feeds: dict[str, Any], parent: Scope | None = None,
             timings: list[float] | None = None, check_finite: bool = False) -> list:
@@ -136,17 +197,18 @@ class PlanExecutor:
         values: dict[str, Any] = dict(self.plan.constants)
         values.update(feeds)
         scope = Scope(values, parent)
+        lookup = values.__getitem__ if parent is None else scope.get
         first_bad = None
-        for i, layer in enumerate(self.layers):
+        for layer, kernel, ctx, in_names, out_names, free, has_sub in self._steps:
             try:
-                args = [scope.get(n) if n else None for n in layer.inputs]
+                args = [lookup(n) if n else None for n in in_names]
             except KeyError as exc:
                 raise LayerError(f"layer {layer.name!r} reads {exc.args[0]!r}, which no layer produced") from None
-            ctx = self.contexts[i]
-            ctx.run_subgraph = lambda sub, ins, _s=scope: self.run_subgraph(sub, ins, _s)
+            if has_sub:
+                ctx.run_subgraph = lambda sub, ins, _s=scope: self.run_subgraph(sub, ins, _s)
             t0 = time.perf_counter() if timings is not None else 0.0
             try:
-                outs = self.kernels[i](ctx, args, layer.attrs)
+                outs = kernel(ctx, args, layer.attrs)
             except WorkbenchError:
                 raise
             except Exception as exc:
@@ -154,15 +216,15 @@ class PlanExecutor:
                 raise LayerError(f"layer {layer.name!r} ({layer.op}; ONNX nodes: {nodes}) failed: {exc}") from exc
             if timings is not None:
                 timings.append((time.perf_counter() - t0) * 1e3)
-            for name, val in zip(layer.outputs, outs):
+            for name, val in zip(out_names, outs):
                 if name:
                     values[name] = val
             if check_finite and first_bad is None:
-                for name, val in zip(layer.outputs, outs):
+                for name, val in zip(out_names, outs):
                     if isinstance(val, np.ndarray) and val.dtype.kind in "fc" and not np.all(np.isfinite(val)):
                         first_bad = (layer.name, name)
                         break
-            for name in self.free_after[i]:
+            for name in free:
                 values.pop(name, None)
         self.first_nonfinite = first_bad
         result = []
@@ -180,6 +242,23 @@ class PlanExecutor:
             if spec.name:
                 feeds[spec.name] = val
         return ex.run(feeds, parent=scope)
+
+    @contextlib.contextmanager
+    def released(self):
+        """Run inside this block; afterwards no kernel context holds the run's subgraph runner.
+
+        That runner closes over the run's scope (feeds, intermediates) and over this executor, which
+        holds the kernel contexts: left in place it would keep the last run's tensors alive, in a
+        reference cycle that only a garbage-collection pass frees."""
+        try:
+            yield
+        finally:
+            stack = [self]
+            while stack:
+                ex = stack.pop()
+                for ctx in ex.contexts:
+                    ctx.run_subgraph = None
+                stack.extend(ex._subexec.values())
 
 
 def _free_lists(layers: list[Layer], outputs: list[str]) -> list[list[str]]:

@@ -16,6 +16,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import EngineCompatibilityError, EngineFormatError
 from ..format.container import read_container, write_container
+from ..format.header import check_header
 from ..core.liveness import subgraphs_of
 from ..core.plan import Layer, Plan
 from ..format.serialize import decode_plan, encode_plan
@@ -114,19 +115,24 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Engine":
-        """Read and validate an engine file. Raises EngineFormatError / EngineCompatibilityError."""
+        """Read and validate an engine file. Raises EngineFormatError / EngineCompatibilityError.
+
+        The whole header is checked against its schema (``format.header``) before any section is
+        used, so ``describe`` and ``report`` only ever see typed values."""
         header, blobs = read_container(path)
-        for key in ("target", "plan", "producer"):
-            if not isinstance(header.get(key), dict):
-                raise EngineFormatError(f"engine header lacks a valid {key!r} section")
+        check_header(header)
         target = header["target"]
-        if target.get("backend") not in BACKENDS:
+        if target["backend"] not in BACKENDS:
             raise EngineCompatibilityError(
-                f"engine was built for backend {target.get('backend')!r}; this workbench runs {', '.join(BACKENDS)} — rebuild")
-        plan = decode_plan(header["plan"], blobs)
-        names = header.get("kernels", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise EngineFormatError("engine header 'kernels' must be a list of names")
+                f"engine was built for backend {target['backend']!r:.60}; this workbench runs "
+                f"{', '.join(BACKENDS)} — rebuild")
+        try:
+            plan = decode_plan(header["plan"], blobs)
+        except MemoryError:
+            raise EngineFormatError("engine plan is too large to hold in memory") from None
+        names = header["kernels"]
+        if len(set(names)) != len(names):
+            raise EngineFormatError("engine header 'kernels' lists a name twice")
         kernels = {}
         for n in names:
             if f"kernel/{n}" not in blobs:

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..core.files import atomic_write
 from .feeds import random_feeds
 
 
@@ -56,7 +57,7 @@ def latency_ms(engine, feeds, runs: int) -> float:
 
 def profile_table(engine, per_layer_ms: list[list[float]], end_to_end_ms: list[float], *, device: str, note: str):
     """The profile DataFrame (one row per layer) from per-layer and end-to-end samples in ms."""
-    import pandas as pd  # noqa: PLC0415 - only profiles need pandas; running an engine does not
+    import pandas as pd
 
     rows = []
     for layer, ts in zip(engine.layers, per_layer_ms):
@@ -86,21 +87,35 @@ def profile_table(engine, per_layer_ms: list[list[float]], end_to_end_ms: list[f
     return df
 
 
+def _ms_text(ms: float) -> str:
+    """About three significant digits: 0.0213, 4.56, 1,234 (a fixed 3 decimals shows 0.000)."""
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3g}"
+
+
+def _printable(text) -> str:
+    """Names come from the model file: escape control characters before they reach a terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
 def format_profile(df, top: int = 15) -> str:
     """The profile as text: the ``top`` slowest layers and a summary line (``workbench profile``)."""
     cols = ["layer", "type", "onnx_ops", "precision", "tactic", "median_ms", "pct", "gflops_per_s"]
     view = df.sort_values("median_ms", ascending=False).head(top)[cols].copy()
+    for col in ("layer", "type", "onnx_ops", "tactic"):
+        view[col] = view[col].map(_printable)
     view["onnx_ops"] = view["onnx_ops"].str.slice(0, 40)
-    lines = [view.to_string(index=False, float_format=lambda x: f"{x:.3f}")]
-    lines.append(f"{len(df)} layers; end-to-end median {df.attrs['end_to_end_ms']:.3f} ms over {df.attrs['runs']} runs; "
-                 f"sum of per-layer medians {df.attrs['sum_of_layers_ms']:.3f} ms ({df.attrs['note']})")
+    formats = {"median_ms": _ms_text, "pct": lambda x: f"{x:.1f}", "gflops_per_s": lambda x: f"{x:,.2f}"}
+    lines = [view.to_string(index=False, formatters=formats)]
+    lines.append(f"{len(df):,} layers; end-to-end median {_ms_text(df.attrs['end_to_end_ms'])} ms over "
+                 f"{df.attrs['runs']:,} runs; sum of per-layer medians {_ms_text(df.attrs['sum_of_layers_ms'])} ms "
+                 f"({df.attrs['note']})")
     return "\n".join(lines)
 
 
 def compare_profiles(df_a, df_b):
     """(per-layer table, per-op-type table) of two profiles, each with ms_a, ms_b and
     speedup = ms_a / ms_b; layers are matched by name."""
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     a = df_a[["layer", "type", "median_ms"]].rename(columns={"median_ms": "ms_a"})
     b = df_b[["layer", "precision", "median_ms"]].rename(columns={"median_ms": "ms_b", "precision": "precision_b"})
@@ -134,17 +149,34 @@ def peaks_for(engine) -> dict:
     return measured_peaks(engine.backend)
 
 
+def profile_dict(df) -> dict:
+    """The profile as plain JSON-able data (``workbench profile --json``): the summary from
+    ``df.attrs`` and one record per layer in plan order."""
+    def plain(v):
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not np.isfinite(v):
+            return str(v)
+        return v
+
+    layers = [{k: plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+    return {**{k: plain(v) for k, v in df.attrs.items()}, "layers": layers}
+
+
 def to_chrome_trace(df, path=None) -> dict:
-    """A Chrome-trace (chrome://tracing, Perfetto) of one run laid end to end by median times."""
+    """A Chrome-trace (chrome://tracing, Perfetto) of one run laid end to end by median times;
+    written atomically to ``path`` when given (a reader never sees half a trace)."""
     events = []
     t = 0.0
     for row in df.itertuples(index=False):
         dur = float(row.median_ms) * 1e3
         events.append({"name": row.layer, "cat": row.type, "ph": "X", "ts": t, "dur": dur, "pid": 0, "tid": 0,
-                       "args": {"onnx_ops": row.onnx_ops, "precision": row.precision, "tactic": row.tactic}})
+                       "args": {"onnx_ops": row.onnx_ops, "precision": row.precision, "tactic": row.tactic,
+                                "mean_ms": float(row.mean_ms)}})
         t += dur
-    trace = {"traceEvents": events, "displayTimeUnit": "ms"}
+    trace = {"traceEvents": events, "displayTimeUnit": "ms",
+             "otherData": {k: v for k, v in df.attrs.items() if isinstance(v, (str, int, float, bool))}}
     if path is not None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(trace, f)
+        data = json.dumps(trace).encode("utf-8")
+        atomic_write(path, lambda f: f.write(data))
     return trace

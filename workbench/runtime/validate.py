@@ -8,11 +8,36 @@ import numpy as np
 
 from ..dtypes import from_numpy
 from ..core.plan import TensorSpec
-from ..errors import InputError, InputTypeError
+from ..errors import InputError, InputTypeError, ResourceLimitError
 
 
-def check_feeds(specs: list[TensorSpec], feeds: dict[str, Any], *, array_types=(np.ndarray,)) -> dict[str, Any]:
-    """Validate ``feeds`` against the engine inputs; returns them (never casts silently)."""
+def _plain(name: str, value, spec: TensorSpec, budget: int | None):
+    """A NumPy feed as a base-class ndarray (a view, no copy), so no subclass code
+    (``__array_ufunc__``, ``__array_function__``, ``__getitem__``...) ever runs inside a layer."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise InputTypeError(f"input {name!r} is a masked array; pass plain data "
+                             "(e.g. arr.filled(fill_value)) — masks are not an engine input")
+    if isinstance(value, np.matrix):
+        raise InputTypeError(f"input {name!r} is a numpy.matrix; pass a numpy.ndarray (np.asarray(m))")
+    plain = np.ndarray.view(value, np.ndarray) if type(value) is not np.ndarray else value
+    if plain.dtype.hasobject:
+        if spec.dtype != "string":
+            raise InputTypeError(f"input {name!r} is an object array; expected {spec.dtype} data")
+        for x in plain.reshape(-1) if plain.size < 1 << 24 else ():
+            if not isinstance(x, (str, bytes)):
+                raise InputTypeError(f"input {name!r}: string tensors hold str or bytes, got {type(x).__name__}")
+    if budget is not None:
+        nbytes = plain.size * plain.dtype.itemsize  # a strided or broadcast view is as big as it reads
+        if nbytes > budget:
+            raise ResourceLimitError(f"input {name!r} (shape {list(plain.shape)}, {plain.dtype}) is {nbytes} "
+                                     f"bytes; the memory budget is {budget} bytes")
+    return plain
+
+
+def check_feeds(specs: list[TensorSpec], feeds: dict[str, Any], *, array_types=(np.ndarray,),
+                memory_budget: int | None = None) -> dict[str, Any]:
+    """Validate ``feeds`` against the engine inputs; returns them (never casts silently), NumPy
+    arrays as base-class ndarrays (views of the caller's data)."""
     if not isinstance(feeds, dict):
         raise InputTypeError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
     expected = {s.name: s for s in specs}
@@ -23,6 +48,7 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, Any], *, array_types=(
     if extra:
         raise InputError(f"unexpected input {extra[0]!r}; the engine expects: {', '.join(expected)}")
     bindings: dict[str, tuple[int, str]] = {}
+    feeds = dict(feeds)
     for name, spec in expected.items():
         value = feeds[name]
         if spec.dtype is None:  # sequences / optionals: passed through as they are
@@ -30,6 +56,8 @@ def check_feeds(specs: list[TensorSpec], feeds: dict[str, Any], *, array_types=(
         if not isinstance(value, array_types):
             kinds = " or ".join(t.__module__.split(".")[0] + "." + t.__name__ for t in array_types)
             raise InputTypeError(f"input {name!r} must be a {kinds}, got {type(value).__name__}")
+        if isinstance(value, np.ndarray):
+            value = feeds[name] = _plain(name, value, spec, memory_budget)
         try:
             actual = from_numpy(value.dtype)
         except TypeError:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, TensorProto
 
+from ...core.limits import MAX_RANK
 from ...dtypes import NAMES_BY_CODE
 from ...errors import ModelLoadError, ModelTooLargeError
 
@@ -51,6 +52,8 @@ def _typed_count(data_type: int, n: int) -> int:
 
 
 def _element_count(dims, label: str, max_elements: int) -> int:
+    if len(dims) > MAX_RANK:
+        raise ModelTooLargeError(f"{label}: rank {len(dims)} is over the limit of {MAX_RANK}")
     if any(d < 0 for d in dims):
         raise ModelLoadError(f"{label}: negative dimension in shape {_shape(dims)}")
     if 0 in dims:
@@ -118,8 +121,9 @@ def _walk(model: ModelProto, max_nesting: int | None) -> Iterator[tuple[str, obj
         if not isinstance(proto, AttributeProto):
             for node in proto.node:
                 yield "node", node, where, owner
-                node_where = f"node {_q(node.name)} ({_q(node.op_type)}) in {where}"
-                stack.extend((a, depth, f"attribute {_q(a.name)} of {node_where}", owner) for a in node.attribute)
+                if len(node.attribute):  # the label is written only for nodes that have attributes
+                    node_where = f"node {_q(node.name)} ({_q(node.op_type)}) in {where}"
+                    stack.extend((a, depth, f"attribute {_q(a.name)} of {node_where}", owner) for a in node.attribute)
 
 
 # Structural validation

@@ -16,9 +16,13 @@ import stat
 import onnx
 from onnx import ModelProto
 
-from ...errors import ModelLoadError, ModelTooLargeError, UnsupportedModelError
+from ...core.budget import check_budget
+from ...core.files import open_regular
+from ...core.limits import MAX_NESTING
+from ...errors import ModelLoadError, ModelTooLargeError, ResourceLimitError, UnsupportedModelError
 from .external_data import _load_external
 from .proto_checks import _check_structure, _q, _walk
+from .sparse import densify_sparse_initializers, has_sparse
 
 __all__ = ["read_model", "check_opsets", "ModelTooLargeError"]
 
@@ -41,7 +45,7 @@ def _read_file(path: str, max_inline_bytes: int) -> bytes:
         if st.st_size > max_inline_bytes:
             raise ModelTooLargeError(f"model {_q(path)} is over {_limit_text(max_inline_bytes)} "
                                      f"({st.st_size} bytes): save weights as external data")
-        with open(path, "rb") as f:
+        with open_regular(path, "model", error=ModelLoadError) as f:  # never blocks on a FIFO swapped in
             data = f.read(max_inline_bytes + 1)  # the file may have grown since stat
     except FileNotFoundError:
         raise ModelLoadError(f"model file {_q(path)} does not exist") from None
@@ -67,12 +71,15 @@ def _parse(data: bytes, what: str) -> ModelProto:
 
 def read_model(source: str | os.PathLike | bytes | ModelProto, *, base_dir: str | os.PathLike | None = None,
                max_inline_bytes: int = 2**31 - 1, max_external_bytes: int | None = None,
-               max_nesting: int = 32, max_elements: int = 2**31) -> ModelProto:
+               max_nesting: int = MAX_NESTING, max_elements: int = 2**31,
+               memory_budget: int | None = None) -> ModelProto:
     """Parse and validate a model; return a ModelProto whose tensors all hold their data inline.
 
     A path's external data is read from the file's folder (or `base_dir` if given); for bytes or a
     ModelProto, external data needs `base_dir`. A ModelProto source is never modified: it is returned
-    itself when nothing is external, else a copy; max_inline_bytes applies only to files and bytes. Raises ModelLoadError (ExternalDataError for unsafe
+    itself when nothing is external or sparse, else a copy; max_inline_bytes applies only to files and
+    bytes. Sparse initializers are densified, their dense bytes checked against `memory_budget`
+    (default: :func:`~workbench.core.budget.default_memory_budget`). Raises ModelLoadError (ExternalDataError for unsafe
     or inconsistent external data, ModelTooLargeError for limits) naming the offending tensor.
     """
     if isinstance(source, ModelProto):
@@ -93,13 +100,17 @@ def read_model(source: str | os.PathLike | bytes | ModelProto, *, base_dir: str 
     else:
         raise TypeError(f"read_model takes a path, bytes or onnx.ModelProto, not {type(source).__name__}")
     try:
-        if _check_structure(model, max_nesting, max_elements):
-            if model is source:
-                copy = ModelProto()
-                copy.CopyFrom(model)  # safe now: nesting is bounded, so protobuf's own recursion is too
-                model = copy
+        external = _check_structure(model, max_nesting, max_elements)
+        sparse = has_sparse(model)
+        if (external or sparse) and model is source:
+            copy = ModelProto()
+            copy.CopyFrom(model)  # safe now: nesting is bounded, so protobuf's own recursion is too
+            model = copy
+        if external:
             _load_external(model, base_dir, max_external_bytes)
-    except ModelLoadError as e:
+        if sparse:
+            densify_sparse_initializers(model, check_budget(memory_budget))
+    except (ModelLoadError, ResourceLimitError) as e:
         raise type(e)(f"{what}: {e}") from None  # say which model, the message names the tensor
     return model
 

@@ -2,7 +2,8 @@
 
 Bodies run through ``ctx.run_subgraph(subgraph, inputs) -> outputs``, which the runtime provides
 (it also resolves names the body reads from enclosing scopes). Scan outputs are collected per
-iteration and stacked once at the end.
+iteration and stacked once at the end. Loop and Scan stop with a ResourceLimitError past the
+iteration cap in force (limits.element_cap, max_loop_iterations).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import KernelError
+from .limits import check_iterations
 from .tensor import norm_axis
 
 
@@ -53,6 +55,7 @@ def loop(ctx, inputs, attrs):
     scans: list[list] = [[] for _ in range(n_scan)]
     i = 0
     while keep_going and (max_trip is None or i < max_trip):
+        check_iterations(i + 1, f"Loop {ctx.name!r}")  # a 2^62 trip count or a never-false condition
         args = [np.array(i, dtype=np.int64), np.array(keep_going)] + carried
         out = _run(ctx, body, args, "Loop")
         if len(out) != 1 + len(carried) + n_scan:
@@ -72,6 +75,7 @@ def _scan_core(ctx, body, states, xs, attrs, n_out, in_axes, in_dirs, out_axes, 
     for x, a in zip(xs, in_axes):
         if x.shape[a] != length:
             raise KernelError(f"Scan: scan inputs differ in length ({x.shape[a]} vs {length})")
+    check_iterations(length, f"Scan {ctx.name!r}")
     n_scan_out = n_out - len(states)
     outs: list[list] = [[] for _ in range(n_scan_out)]
     for t in range(length):

@@ -11,21 +11,50 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+from workbench.core.limits import MAX_LOOP_ITERATIONS
 from workbench.errors import ResourceLimitError
 
 MAX_ELEMENTS = 2**31
-# the cap in force: an engine's ``max_elements`` (BuilderConfig) while it runs, else MAX_ELEMENTS
+# the caps in force: an engine's (BuilderConfig / create_context) while it runs, else the defaults;
+# the byte budget is None outside a build or run (no budget known)
 _CAP: contextvars.ContextVar[int] = contextvars.ContextVar("workbench_max_elements", default=MAX_ELEMENTS)
+_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("workbench_memory_budget", default=None)
+_LOOPS: contextvars.ContextVar[int] = contextvars.ContextVar("workbench_max_loop_iterations",
+                                                             default=MAX_LOOP_ITERATIONS)
 
 
 @contextlib.contextmanager
-def element_cap(limit: int | None):
-    """Apply ``limit`` to every check_elements call in this thread / task while the block runs."""
-    token = _CAP.set(int(limit) if limit else MAX_ELEMENTS)
+def element_cap(limit: int | None, *, memory_budget: int | None = None, max_loop_iterations: int | None = None):
+    """Apply ``limit`` (elements), ``memory_budget`` (bytes) and ``max_loop_iterations`` to every
+    check in this thread / task while the block runs."""
+    tokens = (_CAP.set(int(limit) if limit else MAX_ELEMENTS), _BUDGET.set(memory_budget),
+              _LOOPS.set(int(max_loop_iterations) if max_loop_iterations else MAX_LOOP_ITERATIONS))
     try:
         yield
     finally:
-        _CAP.reset(token)
+        for var, token in zip((_CAP, _BUDGET, _LOOPS), tokens):
+            var.reset(token)
+
+
+def memory_budget() -> int | None:
+    """The byte budget in force (None: none set)."""
+    return _BUDGET.get()
+
+
+def check_bytes(nbytes: int, what: str) -> None:
+    """Raise ResourceLimitError if one allocation of ``nbytes`` would exceed the byte budget."""
+    budget = _BUDGET.get()
+    if budget is not None and nbytes > budget:
+        raise ResourceLimitError(f"{what} needs {nbytes} bytes; the memory budget is {budget} bytes "
+                                 "(BuilderConfig / create_context memory_budget)")
+
+
+def check_iterations(count: int, what: str) -> None:
+    """Raise ResourceLimitError once a Loop / Scan would run more than the iteration cap."""
+    cap = _LOOPS.get()
+    if count > cap:
+        raise ResourceLimitError(f"{what}: more than {cap} iterations (max_loop_iterations); "
+                                 "raise it in BuilderConfig / create_context if the model really needs them")
 
 
 def count_elements(shape) -> int:
@@ -36,8 +65,9 @@ def count_elements(shape) -> int:
     return n
 
 
-def check_elements(shape, what: str) -> None:
-    """Raise ResourceLimitError if a tensor of ``shape`` would exceed the element cap in force."""
+def check_elements(shape, what: str, itemsize: int = 1) -> None:
+    """Raise ResourceLimitError if a tensor of ``shape`` would exceed the element cap or (at
+    ``itemsize`` bytes an element) the byte budget in force."""
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise ResourceLimitError(f"{what}: negative dimension in output shape {dims}")
@@ -46,3 +76,4 @@ def check_elements(shape, what: str) -> None:
     if n > cap:
         raise ResourceLimitError(
             f"{what}: output shape {dims} has {n} elements, over the limit of {cap} (BuilderConfig.max_elements)")
+    check_bytes(n * itemsize, f"{what}: output shape {dims}")

@@ -1,6 +1,7 @@
-"""The CPU tactic source: the NumPy reference kernels, offered through the same tactic shape as the
-GPU sources (``workbench.kernels.cuda.tactic``), so that the CPU target selects through it and the
-CPU runtime binds each layer's kernel by the tactic name the engine records, never by op name.
+"""The reference CPU tactics: the NumPy reference kernels, offered through the same tactic shape as
+the GPU sources (``workbench.kernels.cuda.tactic``). ``workbench.kernels.cpu`` lists them after its
+fast tactics; the CPU target times them like the others and the CPU runtime binds each layer's kernel
+by the tactic name the engine records, never by op name. They run every layer the fast tactics do not.
 
 Tactics:
 
@@ -9,9 +10,11 @@ Tactics:
   to fp16 / bf16, math in fp32, float32 outputs rounded again. That is what storage in a half type
   with fp32 accumulation costs in accuracy, so precision choices can be studied without a GPU.
 
-A CPU tactic has ``name``, ``source`` ("reference"), ``supports(layer, precision) -> None | reason``,
-``configs(layer, precision) -> list[dict]`` and ``build(layer, precision, config)`` returning a
-reference-kernel-shaped callable ``(ctx: KernelContext, inputs, attrs) -> outputs``.
+A CPU tactic has ``name``, ``source`` ("reference"), ``supports(layer, precision, constants=None) ->
+None | reason``, ``configs(layer, precision) -> list[dict]`` and ``build(layer, precision, config,
+constants=None, reuse=True)`` returning a reference-kernel-shaped callable ``(ctx: KernelContext,
+inputs, attrs) -> outputs``. The fast tactics of ``kernels/cpu`` keep the same shape; that package's
+registry lists these tactics after its own and is what the CPU target and runtime use.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class NumpyTactic:
         self.precision = precision
         self.storage = storage
 
-    def supports(self, layer: Layer, precision: str) -> str | None:
+    def supports(self, layer: Layer, precision: str, constants=None) -> str | None:
         if precision != self.precision:
             return f"runs {self.precision} layers only"
         if get_kernel(layer.domain, layer.op) is None:
@@ -46,7 +49,8 @@ class NumpyTactic:
     def configs(self, layer: Layer, precision: str) -> list[dict]:
         return [{}]
 
-    def build(self, layer: Layer, precision: str, config: dict) -> Kernel:
+    def build(self, layer: Layer, precision: str, config: dict, constants=None, reuse: bool = True) -> Kernel:
+        # the reference kernels keep nothing between runs: constants and reuse change nothing here
         fn = get_kernel(layer.domain, layer.op)
         if fn is None:
             raise KernelError(f"no kernel for {_op_name(layer)} (layer {layer.name!r})")

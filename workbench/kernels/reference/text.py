@@ -1,15 +1,17 @@
 """Reference kernels: string ops and TfIdfVectorizer.
 
 String tensors are NumPy object arrays of Python ``str``. RegexFullMatch patterns are RE2 syntax
-in ONNX; Python's ``re`` accepts the common subset (RE2 has no backreferences, so nothing RE2
-accepts turns catastrophic here except what ``re`` itself handles).
+in ONNX and run on RE2 itself (the ``google-re2`` package): matching time is linear in the input
+whatever the pattern, so a pattern written to backtrack catastrophically cannot hang a build or a
+run, and what RE2 refuses (backreferences, lookaround) is refused here with RE2's reason.
 """
 
 from __future__ import annotations
 
-import re
+import functools
 
 import numpy as np
+import re2
 
 from ._base import KernelError
 
@@ -66,11 +68,26 @@ def string_split(ctx, inputs, attrs):
     return [out.reshape(x.shape + (width,)), counts.reshape(x.shape)]
 
 
-def regex_full_match(ctx, inputs, attrs):
+# RE2 refuses to compile a pattern whose program would need more than this; matching then needs
+# memory bounded by it and time linear in the input.
+REGEX_MAX_MEM = 8 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def compile_regex(pattern: str):
+    """An RE2 pattern object, or KernelError with RE2's reason (one line, pattern shortened)."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every refused pattern to stderr
+    options.max_mem = REGEX_MAX_MEM
     try:
-        pattern = re.compile(attrs["pattern"])
-    except re.error as e:
-        raise KernelError(f"RegexFullMatch: invalid pattern {attrs['pattern']!r}: {e}") from None
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        reason = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise KernelError(f"RegexFullMatch: pattern {pattern!r:.80} is not valid RE2: {reason.splitlines()[0] if reason else 'refused'}") from None
+
+
+def regex_full_match(ctx, inputs, attrs):
+    pattern = compile_regex(str(attrs["pattern"]))
     x = inputs[0]
     return [np.array([pattern.fullmatch(s) is not None for s in x.reshape(-1)], dtype=bool).reshape(x.shape)]
 
