@@ -4,20 +4,11 @@ a message that says to rebuild."""
 from __future__ import annotations
 
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import workbench as wb
+from tests.support.models import build_cpu, one_input_model
 from workbench.errors import EngineCompatibilityError
-
-
-def one_input_model(nodes, opset=17, out_shape=(3,)):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
-
-
-def build_cpu(model_bytes, **cfg):
-    return wb.build(wb.load_onnx(model_bytes), wb.BuilderConfig(device="cpu", **cfg))
 
 
 def test_engine_for_an_unknown_backend_is_refused(tmp_path):

@@ -31,15 +31,21 @@ def _reloaded(engine, tmp_path, name="e.wbe"):
     return wb.Engine.load(tmp_path / name)
 
 
-def test_engine_without_reports_runs_the_same(engine, tmp_path):
-    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
-    want = engine.create_context().run({"x": x})
+def _without_reports(engine, tmp_path):
+    """``engine`` saved, reloaded, stripped of every report, build record and tactic table, saved and
+    reloaded again."""
     stripped = _reloaded(engine, tmp_path)
     stripped.reports = {}
     stripped.build_info = {}
     for layer in stripped.layers:
         layer.tactic_table = []
-    again = _reloaded(stripped, tmp_path, "stripped.wbe")
+    return _reloaded(stripped, tmp_path, "stripped.wbe")
+
+
+def test_engine_without_reports_runs_the_same(engine, tmp_path):
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    want = engine.create_context().run({"x": x})
+    again = _without_reports(engine, tmp_path)
     assert again.reports == {} and all(not layer.tactic_table for layer in again.layers)
     got = again.create_context().run({"x": x})
     assert set(got) == set(want)
@@ -103,12 +109,7 @@ def test_gpu_engine_without_reports_runs_the_same(tmp_path):
     engine = wb.build(net, wb.BuilderConfig(device="gpu", precision="fp16"))
     feeds = random_inputs(engine.inputs, seed=3)
     want = {k: host(v) for k, v in _reloaded(engine, tmp_path).create_context().run(feeds).items()}
-    stripped = _reloaded(engine, tmp_path)
-    stripped.reports = {}
-    stripped.build_info = {}
-    for layer in stripped.layers:
-        layer.tactic_table = []
-    again = _reloaded(stripped, tmp_path, "stripped.wbe")
+    again = _without_reports(engine, tmp_path)
     assert any(layer.binaries for layer in again.layers) and again.plan.arena.offsets
     assert [(l.tactic, l.tactic_config, l.binaries) for l in again.layers] == \
         [(l.tactic, l.tactic_config, l.binaries) for l in engine.layers]
