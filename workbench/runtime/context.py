@@ -58,8 +58,9 @@ class ExecutionContext:
 
 
 def create_context(engine, device: str | None = None, **options) -> ExecutionContext:
-    """The context for ``engine`` on its backend (``device`` may only confirm it). CPU options:
-    ``threads`` (BLAS threads; default: the cores available to the process), ``debug``, ``seed``."""
+    """The context for ``engine`` on its backend (``device`` may only confirm it). Options: ``debug``,
+    ``seed``, ``memory_budget`` (bytes); CPU only: ``threads`` (BLAS threads; default: the cores
+    available to the process), ``max_elements``, ``max_loop_iterations``; GPU only: ``cuda_graph``."""
     backend = engine.backend
     device = device or backend
     if device == "auto":
@@ -71,6 +72,9 @@ def create_context(engine, device: str | None = None, **options) -> ExecutionCon
         from .cpu import CpuExecutionContext  # noqa: PLC0415
 
         return CpuExecutionContext(engine, **options)
+    if options.get("threads") is not None:
+        raise WorkbenchError("threads= sets the CPU's BLAS threads; this engine runs on the GPU — leave it out")
+    options.pop("threads", None)
     try:
         import cupy  # noqa: F401, PLC0415 - CuPy only when a GPU engine runs
     except ImportError as exc:

@@ -50,11 +50,14 @@ class GpuExecutionContext(ExecutionContext):
                     "per-layer times come from separate eager runs with an event pair around every layer, so "
                     "their sum exceeds end-to-end (launch gaps and event overhead)")
 
-    def __init__(self, engine, *, debug: bool = False, seed: int = 0, cuda_graph: bool | None = None):
+    def __init__(self, engine, *, debug: bool = False, seed: int = 0, cuda_graph: bool | None = None,
+                 memory_budget: int | None = None):
         super().__init__(engine)
         check_engine(engine)
         cp = cupy()
         self.debug = debug
+        # host feeds are checked against it before they are copied to the device
+        self.memory_budget = memory_budget
         self.cuda_graph = bool(engine.plan.options.cuda_graph if cuda_graph is None else cuda_graph)
         self._lock = threading.Lock()
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -259,7 +262,7 @@ class GpuExecutionContext(ExecutionContext):
         cp = cupy()
         fast = self._fast_feeds(feeds)
         if not fast:
-            check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cp.ndarray))
+            feeds = self._checked(feeds)
         with self._lock:
             try:
                 direct = (fast and bool(self._direct) and self._segments is not None and not self.debug
@@ -321,18 +324,24 @@ class GpuExecutionContext(ExecutionContext):
     def run_eager(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run layer by layer without CUDA graphs (for checking graph replay against)."""
         cp = cupy()
-        check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cp.ndarray))
+        feeds = self._checked(feeds)
         with self._lock:
             on_device, _ = self._load_inputs(feeds)
             with self.stream:
                 self._eager()
             return self._collect(on_device)
 
+    def _checked(self, feeds: dict) -> dict:
+        """The feeds validated (names, dtypes, shapes, the memory budget), NumPy ones as plain
+        ndarrays so that no subclass code runs while they are copied in."""
+        return check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cupy().ndarray),
+                           memory_budget=self.memory_budget)
+
     # ---- timing (CUDA events: kernels.cuda.events) -----------------------------------------------
     def time_end_to_end(self, feeds: dict, runs: int) -> list[float]:
         """Milliseconds of ``runs`` whole-engine executions (graph replays when enabled), inputs
         already on the device: the engine's own latency, without host copies."""
-        check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cupy().ndarray))
+        feeds = self._checked(feeds)
         with self._lock:
             self._load_inputs(feeds)
             with self.stream:
@@ -341,7 +350,7 @@ class GpuExecutionContext(ExecutionContext):
 
     def time_layers(self, feeds: dict, runs: int) -> list[list[float]]:
         """Per-layer milliseconds from eager runs with a CUDA event pair around every layer."""
-        check_feeds(self.engine.inputs, feeds, array_types=(np.ndarray, cupy().ndarray))
+        feeds = self._checked(feeds)
         steps = [lambda i=i: self._run_layer(i) for i in range(len(self.engine.layers))]
         with self._lock:
             self._load_inputs(feeds)
