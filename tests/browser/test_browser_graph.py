@@ -3,6 +3,7 @@ click -> `selected`, and model strings drawn as text. Layout times: bench/graph_
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -35,7 +36,7 @@ def test_mobilenetv2_onnx_graph_draws_every_node(browser):
     assert n >= 1000
     page = show(browser, graph)
     assert page.locator("g.wb-layer").count() == n
-    assert layout_ms(page) >= 0  # the view reports its layout time (bench/graph_layout.py prints it)
+    assert math.isfinite(layout_ms(page))  # the view reports its layout time (bench/graph_layout.py prints it)
     screenshot(page, "graph_mobilenetv2_onnx.png")
 
 

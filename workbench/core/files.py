@@ -48,17 +48,21 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _str_path(path, what: str, error: type[WorkbenchError]) -> str:
+    """``path`` (str, bytes or os.PathLike) as a str; anything else is ``error`` naming ``what``."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise error(f"{what} path must be a str or os.PathLike, got {type(path).__name__}") from None
+    return os.fsdecode(p) if isinstance(p, bytes) else p
+
+
 def regular_file(path, what: str, *, error: type[WorkbenchError] = FileKindError) -> str:
     """``path`` as a str if it names an existing regular file (symlinks followed); otherwise raise
     ``error`` with one line naming ``what`` ("model", "engine", "feeds"...) and the path.
 
     Only ``stat`` is used, so a FIFO or device is never opened."""
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise error(f"{what} path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if isinstance(p, bytes):
-        p = os.fsdecode(p)
+    p = _str_path(path, what, error)
     try:
         st = os.stat(p)
     except OSError as exc:
@@ -95,12 +99,7 @@ def atomic_write(path, write: Callable[[BinaryIO], object], *, mode: int = 0o644
     On any failure (the callback's own, a full disk, a file-size limit, an interrupt) the temporary
     file is removed and the destination is untouched; ``OSError`` becomes :class:`OutputWriteError`
     naming the destination. Returns the path written."""
-    try:
-        dest = os.fspath(path)
-    except TypeError:
-        raise OutputWriteError(f"output path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if isinstance(dest, bytes):
-        dest = os.fsdecode(dest)
+    dest = _str_path(path, "output", OutputWriteError)
     try:
         st = os.stat(dest)
     except FileNotFoundError:
