@@ -63,3 +63,36 @@ def _clear_intermediate_shapes(graph: ir.Graph) -> None:
 
 def _fmt(shape) -> str:
     return "x".join(str(d) if isinstance(d, int) else (getattr(d, "value", None) or "?") for d in shape)
+
+
+def apply_dim_values(model: ir.Model, values: dict[str, int]) -> None:
+    """Give the named symbolic dims fixed values in every graph input, leaving the other dims
+    symbolic (a shape range that fixes the sequence length at 128 for every batch size: the
+    positions and masks that depend on it fold, and the plan keeps ``batch``). Graph outputs get the
+    values where a dim is exactly one of the names; intermediate shapes are recomputed."""
+    if not values:
+        return
+    graph = model.graph
+    inits = set(graph.initializers)
+    inputs = [v for v in graph.inputs if v.name not in inits]
+    named = {d.value for v in inputs if v.shape is not None for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
+    for name, value in values.items():
+        if name not in named:
+            raise ShapeError(f"no input has a dim named {name!r}; the named dims are: {', '.join(sorted(named)) or '(none)'}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ShapeError(f"dim {name!r} must be a whole number >= 0, got {value!r}")
+
+    def fixed(shape):
+        return ir.Shape([values.get(d.value, d) if isinstance(d, ir.SymbolicDim) and d.value else d for d in shape])
+
+    for v in inputs:
+        if v.shape is not None:
+            v.shape = fixed(v.shape)
+    outputs = {id(v) for v in graph.outputs}
+    for node in graph:
+        for v in node.outputs:
+            if id(v) not in outputs:
+                v.shape = None
+    for v in graph.outputs:
+        if v.shape is not None:
+            v.shape = fixed(v.shape)

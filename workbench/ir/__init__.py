@@ -4,7 +4,9 @@ stage shares, one copy each.
 ``network.py``: :class:`Network` (a loaded model and where it came from). ``values.py``: small
 questions about values (constant?, producer, readers, shape, rank, dtype). ``attrs.py``: attributes
 <-> Python values, both directions. ``typing.py``: output types of created nodes. ``types.py``:
-values as plain TensorSpecs. ``provenance.py``: which ONNX nodes a node covers.
+values as plain TensorSpecs. ``provenance.py``: which ONNX nodes a node covers. ``symdims.py``:
+dim expressions (integer polynomials over dim names) for reasoning about symbolic shapes;
+``symshapes.py`` / ``symvalues.py``: symbolic shape inference and the values shape tensors hold.
 
 May import: ``core``, ``ops``, ``dtypes``, ``errors`` (and onnx, onnx-ir, NumPy). Never the
 frontends, rewrite, passes, precision or builder.

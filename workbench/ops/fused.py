@@ -97,8 +97,10 @@ class OpSchema:
         return out
 
 
-def broadcast(*shapes: Dims | None) -> Dims | None:
-    """NumPy broadcasting over dims that may be symbolic (equal names match) or unknown."""
+def broadcast(*shapes: Dims | None, meet=None) -> Dims | None:
+    """NumPy broadcasting over dims that may be symbolic (equal names match) or unknown.
+    ``meet(a, b)``: the dim two symbolic dims (neither 1) broadcast to, or None when unknown
+    (default: equal dims meet); the passes give one that compares dim expressions."""
     if any(s is None for s in shapes):
         return None
     r = max((len(s) for s in shapes), default=0)
@@ -111,8 +113,13 @@ def broadcast(*shapes: Dims | None) -> Dims | None:
             out.append(1)
         elif ints:  # a valid broadcast: every other dim is 1 or this one
             out.append(ints.pop() if len(ints) == 1 else None)
-        else:
+        elif meet is None:
             out.append(ds[0] if ds[0] is not None and all(d == ds[0] for d in ds) else None)
+        else:
+            met = ds[0]
+            for d in ds[1:]:
+                met = meet(met, d) if met is not None and d is not None else None
+            out.append(met)
     return tuple(out)
 
 

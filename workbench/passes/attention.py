@@ -13,7 +13,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ..rewrite.engine import Match, Rule
-from ..ir.values import attr, const, producer, rank, scalar, shape, sole_user, users
+from ..ir.symdims import describe, equal, known, mul, same_dims, sdims
+from ..ir.symshapes import broadcast
+from ..ir.values import attr, const, producer, rank, scalar, sole_user, users
 from .masks import is_fill, plan_masks
 
 
@@ -47,8 +49,9 @@ def _sole(v: ir.Value, op: str) -> ir.Node | None:
 def _merge_heads_reshape(v: ir.Value, nodes: list) -> tuple[ir.Value, str, int | None]:
     """A bshd value that is Reshape([b, s, h*d] -> [b, s, h, d]): take the 3-D input instead."""
     r = _sole(v, "Reshape")
-    xs, ys = (shape(r.inputs[0]), shape(v)) if r is not None else (None, None)
-    if r is not None and xs and ys and len(xs) == 3 and len(ys) == 4 and xs[:2] == ys[:2] and xs[2] == ys[2] * ys[3]:
+    xs, ys = (sdims(r.inputs[0]), sdims(v)) if r is not None else (None, None)
+    if r is not None and known(xs) and known(ys) and len(xs) == 3 and len(ys) == 4 and same_dims(xs[:2], ys[:2]) \
+            and equal(xs[2], mul(ys[2], ys[3])) and isinstance(ys[2], int):
         nodes.append(r)
         return r.inputs[0], "bsd", ys[2]
     return v, "bshd", None
@@ -89,11 +92,12 @@ def _repeat_kv(v: ir.Value, nodes: list) -> tuple[ir.Value, int | None]:
     if u is None:
         return v, None
     axes = const(u.inputs[1]) if len(u.inputs) > 1 else np.array(attr(u, "axes") or [])
-    xs, es, ys = shape(u.inputs[0]), shape(e.outputs[0]), shape(v)
-    if axes is None or [int(a) for a in np.reshape(axes, -1)] != [2] or not (xs and es and ys) or len(xs) != 4 \
-            or len(es) != 5 or len(ys) != 4:
+    xs, es, ys = sdims(u.inputs[0]), sdims(e.outputs[0]), sdims(v)
+    if axes is None or [int(a) for a in np.reshape(axes, -1)] != [2] or not (known(xs) and known(es) and known(ys)) \
+            or len(xs) != 4 or len(es) != 5 or len(ys) != 4:
         return v, None
-    if es[:2] != xs[:2] or es[3:] != xs[2:] or ys != (xs[0], xs[1] * es[2], xs[2], xs[3]):
+    if not same_dims(es[:2], xs[:2]) or not same_dims(es[3:], xs[2:]) \
+            or not same_dims(ys, (xs[0], mul(xs[1], es[2]), xs[2], xs[3])) or not isinstance(xs[1], int):
         return v, None
     nodes += [r, e, u]
     return u.inputs[0], xs[1]
@@ -178,9 +182,9 @@ class FuseAttention(Rule):
             elif kv_k is not None or kv_v is not None:
                 return None  # only one side repeated: leave it (the nodes list is now inconsistent)
         out, out_layout = self._output(pv.outputs[0], nodes, r)
-        qs = shape(qk.inputs[0])
+        qs = sdims(qk.inputs[0])
         heads = qs[1] if qs and len(qs) == 4 else q_heads
-        ss = shape(s)
+        ss = sdims(s)
         sq, sk = (ss[-2], ss[-1]) if ss and len(ss) >= 2 else (None, None)
         b = {"q": q, "k": k, "v": v, "layouts": (q_layout, k_layout, v_layout, out_layout), "scale": scale[0],
              "masks": masks, "plan": plan_masks(masks, sq, sk, after_mask[0]), "scores": ss, "heads": heads,
@@ -209,8 +213,9 @@ class FuseAttention(Rule):
             return o, "bhsd"
         nodes.append(t)
         r = sole_user(t.outputs[0])
-        ts, rs = shape(t.outputs[0]), shape(r.outputs[0]) if r is not None and r.op_type == "Reshape" else None
-        if ts and rs and len(rs) == 3 and rs[:2] == ts[:2] and rs[2] == ts[2] * ts[3]:
+        ts, rs = sdims(t.outputs[0]), sdims(r.outputs[0]) if r is not None and r.op_type == "Reshape" else None
+        if known(ts) and known(rs) and len(ts) == 4 and len(rs) == 3 and same_dims(rs[:2], ts[:2]) \
+                and equal(rs[2], mul(ts[2], ts[3])):
             nodes.append(r)
             return r.outputs[0], "bsd"
         return t.outputs[0], "bshd"
@@ -226,20 +231,28 @@ class FuseAttention(Rule):
             return f"scores have rank {b['rank']}, not [batch, heads, query, key] or [batch, query, key]"
         if None in b["layouts"]:
             return "Kᵀ is not a transpose of a [batch, seq, dim] tensor (no layout of the Attention op fits)"
-        if not b["heads"] or not b["kv_heads"] or b["heads"] % b["kv_heads"]:
-            return "head counts are unknown or query heads are not a multiple of key/value heads"
+        for what, n in (("query head count", b["heads"]), ("key/value head count", b["kv_heads"])):
+            if not isinstance(n, int) or n <= 0:
+                return (f"the {what} is {describe(n)}" + (" (symbolic)" if n is not None else "")
+                        + "; the Attention op needs a fixed number of heads")
+        if b["heads"] % b["kv_heads"]:
+            return f"query heads ({b['heads']}) are not a multiple of key/value heads ({b['kv_heads']})"
         ss = b["scores"]
         for kind, v in list(b["masks"].items()):
             v = v[0] if isinstance(v, tuple) else v
-            ms = shape(v)
-            if ms is None or ss is None:
+            ms = sdims(v)
+            if not known(ms) or not known(ss):
                 if rank(v) is None or rank(v) > b["rank"] or b["rank"] == 3:
                     return f"the {kind} mask {v.name} or the scores have an unknown shape"
                 continue
-            if len(ms) > len(ss) or any(d not in (1, e) for d, e in zip(ms[::-1], ss[::-1])):
-                return f"the {kind} mask {v.name} {list(ms)} does not broadcast into the scores {list(ss)}"
-        if b["rank"] == 3 and any(_term_shape(t) is None for t in b["plan"].additive + [b["plan"].boolean] if t is not None):
-            return "a mask term of the [batch, query, key] scores has an unknown shape (needs a heads axis inserted)"
+            if len(ms) > len(ss) or any(d != 1 and not equal(d, e) for d, e in zip(ms[::-1], ss[::-1])):
+                return (f"the {kind} mask {v.name} {_text(ms)} does not broadcast into the scores {_text(ss)}"
+                        " for every shape")
+        if b["rank"] == 3:
+            terms = [t for t in b["plan"].additive + [b["plan"].boolean] if t is not None]
+            shapes = [_term_shape(t) for t in terms]
+            if any(x is None for x in shapes) or not known(broadcast(*shapes)) or len(broadcast(*shapes)) > 3:
+                return "a mask term of the [batch, query, key] scores has an unknown shape (needs a heads axis inserted)"
         return ""
 
     def rewrite(self, m, emit):
@@ -264,8 +277,7 @@ class FuseAttention(Rule):
             mask, kind = plan.boolean, "boolean"
         if mask is not None:
             if b["rank"] == 3:  # the op's scores are [b, heads=1, sq, sk]: give the mask that heads axis
-                ms = (1, 1, 1) + tuple(np.broadcast_shapes(*shapes))
-                mask = emit.op("Reshape", [mask, np.array(ms[-3:-2] + (1,) + ms[-2:], np.int64)], domain="")
+                mask = _heads_axis(emit, mask, shapes)
             attrs["mask_kind"] = kind
             ins.append(mask)
         return [emit.op("Attention", ins, attrs)]
@@ -282,13 +294,35 @@ def _emit_where(emit, spec) -> ir.Value:
     return emit.op("Where", [cond, a, b], domain="")
 
 
-def _term_shape(t) -> tuple[int, ...] | None:
+def _term_shape(t) -> tuple | None:
+    """The dims of a mask term (ints and symbolic expressions), None where one is unknown."""
     if isinstance(t, np.ndarray):  # a constant mask scaled at build time
         return t.shape
     if isinstance(t, tuple):
-        parts = [shape(t[1])] + [np.shape(const(x) if isinstance(x, ir.Value) else x) for x in t[2:]]
-        return None if parts[0] is None else tuple(np.broadcast_shapes(*parts))
-    return shape(t)
+        parts = [sdims(t[1])] + [np.shape(const(x) if isinstance(x, ir.Value) else x) for x in t[2:]]
+        got = broadcast(*parts) if parts[0] is not None else None
+    else:
+        got = sdims(t)
+    return got if known(got) else None
+
+
+def _heads_axis(emit, mask: ir.Value, shapes) -> ir.Value:
+    """For [batch, query, key] scores: the summed mask terms (dims ``broadcast(*shapes)``, rank <= 3)
+    with a heads axis, [b, 1, sq, sk] (leading dims of 1 where it broadcasts): a Reshape to the
+    constant shape when every dim is an int, else an Unsqueeze (exact for any dims)."""
+    ms = tuple(broadcast(*shapes))
+    full = (1,) * (3 - len(ms)) + ms
+    if all(isinstance(d, int) for d in full):
+        return emit.op("Reshape", [mask, np.array(full[:1] + (1,) + full[1:], np.int64)], domain="")
+    kept = [0, 2, 3][3 - len(ms):]
+    axes = np.array([a for a in range(4) if a not in kept], np.int64)
+    if emit.opset >= 13:
+        return emit.op("Unsqueeze", [mask, axes], domain="")
+    return emit.op("Unsqueeze", [mask], {"axes": [int(a) for a in axes]}, domain="")
+
+
+def _text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 def _same(v: ir.Value, arr: np.ndarray) -> bool:

@@ -13,8 +13,11 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from ..ir.attrs import has_subgraph
+from ..ir.symdims import from_ir, is_unknown_name
+from ..ir.symshapes import propagate
 from ..rewrite.engine import apply
 from .fold_constants import NON_DETERMINISTIC, fold_constants
+from .fold_shapes import fold_shapes
 from .simplify import RULES as SIMPLIFY_RULES
 
 
@@ -24,15 +27,31 @@ def remove_dead_code(model: ir.Model, ctx) -> bool:
 
 
 def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference with data propagation; failures leave the graph as it was.
+    """ONNX shape inference with data propagation (``_infer_onnx``), then symbolic inference
+    (``ir.symshapes``: dims as expressions over the model's dim names, the contents of shape
+    tensors); an ONNX inference failure leaves the ONNX part as it was."""
+    _forget_made_up_dims(model.graph)
+    _infer_onnx(model)
+    propagate(model.graph)
 
-    This is onnx-ir's ShapeInferencePass (non-strict, data propagation on) with a cheaper merge: that
-    pass deserializes the whole inferred model into a second IR (nodes, attributes, subgraphs) only to
-    read the types back, which took about as long as the inference itself. Here the inferred protos
-    are walked beside the IR graphs they were serialized from, and each value defined in a graph takes
-    the shape and element type that deserializing it would have given it (its graph input, initializer,
-    value_info or graph output entry), set only where inference knows it and it differs, as the pass
-    does."""
+
+def _forget_made_up_dims(graph: ir.Graph) -> None:
+    """ONNX inference keeps the dims a value already has; a made-up ``unk__N`` of an earlier round
+    (before a fold made the dim computable) would stay forever, so those become unknown first."""
+    for node in graph:
+        for v in node.outputs:
+            if v.shape is not None and any(is_unknown_name(from_ir(d)) for d in v.shape):
+                v.shape = ir.Shape([None if is_unknown_name(from_ir(d)) else d for d in v.shape])
+
+
+def _infer_onnx(model: ir.Model) -> None:
+    """ONNX shape inference: onnx-ir's ShapeInferencePass (non-strict, data propagation on) with a
+    cheaper merge: that pass deserializes the whole inferred model into a second IR (nodes, attributes,
+    subgraphs) only to read the types back, which took about as long as the inference itself. Here
+    the inferred protos are walked beside the IR graphs they were serialized from, and each value
+    defined in a graph takes the shape and element type that deserializing it would have given it
+    (its graph input, initializer, value_info or graph output entry), set only where inference
+    knows it and it differs, as the pass does."""
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
         inferred = call_onnx_api(lambda proto: onnx.shape_inference.infer_shapes(
@@ -103,13 +122,15 @@ def toposort(model: ir.Model) -> None:
 
 def fold_to_fixed_point(model: ir.Model, ctx, max_rounds: int = 10) -> bool:
     """Alternate shape inference and constant folding until nothing changes: once input shapes are
-    static, Shape -> Gather -> Concat -> Reshape chains collapse to constants round by round.
+    static, Shape -> Gather -> Concat -> Reshape chains collapse to constants round by round; with
+    symbolic dims ``fold_shapes`` folds what they compute into constant Reshape / Expand targets.
     Leaves ``ctx.shapes_current`` True when the last thing done was an inference of the graph as it is."""
     changed_any = False
     for _ in range(max_rounds):
         infer_shapes(model)
         ctx.shapes_current = True
-        if not fold_constants(model, ctx):
+        folded = fold_constants(model, ctx)
+        if not (fold_shapes(model, ctx) or folded):  # symbolic shape arithmetic (passes/fold_shapes.py)
             break
         ctx.shapes_current = False
         changed_any = True

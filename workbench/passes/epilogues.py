@@ -10,7 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ir.provenance import provenance
-from ..ir.values import attr, const, is_graph_output, producer, shape, sole_user, users
+from ..ir.symdims import describe, same_dims, sdims, symbolic_mismatch
+from ..ir.values import attr, const, is_graph_output, producer, sole_user, users
 from ..ops.geometry import conv_geometry
 from ..rewrite.engine import Match, Rule
 from .activations import UNARY_OK, find_activation
@@ -46,7 +47,7 @@ class FoldBatchNorm(Rule):
             return "BatchNormalization parameters are not constant"
         if const(prev.inputs[1]) is None or (len(prev.inputs) > 2 and prev.inputs[2] is not None and const(prev.inputs[2]) is None):
             return f"{prev.op_type} weights are not constant"
-        if prev.op_type != "Conv" and (len(shape(prev.outputs[0]) or ()) != 2 or attr(prev, "transA", 0)):
+        if prev.op_type != "Conv" and (len(sdims(prev.outputs[0]) or ()) != 2 or attr(prev, "transA", 0)):
             return f"{prev.op_type} output is not [batch, channels]"
         return ""
 
@@ -126,12 +127,20 @@ def _bias_add(y: ir.Value, channel_axis: int, ch: int, r: int) -> tuple[ir.Node,
     return add, c.reshape(-1)
 
 
-def _residual_add(y: ir.Value) -> tuple[ir.Node, ir.Value] | None:
+def _residual_add(y: ir.Value, declined: list | None = None) -> tuple[ir.Node, ir.Value] | None:
+    """The Add of a same-shaped tensor after ``y``; where only symbolic dims keep the shapes from
+    being provably equal, ``declined`` gets the reason (logged, the op fuses without it)."""
     add = sole_user(y)
     if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
         return None
     z = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    if z is y or const(z) is not None or shape(z) is None or shape(z) != shape(y):
+    if z is y or const(z) is not None:
+        return None
+    if not same_dims(sdims(z), sdims(y)):
+        why = symbolic_mismatch(sdims(z), sdims(y))
+        if why and declined is not None:
+            declined.append((f"the residual {add.name} is not fused: {z.name} and {y.name} differ, {why}",
+                             provenance([add])[0]))
         return None
     return add, z
 
@@ -144,7 +153,7 @@ def _epilogue(y: ir.Value, channel_axis: int, allow_residual: bool, what: str, c
         nodes.append(bias[0])
         parts["bias"] = bias[1]
         y = bias[0].outputs[0]
-    res = _residual_add(y) if allow_residual else None
+    res = _residual_add(y, declined) if allow_residual else None
     if res is not None:
         nodes.append(res[0])
         parts["residual"] = res[1]
@@ -189,13 +198,24 @@ class ConvEpilogue(_Epilogue):
         nodes, out, parts, declined = _epilogue(root.outputs[0], 1, True, "Conv", w.shape[0], w.ndim)
         return self._match(root, nodes, out, parts, declined)
 
+    def check(self, m):
+        auto = attr(m.root, "auto_pad", "NOTSET") or "NOTSET"
+        xs = sdims(m.root.inputs[0])
+        if auto not in ("NOTSET", "VALID"):
+            bad = None if xs is None else next((d for d in xs[2:] if not isinstance(d, int)), 0)
+            if bad != 0:
+                return (f"auto_pad {auto} needs fixed spatial dims to become explicit pads; the spatial dim "
+                        f"{describe(bad)} of {m.root.inputs[0].name} is not fixed")
+        return super().check(m)
+
     def rewrite(self, m, emit):
         conv, parts = m.root, m.b["parts"]
         w = const(conv.inputs[1])
         b = const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
         if "bias" in parts:
             b = parts["bias"].astype(w.dtype) if b is None else (b + parts["bias"]).astype(w.dtype)
-        attrs = _conv_attrs(conv, shape(conv.inputs[0]), w.shape)
+        xs = sdims(conv.inputs[0])
+        attrs = _conv_attrs(conv, None if xs is None else (0, 0) + tuple(xs[2:]), w.shape)  # only the spatial dims
         attrs.update(parts.get("act", {"activation": ""}))
         attrs["residual"] = int("residual" in parts)
         ins = [conv.inputs[0], conv.inputs[1], b if b is not None else np.zeros(w.shape[0], w.dtype)]

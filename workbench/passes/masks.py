@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ir.values import const, producer, scalar
+from .positions import is_causal_predicate
 
 NEG_BIG = -1e30  # fill values at or below this count as "masked out" (or half the dtype's lowest)
 
@@ -61,10 +62,13 @@ def tril(sq: int, sk: int) -> np.ndarray:
     return np.tril(np.ones((sq, sk), dtype=bool), sk - sq)
 
 
-def is_causal_keep(v: ir.Value, sq: int, sk: int, keep: bool = True) -> bool:
-    """``v`` is a constant bool triangle: True where attending (``keep``) or where masked."""
+def is_causal_keep(v: ir.Value, sq, sk, keep: bool = True) -> bool:
+    """``v`` is the bool triangle, True where attending (``keep``) or where masked: a constant, or
+    (dims symbolic) position arithmetic that is the triangle for every sq, sk (``positions.py``)."""
     c = const(v)
-    if c is None or c.dtype != np.bool_:
+    if c is None:
+        return is_causal_predicate(v, sq, sk, keep)
+    if c.dtype != np.bool_:
         return False
     t = _triangle(c, sq, sk)
     return t is not None and bool(np.array_equal(t, tril(sq, sk) if keep else ~tril(sq, sk)))

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..rewrite.engine import DOMAIN, Match, Rule
+from ..ir.symdims import describe, same_dims, sdims, symbolic_mismatch
 from ..ir.values import (
     attr,
     axes_of,
@@ -20,7 +21,6 @@ from ..ir.values import (
     producer,
     rank,
     scalar,
-    shape,
     sole_user,
     users,
 )
@@ -182,14 +182,22 @@ class DecomposedNorm(Rule):
                      b={"x": x, "eps": eps, "ln": is_ln, "kind": kind, "parts": parts, "axis": r - n_axes, "rank": r})
 
     def check(self, m):
-        xs = shape(m.b["x"])
-        if "Mul" not in m.b["parts"] and xs is None:
-            return f"no scale and {m.b['x'].name} has no static shape to size a unit scale"
+        if "Mul" in m.b["parts"]:
+            return ""
+        xs = sdims(m.b["x"])
+        axes = _normalized(m.b, xs)
+        if xs is None:
+            return f"no scale and {m.b['x'].name} has an unknown rank to size a unit scale"
+        bad = next((d for d in axes if not isinstance(d, int)), 0)
+        if bad != 0:
+            return (f"no scale and the normalized dim {describe(bad)} of {m.b['x'].name} is not fixed, "
+                    "so a unit scale cannot be sized")
         return ""
 
     def rewrite(self, m, emit):
         x, parts = m.b["x"], m.b["parts"]
-        xs = shape(x)
+        xs = sdims(x)
+        xs = None if xs is None else tuple(d if isinstance(d, int) else 1 for d in xs)  # only the normalized dims are read
         dt = np.float32
         if "Mul" in parts:
             scale = parts["Mul"]
@@ -206,6 +214,13 @@ class DecomposedNorm(Rule):
         return [emit.op("LayerNorm", ins, {"axis": 1 if cf else m.b["axis"], "epsilon": m.b["eps"], "channels_first": cf})]
 
 
+def _normalized(b: dict, xs) -> tuple:
+    """The dims a decomposed norm normalizes over (the channel dim for channels-first)."""
+    if xs is None:
+        return ()
+    return (xs[1],) if b["kind"] == "channels_first" else tuple(xs[b["axis"]:])
+
+
 class SkipLayerNorm(Rule):
     """Add(x, skip) -> LayerNorm (last axis) -> SkipLayerNorm; the sum stays available as its
     second output when later layers read it (the residual stream)."""
@@ -219,12 +234,19 @@ class SkipLayerNorm(Rule):
         if add is None or attr(root, "channels_first", 0):
             return None
         a, b = add.inputs
-        if const(a) is not None or const(b) is not None or shape(a) is None or shape(a) != shape(b):
+        if const(a) is not None or const(b) is not None:
             return None
-        r = len(shape(a))
+        why = symbolic_mismatch(sdims(a), sdims(b))
+        if not why and not same_dims(sdims(a), sdims(b)):
+            return None  # a broadcasting Add (or unknown shapes): not a residual
+        r = len(sdims(a))
         if attr(root, "axis", -1) not in (-1, r - 1):
             return None
-        return Match(root, [add, root], outputs=[root.outputs[0], add.outputs[0]], b={"add": add})
+        reason = f"the residual Add's operands {a.name} and {b.name} differ: {why}" if why else ""
+        return Match(root, [add, root], outputs=[root.outputs[0], add.outputs[0]], b={"add": add, "reason": reason})
+
+    def check(self, m):
+        return m.b["reason"]
 
     def rewrite(self, m, emit):
         ln, add = m.root, m.b["add"]

@@ -9,7 +9,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ..rewrite.engine import Match, Rule
+from ..ir.symdims import equal, known, mul, product, same_dims, sdims
 from ..ir.values import attr, const, dtype, is_graph_output, producer, shape, users
+from .fold_shapes import reshape_target
+from .gathers import GATHER_RULES
 
 
 def _bypass_reason(out: ir.Value, src: ir.Value) -> str:
@@ -54,8 +57,9 @@ def _is_noop(node: ir.Node, x: ir.Value) -> bool:
     if op == "Transpose":
         perm = attr(node, "perm")
         return perm is not None and list(perm) == list(range(len(perm)))
-    # Reshape / Expand / Squeeze / Unsqueeze: same static shape and same type in and out
-    return shape(x) is not None and shape(x) == shape(out) and dtype(x) == dtype(out)
+    # Reshape / Expand / Squeeze / Unsqueeze: the same dims in and out (equal for every input shape)
+    # and the same type
+    return same_dims(sdims(x), sdims(out)) and dtype(x) == dtype(out)
 
 
 class MergeTransposes(Rule):
@@ -84,21 +88,25 @@ class MergeTransposes(Rule):
 
 
 class MergeReshapes(Rule):
-    """Reshape(Reshape(x)) (or of Flatten/Squeeze/Unsqueeze) with a static result -> one Reshape."""
+    """Reshape(Reshape(x)) (or of Flatten/Squeeze/Unsqueeze) with a known result -> one Reshape
+    (a constant target: static, or symbolic dims written as 0 / -1 as ``fold_shapes`` does)."""
 
     name = "merge_reshapes"
     ops = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
     def pattern(self, root):
         first = producer(root.inputs[0], ("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
-        out = shape(root.outputs[0])
-        if first is None or out is None or 0 in out:
+        out = sdims(root.outputs[0])
+        if first is None or not known(out) or 0 in out:
             return None  # a 0 in a Reshape target copies the input dim instead
-        return Match(root, [root], b={"x": first.inputs[0], "shape": out})
+        # one constant target from x: symbolic dims as 0 (x's own dim there) or the one -1
+        target = reshape_target(sdims(first.inputs[0]), np.array(list(out) + [None], dtype=object)[:-1], 0)
+        if target is None:
+            return None
+        return Match(root, [root], b={"x": first.inputs[0], "shape": target})
 
     def rewrite(self, m, emit):
-        target = np.array(m.b["shape"], dtype=np.int64)
-        return [emit.op("Reshape", [m.b["x"], target], domain="")]
+        return [emit.op("Reshape", [m.b["x"], m.b["shape"]], domain="")]
 
 
 class PadIntoConv(Rule):
@@ -160,8 +168,8 @@ class GemmOverFlattened(Rule):
         if flat is None:
             return None
         x, w = flat.inputs[0], const(gemm.inputs[1])
-        xs, out = shape(x), shape(root.outputs[0])
-        if w is None or xs is None or out is None or attr(gemm, "transA", 0) or len(xs) < 2:
+        xs, out = sdims(x), sdims(root.outputs[0])
+        if w is None or not known(xs) or not known(out) or attr(gemm, "transA", 0) or len(xs) < 2:
             return None
         w = w.T if attr(gemm, "transB", 0) else w
         c = gemm.inputs[2] if len(gemm.inputs) > 2 else None
@@ -171,16 +179,32 @@ class GemmOverFlattened(Rule):
         if cs is None or int(np.prod(cs[:-1] or (1,))) != 1:
             return None  # a C with one row per flattened row would not broadcast over x's leading dims
         k = w.shape[0]
-        if out[-1] != w.shape[1] or int(np.prod(xs)) != int(np.prod(out[:-1])) * k:
+        nodes, b = [flat, gemm, root], {"x": x, "w": w, "gemm": gemm, "target": None, "reason": ""}
+        if not equal(out[-1], w.shape[1]):
             return None
-        return Match(root, [flat, gemm, root], b={"x": x, "w": w, "gemm": gemm, "xshape": out[:-1] + (k,)})
+        if not equal(product(xs), mul(product(out[:-1]), k)):
+            if all(isinstance(d, int) for d in xs + out):
+                return None  # the rows do not line up: not this pattern
+            b["reason"] = (f"{x.name} {_text(xs)} and the result {_text(out)} are not provably the same rows: "
+                           f"{product(xs)} vs {mul(product(out[:-1]), k)} elements for some input shapes")
+            return Match(root, nodes, b=b)
+        xshape = out[:-1] + (k,)
+        if not same_dims(xs, xshape):  # [b, s, h, d] flattened to [b*s, h*d]: keep the rows apart
+            b["target"] = reshape_target(xs, np.array(list(xshape) + [None], dtype=object)[:-1], 0)
+            if b["target"] is None:
+                b["reason"] = (f"{x.name} {_text(xs)} cannot be regrouped as {_text(xshape)} by one constant Reshape "
+                               "(more than one dim differs symbolically)")
+        return Match(root, nodes, b=b)
+
+    def check(self, m):
+        return m.b["reason"]
 
     def rewrite(self, m, emit):
         gemm = m.b["gemm"]
         w = m.b["w"] * np.asarray(attr(gemm, "alpha", 1.0), m.b["w"].dtype)
         x = m.b["x"]
-        if shape(x) != m.b["xshape"]:  # [b, s, h, d] flattened to [b*s, h*d]: keep the rows apart
-            x = emit.op("Reshape", [x, np.array(m.b["xshape"], dtype=np.int64)], domain="")
+        if m.b["target"] is not None:
+            x = emit.op("Reshape", [x, m.b["target"]], domain="")
         y = emit.op("MatMul", [x, np.ascontiguousarray(w)], domain="")
         if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
             c = gemm.inputs[2]
@@ -189,6 +213,10 @@ class GemmOverFlattened(Rule):
                 c = const(c) * np.asarray(beta, const(c).dtype)
             y = emit.op("Add", [y, c], domain="")
         return [y]
+
+
+def _text(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
 class TransposeBetweenReshapes(Rule):
@@ -204,21 +232,25 @@ class TransposeBetweenReshapes(Rule):
         r1 = producer(t.inputs[0], "Reshape") if t is not None else None
         if r1 is None or len(users(t.outputs[0])) != 1 or len(users(r1.outputs[0])) != 1:
             return None
-        mid, out, perm = shape(r1.outputs[0]), shape(root.outputs[0]), attr(t, "perm")
-        if not mid or not out or perm is None or len(perm) != len(mid) or perm[0] != 0 or 0 in out:
+        mid, out, perm = sdims(r1.outputs[0]), sdims(root.outputs[0]), attr(t, "perm")
+        if not known(mid) or not known(out) or not mid or not out or perm is None or len(perm) != len(mid) \
+                or perm[0] != 0 or 0 in out:
             return None
         tail = mid[1:]
         n_lead = len(out) - len(tail)
         lead = out[:n_lead]
-        if n_lead < 1 or int(np.prod(lead)) != mid[0] or out[n_lead:] != tuple(tail[p - 1] for p in perm[1:]):
+        if n_lead < 1 or not equal(product(lead), mid[0]) or not same_dims(out[n_lead:], tuple(tail[p - 1] for p in perm[1:])):
             return None
-        return Match(root, [r1, t, root], b={"x": r1.inputs[0], "shape": lead + tail,
+        target = reshape_target(sdims(r1.inputs[0]), np.array(list(lead + tail) + [None], dtype=object)[:-1], 0)
+        if target is None:
+            return None
+        return Match(root, [r1, t, root], b={"x": r1.inputs[0], "shape": target,
                                               "perm": list(range(n_lead)) + [n_lead + p - 1 for p in perm[1:]]})
 
     def rewrite(self, m, emit):
-        y = emit.op("Reshape", [m.b["x"], np.array(m.b["shape"], dtype=np.int64)], domain="")
+        y = emit.op("Reshape", [m.b["x"], m.b["shape"]], domain="")
         return [emit.op("Transpose", [y], {"perm": m.b["perm"]}, domain="")]
 
 
 RULES = [RemoveNoOp(), MergeTransposes(), MergeReshapes(), PadIntoConv(), GemmOverFlattened(),
-         TransposeBetweenReshapes()]
+         TransposeBetweenReshapes(), *GATHER_RULES]

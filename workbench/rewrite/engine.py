@@ -30,6 +30,8 @@ import onnx_ir as ir
 
 from ..ir.attrs import to_attr
 from ..ir.provenance import provenance, record
+from ..ir.symdims import from_ir, is_unknown_name
+from ..ir.symshapes import refine
 from ..ir.typing import annotate, set_spec
 from ..ops.fused import DOMAIN
 
@@ -79,7 +81,8 @@ class Emitter:
     available earlier may name another node as ``m.b["anchor"]``), carrying the match's provenance.
 
     Every output it creates is typed (``ir.typing.annotate``: ONNX inference for standard ops, the
-    fused ops' shape functions for ours); ``specs`` overrides that with explicit (dtype, dims)."""
+    fused ops' shape functions for ours; ``ir.symshapes.refine``: symbolic dims as expressions);
+    ``specs`` overrides that with explicit (dtype, dims)."""
 
     def __init__(self, graph: ir.Graph, m: Match, anchor: ir.Node):
         self.graph, self.m, self.anchor = graph, m, anchor
@@ -102,6 +105,7 @@ class Emitter:
             if spec is not None:
                 set_spec(v, *spec)
         annotate(node, self.opset)
+        refine(node)  # dims as expressions where ONNX's per-node inference leaves them unknown
         return node
 
     def op(self, op: str, inputs: list, attrs: dict | None = None, **kw) -> ir.Value:
@@ -157,15 +161,20 @@ def replace_values(graph: ir.Graph, old: list[ir.Value], new: list[ir.Value], cr
             o.name = None
             n.name = name
         made_here = n.producer() is not None and id(n.producer()) in made
-        if o.shape is not None and (n.shape is None or (made_here and not _is_static(n.shape)
-                                                         and _is_static(o.shape) and len(n.shape) == len(o.shape))):
+        if o.shape is not None and (n.shape is None or (made_here and len(n.shape) == len(o.shape)
+                                                         and _better_known(o.shape, n.shape))):
             n.shape = o.shape
         if n.type is None and o.type is not None:
             n.type = o.type
 
 
-def _is_static(s: ir.Shape) -> bool:
-    return all(isinstance(d, int) for d in s)
+def _better_known(old: ir.Shape, new: ir.Shape) -> bool:
+    """The replaced value's dims say more: all known (ints or expressions), where the new value's
+    inferred dims have an unknown or made-up (``unk__``) one."""
+    def vague(d):
+        d = from_ir(d)
+        return d is None or is_unknown_name(d)
+    return not any(vague(d) for d in old) and any(vague(d) for d in new)
 
 
 def apply(model: ir.Model, ctx, rules: list[Rule], *, reverse: bool = False) -> bool:
