@@ -35,6 +35,8 @@ _LAZY = {
     "build": ("workbench.builder", "build"),
     "Builder": ("workbench.builder", "Builder"),
     "BuilderConfig": ("workbench.builder", "BuilderConfig"),
+    "Calibration": ("workbench.precision.calibration", "Calibration"),
+    "CalibrationTable": ("workbench.precision.calibration", "CalibrationTable"),
     "Network": ("workbench.ir.network", "Network"),
     "NetworkDefinition": ("workbench.frontends.network", "NetworkDefinition"),
     "NetworkDefinitionError": ("workbench.frontends.network", "NetworkDefinitionError"),
@@ -43,6 +45,13 @@ _LAZY = {
     "pass_names": ("workbench.passes.pipeline", "known_names"),
     "resolve_device": ("workbench.builder.targets", "resolve_device"),
     "supported_precisions": ("workbench.core.precisions", "supported_precisions"),
+    # the engine explorer (workbench/explore): views as DataFrames, A-vs-B comparison, linters
+    "compare": ("workbench.explore", "compare"),
+    "lint": ("workbench.explore", "lint"),
+    "latency_by": ("workbench.explore", "latency_by"),
+    "memory_timeline": ("workbench.explore", "memory_timeline"),
+    "memory_peak": ("workbench.explore", "memory_peak"),
+    "roofline": ("workbench.explore", "roofline"),
 }
 
 
@@ -54,6 +63,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
+    if name in ("serve", "batch"):  # deployment subpackages (Ray is optional): imported on first use
+        import importlib
+
+        return importlib.import_module(f"workbench.{name}")
     if name == "load_ipython_extension":
         from .ui.magics import load_ipython_extension
 
@@ -62,8 +75,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BuildError", "Builder", "BuilderConfig", "Engine", "EngineCompatibilityError", "EngineFormatError",
+    "BuildError", "Builder", "BuilderConfig", "Calibration", "CalibrationTable", "Engine",
+    "EngineCompatibilityError", "EngineFormatError",
     "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor",
     "UnsupportedModelError", "WorkbenchError", "__version__", "build", "load_onnx", "parse_shapes", "pass_names",
-    "resolve_device", "supported_precisions",
+    "resolve_device", "supported_precisions", "compare", "lint", "latency_by", "memory_timeline", "memory_peak",
+    "roofline",
 ]

@@ -1,4 +1,4 @@
-// Colour schemes for the three "colour by" modes. Pure functions of the node data.
+// Colour schemes for the "colour by" modes. Pure functions of the node data.
 
 export const PRECISION_COLORS = {
   fp32: "#9ecae1", tf32: "#6baed6", fp16: "#fdae6b", bf16: "#fd8d3c",
@@ -20,14 +20,31 @@ export function timeColor(pct, maxPct) {
   return `rgb(250, ${g}, ${b})`;
 }
 
-export function colorFor(node, mode, timing, maxPct) {
+// White -> purple by the layer's relative error vs fp32 on a log scale (1e-6 .. 1e-1 and above).
+// Grey: not measured; black: non-finite.
+export const ERROR_DECADES = [-6, -1];
+export function errorColor(err) {
+  if (err === undefined || err === null) return "#eeeeee";
+  if (!Number.isFinite(Number(err))) return "#222222";
+  const lg = Math.log10(Math.max(Number(err), 1e-12));
+  const t = Math.min(1, Math.max(0, (lg - ERROR_DECADES[0]) / (ERROR_DECADES[1] - ERROR_DECADES[0])));
+  const r = Math.round(248 - 130 * t), g = Math.round(246 - 200 * t), b = Math.round(250 - 80 * t);
+  return `rgb(${r}, ${g}, ${b})`;
+}
+
+export function colorFor(node, mode, timing, maxPct, errors) {
   if (mode === "op") return opColor(node.type || "?");
   if (mode === "time") return timeColor(timing[node.layer], maxPct);
+  if (mode === "error") return errorColor((errors || {})[node.layer]);
   return PRECISION_COLORS[node.precision] || "#e0e0e0";
 }
 
 // Legend entries [label, colour] for the current mode.
 export function legendFor(nodes, mode, maxPct) {
+  if (mode === "error") {
+    return [["not measured", "#eeeeee"], ["rel err 1e-6", errorColor(1e-6)], ["1e-4", errorColor(1e-4)],
+            ["1e-2", errorColor(1e-2)], [">= 1e-1", errorColor(1e-1)], ["non-finite", "#222222"]];
+  }
   if (mode === "time") {
     return [["not profiled", "#eeeeee"], ["0%", timeColor(0, maxPct)],
             [`${(maxPct / 2).toFixed(1)}%`, timeColor(maxPct / 2, maxPct)], [`${maxPct.toFixed(1)}%`, timeColor(maxPct, maxPct)]];

@@ -1,6 +1,7 @@
 // The workbench graph view: an anywidget ES module. Python sends the graph as data (the `graph`
 // trait); this module lays it out with elkjs, draws it as SVG, and reports clicks back through the
-// `selected` trait. Traits: graph, color_by ("precision" | "op" | "time"), timing ({layer: pct}),
+// `selected` trait. Traits: graph, color_by ("precision" | "op" | "time" | "error"), timing ({layer: pct}),
+// errors ({layer: relative error vs fp32}),
 // selected (layer name), search, height, layout_ms (written here, read by Python and tests).
 import ELK from "elkjs/lib/elk.bundled.js";
 import { colorFor, legendFor } from "./colors.js";
@@ -78,7 +79,7 @@ function render({ model, el }) {
   const matchInfo = htmlEl("span", { class: "wb-matches" }, bar, "");
   htmlEl("span", {}, bar, "colour by");
   const colorSel = htmlEl("select", { class: "wb-color-by" }, bar);
-  for (const [v, t] of [["precision", "precision"], ["op", "op type"], ["time", "share of time"]]) {
+  for (const [v, t] of [["precision", "precision"], ["op", "op type"], ["time", "share of time"], ["error", "error vs fp32"]]) {
     htmlEl("option", { value: v }, colorSel, t);
   }
   const fitBtn = htmlEl("button", { type: "button", title: "fit the whole graph" }, bar, "fit");
@@ -99,8 +100,9 @@ function render({ model, el }) {
     const mode = model.get("color_by") || "precision";
     const timing = model.get("timing") || {};
     const maxPct = Math.max(0, ...Object.values(timing).map(Number));
+    const errors = model.get("errors") || {};
     for (const { node, rect } of drawn.items) {
-      if (node.layer !== null) rect.setAttribute("fill", colorFor(node, mode, timing, maxPct));
+      if (node.layer !== null) rect.setAttribute("fill", colorFor(node, mode, timing, maxPct, errors));
     }
     legend.replaceChildren();
     for (const [label, color] of legendFor(model.get("graph").nodes || [], mode, maxPct)) {
@@ -194,6 +196,7 @@ function render({ model, el }) {
   model.on("change:graph", onGraph);
   model.on("change:color_by", onColor);
   model.on("change:timing", onColor);
+  model.on("change:errors", onColor);
   model.on("change:selected", onSelected);
   model.on("change:search", onSearch);
   search.value = model.get("search") || "";
@@ -203,6 +206,7 @@ function render({ model, el }) {
     model.off("change:graph", onGraph);
     model.off("change:color_by", onColor);
     model.off("change:timing", onColor);
+    model.off("change:errors", onColor);
     model.off("change:selected", onSelected);
     model.off("change:search", onSearch);
     view.dispose();

@@ -175,7 +175,7 @@ def test_layout_assignment_stores_conv_activations_channels_last():
 def test_supported_precisions_without_a_gpu():
     """The notebook's precision dropdowns ask the public API what each target offers; asking about
     the GPU target must work on a machine without one."""
-    assert wb.supported_precisions("cpu") == ["fp32", "fp16", "bf16"]
+    assert wb.supported_precisions("cpu") == ["fp32", "fp16", "bf16", "int8", "fp8"]
     assert {"fp32", "tf32", "fp16", "bf16"} <= set(wb.supported_precisions("gpu"))
 
 

@@ -162,7 +162,7 @@ def test_build_device_gpu_without_gpu(work):
 @pytest.mark.parametrize("item,words", [
     ("relu=fp64", ["fp64", "relu"]),
     ("relu", ["LAYER=PRECISION"]),
-    ("relu=int8", ["int8", "not available"]),      # a GPU-only precision on the CPU target
+    ("relu=tf32", ["tf32", "not available"]),      # a GPU-only precision on the CPU target
     ("=fp16", ["neither a layer nor an ONNX node"]),
 ])
 def test_bad_layer_precision(work, item, words):

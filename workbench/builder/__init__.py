@@ -4,7 +4,9 @@
 plan (``lower.py``) -> cost estimates (``cost.py``) -> precision and tactics by the target
 (``targets/``; GPU: precision -> ``layout.py`` -> ``autotune.py`` with ``timing_cache.py``) ->
 memory plan (``memory.py``) -> Engine. ``config.py``: every knob; ``progress.py``: the stage names
-a progress bar or callback sees.
+a progress bar or callback sees. ``profiles.py`` / ``profile_build.py``: shape ranges (profiles and
+their buckets, each bucket a static build); ``mixed.py`` / ``mixed_search.py``: automatic mixed
+precision under an accuracy budget (``precision="best"`` with ``accuracy_budget``).
 
 May import every layer above it (``core``, ``ops``, ``kernels``, ``format``, ``runtime``, ``ir``,
 ``frontends``, ``rewrite``, ``passes``, ``precision``); never the CLI, the UI or the public API.

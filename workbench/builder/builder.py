@@ -17,6 +17,8 @@ from ..ir.network import Network
 from ..kernels.reference.limits import element_cap
 from ..passes.context import PassContext
 from ..passes.pipeline import known_names, run_pipeline
+from ..passes.qdq import explicit_quantization
+from ..precision.quantize import prepare_quantization
 from ..runtime.engine import Engine
 from .config import BuilderConfig
 from .cost import annotate_costs
@@ -40,6 +42,15 @@ class Builder:
         unknown = [n for n in cfg.disable if n not in known_names()]
         if unknown:
             raise WorkbenchError(f"cannot disable unknown pass or rule {unknown[0]!r}; known: {', '.join(sorted(known_names()))}")
+        if cfg.profiles:  # shape ranges: one symbolic plan (CPU) or a static build per bucket
+            from .profile_build import build_with_profiles  # noqa: PLC0415 - it builds through this class
+
+            return build_with_profiles(network, cfg)
+        if cfg.precision == "best" and cfg.accuracy_budget is not None:
+            # per-layer precisions searched under the budget, by builds without one (builder/mixed.py)
+            from .mixed import search
+
+            return search(network, cfg, lambda sub: Builder(sub).build(network))
         t0 = time.perf_counter()
         progress = BuildProgress(cfg.progress)
         try:
@@ -75,7 +86,9 @@ class Builder:
 
         progress.stage("precision + tactics")
         target = get_target(device)
-        target.assign(plan, cfg)  # GPU: precision -> layout -> autotune (targets/gpu.py)
+        # int8 / fp8 scales: the model's Q/DQ, and calibration of this fp32 plan where a layer may be quantized
+        quant = prepare_quantization(plan, cfg, device, explicit_quantization(model), progress=cfg.progress is True)
+        target.assign(plan, cfg, quant=quant)  # GPU: precision -> layout -> autotune (targets/gpu.py)
 
         progress.stage("memory plan")
         memory = plan_memory(plan)  # fills plan.arena

@@ -11,6 +11,8 @@ from ..core.precisions import DEVICES, REQUESTABLE
 from ..core.budget import check_budget
 from ..core.limits import MAX_ENGINE_BYTES, MAX_LOOP_ITERATIONS
 from ..errors import ResourceLimitError, ShapeError, WorkbenchError
+from .profiles import normalize_buckets, normalize_profiles
+from ..precision.calibration import Calibration, CalibrationTable
 
 
 @dataclass
@@ -20,6 +22,13 @@ class BuilderConfig:
     device:     "cpu", "gpu", or "auto" (gpu when one is present).
     precision:  default precision for layers ("fp32", "tf32", "fp16", "bf16", "best", ...).
     shapes:     input name -> concrete shape; fixes symbolic dims before optimization.
+    profiles:   shape ranges instead of one shape: a list of {input name: (min, opt, max)} (see
+                ``builder/profiles.py``); the engine takes any shape inside one of them. CPU: one
+                plan with symbolic dims; GPU: one static plan per bucket.
+    buckets:    the static plans of a build with profiles (GPU by default; a CPU build only when
+                given): batch sizes [1, 2, 4, ...] (a run pads its batch up to the next one) or
+                {dim name: [values]}; None: vLLM's sizes up to each profile's max batch, and the
+                min, opt and max of every other dynamic dim (which are matched, never padded).
     disable:    names of passes / fusion rules to skip (see ``workbench.passes.pipeline``).
     layer_precisions: layer or ONNX node name -> precision override.
     timing_cache: path of a persistent autotuning cache (GPU builds).
@@ -37,11 +46,22 @@ class BuilderConfig:
                 from ``create_context(max_loop_iterations=...)``.
     max_engine_bytes: the most bytes of constants the engine may hold; constant folding keeps a
                 layer whose results would pass it (and says so in the fusion log).
+    calibration: ranges for int8 / fp8 layers: a ``Calibration`` (data and method), a
+                ``CalibrationTable``, or a path (an .npz or folder of calibration data, or a saved
+                table); see ``workbench.precision.calibration``.
+    accuracy_budget: with precision "best": the largest error vs fp32 allowed on held-out inputs;
+                per-layer precisions are searched to minimise latency within it (``builder/mixed.py``).
+                None: "best" is the target's fastest precision per layer, unchecked.
+    accuracy_metric: callable(outputs, reference_outputs) -> float (dicts of output name -> array for
+                one feed; averaged over the held-out feeds) replacing the default error, the largest
+                relative L2 error of any output.
     """
 
     device: str = "auto"
     precision: str = "fp32"
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    profiles: list = field(default_factory=list)  # [{input: (min, opt, max)}]
+    buckets: Any = None  # None, [batch sizes] or {dim name: [values]}
     disable: list[str] = field(default_factory=list)
     layer_precisions: dict[str, str] = field(default_factory=dict)
     timing_cache: str | os.PathLike | None = None
@@ -54,6 +74,9 @@ class BuilderConfig:
     memory_budget: int | None = None
     max_loop_iterations: int = MAX_LOOP_ITERATIONS
     max_engine_bytes: int = MAX_ENGINE_BYTES
+    calibration: Calibration | CalibrationTable | str | os.PathLike | None = None
+    accuracy_budget: float | None = None
+    accuracy_metric: Any = None  # callable(outputs, reference_outputs) -> float
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -68,12 +91,19 @@ class BuilderConfig:
         if isinstance(self.shapes, str):
             self.shapes = parse_shapes(self.shapes)
         self.shapes = {str(k): _check_shape(k, v) for k, v in dict(self.shapes).items()}
+        self.profiles = normalize_profiles(self.profiles)
+        self.buckets = normalize_buckets(self.buckets)
+        if self.profiles and self.shapes:
+            raise ShapeError("give shapes (one static shape per input) or profiles (shape ranges), not both")
+        if self.buckets is not None and not self.profiles:
+            raise ShapeError("buckets are the static plans of a build with shape ranges; give profiles too")
         if isinstance(self.disable, str):  # "a,b" as on the command line
             self.disable = [d for d in self.disable.split(",") if d.strip()]
         self.disable = [d.strip() for d in self.disable]
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise WorkbenchError(f"threads must be a positive integer, got {self.threads!r}")
+        _check_accuracy(self)
 
 
 # field -> (accepted types, what an error says it expects); bool is an int, so ints refuse it
@@ -85,6 +115,8 @@ _TYPES = {
     "timing_cache": ((str, os.PathLike, type(None)), "a path or None"),
     "optimize": ((bool,), "True or False"), "autotune": ((bool,), "True or False"),
     "cuda_graph": ((bool,), "True or False"),
+    "calibration": ((Calibration, CalibrationTable, str, os.PathLike, type(None)),
+                    "a Calibration, a CalibrationTable, a path or None"),
 }
 
 
@@ -104,6 +136,28 @@ def _check_types(cfg) -> None:
             raise ResourceLimitError(f"BuilderConfig.{name} must be a positive int, got {value!r:.60}")
     if not (cfg.progress in (True, False, None) or callable(cfg.progress)):
         raise WorkbenchError(f"BuilderConfig.progress must be True, False or a callable, got {cfg.progress!r:.60}")
+
+
+def _check_accuracy(cfg) -> None:
+    """accuracy_budget: a finite number > 0, only with precision "best"; accuracy_metric: a callable,
+    only with a budget."""
+    budget = cfg.accuracy_budget
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+            raise WorkbenchError(f"BuilderConfig.accuracy_budget must be a finite number > 0, got {budget!r:.60}")
+        if cfg.precision != "best":
+            raise WorkbenchError(f"an accuracy budget is met by choosing precisions per layer: it needs "
+                                 f"precision 'best', not {cfg.precision!r}")
+        if getattr(cfg, "profiles", None):
+            raise WorkbenchError("an accuracy budget is searched at fixed input shapes: give shapes, not shape "
+                                 "ranges (profiles)")
+        cfg.accuracy_budget = float(budget)
+    if cfg.accuracy_metric is not None:
+        if not callable(cfg.accuracy_metric):
+            raise WorkbenchError(f"BuilderConfig.accuracy_metric must be a callable(outputs, reference_outputs) "
+                                 f"-> float, got {type(cfg.accuracy_metric).__name__}")
+        if budget is None:
+            raise WorkbenchError("BuilderConfig.accuracy_metric is only used with an accuracy_budget; give one")
 
 
 def _check_shape(name: str, shape) -> tuple[int, ...]:

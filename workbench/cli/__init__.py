@@ -1,9 +1,13 @@
-"""The ``workbench`` command line (build, run, profile, inspect, demo), like trtexec and Polygraphy.
+"""The ``workbench`` command line (build, run, profile, inspect, accuracy, lint, serve, batch, demo),
+like trtexec and Polygraphy.
 
 User errors (bad paths, files, models, shapes, feeds, engines, option values) print one line on
 stderr and exit 2; ``run --compare`` exits 1 when the outputs differ beyond the tolerances; Ctrl-C
 exits 130. Modules: ``parser`` (every option), ``commands`` (build, profile, inspect, demo),
-``run`` (the benchmark), ``compare`` (the onnxruntime check), ``common`` (files and numbers).
+``run`` (the benchmark), ``compare`` (the onnxruntime check), ``common`` (files and numbers),
+``calib`` (``--calib*`` options), ``ranges`` (``--min/--opt/--max-shapes``, ``--buckets``),
+``accuracy`` (the per-layer accuracy report), ``lint`` (the engine linters), ``serve`` (``serve`` on
+Ray Serve and ``batch`` on Ray Data).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from .common import (
     write_json_file,
     write_text,
 )
+from . import accuracy, calib, ranges
 from .run import cmd_run, context_options  # noqa: F401 - the parser binds cmd_run from here
 
 
@@ -46,23 +47,33 @@ def cmd_build(args) -> int:
     from ..builder import BuilderConfig, parse_shapes
 
     shapes = parse_shapes(args.shapes) if args.shapes is not None else {}
+    profiles, buckets = ranges.profiles_and_buckets(args)
     overrides = {}
     for item in args.layer_precision or []:
         name, sep, prec = item.rpartition("=")
         if not sep:
             raise CliError(f"bad --layer-precision {item!r}: expected LAYER=PRECISION")
         overrides[name] = prec
+    calibration = calib.calibration(args)
     cfg = BuilderConfig(device=args.device, precision=args.precision, shapes=shapes, disable=disable,
-                        layer_precisions=overrides, timing_cache=args.timing_cache,
+                        profiles=profiles, buckets=buckets,
+                        layer_precisions=overrides, timing_cache=args.timing_cache, calibration=calibration,
+                        accuracy_budget=args.accuracy_budget,
                         progress=sys.stderr.isatty() and not args.quiet, **context_options(args, BuilderConfig))
     net = load_onnx(args.model)
+    calib.check(calibration, net, shapes)
     engine = build(net, cfg)
     info = engine.save(args.output)
     rep = engine.reports
     print(f"built {args.output}: {len(engine.layers):,} layers from {rep['nodes']['before']:,} ONNX nodes, "
           f"{engine.backend}, {cfg.precision}, {fmt_bytes(info['size'])}, sha256 {info['sha256'][:16]}")
+    if "mixed_precision" in rep:
+        print(accuracy.mixed_text(rep["mixed_precision"]))
     if "build_ms" in engine.build_stats:
         print(f"build time {engine.build_stats['build_ms'] / 1e3:.2f} s")
+    for b in engine.build_stats.get("buckets", []):
+        shapes = ", ".join(f"{printable(k)} {'x'.join(map(str, v))}" for k, v in b["shapes"].items())
+        print(f"  bucket {shapes}: {b['build_ms'] / 1e3:.2f} s")
     return 0
 
 
@@ -75,7 +86,7 @@ def cmd_profile(args) -> int:
     from ..runtime.profile import format_profile, profile_dict, to_chrome_trace
 
     ctx = engine.create_context(**context_options(args))
-    df = ctx.profile(feeds, runs=args.runs)
+    df = ctx.profile(feeds, runs=args.runs, mode=args.mode)
     if args.json:
         print_json(profile_dict(df))
     else:
@@ -95,9 +106,13 @@ def cmd_inspect(args) -> int:
     if is_engine_file(args.path):
         engine = load_engine(args.path)
         if args.json:
-            print(json.dumps(engine.describe(), indent=1, default=str))
+            from ..runtime.buckets import describe_ranges
+
+            print(json.dumps({**engine.describe(), **describe_ranges(engine)}, indent=1, default=str))
         else:
             print_engine(engine)
+            for line in ranges.ranges_text(engine):
+                print(line)
         return 0
     from .. import load_onnx
 

@@ -90,7 +90,7 @@ def _add_device(p) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from . import commands
+    from . import accuracy, calib, commands, lint, ranges
 
     p = _Parser(prog="workbench", description="Optimize ONNX models into fast inference engines.")
     p.add_argument("--version", action="version", version=f"workbench {__version__}",
@@ -106,11 +106,14 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", default="fp32", choices=list(REQUESTABLE), help="default precision of the layers")
     b.add_argument("--shapes", metavar="NAME:DxD[,...]",
                    help="fix input shapes, e.g. input:1x3x224x224,mask:1x128 (default: the model's own)")
+    ranges.add_options(b)
     b.add_argument("--disable", action="append", metavar="NAME[,NAME]",
                    help="pass or fusion rule to skip (repeatable, comma-separated); '--disable help' lists the names")
     b.add_argument("--layer-precision", action="append", metavar="LAYER=PRECISION",
                    help="precision of one layer or ONNX node (repeatable)")
     b.add_argument("--timing-cache", metavar="FILE", help="persistent autotuning cache file (GPU builds)")
+    calib.add_options(b)
+    accuracy.add_build_options(b)
     _add_threads(b)
     _add_budget(b)
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -152,6 +155,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", metavar="FILE", help="write the full table as CSV")
     pr.add_argument("--trace", metavar="FILE", help="write a Chrome trace (chrome://tracing, Perfetto)")
     pr.add_argument("--json", action="store_true", help="print the full profile as one JSON object")
+    pr.add_argument("--mode", choices=["replay", "events"],
+                    help="GPU per-layer timing: replay (CUPTI kernel activity of the replayed CUDA graph; the default "
+                         "when CUPTI is available) or events (CUDA events around eager launches)")
     _add_threads(pr)
     _add_budget(pr)
     pr.set_defaults(fn=commands.cmd_profile)
@@ -161,6 +167,12 @@ def make_parser() -> argparse.ArgumentParser:
     i.add_argument("path", help="an ONNX model or an engine file")
     i.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     i.set_defaults(fn=commands.cmd_inspect)
+
+    accuracy.add_command(sub, _positive, _add_threads, _add_budget)
+    lint.add_command(sub, _positive, _add_threads, _add_budget)
+    from .serve import add_commands as add_serve_commands
+
+    add_serve_commands(sub, _positive, _nonneg_float)
 
     d = sub.add_parser("demo", help="optimize, run and profile the embedded ResNet-50",
                        description="Optimize, run and profile the embedded ResNet-50.")

@@ -104,9 +104,29 @@ class RunOptions:
 
 
 @dataclass
+class Bucket:
+    """One static specialisation of a plan built for shape ranges (``Plan.buckets``): its own
+    layers, tensors, arena and tactics for the input ``shapes`` it was built at; its layers read the
+    parent plan's constants. ``batch``: the bucket's batch size when a smaller batch is padded up to
+    it (the leading dim of every input and output), None when runs must match ``shapes`` exactly.
+    ``profiles``: the indices of the profiles it serves."""
+
+    shapes: dict[str, list[int]]
+    plan: "Plan"
+    profiles: list[int] = field(default_factory=list)
+    batch: int | None = None
+
+
+@dataclass
 class Plan:
     """The top-level program of an engine: everything the runtime needs to run it, and nothing
-    that is only for people (those are the engine's reports)."""
+    that is only for people (those are the engine's reports).
+
+    ``profiles`` (shape ranges, like TensorRT's optimization profiles): one dict per profile,
+    input name -> [min shape, opt shape, max shape]; empty for an engine of fixed or unchecked
+    shapes. ``buckets``: static specialisations the runtime picks from per run (then ``layers``,
+    ``tensors`` and ``arena`` are those of the largest bucket, for reports); empty when ``layers``
+    run as they are."""
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -116,6 +136,8 @@ class Plan:
     tensors: dict[str, TensorSpec] = field(default_factory=dict)
     arena: Arena = field(default_factory=Arena)
     options: RunOptions = field(default_factory=RunOptions)
+    profiles: list[dict[str, list[list[int]]]] = field(default_factory=list)
+    buckets: list[Bucket] = field(default_factory=list)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:

@@ -17,7 +17,9 @@ HALF = ("fp16", "bf16")
 
 # what each target can run a layer at (the notebook's per-layer dropdowns list these)
 TARGET_PRECISIONS = {
-    "cpu": ("fp32", "fp16", "bf16"),  # fp16 / bf16 emulated: storage rounded, math in fp32
+    # fp16 / bf16 emulated: storage rounded, math in fp32; int8 / fp8 with the GPU's numerics
+    # (core/quant.py: exact int32-equivalent products, fp8 e4m3 operands summed in fp32)
+    "cpu": ("fp32", "fp16", "bf16", "int8", "fp8"),
     "gpu": ("fp32", "tf32", "fp16", "bf16"),
 }
 

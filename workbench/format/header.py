@@ -167,6 +167,7 @@ BUILD = Obj({
     "producer": PRODUCER, "source": Str(), "device": Str(), "precision": Str(),
     "shapes": Map(List(COUNT)), "disabled": NAMES, "layer_precisions": Map(Str()),
     "max_elements": Int(1), "memory_budget": Opt(Int(1)),
+    "profiles": List(Map(List(List(COUNT)))), "buckets": Opt(OneOf((List(Int(1)), Map(List(Int(1)))))),
 })
 FUSION = Obj({"rule": Str(), "status": Str(), "reason": Str(), "nodes": NAMES, "root": Opt(Str())},
              extra=Scalar())
@@ -174,9 +175,15 @@ MEMORY = Obj({"arena_bytes": COUNT, "naive_bytes": COUNT, "peak_live_bytes": COU
               "weights_device_bytes": COUNT, "reuse_saving": Num(), "tensors_planned": COUNT,
               "tensors_dynamic": NAMES, "offsets": Map(COUNT), "alignment": Int(1)}, extra=Scalar())
 NODES = Obj({"before": COUNT, "after": COUNT, "layers": COUNT}, extra=Scalar())
+# shape ranges (builder/profiles.py): one row per bucket, one per profile
+BUCKET_ROW = Obj({"index": COUNT, "shapes": Map(List(COUNT)), "profiles": List(COUNT), "batch": Opt(COUNT),
+                  "layers": COUNT, "fusions_fired": COUNT, "arena_bytes": COUNT}, extra=Scalar())
+PROFILE_ROW = Obj({"index": COUNT, "ranges": Map(List(List(COUNT))), "arena_bytes_at_max": Opt(COUNT),
+                   "peak_live_bytes_at_max": Opt(COUNT), "note": Str()}, extra=Scalar())
 REPORTS = Obj({
     "fusions": List(FUSION), "counters": Map(COUNT), "nodes": NODES, "memory": MEMORY,
     "precision": List(Map(Scalar())), "layouts": List(Map(Json())),
+    "buckets": List(BUCKET_ROW), "profiles": List(PROFILE_ROW),
 })
 HEADER = Obj({
     "producer": PRODUCER, "target": TARGET, "build": Opt(BUILD), "reports": Opt(REPORTS),

@@ -35,12 +35,19 @@ What the runtime reads is all in the plan; report sections are for people and ma
   missing blob.
 * ``plan.arena``: ``{"bytes", "offsets": {tensor: offset}, "alignment"}``, the static memory plan.
 * ``plan.options``: ``{"cuda_graph": bool, "max_elements": int | null}``.
+* ``plan.profiles`` (only written when there are any, so an engine without shape ranges is stored
+  as before): ``[{input: [min shape, opt shape, max shape]}]``, checked at load (known inputs, equal
+  ranks, min <= opt <= max).
+* ``plan.buckets`` (likewise optional): ``[{"shapes", "profiles", "batch", "inputs", "outputs",
+  "layers", "constants": [], "tensors", "arena"}]``, one static plan per bucket whose layers read
+  the plan's constants; its blobs are named under ``bucket<i>/``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import sys
 from typing import Any
@@ -49,7 +56,7 @@ import numpy as np
 
 from workbench import dtypes
 from workbench.core.limits import MAX_NESTING
-from workbench.core.plan import Arena, Layer, Plan, RunOptions, Subgraph, TensorSpec
+from workbench.core.plan import Arena, Bucket, Layer, Plan, RunOptions, Subgraph, TensorSpec
 from workbench.errors import ResourceLimitError
 from workbench.format import strict
 
@@ -63,6 +70,10 @@ _LAYER_FIELDS = ("name", "op", "domain", "opset", "inputs", "outputs", "attrs", 
                  "precision", "tactic", "tactic_config", "binaries", "tactic_table", "input_specs", "output_specs",
                  "flops", "bytes_moved")
 _PLAN_FIELDS = ("inputs", "outputs", "layers", "constants", "tensors", "arena", "options")
+_PLAN_OPTIONAL = ("profiles", "buckets")  # written only when not empty
+_BUCKET_FIELDS = ("shapes", "profiles", "batch", "inputs", "outputs", "layers", "constants", "tensors", "arena")
+MAX_PROFILES = 1 << 10
+MAX_BUCKETS = 1 << 10
 _ARENA_FIELDS = ("bytes", "offsets", "alignment")
 _OPTION_FIELDS = ("cuda_graph", "max_elements")
 _GRAPH_FIELDS = ("name", "inputs", "outputs", "layers", "constants")
@@ -172,14 +183,33 @@ def encode_plan(plan: Plan) -> tuple[dict, dict[str, memoryview]]:
     """The plan as a JSON-able dict plus its tensors as named raw blobs (read-only memoryviews)."""
     enc = _Encoder()
     d = enc.body(plan, "", 0)
-    d["tensors"] = [{"key": k, **s.to_dict()} for k, s in plan.tensors.items()]
-    arena = plan.arena
-    d["arena"] = {"bytes": int(arena.bytes), "alignment": int(arena.alignment),
-                  "offsets": {_str_key(k, "arena.offsets"): int(v) for k, v in arena.offsets.items()}}
+    d.update(_tensors_and_arena(plan))
     max_elements = plan.options.max_elements
     d["options"] = {"cuda_graph": bool(plan.options.cuda_graph),
                     "max_elements": None if max_elements is None else int(max_elements)}
+    if plan.profiles:
+        d["profiles"] = [{_str_key(k, "profiles"): [[int(x) for x in shape] for shape in r] for k, r in p.items()}
+                         for p in plan.profiles]
+    if plan.buckets:
+        d["buckets"] = [_encode_bucket(enc, b, i, plan) for i, b in enumerate(plan.buckets)]
     return d, enc.blobs
+
+
+def _tensors_and_arena(plan: Plan) -> dict:
+    arena = plan.arena
+    return {"tensors": [{"key": k, **s.to_dict()} for k, s in plan.tensors.items()],
+            "arena": {"bytes": int(arena.bytes), "alignment": int(arena.alignment),
+                      "offsets": {_str_key(k, "arena.offsets"): int(v) for k, v in arena.offsets.items()}}}
+
+
+def _encode_bucket(enc: "_Encoder", bucket: Bucket, i: int, plan: Plan) -> dict:
+    if bucket.plan.constants and bucket.plan.constants is not plan.constants:
+        raise ValueError(f"bucket {i}: its layers read the plan's constants; it must hold none of its own")
+    body = dataclasses.replace(bucket.plan, constants={})  # the weights are stored once, with the plan
+    return {"shapes": {_str_key(k, "bucket shapes"): [int(x) for x in v] for k, v in bucket.shapes.items()},
+            "profiles": [int(p) for p in bucket.profiles],
+            "batch": None if bucket.batch is None else int(bucket.batch),
+            **enc.body(body, f"bucket{i}/", 0), **_tensors_and_arena(bucket.plan)}
 
 
 def _str_key(k, where: str) -> str:
@@ -367,17 +397,93 @@ def _specs(v, where: str) -> list[TensorSpec]:
 
 def decode_plan(d: dict, blobs: dict[str, memoryview]) -> Plan:
     """Rebuild a Plan from :func:`encode_plan` output, validating every field; arrays are read-only."""
-    d = strict.fields(d, _PLAN_FIELDS, "plan")
+    strict.obj(d, "plan")
+    d = strict.fields(d, _PLAN_FIELDS + tuple(k for k in _PLAN_OPTIONAL if k in d), "plan")
     dec = _Decoder(blobs)
+    plan = Plan(**dec.body(d, "", 0), tensors=_tensors(d["tensors"], "tensors"), arena=_arena(d["arena"]),
+                options=_options(d["options"]))
+    if "profiles" in d:
+        plan.profiles = _profiles(d["profiles"], plan.inputs)
+    if "buckets" in d:
+        items = strict.array(d["buckets"], "buckets")
+        if not items or len(items) > MAX_BUCKETS:
+            raise strict.fail("buckets", f"expected 1 to {MAX_BUCKETS} buckets, got {len(items)}")
+        plan.buckets = [_bucket(dec, b, f"buckets[{i}]", plan) for i, b in enumerate(items)]
+    return plan
+
+
+def _tensors(v, where: str) -> dict[str, TensorSpec]:
     tensors: dict[str, TensorSpec] = {}
-    for i, t in enumerate(strict.array(d["tensors"], "tensors")):
+    for i, t in enumerate(strict.array(v, where)):
         if not isinstance(t, dict):
-            raise strict.fail(f"tensors[{i}]", f"expected an object, got {strict.type_name(t)}")
-        key = strict.string(t.get("key"), f"tensors[{i}].key")
+            raise strict.fail(f"{where}[{i}]", f"expected an object, got {strict.type_name(t)}")
+        key = strict.string(t.get("key"), f"{where}[{i}].key")
         if key in tensors:
-            raise strict.fail("tensors", f"duplicate tensor {key!r}")
-        tensors[key] = strict.spec(t, f"tensors[{i}]", extra=("key",))
-    return Plan(**dec.body(d, "", 0), tensors=tensors, arena=_arena(d["arena"]), options=_options(d["options"]))
+            raise strict.fail(where, f"duplicate tensor {key!r}")
+        tensors[key] = strict.spec(t, f"{where}[{i}]", extra=("key",))
+    return tensors
+
+
+def _dims(v, where: str) -> list[int]:
+    dims = strict.array(v, where)
+    for i, x in enumerate(dims):
+        if not 0 <= strict.integer(x, f"{where}[{i}]") <= strict.MAX_DIM:
+            raise strict.fail(f"{where}[{i}]", f"dimension {x} is out of range [0, {strict.MAX_DIM}]")
+    return list(dims)
+
+
+def _profiles(v, inputs: list[TensorSpec]) -> list[dict[str, list[list[int]]]]:
+    """Shape ranges: known inputs, three shapes of one rank (the input's, where it has one), min <= opt <= max."""
+    items = strict.array(v, "profiles")
+    if len(items) > MAX_PROFILES:
+        raise strict.fail("profiles", f"{len(items)} profiles, over the limit of {MAX_PROFILES}")
+    ranks = {s.name: None if s.shape is None else len(s.shape) for s in inputs}
+    out = []
+    for i, p in enumerate(items):
+        where = f"profiles[{i}]"
+        profile = {}
+        for name, r in strict.obj(p, where).items():
+            at = f"{where}.{name}"
+            if name not in ranks:
+                raise strict.fail(at, "names no input of the plan")
+            shapes = strict.array(r, at)
+            if len(shapes) != 3:
+                raise strict.fail(at, f"expected [min, opt, max], got {len(shapes)} shapes")
+            lo, opt, hi = (_dims(s, f"{at}[{k}]") for k, s in enumerate(shapes))
+            if not len(lo) == len(opt) == len(hi) or ranks[name] not in (None, len(lo)):
+                raise strict.fail(at, "min, opt and max must have the input's rank")
+            if any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                raise strict.fail(at, f"needs min <= opt <= max in every dim, got {lo}, {opt}, {hi}")
+            profile[name] = [lo, opt, hi]
+        out.append(profile)
+    return out
+
+
+def _bucket(dec: "_Decoder", d, where: str, plan: Plan) -> Bucket:
+    d = strict.fields(d, _BUCKET_FIELDS, where)
+    shapes = {k: _dims(v, f"{where}.shapes.{k}") for k, v in strict.obj(d["shapes"], f"{where}.shapes").items()}
+    profiles = [strict.count(p, f"{where}.profiles[{i}]") for i, p in enumerate(strict.array(d["profiles"], f"{where}.profiles"))]
+    if any(p >= max(len(plan.profiles), 1) for p in profiles):
+        raise strict.fail(f"{where}.profiles", f"names a profile the plan does not have ({len(plan.profiles)} profiles)")
+    batch = d["batch"]
+    if batch is not None and not 1 <= strict.integer(batch, f"{where}.batch") <= strict.MAX_DIM:
+        raise strict.fail(f"{where}.batch", f"{batch} is out of range")
+    body = dec.body(d, f"bucket {where}: ", 0)
+    if body["constants"]:
+        raise strict.fail(f"{where}.constants", "a bucket reads the plan's constants and holds none of its own")
+    names = {s.name for s in plan.inputs}
+    if set(shapes) != names or {s.name for s in body["inputs"]} != names:
+        raise strict.fail(where, "a bucket must give a shape for every input of the plan, and no other")
+    for spec in body["inputs"]:
+        if spec.shape != shapes[spec.name]:
+            raise strict.fail(f"{where}.inputs", f"input {spec.name!r} has shape {spec.shape}, not the bucket's {shapes[spec.name]}")
+    if batch is not None:  # padding a batch up to the bucket's needs every input and output to lead with it
+        for spec in body["inputs"] + body["outputs"]:
+            if not spec.shape or spec.shape[0] != batch:
+                raise strict.fail(where, f"batch {batch}: tensor {spec.name!r} of shape {spec.shape} does not lead with it")
+    sub = Plan(**body, tensors=_tensors(d["tensors"], f"{where}.tensors"), arena=_arena(d["arena"]), options=plan.options)
+    sub.constants = plan.constants  # one dict: the weights are the plan's
+    return Bucket(shapes=shapes, plan=sub, profiles=profiles, batch=batch)
 
 
 def _arena(d) -> Arena:

@@ -12,7 +12,7 @@ import time
 
 import onnx_ir as ir
 
-from . import simplify
+from . import qdq, simplify
 from .epilogues import BATCHNORM_RULES, EPILOGUE_RULES
 from .norms import NORM_RULES, SKIP_RULES
 from .attention import ATTENTION_RULES
@@ -45,6 +45,7 @@ def merge_projections(model: ir.Model, ctx: PassContext) -> bool:
 
 
 PASSES = [
+    ("fold_qdq_weights", rule_pass(qdq.WEIGHT_RULES)),  # DequantizeLinear of weights -> float constants (Q/DQ models)
     ("fold_constants", fold_to_fixed_point),          # shape arithmetic at static shapes included
     ("simplify", simplify_graph),                      # simplify.RULES, folding again after each sweep
     ("eliminate_common_subexpressions", eliminate_common_subexpressions),
@@ -53,12 +54,15 @@ PASSES = [
     ("fuse_attention", rule_pass(ATTENTION_RULES)),
     ("fuse_epilogues", rule_pass(EPILOGUE_RULES)),
     ("merge_projections", merge_projections),         # GEMMs sharing an input -> one GEMM + Split
+    ("fold_qdq", rule_pass(qdq.PAIR_RULES)),           # activation Q/DQ pairs -> their readers' scales
     ("fuse_pointwise", rule_pass(POINTWISE_RULES)),
     ("remove_dead_code", remove_dead_code),
 ]
 
 # the fusion rules inside each pass (each can be disabled by its own name too)
 RULES = {
+    "fold_qdq_weights": qdq.WEIGHT_RULES,
+    "fold_qdq": qdq.PAIR_RULES,
     "simplify": simplify.RULES,
     "fold_batchnorm": BATCHNORM_RULES,
     "fuse_norms": NORM_RULES + SKIP_RULES,

@@ -28,6 +28,7 @@ from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precis
 from ..errors import BuildError
 from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE, MATRIX_OPS
 from .casts import insert_casts
+from .quantize import Placement, QuantSources
 
 # what "best" means per target: on the GPU fp16 wherever a layer can (tensor cores, half the bytes
 # moved); on the CPU emulation only adds rounding to fp32 math, so fp32 is both fastest and exact
@@ -88,10 +89,13 @@ def _is_f32(spec: TensorSpec | None) -> bool:
     return spec is not None and spec.dtype == "float32"
 
 
-def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer, str], bool]) -> list[dict]:
+def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer, str], bool],
+                      quant: QuantSources | None = None) -> list[dict]:
     """Set ``layer.precision`` for every layer (``device``: "cpu" or "gpu"); on a storing target also
     the storage dtypes and the Cast layers at the boundaries. ``supports(layer, precision)``: whether
     a tactic of the target runs ``layer`` (its specs as they would be stored) at ``precision``.
+    ``quant``: the scales int8 / fp8 layers may use (``quantize.prepare_quantization``); int8 / fp8
+    placement (``quantize.Placement``) decides first for every layer.
     Returns the precision table: one row per layer, plus one per inserted cast."""
     allowed = supported_precisions(device)
     emulated = device in EMULATED
@@ -105,13 +109,16 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
             layer.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
             layer.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
     rows: list[dict] = []
+    placement = Placement(plan, quant, device)
     for layer in layers:
         want, why = requested_precision(layer, config, device)
-        got, reason = _decide(layer, want, why, device, supports, emulated)
+        ask, ask_why, placed = placement.decide(layer, want, why, supports)
+        got, reason = (ask, ask_why) if placed else _decide(layer, ask, ask_why, device, supports, emulated)
         if got in HALF and not emulated:
             _lower(layer, STORAGE[got])
         layer.precision = got
         rows.append({"layer": layer.name, "op": layer.op, "requested": want, "precision": got, "reason": reason})
+    rows += placement.finish()
     if not emulated:
         rows += insert_casts(plan)
     return rows

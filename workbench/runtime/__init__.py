@@ -2,7 +2,10 @@
 through the CPU tactic source) or the GPU (CuPy, the GPU tactic sources, CUDA graphs).
 
 ``engine.py`` (Engine: load / save / describe), ``context.py`` (the one execution-context interface
-and ``create_context``), ``cpu.py``, ``gpu/``, ``profile.py`` (one profile for every device),
+and ``create_context``), ``cpu.py``, ``gpu/``, ``buckets.py`` (shape ranges: which profile and
+bucket a run lands in, padding), ``profile.py`` (one profile for every device), ``cupti.py`` (GPU
+per-layer times from CUPTI records of CUDA-graph replays), ``trace.py`` (Chrome-trace export),
+``accuracy.py`` / ``accuracy_report.py`` / ``accuracy_sides.py`` (the per-layer accuracy report),
 ``feeds.py``, ``validate.py``, ``describe.py``.
 
 May import: ``core``, ``ops``, ``kernels`` (reference and cuda), ``format``, ``errors``, ``dtypes``

@@ -29,6 +29,7 @@ class ExecutionContext:
 
     device: str
     profile_note: str
+    active_profile: int | None = None  # set_profile: the one shape range runs must fall in (None: any)
 
     inputs = property(lambda self: self.engine.inputs, doc="The engine's input specs.")
     outputs = property(lambda self: self.engine.outputs, doc="The engine's output specs.")
@@ -37,8 +38,16 @@ class ExecutionContext:
         self.engine = engine
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
+        """Run once; returns {output name: array}. Raises InputError naming a bad feed (for an engine
+        with shape ranges: the input, its shape and the range it misses)."""
         raise NotImplementedError
+
+    def set_profile(self, index: int | None) -> None:
+        """Runs must fall in shape range (optimization profile) ``index`` of the engine; None (the
+        default): any profile, the first that holds a run's shapes (``runtime/buckets.py``)."""
+        from .buckets import check_profile_index  # noqa: PLC0415
+
+        self.active_profile = check_profile_index(self.engine.plan, index)
 
     def time_layers(self, feeds: dict[str, Any], runs: int) -> list[list[float]]:
         """Milliseconds of every layer in each of ``runs`` runs: one sample list per layer."""
@@ -52,9 +61,10 @@ class ExecutionContext:
         """Facts about how this context ran, added to a profile's ``attrs``."""
         return {}
 
-    def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1):
-        """Per-layer profile as a pandas DataFrame (see ``workbench.runtime.profile``)."""
-        return profiling.profile(self, feeds, runs=runs, warmup=warmup)
+    def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1, mode: str | None = None):
+        """Per-layer profile as a pandas DataFrame (see ``workbench.runtime.profile``); ``mode``:
+        "replay" (GPU: CUPTI on the replayed CUDA graph, the GPU default) or "events"."""
+        return profiling.profile(self, feeds, runs=runs, warmup=warmup, mode=mode)
 
 
 def create_context(engine, device: str | None = None, **options) -> ExecutionContext:
@@ -69,6 +79,10 @@ def create_context(engine, device: str | None = None, **options) -> ExecutionCon
         raise WorkbenchError(f"engine was built for {backend}; it cannot run on {device} — "
                              f"rebuild with --device {device}")
     if backend == "cpu":
+        if engine.plan.buckets:
+            from .buckets import BucketedContext  # noqa: PLC0415
+
+            return BucketedContext(engine, **options)
         from .cpu import CpuExecutionContext  # noqa: PLC0415
 
         return CpuExecutionContext(engine, **options)
@@ -82,6 +96,10 @@ def create_context(engine, device: str | None = None, **options) -> ExecutionCon
         raise EngineCompatibilityError(
             f"this engine was built for the GPU ({where}) and this machine has no CuPy/CUDA ({exc}) — "
             "rebuild with --device cpu, or install 'workbench[gpu]'") from None
+    if engine.plan.buckets:
+        from .gpu.bucketed import BucketedGpuContext  # noqa: PLC0415
+
+        return BucketedGpuContext(engine, **options)
     from .gpu.context import GpuExecutionContext  # noqa: PLC0415
 
     return GpuExecutionContext(engine, **options)

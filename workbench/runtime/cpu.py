@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.liveness import last_uses_of, subgraphs_of
-from ..core.plan import Layer, Plan, Subgraph
+from ..core.plan import Layer, Plan, Subgraph, TensorSpec
+from ..dtypes import from_numpy
 from ..errors import EngineCompatibilityError, EngineFormatError, WorkbenchError
 from ..kernels.cpu import BY_NAME
 from ..kernels.cpu._common import blas_restore, blas_set
@@ -26,6 +27,8 @@ from ..kernels.reference import KernelContext, KernelError
 from .context import ExecutionContext, LayerError, NonFiniteWarning
 from .limits import RunLimits
 from .profile import host_ms
+from .buckets import check_ranges, opt_specs
+from .feeds import random_feeds
 from .validate import check_feeds
 
 
@@ -46,8 +49,9 @@ class CpuExecutionContext(ExecutionContext):
         self.first_nonfinite: tuple[str, str] | None = None
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run once; returns {output name: array}. Raises InputError naming a bad feed."""
-        feeds = check_feeds(self.engine.inputs, feeds, memory_budget=self.limits.memory_budget)
+        """Run once; returns {output name: array}. Raises InputError naming a bad feed (shapes
+        outside the engine's profiles: ``runtime/buckets.ShapeRangeError`` naming input, shape and range)."""
+        feeds = self._checked(feeds)
         with self._lock, self.limits.apply(), self._exec.released():
             state = enter_threads(self.threads)  # inline, not a context manager: this runs on every call
             try:
@@ -64,9 +68,28 @@ class CpuExecutionContext(ExecutionContext):
             fed = {id(v) for v in feeds.values()}
             return {spec.name: _owned(v, fed) for spec, v in zip(self.engine.outputs, outs)}
 
+    def _checked(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        if self.engine.plan.profiles:  # the range first: a wrong rank is named with the range it misses
+            check_ranges(self.engine.plan, feeds, self.active_profile)
+        return check_feeds(self.engine.inputs, feeds, memory_budget=self.limits.memory_budget)
+
+    def tensor_specs(self, feeds: dict[str, Any]) -> dict[str, TensorSpec]:
+        """Type and shape of every tensor the layers make in one run on ``feeds`` (the builder plans
+        the memory a dynamic-shape plan needs at a profile's max this way)."""
+        feeds = self._checked(feeds)
+        specs: dict[str, TensorSpec] = {}
+
+        def tap(name: str, value) -> None:
+            if isinstance(value, np.ndarray) and value.dtype.kind not in "OUS":
+                specs[name] = TensorSpec(name, from_numpy(value.dtype), list(value.shape))
+
+        with self._lock, self.limits.apply(), cpu_threads(self.threads), self._exec.released():
+            self._exec.run(feeds, tap=tap)
+        return specs
+
     def time_layers(self, feeds: dict[str, Any], runs: int) -> list[list[float]]:
         """Runs with a host timer around every layer: one list of ``runs`` ms samples per layer."""
-        feeds = check_feeds(self.engine.inputs, feeds, memory_budget=self.limits.memory_budget)
+        feeds = self._checked(feeds)
         per: list[list[float]] = [[] for _ in self.engine.layers]
         with self._lock, self.limits.apply(), cpu_threads(self.threads), self._exec.released():
             for _ in range(runs):
@@ -79,6 +102,14 @@ class CpuExecutionContext(ExecutionContext):
     def time_end_to_end(self, feeds: dict[str, Any], runs: int) -> list[float]:
         """Milliseconds of ``runs`` plain ``run`` calls (feed checks and output copies included)."""
         return [host_ms(lambda: self.run(feeds)) for _ in range(runs)]
+
+    def profile(self, feeds: dict[str, Any] | None = None, runs: int = 10, warmup: int = 1, **options):
+        """As ``ExecutionContext.profile``; an engine with shape ranges profiles random feeds at the
+        opt shapes of its chosen profile (else profile 0) when none are given."""
+        if feeds is None and self.engine.plan.profiles:
+            feeds = random_feeds(opt_specs(self.engine.plan, self.active_profile or 0),
+                                 memory_budget=self.limits.memory_budget)
+        return super().profile(feeds, runs=runs, warmup=warmup, **options)
 
 
 def default_threads() -> int:
@@ -192,8 +223,11 @@ class PlanExecutor:
                        for i, layer in enumerate(self.layers)]
 
     def run(self, feeds: dict[str, Any], parent: Scope | None = None,
-            timings: list[float] | None = None, check_finite: bool = False) -> list:
-        """The plan's outputs; ``timings`` (if given) receives every layer's host ms."""
+            timings: list[float] | None = None, check_finite: bool = False,
+            tap: Callable[[str, Any], None] | None = None) -> list:
+        """The plan's outputs; ``timings`` (if given) receives every layer's host ms; ``tap`` (if
+        given) is called as ``tap(name, value)`` with every output of every layer as it is made
+        (calibration observes the plan this way; the value may be a buffer the next run reuses)."""
         values: dict[str, Any] = dict(self.plan.constants)
         values.update(feeds)
         scope = Scope(values, parent)
@@ -219,6 +253,10 @@ class PlanExecutor:
             for name, val in zip(out_names, outs):
                 if name:
                     values[name] = val
+            if tap is not None:
+                for name, val in zip(out_names, outs):
+                    if name:
+                        tap(name, val)
             if check_finite and first_bad is None:
                 for name, val in zip(out_names, outs):
                     if isinstance(val, np.ndarray) and val.dtype.kind in "fc" and not np.all(np.isfinite(val)):

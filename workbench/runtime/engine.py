@@ -139,6 +139,8 @@ class Engine:
                 raise EngineFormatError(f"engine lists kernel {n!r} but has no blob for it")
             kernels[n] = bytes(blobs[f"kernel/{n}"])
         _check_binaries(plan.layers, kernels)
+        for bucket in plan.buckets:
+            _check_binaries(bucket.plan.layers, kernels)
         engine = cls(plan, target, header.get("build") or {}, header.get("reports") or {}, kernels)
         engine.path = os.fspath(path)
         return engine
@@ -147,6 +149,13 @@ class Engine:
     def create_context(self, device: str | None = None, **options) -> ExecutionContext:
         """An ExecutionContext (one per thread). ``device`` defaults to the engine's backend."""
         return create_context(self, device=device, **options)
+
+    def accuracy(self, feeds, **options):
+        """Per-layer accuracy against an fp32 reference of this plan on ``feeds`` (a feed dict or
+        an iterable of them): an ``AccuracyReport`` (see ``workbench.runtime.accuracy.measure``)."""
+        from .accuracy import measure  # noqa: PLC0415 - loaded only when asked for
+
+        return measure(self, feeds, **options)
 
     # ---- reports ---------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -27,8 +27,8 @@ class Workbench(Session):
     """Load -> optimize (fusion log, graph) -> per-layer precision -> profile -> compare -> export."""
 
     def __init__(self, model=None, *, device: str = "auto", precision: str = "fp32", shapes=None,
-                 feeds: dict | None = None, build: bool = False):
-        super().__init__(device=device, precision=precision, shapes=shapes, feeds=feeds)
+                 feeds: dict | None = None, calibration=None, build: bool = False):
+        super().__init__(device=device, precision=precision, shapes=shapes, feeds=feeds, calibration=calibration)
         self.model_tab = ModelTab(self)
         self.optimize_tab = OptimizeTab(self)
         self.precision_tab = PrecisionTab(self)

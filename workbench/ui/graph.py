@@ -15,16 +15,19 @@ import anywidget
 import traitlets
 
 _ESM = pathlib.Path(__file__).resolve().parent.parent / "static" / "graph.js"
+COLOR_MODES = ("precision", "op", "time", "error")
 
 
 class GraphView(anywidget.AnyWidget):
     """Engine (or model) graph: fused layers as groups of their ONNX nodes, colour by
-    precision / op type / share of time, shapes on edges, zoom, pan, search, click to select."""
+    precision / op type / share of time / error vs fp32 (log scale, from the accuracy report),
+    shapes on edges, zoom, pan, search, click to select."""
 
     _esm = _ESM
     graph = traitlets.Dict(default_value={"nodes": [], "edges": []}).tag(sync=True)
-    color_by = traitlets.Unicode("precision").tag(sync=True)  # "precision" | "op" | "time"
+    color_by = traitlets.Unicode("precision").tag(sync=True)  # "precision" | "op" | "time" | "error"
     timing = traitlets.Dict(default_value={}).tag(sync=True)  # layer name -> % of time
+    errors = traitlets.Dict(default_value={}).tag(sync=True)  # layer name -> relative error vs fp32
     selected = traitlets.Unicode("").tag(sync=True)  # layer name clicked in the browser
     search = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Int(560).tag(sync=True)
@@ -32,8 +35,8 @@ class GraphView(anywidget.AnyWidget):
 
     @traitlets.validate("color_by")
     def _check_color_by(self, proposal):
-        if proposal["value"] not in ("precision", "op", "time"):
-            raise traitlets.TraitError("color_by must be 'precision', 'op' or 'time'")
+        if proposal["value"] not in COLOR_MODES:
+            raise traitlets.TraitError("color_by must be one of " + ", ".join(repr(m) for m in COLOR_MODES))
         return proposal["value"]
 
     @classmethod

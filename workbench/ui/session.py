@@ -15,16 +15,9 @@ import os
 import workbench as wb
 
 from ..core.numerics import rel_err
+from ..runtime.buckets import opt_specs
 from ..runtime.feeds import random_feeds
-
-
-def default_shapes(net) -> dict:
-    """Shapes for inputs with symbolic dims (each symbolic dim -> 1); static inputs need none."""
-    shapes = {}
-    for s in net.inputs:
-        if s.shape is not None and not s.is_static:
-            shapes[s.name] = tuple(d if isinstance(d, int) else 1 for d in s.shape)
-    return shapes
+from .ranges import default_profile, is_fixed
 
 
 def device_precisions(device: str) -> list[str]:
@@ -36,14 +29,16 @@ class Session:
     """Load -> optimize -> per-layer precision -> profile -> compare -> export, as plain state."""
 
     def __init__(self, model=None, *, device: str = "auto", precision: str = "fp32", shapes=None,
-                 feeds: dict | None = None, build: bool = False):
+                 feeds: dict | None = None, calibration=None, build: bool = False):
         self.net = None
         self.source: str | None = None
         self.engine = None
         self.engines: dict[str, object] = {}  # label -> Engine, every build of this session
         self.profiles: dict[str, object] = {}  # label -> profile DataFrame
         self.label: str | None = None  # label of the current engine
-        self.settings = {"device": device, "precision": precision, "shapes": dict(shapes or {}), "disable": []}
+        # calibration: what int8 / fp8 builds take their ranges from (wb.Calibration, a table or a path)
+        self.settings = {"device": device, "precision": precision, "shapes": dict(shapes or {}), "disable": [],
+                         "profiles": [], "calibration": calibration}
         self.user_feeds = dict(feeds) if feeds else None
         self._feeds_cache: dict = {}
         self._reference = None  # (settings key, fp32 engine) for output-error checks
@@ -77,7 +72,11 @@ class Session:
         self.net, self.source = model, model.source
         self.engine, self.label, self.engines, self.profiles, self._reference = None, None, {}, {}, None
         self._feeds_cache.clear()
-        self.settings["shapes"] = {**default_shapes(model), **self.settings["shapes"]}
+        # dynamic dims get visible shape ranges (ui/ranges.py), or the shapes given / fed, never a silent 1
+        profile = default_profile(model, self.settings["shapes"], self.user_feeds)
+        if is_fixed(profile):
+            self.settings["shapes"] = {**self.settings["shapes"], **{k: r[0] for k, r in profile.items()}}
+        self.settings["profiles"] = [] if is_fixed(profile) else [profile]
         self._opened()
 
     def add_engine(self, engine, label: str) -> None:
@@ -87,12 +86,14 @@ class Session:
 
     def config(self, **overrides) -> "wb.BuilderConfig":
         s = {**self.settings, **overrides}
-        return wb.BuilderConfig(device=s["device"], precision=s["precision"], shapes=s["shapes"],
+        profiles = list(s.get("profiles") or [])  # ranges, else the static shapes
+        return wb.BuilderConfig(device=s["device"], precision=s["precision"], shapes={} if profiles else s["shapes"],
+                                profiles=profiles, calibration=s.get("calibration"),
                                 disable=list(s["disable"]), layer_precisions=dict(s.get("layer_precisions") or {}))
 
     def build(self, progress=None, **overrides):
         """Build with the current settings (overridden by keyword: device, precision, shapes, disable,
-        layer_precisions); the new engine becomes current. Returns it. ``progress``: a tqdm-like
+        layer_precisions, calibration); the new engine becomes current. Returns it. ``progress``: a tqdm-like
         class, ticked once per builder stage and once for drawing the results."""
         if self.net is None:
             raise wb.WorkbenchError("open an ONNX model first (this session holds only a saved engine)")
@@ -109,6 +110,7 @@ class Session:
         engine = wb.build(self.net, cfg)
         self.settings.update({k: v for k, v in overrides.items() if k != "layer_precisions"})
         self.settings["shapes"] = dict(cfg.shapes)  # parsed, if it came as "name:1x3x224x224" text
+        self.settings["profiles"] = list(cfg.profiles)
         n = len(self.engines) + 1
         extra = " +overrides" if cfg.layer_precisions else ""
         self.add_engine(engine, f"#{n} {engine.backend} {cfg.precision}{extra}")
@@ -125,9 +127,10 @@ class Session:
         engine = engine or self.engine
         if self.user_feeds is not None:
             return {s.name: self.user_feeds[s.name] for s in engine.inputs}
-        key = tuple((s.name, s.dtype, tuple(s.shape or ())) for s in engine.inputs)
+        specs = opt_specs(engine.plan)  # shape ranges: the first profile's opt shapes
+        key = tuple((s.name, s.dtype, tuple(s.shape or ())) for s in specs)
         if key not in self._feeds_cache:
-            self._feeds_cache[key] = random_feeds(engine.inputs, int_high=2)
+            self._feeds_cache[key] = random_feeds(specs, int_high=2)
         return self._feeds_cache[key]
 
     def run(self, engine=None) -> dict:
@@ -148,6 +151,7 @@ class Session:
         b, s = engine.build_info, self.settings
         return (b.get("precision") == "fp32" and not b.get("layer_precisions")
                 and b.get("shapes") == {k: list(v) for k, v in s["shapes"].items()}
+                and b.get("profiles", []) == [{k: [list(x) for x in r] for k, r in p.items()} for p in s.get("profiles") or []]
                 and b.get("disabled") == sorted(s["disable"]) and b.get("device") == wb.resolve_device(s["device"]))
 
     def output_error(self, engine=None) -> dict[str, float]:
@@ -157,10 +161,11 @@ class Session:
         got, want = self.run(engine), self.run(ref)
         return {name: rel_err(got[name], want[name]) for name in want}
 
-    def profile(self, runs: int = 10, label: str | None = None):
-        """Profile an engine (default: the current one); the DataFrame is kept for Compare."""
+    def profile(self, runs: int = 10, label: str | None = None, mode: str | None = None):
+        """Profile an engine (default: the current one); the DataFrame is kept for Compare. ``mode``:
+        see ``ExecutionContext.profile`` (GPU: "replay" or "events"; None: the device's default)."""
         label = label or self.label
         engine = self.engines[label]
-        df = engine.create_context().profile(self.feeds(engine), runs=runs)
+        df = engine.create_context().profile(self.feeds(engine), runs=runs, mode=mode)
         self.profiles[label] = df
         return df

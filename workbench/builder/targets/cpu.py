@@ -57,8 +57,8 @@ class CpuTarget:
     def target(self) -> dict:
         return cpu_target()
 
-    def assign(self, plan: Plan, config) -> None:
-        self.precision_rows = assign_precisions(plan, config, "cpu", _supports)
+    def assign(self, plan: Plan, config, quant=None) -> None:
+        self.precision_rows = assign_precisions(plan, config, "cpu", _supports, quant=quant)
         nested = {id(l) for layer in plan.layers for sub in subgraphs_of(layer) for l in all_layers(sub.layers)}
         timed = bool(getattr(config, "autotune", True))
         threads = getattr(config, "threads", None) or default_threads()
@@ -87,8 +87,28 @@ def _environment(threads: int) -> dict:
             "blas": blas, "threads": int(threads), "workbench": __version__}
 
 
-def _select(layer: Layer, constants: dict, timed: bool, cache: TimingCache | None = None) -> None:
-    """The fastest CPU tactic for ``layer`` at its precision; the table keeps every candidate."""
+def retime_at(plan: Plan, specs: dict, config) -> int:
+    """Choose by timing, at the shapes one run gave (``specs``: tensor name -> TensorSpec, e.g. a
+    run at a shape range's opt shapes), the tactics of top-level layers that took their first
+    candidate because their shapes are symbolic. Only candidates that support the symbolic layer
+    are timed, so the choice runs at every shape of the range. Returns how many layers were timed."""
+    if not getattr(config, "autotune", True):
+        return 0
+    threads = getattr(config, "threads", None) or default_threads()
+    count = 0
+    with cpu_threads(threads):
+        for layer in plan.layers:
+            if all(s.is_static for s in layer.input_specs) or subgraphs_of(layer):
+                continue
+            _select(layer, plan.constants, True, None, shapes=specs)
+            count += 1
+    return count
+
+
+def _select(layer: Layer, constants: dict, timed: bool, cache: TimingCache | None = None,
+            shapes: dict | None = None) -> None:
+    """The fastest CPU tactic for ``layer`` at its precision; the table keeps every candidate.
+    ``shapes`` (name -> TensorSpec) stands in for symbolic input shapes when timing."""
     key = layer_signature(layer, constants) if (timed and cache is not None) else None
     hit = cache.get(key) if key is not None else None
     if hit is not None and hit["tactic"] in tactics.BY_NAME and isinstance(hit.get("table"), list):
@@ -108,7 +128,7 @@ def _select(layer: Layer, constants: dict, timed: bool, cache: TimingCache | Non
         dom = f"{layer.domain}." if layer.domain else ""
         raise UnsupportedModelError(f"node {layer.onnx_nodes[0] if layer.onnx_nodes else layer.name!r}: "
                                     f"operator {dom}{layer.op} (opset {layer.opset}) is not supported")
-    inputs = _random_inputs(layer, constants) if timed and len(cands) > 1 else None
+    inputs = _random_inputs(layer, constants, shapes) if timed and len(cands) > 1 else None
     if inputs is None:
         chosen = cands[0]
         table.append({"tactic": chosen[0].name, "config": chosen[1], "ms": None})
@@ -126,11 +146,14 @@ def _select(layer: Layer, constants: dict, timed: bool, cache: TimingCache | Non
         cache.put(key, tactic.name, dict(config), [dict(r) for r in table])
 
 
-def _random_inputs(layer: Layer, constants: dict) -> list | None:
-    """The layer's constants and random activations, or None when a shape is not static."""
+def _random_inputs(layer: Layer, constants: dict, shapes: dict | None = None) -> list | None:
+    """The layer's constants and random activations, or None when a shape is not static (and
+    ``shapes`` does not give it)."""
     rng = np.random.default_rng(0)
     out = []
     for name, spec in zip(layer.inputs, layer.aligned_input_specs()):
+        if spec is not None and not spec.is_static and shapes and name in shapes:
+            spec = shapes[name]
         if not name or spec is None:
             out.append(None)
         elif name in constants:

@@ -47,10 +47,10 @@ class GpuTarget:
                 "libraries": dict(self.gpu.libraries), "sources": [t.name for t in self.primary + self.fallback],
                 "unavailable_sources": dict(self.unavailable)}
 
-    def assign(self, plan: Plan, config) -> None:
+    def assign(self, plan: Plan, config, quant=None) -> None:
         t0 = time.perf_counter()
         _check_static(plan)
-        self.precision_rows = assign_precisions(plan, config, "gpu", self._supports)
+        self.precision_rows = assign_precisions(plan, config, "gpu", self._supports, quant=quant)
         self.layout_rows = assign_layouts(plan, self.by_name, self.gpu)
         self._autotune(plan, config)
         self.build_stats["tactics_ms"] = (time.perf_counter() - t0) * 1e3

@@ -18,6 +18,10 @@ tactics do, weights rounded at build):
 * ``cpu.fast.pointwise``: fused pointwise chains with buffers kept between runs.
 * ``cpu.fast.rowwise``: LayerNorm / SkipLayerNorm / Softmax / Attention without extra copies.
 * ``cpu.fast.pool``: MaxPool / AveragePool / global pooling over a kept padded buffer.
+
+Quantized tactics (layers at int8 / fp8, numerics of ``core/quant.py``): ``cpu.quant.conv`` and
+``cpu.quant.gemm`` (``quantized.py``), then the reference ``cpu.numpy.int8`` / ``cpu.numpy.fp8``
+(``kernels/reference/quantized.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from __future__ import annotations
 from ...core.plan import Layer
 from ...core.precisions import STORAGE
 from ...dtypes import to_numpy
+from ..reference import quantized as reference_quantized
 from ..reference import tactics as reference
-from . import conv, gemm, pointwise, pool, rowwise
+from . import conv, gemm, pointwise, pool, quantized, rowwise
 from ._common import rounder
 
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -90,7 +95,7 @@ FAST: list[FastTactic] = [
     FastTactic("cpu.fast.rowwise", {key: rowwise for key in rowwise.OPS}),
     FastTactic("cpu.fast.pool", {key: pool for key in pool.OPS}),
 ]
-TACTICS: list = FAST + list(reference.TACTICS)
+TACTICS: list = FAST + list(quantized.TACTICS) + list(reference.TACTICS) + list(reference_quantized.TACTICS)
 BY_NAME: dict = {t.name: t for t in TACTICS}
 
 

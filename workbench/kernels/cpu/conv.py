@@ -24,7 +24,7 @@ import numpy as np
 from ...ops.geometry import conv_geometry, window_attrs
 from ..reference import KernelError
 from ..reference.conv import windows
-from ._common import F32, Buffers, activate_inplace, is_f32, static_shape
+from ._common import F32, Buffers, activate_inplace, is_f32
 
 
 def geometry(x_shape, w_shape, attrs):
@@ -41,9 +41,9 @@ def supports(layer, constants) -> str | None:
         return "float32 tensors only"
     if not layer.inputs[1] or layer.inputs[1] not in constants:
         return "weights are not a constant"
-    if not static_shape(specs[0]) or len(specs[0].shape) not in (3, 4, 5):
-        return "needs a static input of 1-3 spatial dims"
-    return None
+    if specs[0] is None or specs[0].shape is None or len(specs[0].shape) not in (3, 4, 5):
+        return "needs an input of known rank with 1-3 spatial dims"
+    return None  # symbolic dims are fine: the kernel plans its buffers per input shape
 
 
 class ConvKernel:

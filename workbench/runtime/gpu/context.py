@@ -21,6 +21,13 @@ IO binding (like TensorRT's ``set_tensor_address`` / ONNX Runtime's io_binding):
 into ``ctx.input_buffer(name)`` and call ``ctx.execute(stream)``, which only replays the graph on that
 stream (the caller's current CuPy stream by default) and returns at once; read
 ``ctx.output_buffer(name)`` after the stream's work. No validation, copy or allocation per call.
+
+Buckets (``gpu/bucketed.py``): one context per bucket, all made with one :class:`SharedDevice` (one
+stream, one lock, one activation arena sized for the largest bucket, the weights uploaded once, one
+workspace). The bucketed context checks the feeds itself and calls ``_run`` with ``rows``: a batch
+smaller than the bucket's is copied into the first rows of the input buffers, the rest of each
+buffer is filled with copies of the last row (real data, so no padded row computes NaN or reads an
+invalid index), and the outputs are the first ``rows`` rows.
 """
 
 from __future__ import annotations
@@ -44,6 +51,24 @@ from .setup import build_kernels, direct_casts, place_tensors
 MAX_EAGER_LAYERS = 16  # layers that may fail capture one by one before the whole engine runs eagerly
 
 
+class SharedDevice:
+    """What the bucket contexts of one engine share (see the module docstring); ``arena_bytes``:
+    the largest bucket's arena."""
+
+    def __init__(self, arena_bytes: int):
+        cp = cupy()
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.lock = threading.Lock()
+        self.arena = cp.empty(max(int(arena_bytes), 1), cp.uint8)
+        self.constants: dict = {}
+        self.workspace = cp.empty(1, cp.uint8)
+
+    def reserve(self, nbytes: int) -> None:
+        """A workspace of at least ``nbytes`` (grown before any capture, which bakes its address in)."""
+        if nbytes > self.workspace.nbytes:
+            self.workspace = cupy().empty(int(nbytes), cupy().uint8)
+
+
 class GpuExecutionContext(ExecutionContext):
     device = "gpu"
     profile_note = ("end-to-end is the median of whole-engine CUDA-graph replays timed with CUDA events; "
@@ -51,7 +76,7 @@ class GpuExecutionContext(ExecutionContext):
                     "their sum exceeds end-to-end (launch gaps and event overhead)")
 
     def __init__(self, engine, *, debug: bool = False, seed: int = 0, cuda_graph: bool | None = None,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, shared: SharedDevice | None = None):
         super().__init__(engine)
         check_engine(engine)
         cp = cupy()
@@ -59,8 +84,9 @@ class GpuExecutionContext(ExecutionContext):
         # host feeds are checked against it before they are copied to the device
         self.memory_budget = memory_budget
         self.cuda_graph = bool(engine.plan.options.cuda_graph if cuda_graph is None else cuda_graph)
-        self._lock = threading.Lock()
-        self.stream = cp.cuda.Stream(non_blocking=True)
+        self._shared = shared
+        self._lock = shared.lock if shared else threading.Lock()
+        self.stream = shared.stream if shared else cp.cuda.Stream(non_blocking=True)
         self.first_nonfinite: tuple[str, str] | None = None
         self.graph_error: str | None = None
         self._segments = None
@@ -68,15 +94,23 @@ class GpuExecutionContext(ExecutionContext):
         self._pools: list = []
         try:
             with self.stream:
-                self.buffers, self.constants = place_tensors(engine)
+                self.buffers, self.constants = place_tensors(engine, *((shared.arena, shared.constants) if shared else ()))
                 self.kernels = build_kernels(engine, self.constants)
                 ws = max([k.workspace_bytes for k in self.kernels] + [1])
-                self.workspace = cp.empty(ws, cp.uint8)
+                if shared:
+                    shared.reserve(ws)
+                else:
+                    self._workspace = cp.empty(ws, cp.uint8)
             self.stream.synchronize()
         except cp.cuda.memory.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"GPU out of memory while loading the engine: {exc}") from None
         self._io = [self._bind(layer) for layer in engine.layers]
         self._prepare_io()
+
+    @property
+    def workspace(self):
+        """Scratch memory of the kernels (one per engine; the buckets of one engine share one)."""
+        return self._shared.workspace if self._shared is not None else self._workspace
 
     # ---- setup -------------------------------------------------------------------------------
     def _lookup(self, layer, name: str, dtype: str | None):
@@ -174,27 +208,34 @@ class GpuExecutionContext(ExecutionContext):
         self._direct = direct_casts(self.engine, self.kernels)
         self._tail_segments = None
 
-    def _fast_feeds(self, feeds) -> bool:
+    def _fast_feeds(self, feeds, rows: int | None = None) -> bool:
         """True when every feed is a C-contiguous CuPy array of exactly the expected dtype and
-        shape (then ``check_feeds`` would accept it); False sends the feeds through the full check."""
+        shape (then ``check_feeds`` would accept it); False sends the feeds through the full check.
+        ``rows``: the feeds hold that many leading rows of the buffers' shapes (a padded bucket run)."""
         if type(feeds) is not dict or len(feeds) != len(self._in_fast):
             return False
         nd = cupy().ndarray
         for name, _buf, want, shape, _nb in self._in_fast:
             v = feeds.get(name)
+            if rows is not None:
+                shape = (rows,) + shape[1:]
             if type(v) is not nd or want is None or v.dtype != want or v.shape != shape or not v.flags.c_contiguous:
                 return False
         return True
 
-    def _load_inputs(self, feeds: dict, direct: bool = False) -> tuple[bool, bool]:
+    def _load_inputs(self, feeds: dict, direct: bool = False, rows: int | None = None) -> tuple[bool, bool]:
         """Inputs into their buffers on ``self.stream``. Returns (on_device, tail): ``tail`` when
         every direct-cast input was cast straight from the caller's array (so the graph to replay
-        is the one without those casts)."""
+        is the one without those casts). ``rows``: the feeds fill only that many leading rows of
+        the buffers; the rest repeat the last row."""
         cp = cupy()
         on_device = any(isinstance(v, cp.ndarray) for v in feeds.values())
         if on_device:  # the caller's writes must land before we read: a device-side wait, no host sync
             self._ev_in.record(cp.cuda.get_current_stream())
             self.stream.wait_event(self._ev_in)
+        if rows is not None:
+            self._load_rows(feeds, rows)
+            return on_device, False
         tail = direct and bool(self._direct)
         for name, buf, _want, _shape, nbytes in self._in_fast:
             value = feeds[name]
@@ -218,11 +259,36 @@ class GpuExecutionContext(ExecutionContext):
                 self.kernels[i].run(ins, outs, self.workspace, self.stream)
         return on_device, tail
 
-    def _collect(self, on_device: bool, copy_outputs: bool = True) -> dict:
+    def _load_rows(self, feeds: dict, rows: int) -> None:
+        """The first ``rows`` rows of every input buffer from the feeds, the rest copies of the last
+        fed row (zeros for an empty batch), all on ``self.stream``."""
+        cp = cupy()
+        for name, buf, _want, _shape, _nbytes in self._in_fast:
+            value = feeds[name]
+            head = buf[:rows]
+            if isinstance(value, cp.ndarray):
+                value = value.view(buf.dtype) if value.dtype != buf.dtype else value
+                if value.flags.c_contiguous and head.nbytes:
+                    head.data.copy_from_device_async(value.data, head.nbytes, self.stream)
+                elif head.size:
+                    with self.stream:
+                        cp.copyto(head, value)
+            elif head.size:
+                host = np.ascontiguousarray(value)
+                head.set(host.view(buf.dtype) if host.dtype != buf.dtype else host, stream=self.stream)
+            if rows < buf.shape[0]:
+                with self.stream:
+                    if rows:
+                        buf[rows:] = buf[rows - 1:rows]
+                    else:
+                        buf.fill(0)
+
+    def _collect(self, on_device: bool, copy_outputs: bool = True, rows: int | None = None) -> dict:
         cp = cupy()
         out = {}
+        outputs = self._out_fast if rows is None else [(n, dev[:rows], spec) for n, dev, spec in self._out_fast]
         if on_device:  # CuPy in, CuPy out: asynchronous like a CuPy op; the caller's stream waits on ours
-            for name, dev, _spec in self._out_fast:
+            for name, dev, _spec in outputs:
                 if copy_outputs:
                     o = cp.empty(dev.shape, dev.dtype)
                     if dev.nbytes:
@@ -233,7 +299,7 @@ class GpuExecutionContext(ExecutionContext):
             self._ev_out.record(self.stream)
             cp.cuda.get_current_stream().wait_event(self._ev_out)
             return out
-        for name, dev, spec in self._out_fast:
+        for name, dev, spec in outputs:
             host = dev.get(stream=self.stream)
             out[name] = host.view(to_numpy("bfloat16")) if spec.dtype == "bfloat16" else host
         self.stream.synchronize()
@@ -259,21 +325,26 @@ class GpuExecutionContext(ExecutionContext):
         ``copy_outputs`` (CuPy feeds only): True (default) returns fresh arrays; False returns the
         context's persistent output buffers themselves -- no allocation or copy, but the next
         ``run``/``execute`` overwrites them, so read or copy them before that."""
-        cp = cupy()
         fast = self._fast_feeds(feeds)
         if not fast:
             feeds = self._checked(feeds)
+        return self._run(feeds, fast, None, copy_outputs)
+
+    def _run(self, feeds: dict, fast: bool, rows: int | None, copy_outputs: bool = True) -> dict[str, Any]:
+        """``run`` on checked feeds (``fast``: they passed ``_fast_feeds``); ``rows``: a batch of
+        that many rows, padded up to the buffers' (see ``_load_rows``), outputs cut back to it."""
+        cp = cupy()
         with self._lock:
             try:
-                direct = (fast and bool(self._direct) and self._segments is not None and not self.debug
-                          and not self.graph_error and self.cuda_graph and bool(self._tail()))
-                on_device, tail = self._load_inputs(feeds, direct=direct)
+                direct = (rows is None and fast and bool(self._direct) and self._segments is not None
+                          and not self.debug and not self.graph_error and self.cuda_graph and bool(self._tail()))
+                on_device, tail = self._load_inputs(feeds, direct=direct, rows=rows)
                 if tail:
                     self._replay(self._tail_segments)
                 else:
                     with self.stream:
                         self._execute()
-                outs = self._collect(on_device, copy_outputs)
+                outs = self._collect(on_device, copy_outputs, rows)
             except cp.cuda.memory.OutOfMemoryError as exc:
                 self.stream.synchronize()
                 raise OutOfMemoryError(f"GPU out of memory while running the engine: {exc}") from None
@@ -321,15 +392,27 @@ class GpuExecutionContext(ExecutionContext):
         with self._lock:
             self._replay(segs, stream)
 
-    def run_eager(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run layer by layer without CUDA graphs (for checking graph replay against)."""
-        cp = cupy()
-        feeds = self._checked(feeds)
+    def capture(self) -> None:
+        """Warm up and capture the CUDA graphs now, on whatever the input buffers hold (zeros until
+        a run writes them), instead of on the first run (the bucketed context captures every
+        bucket when it is made). Nothing happens when graphs are off."""
+        if not self.cuda_graph or self.debug or self.graph_error or self._segments is not None:
+            return
         with self._lock:
-            on_device, _ = self._load_inputs(feeds)
+            with self.stream:
+                self._execute()
+            self.stream.synchronize()
+
+    def run_eager(self, feeds: dict[str, Any], rows: int | None = None) -> dict[str, Any]:
+        """Run layer by layer without CUDA graphs (for checking graph replay against). ``rows``:
+        feeds already checked by the bucketed context, a batch of that many rows (see ``_run``)."""
+        if rows is None:
+            feeds = self._checked(feeds)
+        with self._lock:
+            on_device, _ = self._load_inputs(feeds, rows=rows)
             with self.stream:
                 self._eager()
-            return self._collect(on_device)
+            return self._collect(on_device, rows=rows)
 
     def _checked(self, feeds: dict) -> dict:
         """The feeds validated (names, dtypes, shapes, the memory budget), NumPy ones as plain

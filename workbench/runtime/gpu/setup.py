@@ -13,15 +13,23 @@ from ...kernels.cuda.device import cupy, gpu_info, storage_dtype, to_device_bits
 from ...kernels.cuda.sources import load_sources, source_of
 
 
-def place_tensors(engine) -> tuple[dict, dict]:
+def place_tensors(engine, arena=None, constants: dict | None = None) -> tuple[dict, dict]:
     """(buffers, constants): ``buffers`` maps every layer output to its view of the arena (the
-    arena itself under ``"__arena__"``) and every graph input to its persistent buffer;
-    ``constants`` maps (name, element type) to the weight on the device, once per pair."""
+    arena itself under ``"__arena__"``) and every graph input to its persistent buffer (zeros until
+    written: valid token ids and masks, so a warm-up or capture before the first run reads sane
+    data); ``constants`` maps (name, element type) to the weight on the device, once per pair.
+
+    The buckets of one engine (``gpu/bucketed.py``) pass one ``arena`` (a CuPy uint8 array at
+    least as large as this plan's) and one ``constants`` dict: their activations share the bytes,
+    their weights are uploaded once."""
     cp = cupy()
     plan = engine.plan
     offsets = plan.arena.offsets
     arena_bytes = int(plan.arena.bytes)
-    arena = cp.empty(max(arena_bytes, 1), cp.uint8)
+    if arena is None:
+        arena = cp.empty(max(arena_bytes, 1), cp.uint8)
+    elif arena.nbytes < arena_bytes:
+        raise EngineFormatError(f"the shared arena has {arena.nbytes} bytes; this plan needs {arena_bytes}")
     buffers = {}
     for layer in plan.layers:
         for spec in layer.output_specs:
@@ -36,12 +44,12 @@ def place_tensors(engine) -> tuple[dict, dict]:
                 raise EngineFormatError(f"tensor {spec.name!r} lies outside the arena")
             buffers[spec.name] = arena[off:off + n * dt.itemsize].view(dt).reshape(tuple(spec.shape))
     for spec in plan.inputs:
-        buffers[spec.name] = cp.empty(tuple(spec.shape), storage_dtype(spec.dtype))
+        buffers[spec.name] = cp.zeros(tuple(spec.shape), storage_dtype(spec.dtype))
     buffers["__arena__"] = arena
     wanted = [(name, spec.dtype) for layer in plan.layers
               for name, spec in zip(layer.inputs, layer.aligned_input_specs()) if name in plan.constants]
     wanted += [(spec.name, spec.dtype) for spec in plan.outputs if spec.name in plan.constants]
-    constants = {}
+    constants = {} if constants is None else constants
     for name, dtype in wanted:
         if (name, dtype) not in constants:
             constants[(name, dtype)] = cp.asarray(to_device_bits(plan.constants[name], dtype))

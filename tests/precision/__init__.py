@@ -1,0 +1,1 @@
+"""Precision studio: calibration, quantization, per-layer accuracy and automatic mixed precision."""

@@ -1,0 +1,270 @@
+"""Automatic mixed precision under an accuracy budget (workbench.builder.mixed, mixed_search): the
+search meets the budget on held-out inputs (checked here independently of the report), leaves most
+layers below fp32, keeps layers whose range is past fp16's wider with that reason, takes a user
+metric, says how it split the data; the ladders, promotion and segment bisection on made-up error
+functions; the config's checks."""
+
+from __future__ import annotations
+
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import workbench as wb
+from workbench.builder import mixed
+from workbench.builder.mixed_search import DOMINATED, Ladder, Rung, bisect, make_ladder, moves_of, promote
+from workbench.errors import WorkbenchError
+from workbench.precision.calibration import Calibration
+from tests.precision import accuracy_models as M
+from tests.support.paths import MODELS
+
+
+def held_out(feeds):
+    """The split the search documents: every 4th batch (the last of 2 or 3) is held out."""
+    n = len(feeds)
+    idx = [i for i in range(n) if i % 4 == 3] or [n - 1]
+    return [feeds[i] for i in idx]
+
+
+def max_rel_err(engine, ref, feeds) -> float:
+    """Largest relative L2 error of any output, pooled over ``feeds`` (the default metric)."""
+    a, b = engine.create_context(), ref.create_context()
+    worst = 0.0
+    outs = [(a.run(f), b.run(f)) for f in feeds]
+    for name in outs[0][1]:
+        num = sum(float(np.sum((o[name].astype(np.float64) - r[name]) ** 2)) for o, r in outs)
+        den = sum(float(np.sum(r[name].astype(np.float64) ** 2)) for o, r in outs)
+        worst = max(worst, (num / den) ** 0.5)
+    return worst
+
+
+def budgeted(model: bytes, budget: float, feeds, **cfg):
+    net = wb.load_onnx(model)
+    engine = wb.build(net, wb.BuilderConfig(device="cpu", precision="best", accuracy_budget=budget,
+                                            calibration=Calibration(feeds) if feeds is not None else None, **cfg))
+    return net, engine
+
+
+@pytest.mark.parametrize("budget", [1e-3, 4.5e-4])
+def test_search_meets_the_budget_on_held_out_inputs(budget, tmp_path):
+    feeds = M.feeds(8)
+    net, engine = budgeted(M.mlp(), budget, feeds)
+    rep = engine.reports["mixed_precision"]
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))
+    # checked here, on the batches the report says were held out
+    assert rep["feeds"]["held_out_batches"] == [3, 7] and rep["feeds"]["disjoint"]
+    got = max_rel_err(engine, fp32, held_out(feeds))
+    assert got <= budget and rep["error"]["held_out"] == pytest.approx(got, rel=1e-6)
+    # below fp32 where it can be: fp16 everywhere meets the looser budget (then every layer is below
+    # fp32); the tighter one it breaks, while no single fp16 layer does: a mix of fp16 and fp32
+    precs = [l.precision for l in engine.layers]
+    uniform16 = max_rel_err(wb.build(net, wb.BuilderConfig(device="cpu", precision="fp16")), fp32, held_out(feeds))
+    assert rep["below_fp32"] == sum(p != "fp32" for p in precs) == round(rep["fraction_below_fp32"] * len(precs))
+    if uniform16 <= budget:
+        assert "fp32" not in precs
+    else:
+        assert "fp32" in precs and any(p != "fp32" for p in precs)
+    assert rep["latency_ms"] < rep["fp32_latency_ms"]
+    # every layer's precision with a reason; the candidates' latency-vs-error table
+    rows = {r["layer"]: r for r in engine.reports["precision"]}
+    assert all(rows[l.name]["reason"].startswith("accuracy budget") for l in engine.layers)
+    assert engine.build_info["layer_precisions"] == {l.name: l.precision for l in engine.layers}
+    table = rep["candidates"]
+    assert {"uniform fp32", "uniform fp16"} <= {c["label"] for c in table}
+    assert all(c["latency_ms"] > 0 and c["error"] >= 0 for c in table)
+    assert any(c["within_budget"] for c in table) and any(not c["within_budget"] for c in table)
+    # the report survives the engine file
+    engine.save(tmp_path / "m.wbe")
+    loaded = wb.Engine.load(tmp_path / "m.wbe")
+    assert loaded.reports["mixed_precision"]["error"]["held_out"] == pytest.approx(got, rel=1e-6)
+
+
+def test_layers_past_fp16_range_are_kept_wider_with_that_reason():
+    # activations reach ~3e4: fp16 could hold them, but not with the 4x margin held-out data needs
+    feeds = M.feeds(4)
+    _, engine = budgeted(M.mlp(scale=8000), 1e-2, feeds)
+    rows = {r["layer"]: r for r in engine.reports["precision"]}
+    first = engine.layers[0]
+    assert first.precision != "fp16"
+    assert "past fp16's 65504" in rows[first.name]["reason"]
+    assert max_rel_err(engine, wb.build(wb.load_onnx(M.mlp(scale=8000)), wb.BuilderConfig(device="cpu")),
+                       held_out(feeds)) <= 1e-2
+
+
+def test_a_user_metric_replaces_the_default():
+    calls = []
+
+    def max_abs(outputs, reference_outputs):
+        calls.append(sorted(outputs))
+        return float(np.max(np.abs(outputs["y"].astype(np.float64) - reference_outputs["y"])))
+
+    feeds = M.feeds(8)
+    net, engine = budgeted(M.mlp(), 2e-3, feeds, accuracy_metric=max_abs)
+    rep = engine.reports["mixed_precision"]
+    assert calls and all(c == ["y"] for c in calls) and rep["metric"] == "max_abs"
+    a, b = engine.create_context(), wb.build(net, wb.BuilderConfig(device="cpu")).create_context()
+    direct = float(np.mean([max_abs(a.run(f), b.run(f)) for f in held_out(feeds)]))
+    assert rep["error"]["held_out"] == pytest.approx(direct) and direct <= 2e-3
+
+
+def test_without_data_the_search_uses_random_inputs_and_says_so():
+    _, engine = budgeted(M.mlp(), 1e-3, None)
+    rep = engine.reports["mixed_precision"]
+    assert "random" in rep["feeds"]["source"] and any("random inputs" in n for n in rep["notes"])
+    assert rep["error"]["held_out"] <= 1e-3
+
+
+def test_one_batch_is_used_for_both_parts_and_that_is_said():
+    _, engine = budgeted(M.mlp(), 1e-3, M.feeds(1))
+    rep = engine.reports["mixed_precision"]
+    assert not rep["feeds"]["disjoint"] and any("one batch only" in n for n in rep["notes"])
+
+
+def test_best_without_a_budget_keeps_its_meaning():
+    engine = wb.build(wb.load_onnx(M.mlp()), wb.BuilderConfig(device="cpu", precision="best"))
+    assert "mixed_precision" not in engine.reports
+    assert all(l.precision == "fp32" for l in engine.layers)  # the CPU's best: emulation only adds rounding
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"precision": "fp16", "accuracy_budget": 1e-2}, "needs precision 'best'"),
+    ({"precision": "best", "accuracy_budget": 0}, "accuracy_budget"),
+    ({"precision": "best", "accuracy_budget": -1.0}, "accuracy_budget"),
+    ({"precision": "best", "accuracy_budget": float("nan")}, "accuracy_budget"),
+    ({"precision": "best", "accuracy_budget": True}, "accuracy_budget"),
+    ({"precision": "best", "accuracy_budget": "0.1"}, "accuracy_budget"),
+    ({"precision": "best", "accuracy_budget": 1e-2, "accuracy_metric": "l2"}, "accuracy_metric"),
+    ({"precision": "best", "accuracy_metric": lambda a, b: 0.0}, "accuracy_metric"),
+    ({"precision": "best", "accuracy_budget": 1e-2, "profiles": [{"x": ((1, 32), (4, 32), (8, 32))}]}, "shape ranges"),
+])
+def test_config_checks(kw, match):
+    with pytest.raises(WorkbenchError, match=match):
+        wb.BuilderConfig(device="cpu", **kw)
+
+
+def test_a_failing_metric_is_one_line_naming_it():
+    def broken(outputs, reference_outputs):
+        raise KeyError("logits")
+
+    with pytest.raises(WorkbenchError, match="accuracy_metric failed: KeyError"):
+        budgeted(M.mlp(), 1e-2, M.feeds(2), accuracy_metric=broken)
+
+
+# ---------------------------------------------------------------------------- the search alone
+def ladders_of(sens: list[float]) -> list[Ladder]:
+    """One layer per sensitivity: fp16 (1 ms, its sensitivity) or fp32 (2 ms, 0)."""
+    return [make_ladder(f"L{i}", [Rung("fp16", 1.0, s), Rung("fp32", 2.0, 0.0)], {}) for i, s in enumerate(sens)]
+
+
+def additive(ladders, sens, log):
+    """Error = the sum of the sensitivities of the layers left in fp16; latency = the sum of rungs'."""
+    def evaluate(assignment, label):
+        log.append(label)
+        err = sum(s for lad, s in zip(ladders, sens) if assignment[lad.layer] == 0)
+        return err, sum(lad.rungs[assignment[lad.layer]].latency_ms for lad in ladders)
+    return evaluate
+
+
+def test_make_ladder_keeps_the_pareto_front():
+    lad = make_ladder("L", [Rung("fp32", 4.0, 0.0), Rung("fp16", 2.0, 1e-4), Rung("bf16", 2.0, 1e-3),
+                            Rung("int8", 1.0, 1e-2), Rung("fp8", 1.0, 5e-2)], {"tf32": "not a matrix op"})
+    assert [r.precision for r in lad.rungs] == ["int8", "fp16", "fp32"]
+    assert lad.excluded == {"tf32": "not a matrix op", "bf16": DOMINATED, "fp8": DOMINATED}
+    # a precision no cheaper than fp32 is not worth a rung
+    assert [r.precision for r in make_ladder("L", [Rung("fp32", 1.0, 0.0), Rung("fp16", 1.0, 1e-4)], {}).rungs] == ["fp32"]
+
+
+def test_promotion_promotes_the_most_sensitive_layers_first():
+    sens = [1e-3, 5e-2, 2e-4, 3e-2, 1e-4, 4e-3, 0.0, 2e-3]
+    ladders, log = ladders_of(sens), []
+    out = promote(ladders, additive(ladders, sens, log), target=5e-3)
+    # the fewest promotions: the most sensitive first until what is left sums to <= 5e-3
+    left, promoted = sum(sens), set()
+    for i in sorted(range(len(sens)), key=lambda i: -sens[i]):
+        if left <= 5e-3:
+            break
+        left -= sens[i]
+        promoted.add(f"L{i}")
+    assert {n for n, r in out.assignment.items() if r == 1} == promoted and out.error <= 5e-3
+    assert out.additive and out.strategy == "promote"
+    # doubling, then bisection; then one try per promoted layer to step it back (none can be here)
+    searched = [label for label in set(log) if "one rung down" not in label]
+    assert len(searched) <= 2 * math.ceil(math.log2(len(sens))) + 2
+    assert len(set(log)) - len(searched) == len(promoted)
+
+
+def test_promotions_the_target_does_not_need_are_stepped_back():
+    # the prefix must take L0 (most sensitive per ms) to reach L1, which the target needs; L0's
+    # promotion is spare, and it is stepped back
+    ladders = [make_ladder("L0", [Rung("fp16", 1.0, 1e-3), Rung("fp32", 1.1, 0.0)], {}),
+               make_ladder("L1", [Rung("fp16", 1.0, 8e-3), Rung("fp32", 3.0, 0.0)], {})]
+    out = promote(ladders, additive(ladders, [1e-3, 8e-3], []), target=5e-3)
+    assert out.assignment == {"L0": 0, "L1": 1} and out.order == {"L1": 2}
+
+
+def test_moves_rank_by_sensitivity_per_millisecond():
+    ladders = [make_ladder("cheap", [Rung("fp16", 1.0, 1e-3), Rung("fp32", 1.5, 0.0)], {}),
+               make_ladder("dear", [Rung("fp16", 1.0, 2e-3), Rung("fp32", 5.0, 0.0)], {})]
+    assert [m[2] for m in moves_of(ladders)] == ["cheap", "dear"]  # 2e-3/ms beats 5e-4/ms
+
+
+def test_bisection_runs_when_errors_do_not_add_up():
+    # L1 and L4 break the budget only together (each alone measures almost nothing, so the
+    # sensitivity order is no guide), and L2's fp16 happens to cancel most of that: promoting L2,
+    # the most sensitive alone, makes the error ten times worse
+    names = [f"L{i}" for i in range(6)]
+    ladders = [make_ladder(n, [Rung("fp16", 1.0, s), Rung("fp32", 2.0, 0.0)], {})
+               for n, s in zip(names, [1e-4, 1e-6, 3e-3, 1e-4, 1e-6, 1e-4])]
+
+    def evaluate(a, label):
+        low = {n for n in names if a[n] == 0}
+        err = 1e-4 * len(low - {"L1", "L2", "L4"}) + (0.05 if {"L1", "L4"} <= low else 0.0)
+        if "L2" in low:
+            err = abs(err - 0.045)
+        return err, sum(2.0 - (a[n] == 0) for n in names)
+
+    target = 1e-3
+    found = promote(ladders, evaluate, target)
+    assert found is not None and found.error <= target and not found.additive
+    out = bisect(ladders, evaluate, target)
+    assert out.strategy == "bisect" and out.error <= target
+    low = {n for n, r in out.assignment.items() if r == 0}
+    assert not {"L1", "L4"} <= low and low >= {"L0", "L3", "L5"} and out.failed <= {"L1", "L2", "L4"}
+    # the search runs both when promotion looks non-additive, and keeps the faster
+    fake = SimpleNamespace(ladders=ladders, evaluate=evaluate, notes=[])
+    best = mixed._Search._search(fake, target)
+    assert best.latency_ms == min(found.latency_ms, out.latency_ms) and "bisection" in fake.notes[0]
+    # with additive errors it does not
+    sens = [1e-3, 2e-3, 3e-3]
+    plain = ladders_of(sens)
+    fake = SimpleNamespace(ladders=plain, evaluate=additive(plain, sens, []), notes=[])
+    assert mixed._Search._search(fake, 2.5e-3).strategy == "promote" and not fake.notes
+
+
+def test_an_infinite_sensitivity_is_promoted_first():
+    ladders = ladders_of([1e-3, math.inf, 1e-2])
+    assert moves_of(ladders)[0][2] == "L1"
+
+
+@pytest.mark.slow
+def test_mobilenetv2_search_on_cpu():
+    """MobileNetV2 under a budget tighter than fp16 everywhere: met on held-out inputs with most
+    layers below fp32."""
+    net = wb.load_onnx(os.path.join(MODELS, "mobilenetv2_legacy.onnx"))
+    shapes = {"pixel_values": (1, 3, 64, 64)}
+    rng = np.random.default_rng(0)
+    feeds = [{"pixel_values": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(4)]
+    budget = 5e-5
+    engine = wb.build(net, wb.BuilderConfig(device="cpu", precision="best", shapes=shapes, autotune=False,
+                                            accuracy_budget=budget, calibration=Calibration(feeds)))
+    rep = engine.reports["mixed_precision"]
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu", shapes=shapes, autotune=False))
+    fp16 = wb.build(net, wb.BuilderConfig(device="cpu", precision="fp16", shapes=shapes, autotune=False))
+    got, uniform = max_rel_err(engine, fp32, held_out(feeds)), max_rel_err(fp16, fp32, held_out(feeds))
+    print(f"MobileNetV2 (CPU): fp16 everywhere {uniform:.3g}; best under {budget:g}: {got:.3g} held out, "
+          f"{rep['below_fp32']}/{rep['layers']} layers below fp32 ({rep['fraction_below_fp32']:.0%}), "
+          f"{dict((p, list(rep['precisions'].values()).count(p)) for p in set(rep['precisions'].values()))}")
+    assert uniform > budget >= got and rep["fraction_below_fp32"] > 0.5

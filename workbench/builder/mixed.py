@@ -1,0 +1,427 @@
+"""Automatic mixed precision under an accuracy budget: ``BuilderConfig(precision="best",
+accuracy_budget=B)`` chooses a precision per layer that minimises latency while the error against
+fp32 on held-out inputs stays within B. The builder calls ``search`` for such configs.
+
+1. **Data.** The calibration feeds (``BuilderConfig.calibration``: a ``Calibration`` or a path of
+   calibration data; at most ``MAX_FEEDS`` batches, in the order given) are split: every
+   ``HELD_OUT_EVERY``-th batch (the 4th, 8th, ...; the last one when there are 2 or 3) is held out,
+   the rest is the search part, which also calibrates int8 / fp8 layers. With one batch both parts
+   are that batch, and the report says they are not disjoint. Without calibration data (none, or
+   only a calibration table) the feeds are ``RANDOM_FEEDS`` seeded random inputs of the model's
+   shapes, split the same way. The reference is the fp32 engine's outputs on the same feeds.
+2. **Per-layer facts** from one uniform build per precision the target offers
+   (``supported_precisions``: int8 / fp8 join by themselves once the CPU runs them): whether the
+   layer took that precision (and why not), its latency there -- on the GPU the autotuner's
+   measured time of the chosen tactic; on the CPU, which only emulates reduced precision, a roofline
+   estimate (``layer_ms``) -- and its sensitivity, the ``output_err`` of the accuracy report
+   (``runtime.accuracy``) of that build on the search feeds: the outputs' error with only this
+   layer at that precision. fp16 is ruled out for a layer whose tensors reach past ``FP16_MAX /
+   FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
+   the search part; weights included). Layers with subgraphs stay fp32.
+3. **Search** (``mixed_search.py``): start every layer at its cheapest precision; promote the most
+   sensitive layers until the error on the search feeds meets the target; when the evaluations
+   contradict the additive assumption behind that ordering (promoting more made the error worse)
+   or it needed more than half the moves, auto_mixed_precision-style segment bisection runs too,
+   and the faster result wins.
+4. **Check.** The chosen assignment is built for real (per-layer overrides) and its error on the
+   held-out feeds must meet B; if not, the search target is tightened and the search repeated
+   (``MAX_ROUNDS``); failing that, every layer stays fp32.
+
+The engine's precision table gives every layer's reason; ``engine.reports["mixed_precision"]``
+holds the budget, both errors, the split, latencies and the latency-vs-error table of every
+candidate tried. Candidates are evaluated on emulating targets (CPU) by assembling the uniform
+builds' layers, since there a layer's tactic does not depend on its neighbours; elsewhere each is
+built. Only the final engine is built with the overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..core.liveness import subgraphs_of
+from ..core.precisions import STORAGE, supported_precisions
+from ..dtypes import itemsize
+from ..errors import BuildError, WorkbenchError
+from ..precision.assign import EMULATED
+from ..precision.calibration import Calibration, CalibrationTable, calibrate, from_path
+from ..runtime.accuracy import measure
+from ..runtime.accuracy_report import Diff
+from ..runtime.engine import Engine
+from ..runtime.feeds import random_feeds
+from .mixed_search import DOMINATED, Ladder, Outcome, Rung, bisect, make_ladder, promote, within
+
+HELD_OUT_EVERY = 4
+MAX_FEEDS = 64
+RANDOM_FEEDS = 8
+SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
+EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
+MAX_ROUNDS = 3
+FP16_MAX, FP16_MARGIN = 65504.0, 4.0
+# the roofline behind the CPU's latency estimate: nominal peaks, fixed so that the same build makes
+# the same choice (they rank candidates; they do not predict this machine's times)
+NOMINAL_GBPS = 100.0
+NOMINAL_GFLOPS = {"fp32": 1000.0, "tf32": 2000.0, "fp16": 2000.0, "bf16": 2000.0, "int8": 4000.0, "fp8": 4000.0}
+
+
+def search(network, cfg, build) -> Engine:
+    """The engine for ``cfg`` (precision "best" with an accuracy budget); ``build(cfg)`` builds one
+    engine without a budget (``Builder(cfg).build(network)``)."""
+    if getattr(cfg, "profiles", None):
+        raise BuildError("an accuracy budget is searched at fixed input shapes: give --shapes, not shape ranges")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="workbench-mixed-") as tmp:
+        base = dataclasses.replace(cfg, precision="fp32", accuracy_budget=None, accuracy_metric=None,
+                                   layer_precisions={}, progress=False,
+                                   timing_cache=cfg.timing_cache or os.path.join(tmp, "timing.json"))
+        engine = _Search(cfg, base, build).run()
+    engine.build_stats["build_ms"] = (time.perf_counter() - t0) * 1e3  # the whole search, every build in it
+    return engine
+
+
+class _Search:
+    def __init__(self, cfg, base, build):
+        self.cfg, self.budget, self.metric = cfg, float(cfg.accuracy_budget), cfg.accuracy_metric
+        self.base, self._build = base, build
+        self.candidates: list[dict] = []
+        self.notes: list[str] = []
+        self.bar = _bar(cfg.progress is True)
+
+    def build(self, **changes) -> Engine:
+        engine = self._build(dataclasses.replace(self.base, **changes))
+        self._tick()
+        return engine
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    # ---- the steps -------------------------------------------------------------------------
+    def run(self) -> Engine:
+        try:
+            # candidates that overflow are measured (an infinite error), not warned about
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._run()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+    def _run(self) -> Engine:
+        data, table = _calibration(self.cfg.calibration)
+        self.fp32 = self.build(calibration=None)
+        self.backend = self.fp32.backend
+        self.search_feeds, self.held_feeds, self.split = _split(data, self.fp32, self.notes)
+        if data is not None and len(self.search_feeds):
+            self.base = dataclasses.replace(self.base, calibration=_part(data, self.search_feeds))
+        elif table is not None:
+            self.base = dataclasses.replace(self.base, calibration=table)
+        self.eval_feeds = self.search_feeds[:EVAL_FEEDS]
+        self.split.update({"candidates_evaluated_on": len(self.eval_feeds),
+                           "sensitivity_measured_on": min(len(self.search_feeds), SENSITIVITY_FEEDS)})
+        self.ref_search = _outputs(self.fp32, self.eval_feeds)
+        self.ref_held = _outputs(self.fp32, self.held_feeds)
+        self.names = [l.name for l in self.fp32.layers]
+        self.engines = {"fp32": self.fp32}
+        self.facts: dict[str, dict] = {n: {} for n in self.names}
+        self.refusals: dict[str, dict[str, str]] = {n: {} for n in self.names}
+        self.ranges = {n: 0.0 for n in self.names}
+        self._uniform_builds()
+        # the values each layer must hold: the calibration table given, else minmax over the search part
+        self._apply_ranges(table if table is not None else calibrate(self.fp32.plan, Calibration(self.search_feeds)))
+        self.ladders = self._ladders()
+        self._cache: dict[tuple, tuple[float, float]] = {}
+        self.assemble = self.backend in EMULATED and all(
+            [l.name for l in e.layers] == self.names for e in self.engines.values())
+        chosen, engine, held = self._rounds()
+        return self._finish(chosen, engine, held)
+
+    def _uniform_builds(self) -> None:
+        for p in supported_precisions(self.backend):
+            engine = self.fp32
+            if p != "fp32":
+                try:
+                    engine = self.build(precision=p)
+                except WorkbenchError as exc:
+                    self.notes.append(f"{p} not tried: {str(exc).splitlines()[0]}")
+                    continue
+                self.engines[p] = engine
+                report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32)
+                self._tick()
+                rows = {r["layer"]: r for r in report.layers}
+            else:
+                rows = {}
+            why = {r["layer"]: r.get("reason", "") for r in engine.reports.get("precision", [])}
+            for layer in engine.layers:
+                if layer.name not in self.facts:
+                    continue  # a Cast the storing target inserted
+                if layer.precision != p:
+                    self.refusals[layer.name][p] = why.get(layer.name) or f"the target keeps it {layer.precision}"
+                    continue
+                row = rows.get(layer.name, {})
+                sens = 0.0 if p == "fp32" else _finite_or_inf(row.get("output_err"))
+                self.facts[layer.name][p] = Rung(p, engine_layer_ms(layer, self.backend), sens)
+                self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
+            uniform = {l.name: l.precision for l in engine.layers if l.name in self.facts}
+            self._record(f"uniform {p}", engine, uniform)
+
+    def _apply_ranges(self, table) -> None:
+        for layer in self.fp32.layers:  # the table's observed (min, max) of every tensor it has
+            for spec in list(layer.input_specs) + list(layer.output_specs):
+                seen = table.observed(spec.name) if spec.name in table else None
+                if seen is not None:
+                    self.ranges[layer.name] = max(self.ranges[layer.name], *(abs(float(v)) for v in seen))
+
+    def _ladders(self) -> list[Ladder]:
+        ladders = []
+        by_name = {l.name: l for l in self.fp32.layers}
+        for name in self.names:
+            options = dict(self.facts[name])
+            excluded = dict(self.refusals[name])
+            if subgraphs_of(by_name[name]):
+                options = {"fp32": options["fp32"]}
+                excluded["*"] = "layers with subgraphs (If / Loop / Scan) stay fp32"
+            if "fp16" in options and self.ranges[name] > FP16_MAX / FP16_MARGIN:
+                del options["fp16"]
+                excluded["fp16"] = (f"its values reach {self.ranges[name]:.3g}, past fp16's {FP16_MAX:g} / "
+                                    f"{FP16_MARGIN:g} (overflow margin)")
+            ladders.append(make_ladder(name, list(options.values()), excluded))
+        return ladders
+
+    # ---- evaluating candidates ---------------------------------------------------------------
+    def precisions(self, assignment: dict[str, int]) -> dict[str, str]:
+        return {lad.layer: lad.rungs[assignment[lad.layer]].precision for lad in self.ladders}
+
+    def evaluate(self, assignment: dict[str, int], label: str) -> tuple[float, float]:
+        precs = self.precisions(assignment)
+        key = tuple(precs[n] for n in self.names)
+        if key not in self._cache:
+            engine = self._assembled(precs) if self.assemble else self.build(precision="best", layer_precisions=precs)
+            error = _error(_outputs(engine, self.eval_feeds), self.ref_search, self.metric)
+            self._cache[key] = (error, engine_ms(engine))
+            self._record(label, engine, precs, error=error)
+            self._tick()
+        return self._cache[key]
+
+    def _assembled(self, precs: dict[str, str]) -> Engine:
+        """The engine a build with these per-layer precisions makes on an emulating target."""
+        plan = copy.copy(self.fp32.plan)
+        plan.constants = dict(plan.constants)
+        layers = []
+        for pos, layer in enumerate(self.fp32.layers):
+            src = self.engines[precs.get(layer.name, "fp32")]
+            chosen = src.plan.layers[pos]  # (the uniform builds' layers line up: checked in _run)
+            for n in chosen.inputs:
+                if n in src.plan.constants:
+                    plan.constants[n] = src.plan.constants[n]
+            layers.append(chosen)
+        plan.layers = layers
+        return Engine(plan, self.fp32.target, dict(self.fp32.build_info), {})
+
+    def _record(self, label: str, engine: Engine, precs: dict[str, str], error: float | None = None) -> None:
+        if error is None:
+            error = _error(_outputs(engine, self.eval_feeds), self.ref_search, self.metric)
+        counts: dict[str, int] = {}
+        for p in precs.values():
+            counts[p] = counts.get(p, 0) + 1
+        below = sum(1 for p in precs.values() if p != "fp32")
+        self.candidates.append({"candidate": len(self.candidates), "label": label, "error": error,
+                                "latency_ms": engine_ms(engine), "layers_below_fp32": below,
+                                "within_budget": within(error, self.budget), "precisions": counts})
+
+    # ---- search rounds -------------------------------------------------------------------------
+    def _rounds(self):
+        target = self.budget
+        for _ in range(MAX_ROUNDS):
+            outcome = self._search(target)
+            if outcome is None:
+                break
+            precs = self.precisions(outcome.assignment)
+            engine = self.build(precision="best", layer_precisions=precs)
+            held = _error(_outputs(engine, self.held_feeds), self.ref_held, self.metric)
+            self._record(f"{outcome.strategy} result, built (held-out {held:.3g})", engine, precs)
+            if within(held, self.budget):
+                return outcome, engine, held
+            self.notes.append(f"the {outcome.strategy} result met {target:.3g} on the search feeds but not the budget "
+                              f"on the held-out ones ({held:.3g}); the target was tightened")
+            target *= min(0.5, 0.8 * self.budget / held) if held > 0 and math.isfinite(held) else 0.5
+        self.notes.append("no mix of precisions met the budget on the held-out feeds: every layer stays fp32")
+        top = {lad.layer: len(lad.rungs) - 1 for lad in self.ladders}
+        engine = self.build(precision="best", layer_precisions=self.precisions(top))
+        held = _error(_outputs(engine, self.held_feeds), self.ref_held, self.metric)
+        return Outcome(top, 0.0, engine_ms(engine), "fallback"), engine, held
+
+    def _search(self, target: float) -> Outcome | None:
+        found = promote(self.ladders, self.evaluate, target)
+        if found is not None and found.additive:
+            return found
+        why = "promotion found nothing" if found is None else "promoting more made the error worse"
+        self.notes.append(f"segment bisection ran too: {why}")
+        other = bisect(self.ladders, self.evaluate, target)
+        options = [o for o in (found, other) if o is not None]
+        return min(options, key=lambda o: (o.latency_ms, o.error)) if options else None
+
+    # ---- the result ----------------------------------------------------------------------------
+    def _finish(self, outcome: Outcome, engine: Engine, held: float) -> Engine:
+        precs = self.precisions(outcome.assignment)
+        reasons = {lad.layer: self._reason(lad, outcome) for lad in self.ladders}
+        for row in engine.reports.get("precision", []):
+            name = row.get("layer")
+            if name in reasons and row.get("precision") == precs.get(name):
+                row["reason"] = reasons[name]
+        search_err = _error(_outputs(engine, self.eval_feeds), self.ref_search, self.metric)
+        below = sum(1 for p in precs.values() if p != "fp32")
+        fp32_ms, ms = engine_ms(self.fp32), engine_ms(engine)
+        engine.reports["mixed_precision"] = {
+            "budget": self.budget, "metric": getattr(self.metric, "__name__", "custom") if self.metric else
+            "largest relative L2 error of any output vs fp32", "strategy": outcome.strategy,
+            "error": {"search": search_err, "held_out": held},
+            "feeds": self.split, "layers": len(precs), "below_fp32": below,
+            "fraction_below_fp32": below / len(precs) if precs else 0.0,
+            "latency_source": LATENCY_SOURCE[self.backend], "fp32_latency_ms": fp32_ms, "latency_ms": ms,
+            "speedup": fp32_ms / ms if ms else None, "candidates": self.candidates, "notes": self.notes,
+            "precisions": precs,
+        }
+        engine.build_info["accuracy_budget"] = self.budget
+        return engine
+
+    def _reason(self, lad: Ladder, outcome: Outcome) -> str:
+        rung = outcome.assignment[lad.layer]
+        p, first = lad.rungs[rung].precision, lad.rungs[0]
+        ruled = "; ".join(f"{q}: {why}" for q, why in lad.excluded.items() if q != p and why != DOMINATED)
+        tail = f" (not {ruled})" if ruled else ""
+        if len(lad.rungs) == 1:
+            return f"accuracy budget: {p}, the only precision worth trying{tail}"
+        if outcome.strategy == "fallback":
+            return f"accuracy budget: {p}; no mix met the budget on the held-out feeds"
+        if rung == 0:
+            return f"accuracy budget: {p}, its fastest (outputs' error with only this layer at {p}: " \
+                   f"{first.sensitivity:.2e}){tail}"
+        if lad.layer in outcome.order:
+            return (f"accuracy budget: promoted from {first.precision} to {p} (outputs' error with only this layer "
+                    f"at {first.precision}: {first.sensitivity:.2e}; promotion {outcome.order[lad.layer]} in "
+                    f"sensitivity order){tail}")
+        return f"accuracy budget: {p}; {first.precision} on this layer broke the budget (segment bisection){tail}"
+
+
+LATENCY_SOURCE = {"gpu": "measured: the autotuner's time of each layer's chosen tactic",
+                  "cpu": "estimated: a roofline with nominal peaks (the CPU emulates reduced precision, so its "
+                         "own times say nothing about it)"}
+
+
+# ---------------------------------------------------------------------------- latency
+def layer_ms(layer, precision: str) -> float:
+    """Roofline estimate of one layer at ``precision``: FLOPs at the precision's nominal rate or
+    bytes at the nominal bandwidth (float32 tensors counted in the precision's storage type),
+    whichever takes longer. Unknown dims count as 1."""
+    store = STORAGE.get(precision, "float32")
+    nbytes = 0.0
+    for spec in list(layer.input_specs) + list(layer.output_specs):
+        if spec.shape is None or spec.dtype in (None, "string"):
+            continue
+        n = math.prod(d if isinstance(d, int) else 1 for d in spec.shape)
+        nbytes += n * itemsize(store if spec.dtype == "float32" else spec.dtype)
+    flops = float(layer.flops or 0)
+    return 1e3 * max(flops / (NOMINAL_GFLOPS.get(precision, NOMINAL_GFLOPS["fp32"]) * 1e9), nbytes / (NOMINAL_GBPS * 1e9))
+
+
+def engine_layer_ms(layer, backend: str) -> float:
+    """A layer's latency: its chosen tactic's measured time on the GPU (the estimate where it was not
+    timed), the estimate on the CPU."""
+    if backend == "gpu":
+        for row in layer.tactic_table:
+            if row.get("chosen") and isinstance(row.get("ms"), (int, float)):
+                return float(row["ms"])
+    return layer_ms(layer, layer.precision)
+
+
+def engine_ms(engine: Engine) -> float:
+    return sum(engine_layer_ms(layer, engine.backend) for layer in engine.layers)
+
+
+# ---------------------------------------------------------------------------- data and errors
+def _calibration(cal) -> tuple[Calibration | None, CalibrationTable | None]:
+    if isinstance(cal, (str, bytes, os.PathLike)):
+        cal = from_path(cal)
+    if isinstance(cal, CalibrationTable):
+        return None, cal
+    return cal, None
+
+
+def _split(cal: Calibration | None, fp32: Engine, notes: list[str]) -> tuple[list, list, dict]:
+    if cal is None:
+        feeds = [random_feeds(fp32.inputs, seed=s) for s in range(RANDOM_FEEDS)]
+        source = f"{RANDOM_FEEDS} seeded random feeds (no calibration data was given)"
+        notes.append("no calibration data: the budget is checked on random inputs; give representative data")
+    else:
+        feeds = []
+        for _, feed in cal.batches(fp32.inputs):
+            if not isinstance(feed, Mapping):
+                raise BuildError(f"calibration batch {len(feeds)} is a {type(feed).__name__}, not a feed dict")
+            feeds.append(dict(feed))
+            if len(feeds) == MAX_FEEDS:
+                notes.append(f"only the first {MAX_FEEDS} calibration batches were used")
+                break
+        if not feeds:
+            raise BuildError("the calibration data holds no batches; an accuracy budget needs at least one")
+        source = f"{len(feeds)} calibration batch(es)"
+    n = len(feeds)
+    held = [i for i in range(n) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1] or ([n - 1] if n > 1 else [0])
+    search = [i for i in range(n) if i not in held] or held
+    disjoint = n > 1
+    if not disjoint:
+        notes.append("one batch only: the held-out check reuses the search batch (give 2 or more batches)")
+    split = {"source": source, "total": n, "search": len(search), "held_out": len(held), "disjoint": disjoint,
+             "rule": f"batches in the order given; every {HELD_OUT_EVERY}th (the last when there are 2 or 3) "
+                     "is held out, the rest searches and calibrates", "held_out_batches": held}
+    return [feeds[i] for i in search], [feeds[i] for i in held], split
+
+
+def _part(data: Calibration, feeds: list) -> Calibration:
+    """Calibration with the search part only (held-out batches never calibrate)."""
+    return Calibration(feeds, method=data.method, percentile=data.percentile, num_bins=data.num_bins)
+
+
+def _outputs(engine: Engine, feeds: list[dict]) -> list[dict]:
+    ctx = engine.create_context()
+    return [ctx.run(f) for f in feeds]
+
+
+def _error(outs: list[dict], refs: list[dict], metric) -> float:
+    """The default error (largest relative L2 error of any output, pooled over the feeds) or the
+    mean of the user's metric over the feeds."""
+    if metric is not None:
+        vals = []
+        for out, ref in zip(outs, refs):
+            try:
+                v = float(metric(out, ref))
+            except Exception as exc:  # noqa: BLE001 - the user's callable: one line naming it
+                raise BuildError(f"accuracy_metric failed: {type(exc).__name__}: {exc}") from None
+            vals.append(v)
+        return float(np.mean(vals)) if vals else math.inf
+    diffs: dict[str, Diff] = {}
+    for out, ref in zip(outs, refs):
+        for name, want in ref.items():
+            diffs.setdefault(name, Diff()).add(out[name], want)
+    errs = [d.rel for d in diffs.values() if d.pairs and not math.isnan(d.rel)]
+    return max(errs) if errs else 0.0
+
+
+def _finite_or_inf(x) -> float:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return math.inf
+    return float(x)
+
+
+def _bar(on: bool):
+    if not on:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="precision search", unit="step", leave=False)

@@ -1,0 +1,253 @@
+"""Quantization numerics, one home: scales, quantize / dequantize, the integer-GEMM contract and
+the ``q_`` attributes a quantized layer carries. The precision step (``precision/quantize.py``),
+the Q/DQ import (``passes/qdq.py``) and the CPU tactics (``kernels/reference/quantized.py``,
+``kernels/cpu/quantized.py``) all compute through these functions, and the GPU tactics must give
+the same numbers: every choice below is the one cuBLASLt / cuDNN / NVRTC make.
+
+Formats
+-------
+``int8``: symmetric, per-tensor activations with ``scale = amax / 127`` and values saturated to
+[-128, 127]; weights per output channel with ``scale_c = amax_c / 127`` and values in [-127, 127]
+(the narrow range TensorRT uses for weights, so a weight's negation is representable). An
+activation may carry a zero point (asymmetric uint8 Q/DQ models: see below).
+
+``fp8``: e4m3fn (``ml_dtypes.float8_e4m3fn``, 448 the largest finite value), per-tensor scales for
+activations *and* weights (``amax / 448``), as cuBLASLt's FP8 GEMM takes them (scalar scale_a /
+scale_b); an explicit Q/DQ model may give per-channel fp8 weight scales, which the tactics honour.
+
+Quantize (``quantize``)
+-----------------------
+int8: ``q = saturate(rint(x / scale) + zero_point)``: the division in float32 (IEEE, correctly
+rounded, as CUDA's ``/`` and ``__fdiv_rn``; never a multiplication by a rounded reciprocal),
+round half to even (``np.rint``: the IEEE default mode, the ``cvt.rni`` / ``__float2int_rn`` of a
+GPU kernel, MLAS's ``_mm_cvtps_epi32`` and ONNX QuantizeLinear), saturation to [-128, 127]. NaN
+quantizes to the zero point (the value 0.0; a saturating PTX convert turns NaN into 0), ±inf
+saturates. fp8: ``x / scale`` in float32, clipped to ±448, then rounded to nearest even by the
+float32 -> e4m3fn conversion (``__nv_cvt_float_to_fp8(.., __NV_SATFINITE, __NV_E4M3)`` rounds and
+saturates the same way); NaN stays NaN.
+
+Dequantize: ``(q - zero_point) * scale`` in float32 (the difference is exact).
+
+Integer GEMM / convolution (int8)
+---------------------------------
+``acc = sum_k (qa_k - za) * qw_k`` exactly, as int32 accumulation computes it (cuBLASLt
+``COMPUTE_32I``, cuDNN int8 convolution with int32 compute). The CPU tactics compute it in float64
+(every partial sum an integer below 2**53: exact whatever the order) or in float32 where
+``k * max|qa - za| * max|qw| < 2**24`` (also exact). An int32 accumulator cannot overflow while
+``k * max|qa - za| * max|qw| < 2**31``; the precision step keeps wider layers in float
+(``int32_safe``). A zero point is the integer-domain correction ``sum_k qa_k qw_k - za sum_k
+qw_k``; convolution padding is the zero point (the real value 0.0), i.e. 0 after the subtraction.
+The result: ``y = float32(acc) * alpha_c`` with ``alpha_c = float32(scale_in) * float32(scale_w_c)``
+rounded once to float32 at build (``output_scale``), then bias, residual and activation in float32
+(``workbench.ops.fused`` order: bias, residual, activation).
+
+fp8 GEMM / convolution: inputs rounded to e4m3 with their scales, products (exact in float32:
+4-bit significands) summed in float32, then the same ``* alpha_c`` and float32 epilogue. Float32
+sums depend on their order, so a GPU matches fp8 to float32 summation round-off, not bit for bit.
+
+Asymmetric activations (onnxruntime's default QUInt8 Q/DQ) are kept, not converted: a uint8 value
+``u`` with zero point ``zu`` is the int8 value ``u - 128`` with zero point ``zu - 128`` (same
+``q - zero_point``, same result), so every zero point here is in the int8 domain [-128, 127].
+
+The ``q_`` layer attributes
+---------------------------
+A quantized layer has ``layer.precision`` "int8" or "fp8", reads its float32 activations, and
+writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m3fn.
+
+* ``q_format``: "int8" | "fp8" (the layer's precision; ``STORAGE`` gives the element type).
+* ``q_input_scale`` (float), ``q_input_zero_point`` (int, int8 domain; 0 when symmetric): how the
+  first operand (Conv X, Gemm / MatMul A) is quantized.
+* ``q_weight_scale``: float32 array, one scale per output channel, or one element (per tensor).
+  The kernels multiply output channel ``c`` by ``alpha_c``; the scales never touch the weight.
+* ``q_weight_axis``: the (non-negative) weight axis ``q_weight_scale`` runs along (``weight_axis``:
+  Conv 0; ConvTranspose 1; MatMul / Gemm B's N axis), -1 when one scale covers the weight.
+* ``q_weight_zero_point`` (int): nonzero only when the second operand is an activation (a MatMul
+  of two activations in a Q/DQ model, quantized per tensor at run time); weights are symmetric.
+* ``q_weight_const`` (int, 1 / 0): whether the second operand is a quantized plan constant.
+* ``q_residual_scale`` / ``q_residual_zero_point``: the residual input of a FusedConv is
+  quantized and dequantized (read as 8 bits) before it is added; absent: read in float32.
+* ``q_source``: where the activation scales came from ("calibration:<method>" or "qdq"), for
+  people; never read to run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMATS = ("int8", "fp8")
+# largest magnitude of each format: activations map amax onto it
+QMAX = {"int8": 127.0, "fp8": 448.0}
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_INT8_MAX = 127  # weights use the narrow, symmetric range [-127, 127]
+ELEMENT = {"int8": "int8", "fp8": "float8e4m3fn"}  # element type of quantized values
+F32 = np.dtype(np.float32)
+# exact-accumulation bounds: float32 holds every integer below 2**24; an int32 accumulator 2**31
+FLOAT32_EXACT = 2**24
+INT32_LIMIT = 2**31
+
+try:
+    import ml_dtypes
+
+    E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+except ImportError:  # pragma: no cover - ml_dtypes is a hard dependency
+    E4M3 = None
+
+# the ops a layer may be quantized at, (domain, op) -> what it multiplies
+QUANT_OPS = {("", "Conv"): "conv", ("workbench", "FusedConv"): "conv", ("", "ConvTranspose"): "conv_transpose",
+             ("", "Gemm"): "gemm", ("workbench", "FusedGemm"): "gemm", ("", "MatMul"): "gemm"}
+
+ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q_weight_axis",
+         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_source")
+
+
+def kind_of(layer) -> str | None:
+    """"conv", "conv_transpose" or "gemm" for a layer that may be quantized, else None."""
+    return QUANT_OPS.get((layer.domain if layer.domain != "ai.onnx" else "", layer.op))
+
+
+def weight_axis(layer, w_ndim: int) -> int | None:
+    """The axis of a layer's weight that runs along its output channels (None: no such single
+    axis, the weight gets one scale): Conv 0; ConvTranspose 1 (group 1 only); MatMul / Gemm the N
+    axis of B."""
+    kind = kind_of(layer)
+    if kind == "conv":
+        return 0
+    if kind == "conv_transpose":
+        return 1 if int(layer.attrs.get("group", 1)) == 1 else None
+    if w_ndim < 2:
+        return None
+    trans_b = layer.op != "MatMul" and int(layer.attrs.get("transB", 0))
+    return w_ndim - 2 if trans_b else w_ndim - 1
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown quantized format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def scale_from_amax(amax, fmt: str) -> np.ndarray:
+    """``amax / QMAX[fmt]`` in float32 (an array for per-channel amax). A zero amax (a tensor or
+    channel that is all zeros) gets scale 1, which represents 0 exactly; amax must be finite."""
+    a = np.asarray(amax, dtype=np.float64).astype(F32)
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"amax must be finite and non-negative, got {amax!r:.80}")
+    s = a / F32.type(QMAX[check_format(fmt)])
+    return np.where(s > 0, s, F32.type(1.0)).astype(F32)
+
+
+def _broadcast(p, x: np.ndarray, axis: int | None) -> np.ndarray:
+    """A scale / zero point as something that broadcasts against ``x`` along ``axis``."""
+    p = np.asarray(p)
+    if p.size == 1:
+        return p.reshape(())
+    if axis is None:
+        raise ValueError(f"{p.size} scales need an axis")
+    shape = [1] * x.ndim
+    shape[axis] = p.size
+    return p.reshape(shape)
+
+
+def quantize(x, scale, zero_point=0, fmt: str = "int8", axis: int | None = None,
+             lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+    """``x`` quantized to ``fmt``: an int8 array, or a float8_e4m3fn array (see the module doc).
+    ``scale`` / ``zero_point``: scalars, or arrays along ``axis``; ``lo``/``hi``: the int8 range
+    (weights pass -127)."""
+    x = np.asarray(x, dtype=F32)
+    s = _broadcast(np.asarray(scale, dtype=F32), x, axis)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = x / s
+    if check_format(fmt) == "fp8":
+        if np.any(np.asarray(zero_point) != 0):
+            raise ValueError("fp8 quantization has no zero point")
+        np.clip(v, -QMAX["fp8"], QMAX["fp8"], out=v)
+        return v.astype(E4M3)
+    zp = _broadcast(np.asarray(zero_point, dtype=F32), x, axis)
+    np.rint(v, out=v)
+    v += zp
+    nan = np.isnan(v)
+    if nan.any():
+        v[nan] = np.broadcast_to(zp, v.shape)[nan]
+    np.clip(v, lo, hi, out=v)
+    return v.astype(np.int8)
+
+
+def dequantize(q, scale, zero_point=0, axis: int | None = None) -> np.ndarray:
+    """``(q - zero_point) * scale`` in float32."""
+    q = np.asarray(q)
+    v = q.astype(F32)
+    if np.any(np.asarray(zero_point) != 0):
+        v = v - _broadcast(np.asarray(zero_point, dtype=F32), v, axis)
+    return (v * _broadcast(np.asarray(scale, dtype=F32), v, axis)).astype(F32, copy=False)
+
+
+def fake_quantize(x, scale, zero_point=0, fmt: str = "int8", axis: int | None = None) -> np.ndarray:
+    """``dequantize(quantize(x))``: ``x`` rounded onto the format's grid, as float32."""
+    return dequantize(quantize(x, scale, zero_point, fmt, axis), scale, zero_point, axis)
+
+
+def int_values(q: np.ndarray, zero_point: int = 0, dtype=np.float64) -> np.ndarray:
+    """``q - zero_point`` as exact integers in a float array (what the integer GEMM multiplies)."""
+    v = q.astype(dtype)
+    if zero_point:
+        v -= zero_point
+    return v
+
+
+def channel_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
+    """max |w| per slice of ``axis`` (a 1-element array when ``axis`` is None), in float64."""
+    a = np.abs(np.asarray(w, dtype=np.float64))
+    if axis is None or a.ndim == 0:
+        return np.array([a.max() if a.size else 0.0])
+    axis = axis % a.ndim
+    return a.max(axis=tuple(i for i in range(a.ndim) if i != axis)) if a.size else np.zeros(a.shape[axis])
+
+
+def quantize_weight(w: np.ndarray, fmt: str, axis: int | None, scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """(quantized weight, float32 scales) of a float weight: per output channel along ``axis``
+    (None: per tensor) with ``scale = amax / QMAX`` unless ``scale`` is given (a Q/DQ model's own
+    scales; its int8 values may then use -128, as the model stored them)."""
+    w = np.asarray(w, dtype=F32)
+    given = scale is not None
+    s = np.asarray(scale, dtype=F32).reshape(-1) if given else scale_from_amax(channel_amax(w, axis), fmt)
+    ax = None if s.size == 1 else axis
+    if fmt == "fp8":
+        return quantize(w, s, 0, "fp8", ax), s
+    lo = INT8_MIN if given else -WEIGHT_INT8_MAX
+    return quantize(w, s, 0, "int8", ax, lo=lo, hi=INT8_MAX), s
+
+
+def output_scale(input_scale, weight_scale) -> np.ndarray:
+    """``alpha_c = float32(input_scale) * float32(weight_scale_c)``, rounded once to float32: what
+    the int32 / fp32 accumulator is multiplied by (cuBLASLt's alpha vector, cuDNN's scale)."""
+    return (F32.type(input_scale) * np.asarray(weight_scale, dtype=F32)).astype(F32)
+
+
+def value_range(fmt: str, zero_point: int = 0) -> float:
+    """The largest ``|q - zero_point|`` of the format (int8) or value (fp8)."""
+    if fmt == "fp8":
+        return QMAX["fp8"]
+    return float(max(INT8_MAX - zero_point, zero_point - INT8_MIN))
+
+
+def float32_exact(k: int, a_max: float, b_max: float) -> bool:
+    """Whether a float32 sum of ``k`` integer products bounded by ``a_max * b_max`` is exact."""
+    return k * a_max * b_max < FLOAT32_EXACT
+
+
+def int32_safe(k: int, a_max: float, b_max: float) -> bool:
+    """Whether an int32 accumulator of ``k`` such products can never overflow."""
+    return k * a_max * b_max < INT32_LIMIT
+
+
+def float_weight(layer_attrs: dict, q: np.ndarray) -> np.ndarray:
+    """The float32 weight a quantized layer's stored weight stands for (``dequantize`` along
+    ``q_weight_axis``): what an fp32 reference of the same layer multiplies by."""
+    s = np.asarray(layer_attrs["q_weight_scale"], dtype=F32)
+    axis = int(layer_attrs.get("q_weight_axis", 0)) % q.ndim if s.size > 1 else None
+    return dequantize(q, s, 0, axis)
+
+
+def strip_attrs(attrs: dict) -> dict:
+    """A layer's attributes without the ``q_`` keys."""
+    return {k: v for k, v in attrs.items() if not k.startswith("q_")}
