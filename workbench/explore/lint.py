@@ -62,7 +62,7 @@ def fp32_in_low_precision(engine, profile=None) -> list[Finding]:
             continue
         by_reason.setdefault(why or "no reason recorded", []).append(layer.name)
     return [Finding("fp32-in-low-precision", "warning",
-                    f"{len(names)} layer(s) left in fp32 in a {want} engine: {why}", names)
+                    f"{len(names)} layer(s) left in fp32 in {'an' if want[0] in 'aeiou' else 'a'} {want} engine: {why}", names)
             for why, names in by_reason.items()]
 
 
