@@ -12,13 +12,11 @@ import sys
 import numpy as np
 
 from ..core.budget import default_memory_budget
-from ..core.files import atomic_write, open_regular, read_npz, regular_file
+from ..core.files import atomic_write, npz_problem, open_regular, read_npz, regular_file
 from ..errors import InputError, WorkbenchError
 
 EXIT_USAGE = 2
 
-_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or the end record of an empty zip
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 class CliError(WorkbenchError):
@@ -52,12 +50,9 @@ def load_feeds(path: str, inputs=None, budget: int | None = None) -> dict[str, n
     budget) are checked from its headers before any array is decompressed."""
     existing_file(path, "inputs file")
     head = _head(path, 8)
-    if head.startswith(_NPY_MAGIC):
-        raise CliError(f"inputs file {path!r} is a single .npy array; --inputs takes an .npz whose keys are input "
-                       "names (np.savez(path, NAME=array))")
-    if not head.startswith(_NPZ_MAGIC):
-        raise CliError(f"inputs file {path!r} is not an .npz archive; --inputs takes an .npz whose keys are input "
-                       "names (np.savez(path, NAME=array))")
+    problem = npz_problem(head, f"inputs file {path!r}", "--inputs takes an .npz")
+    if problem:
+        raise CliError(problem)
     known = None if inputs is None else [spec.name for spec in inputs]
 
     def check(members) -> None:

@@ -210,6 +210,22 @@ def npz_members(zf: zipfile.ZipFile, what: str = "feeds") -> dict[str, tuple[Npy
     return out
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or the end record of an empty zip
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npz_problem(head: bytes, what: str, takes: str) -> str | None:
+    """Why a file whose first bytes are ``head`` is not an .npz archive of named arrays (a single
+    .npy array, or something else), said for ``what`` (e.g. "inputs file 'x'") and what the option
+    ``takes``; None when it is one."""
+    hint = f"{takes} whose keys are input names (np.savez(path, NAME=array))"
+    if head.startswith(NPY_MAGIC):
+        return f"{what} is a single .npy array; {hint}"
+    if not head.startswith(ZIP_MAGIC):
+        return f"{what} is not an .npz archive; {hint}"
+    return None
+
+
 def read_npz(path, *, max_bytes: int, what: str = "feeds",
              check: Callable[[dict[str, NpyMember]], None] | None = None) -> dict[str, np.ndarray]:
     """Read an ``.npz`` of plain arrays without pickle, checking everything before decompressing.

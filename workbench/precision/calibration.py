@@ -51,7 +51,7 @@ from typing import Iterator
 import numpy as np
 
 from ..core.budget import default_memory_budget
-from ..core.files import npz_members, open_regular, read_npz, regular_file
+from ..core.files import NPY_MAGIC, ZIP_MAGIC, npz_members, npz_problem, open_regular, read_npz, regular_file
 from ..core.plan import Layer, Plan, Subgraph, TensorSpec
 from ..errors import InputError, InputTypeError, UnsupportedModelError, WorkbenchError
 from ..kernels import cpu as cpu_tactics
@@ -68,8 +68,6 @@ from .calibration_table import (
 )
 from .histograms import NUM_QUANTIZED_BINS, AbsHistogram, SignedHistogram, entropy_threshold, percentile_threshold
 
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 # --------------------------------------------------------------------------- what to calibrate with
@@ -185,14 +183,8 @@ def _sniff(path: str) -> bytes:
 
 
 def _not_npz(path: str) -> InputError | None:
-    head = _sniff(path)
-    if head.startswith(_NPY_MAGIC):
-        return InputError(f"calibration file {path!r} is a single .npy array; calibration data is .npz files whose "
-                          "keys are input names (np.savez(path, NAME=array))")
-    if not head.startswith(_ZIP_MAGIC):
-        return InputError(f"calibration file {path!r} is not an .npz archive; calibration data is .npz files whose "
-                          "keys are input names (np.savez(path, NAME=array))")
-    return None
+    problem = npz_problem(_sniff(path), f"calibration file {path!r}", "calibration data is .npz files")
+    return InputError(problem) if problem else None
 
 
 def _npz_headers(path: str):
@@ -277,7 +269,7 @@ def from_path(path) -> Calibration | CalibrationTable:
     if os.path.isdir(p):
         return Calibration(p)
     head = _sniff(p)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_NPY_MAGIC):
+    if head.startswith(ZIP_MAGIC) or head.startswith(NPY_MAGIC):
         return Calibration(p)
     return CalibrationTable.load(p)
 
