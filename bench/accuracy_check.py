@@ -2,6 +2,10 @@
 
     python3 bench/accuracy_check.py [--model tests/models/mobilenetv2_legacy.onnx] [--device gpu]
         [--precision fp16] [--top 5] [--feeds 2]
+    python3 bench/accuracy_check.py --torchvision mobilenet_v2 --batch 8   # needs torch + torchvision
+
+``--torchvision NAME`` exports that full-size torchvision model (seeded random weights, no download)
+with the TorchScript exporter instead of reading ``--model``.
 
 Builds the model at fp32 and at ``--precision`` on ``--device`` (shapes from the model's saved .npz
 beside it), prints the engine's error against the fp32 engine, the accuracy report's top layers
@@ -31,6 +35,27 @@ def rel(got: list[dict], want: list[dict]) -> float:
     return worst
 
 
+def export_torchvision(name: str, batch: int) -> tuple[str, dict]:
+    """A torchvision classifier with seeded random weights (BN statistics from a few training-mode
+    batches, so they are not the identity) exported to a temporary ONNX file."""
+    import tempfile
+
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics that differ from the initial mean 0 / var 1
+            model(torch.randn(8, 3, 224, 224))
+    model.eval()
+    x = torch.randn(batch, 3, 224, 224)
+    path = os.path.join(tempfile.mkdtemp(prefix="wb-acc-"), f"{name}.onnx")
+    torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["logits"], opset_version=17, dynamo=False)
+    return path, {"x": x.numpy()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=os.path.join("tests", "models", "mobilenetv2_legacy.onnx"))
@@ -38,9 +63,14 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--feeds", type=int, default=2)
+    ap.add_argument("--torchvision", metavar="NAME", help="export this torchvision model instead of --model")
+    ap.add_argument("--batch", type=int, default=1, help="batch of the --torchvision export")
     args = ap.parse_args()
-    saved = np.load(os.path.splitext(args.model)[0] + ".npz")
-    inputs = {k: v for k, v in saved.items() if not k.startswith("output:")}
+    if args.torchvision:
+        args.model, inputs = export_torchvision(args.torchvision, args.batch)
+    else:
+        saved = np.load(os.path.splitext(args.model)[0] + ".npz")
+        inputs = {k: v for k, v in saved.items() if not k.startswith("output:")}
     shapes = {k: v.shape for k, v in inputs.items()}
     rng = np.random.default_rng(0)
     feeds = []

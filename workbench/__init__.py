@@ -52,6 +52,7 @@ _LAZY = {
     "memory_timeline": ("workbench.explore", "memory_timeline"),
     "memory_peak": ("workbench.explore", "memory_peak"),
     "roofline": ("workbench.explore", "roofline"),
+    "latency_vs_batch": ("workbench.explore", "latency_vs_batch"),
 }
 
 
@@ -79,6 +80,6 @@ __all__ = [
     "EngineCompatibilityError", "EngineFormatError",
     "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor",
     "UnsupportedModelError", "WorkbenchError", "__version__", "build", "load_onnx", "parse_shapes", "pass_names",
-    "resolve_device", "supported_precisions", "compare", "lint", "latency_by", "memory_timeline", "memory_peak",
+    "resolve_device", "supported_precisions", "compare", "lint", "latency_by", "latency_vs_batch", "memory_timeline", "memory_peak",
     "roofline",
 ]

@@ -154,6 +154,46 @@ def test_random_plans_never_overlap_live_tensors(plan):
     assert plan.arena.bytes == max(ends)
 
 
+@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(dags())
+def test_large_plans_placed_in_execution_order_never_overlap_live_tensors(plan):
+    """Past BEST_FIT_LIMIT tensors the planner walks the layers with a free list; the same guarantees."""
+    from workbench.builder import memory
+
+    saved, memory.BEST_FIT_LIMIT = memory.BEST_FIT_LIMIT, 0
+    try:
+        report = plan_memory(plan)
+    finally:
+        memory.BEST_FIT_LIMIT = saved
+    assert report["placement"].startswith("in execution order")
+    assert collisions(plan) == []
+    assert all(o % ALIGN == 0 for o in plan.arena.offsets.values())
+    assert report["peak_live_bytes"] <= plan.arena.bytes <= report["naive_bytes"]
+
+
+def test_execution_order_reuses_freed_blocks_and_merges_neighbours():
+    """A chain needs two tensors alive at once: the arena is two tensors, whatever the length."""
+    from workbench.builder import memory
+
+    plan = chain(50)
+    saved, memory.BEST_FIT_LIMIT = memory.BEST_FIT_LIMIT, 0
+    try:
+        plan_memory(plan)
+    finally:
+        memory.BEST_FIT_LIMIT = saved
+    assert plan.arena.bytes == 2 * 4096 and collisions(plan) == []
+    # three 1 KiB blocks freed side by side merge, so a 3 KiB tensor fits where they were
+    layers = [("a", ["x"], ["p"]), ("b", ["x"], ["q"]), ("c", ["x"], ["r"]), ("d", ["x"], ["keep"]),
+              ("e", ["p", "q", "r"], ["s"]), ("f", ["s", "keep"], ["big"])]
+    plan = make_plan(layers, {"p": 256, "q": 256, "r": 256, "keep": 256, "s": 64, "big": 768}, ["big"])
+    saved, memory.BEST_FIT_LIMIT = memory.BEST_FIT_LIMIT, 0
+    try:
+        plan_memory(plan)
+    finally:
+        memory.BEST_FIT_LIMIT = saved
+    assert plan.arena.offsets["big"] == 0 and collisions(plan) == []
+
+
 def test_real_model_plan():
     inputs, _ = load_io("resnet_legacy")
     engine = wb.build(wb.load_onnx(model_path("resnet_legacy")),

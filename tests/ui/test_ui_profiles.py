@@ -77,3 +77,27 @@ def test_an_engine_of_buckets_shows_one_graph_per_bucket(tmp_path):
     layer = tab.view_engine.layers[0].name
     tab.graph.selected = layer
     assert "Original ONNX nodes" in tab.details.value
+
+
+def test_the_profile_tab_charts_latency_vs_batch(tmp_path):
+    net = wb.load_onnx(BERT)
+    profile = {n: ((1, 16), (2, 16), (4, 16)) for n in NAMES}
+    engine = wb.build(net, wb.BuilderConfig(device="cpu", profiles=[profile], buckets=[2, 4], autotune=False))
+    engine.save(tmp_path / "b.wbe")
+    a = Workbench(str(tmp_path / "b.wbe"))
+    tab = a.profile_tab
+    tab.refresh()
+    assert tab.batches.placeholder == "default 1, 2, 4" and tab.sweep_box.layout.display == "none"
+    tab.runs.value = 2
+    tab.sweep_button.click()
+    df = tab.sweep_df
+    assert list(df["batch"]) == [1, 2, 4] and list(df["padded_to"]) == [2, 2, 4]
+    assert tab.sweep_box.layout.display == "" and tab.sweep_image.value[:4] == b"\x89PNG"
+    assert "Latency by batch size" in tab.sweep_table.value and "highest throughput" in tab.sweep_summary.value
+    tab.batches.value = "3"
+    tab.sweep_button.click()
+    assert list(tab.sweep_df["batch"]) == [3] and list(tab.sweep_df["padded_to"]) == [4]
+    for text, error in (("9", "outside"), ("2,x", "positive integers")):
+        tab.batches.value = text
+        tab.sweep_button.click()
+        assert error in tab.sweep_summary.value and list(tab.sweep_df["batch"]) == [3]  # the last chart stays

@@ -8,9 +8,11 @@ notebook also draws (Profile and Compare tabs), engine-vs-engine comparison and 
     wb.explore.roofline(engine, prof)                  # per layer against this machine's measured peaks
     wb.compare(engine_fp32, engine_fp16)               # per matched layer group: time, precision, tactic, error
     wb.lint(engine, prof)                              # findings with reasons and layers
+    wb.latency_vs_batch(engine, [1, 8, 32])            # end-to-end ms per batch size (and bucket)
 
 Modules: ``views.py`` (latency_by, memory_timeline, memory_peak, tensor_intervals, roofline),
-``compare.py`` (compare, match_layers, tensor_values), ``lint.py`` (lint, Finding, findings_table).
+``compare.py`` (compare, match_layers, tensor_values), ``lint.py`` (lint, Finding, findings_table),
+``sweep.py`` (latency_vs_batch, default_batches: times runs, so it needs a context).
 ``workbench.runtime.trace`` exports a profile as a Chrome / Perfetto trace.
 
 May import: ``workbench.core``, ``workbench.runtime``, ``workbench.builder.memory`` (to plan the
@@ -20,6 +22,7 @@ these tables; nothing here draws.
 
 from .compare import compare, match_layers, tensor_values
 from .lint import Finding, findings_table, lint
+from .sweep import default_batches, latency_vs_batch
 from .views import (
     latency_by,
     latency_by_precision,
@@ -30,6 +33,6 @@ from .views import (
     tensor_intervals,
 )
 
-__all__ = ["Finding", "compare", "findings_table", "latency_by", "latency_by_precision", "latency_by_type",
+__all__ = ["Finding", "compare", "default_batches", "findings_table", "latency_by", "latency_vs_batch", "latency_by_precision", "latency_by_type",
            "lint", "match_layers", "memory_peak", "memory_timeline", "roofline", "tensor_intervals",
            "tensor_values"]

@@ -168,6 +168,37 @@ def memory_figure(timeline) -> Figure:
     return fig
 
 
+def latency_batch_figure(sweep) -> Figure:
+    """Latency (median, p90) and throughput against batch size (``explore.latency_vs_batch``); a
+    batch padded up to a bucket is drawn hollow and labelled with the bucket's batch."""
+    fig = Figure(figsize=(12, 3.5), layout="constrained")
+    ax = fig.subplots()
+    x = sweep["batch"]
+    ax.plot(x, sweep["median_ms"], "-", color="#4c72b0", lw=1.2, label="median ms")
+    ax.plot(x, sweep["p90_ms"], "--", color="#4c72b0", lw=0.8, alpha=0.7, label="p90 ms")
+    padded = sweep["padded_to"] > sweep["batch"]
+    ax.scatter(x[~padded], sweep["median_ms"][~padded], color="#4c72b0", zorder=3, label="runs at its own size")
+    if padded.any():
+        ax.scatter(x[padded], sweep["median_ms"][padded], facecolors="white", edgecolors="#4c72b0", zorder=3,
+                   label="padded up to a bucket")
+        for b, ms, to in zip(x[padded], sweep["median_ms"][padded], sweep["padded_to"][padded]):
+            ax.annotate(f"→{to}", (b, ms), fontsize=7, xytext=(3, -10), textcoords="offset points")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("ms per run")
+    ax.set_ylim(bottom=0)
+    tp = ax.twinx()
+    tp.plot(x, sweep["samples_per_s"], ":", color="#c44e52", marker=".", label="samples/s")
+    tp.set_ylabel("samples / s", color="#c44e52")
+    tp.set_ylim(bottom=0)
+    a = sweep.attrs
+    ax.set_title(f"latency vs batch on {a.get('device', '?')} ({a.get('timer', '')}; median of {a.get('runs', '?')})",
+                 fontsize=9)
+    lines = ax.get_legend_handles_labels()
+    more = tp.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+    return fig
+
+
 def chart_box(name: str, title: str):
     """(box, image): a titled PNG chart (``image.value = figure_png(fig)``) in a box with the classes
     ``wb-chart`` and ``wb-chart-NAME``, hidden until there is something to draw."""

@@ -2,7 +2,9 @@
 ``mode``); charts (per-layer latency top N, time by op type, time by precision, roofline against the
 device's peaks) in an Output widget; the timeline of the profile's trace, the sunburst of time by op
 type and precision, the memory over the plan, the linters' findings; the table (and on the GPU the
-kernels of each layer); CSV and Chrome-trace export."""
+kernels of each layer); CSV and Chrome-trace export. "Latency vs batch" runs the engine at several
+batch sizes (``explore.latency_vs_batch``: by default its buckets and its range's ends) and charts
+median / p90 ms and samples per second, with the bucket each batch was padded to."""
 
 from __future__ import annotations
 
@@ -13,8 +15,17 @@ from IPython.display import Image, display
 
 import workbench as wb
 
+from ..explore.sweep import default_batches, latency_vs_batch, parse_batches
 from ..runtime.profile import kernel_table, peaks_for, to_chrome_trace
-from .charts import breakdown_figure, chart_box, figure_png, memory_figure, profile_figure, timeline_figure
+from .charts import (
+    breakdown_figure,
+    chart_box,
+    figure_png,
+    latency_batch_figure,
+    memory_figure,
+    profile_figure,
+    timeline_figure,
+)
 from .html import df_html, error_html, esc, note_html
 
 COLUMNS = ["layer", "type", "onnx_ops", "precision", "tactic", "kernels", "median_ms", "pct", "flops", "bytes",
@@ -43,12 +54,21 @@ class ProfileTab:
         self.csv_button = W.Button(description="Export CSV")
         self.trace_button = W.Button(description="Export Chrome trace")
         self.saved = W.HTML()
+        self.batches = W.Text(description="batches", placeholder="default: the engine's buckets and range ends")
+        self.sweep_button = W.Button(description="Latency vs batch", icon="line-chart")
+        self.sweep_summary = W.HTML()
+        self.sweep_box, self.sweep_image = chart_box("latency-batch", "Latency vs batch")
+        self.sweep_table = W.HTML()
+        self.sweep_df = None
+        self.sweep_button.on_click(lambda _: self.sweep())
         self.run_button.on_click(lambda _: self.run())
         self.csv_button.on_click(lambda _: self.export_csv())
         self.trace_button.on_click(lambda _: self.export_trace())
         self.widget = W.VBox([W.HBox([self.runs, self.top, self.mode, self.run_button]), self.summary, self.charts,
                               self.timeline, self.breakdown, self.memory, self.memory_table, self.findings,
-                              W.HBox([self.base, self.csv_button, self.trace_button]), self.saved, self.table])
+                              W.HBox([self.base, self.csv_button, self.trace_button]), self.saved, self.table,
+                              W.HBox([self.batches, self.sweep_button]), self.sweep_summary, self.sweep_box,
+                              self.sweep_table])
 
     def refresh_model(self) -> None:
         self.refresh()
@@ -56,6 +76,44 @@ class ProfileTab:
     def refresh(self) -> None:
         df = self.app.profiles.get(self.app.label) if self.app.label else None
         self.show(df)
+        self.show_sweep(None)
+        engine = self.app.engine
+        try:
+            picks = default_batches(engine.plan) if engine is not None else None
+        except Exception:  # noqa: BLE001 - an engine without a batch to sweep: say so when asked
+            picks = None
+        self.batches.placeholder = (f"default {', '.join(map(str, picks))}" if picks
+                                    else "default: the engine's buckets and range ends")
+
+    def sweep(self):
+        """Time the current engine at each batch in the ``batches`` field (or the defaults) and chart it."""
+        if self.app.engine is None:
+            self.sweep_summary.value = note_html("build an engine first", "#b00")
+            return None
+        try:
+            batches = parse_batches(self.batches.value)
+            self.sweep_summary.value = note_html(f"timing {self.app.label} at batch sizes "
+                                                 f"{batches or default_batches(self.app.engine.plan)}…")
+            df = latency_vs_batch(self.app.engine, batches, runs=self.runs.value)
+        except Exception as exc:
+            self.sweep_summary.value = error_html(exc)
+            return None
+        self.show_sweep(df)
+        return df
+
+    def show_sweep(self, df) -> None:
+        self.sweep_df = df
+        if df is None:
+            self.sweep_summary.value = self.sweep_table.value = ""
+            self.sweep_box.layout.display = "none"
+            return
+        best = df.loc[df["samples_per_s"].idxmax()]
+        self.sweep_summary.value = (f"<b>{esc(self.app.label)}</b>: {len(df)} batch sizes; highest throughput "
+                                    f"{best['samples_per_s']:.0f} samples/s at batch {int(best['batch'])} "
+                                    f"({best['median_ms']:.3f} ms)")
+        self.sweep_image.value = figure_png(latency_batch_figure(df))
+        self.sweep_box.layout.display = ""
+        self.sweep_table.value = df_html(df, 50, "Latency by batch size")
 
     def run(self):
         if self.app.engine is None:
