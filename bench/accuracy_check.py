@@ -89,7 +89,8 @@ def main() -> None:
           f"error vs fp32 {rel(outputs(low), ref):.3e}")
     report = low.accuracy(feeds)
     print(report.to_text() if hasattr(report, "to_text") else report)
-    ranked = [r["layer"] for r in report.top(len(low.layers)) if r["precision"] != "fp32"]
+    steerable = {layer.name for layer in low.layers if layer.onnx_nodes}  # not the build's own casts
+    ranked = [r["layer"] for r in report.top(len(low.layers)) if r["precision"] != "fp32" and r["layer"] in steerable]
     for label, names in (("top", ranked[:args.top]), ("bottom (control)", ranked[-args.top:])):
         overrides = {n: "fp32" for n in names}
         engine = wb.build(net, wb.BuilderConfig(device=args.device, precision=args.precision, shapes=shapes,
