@@ -25,7 +25,11 @@ from .context import PassContext
 
 def rule_pass(rules, *, reverse=False):
     """A pass that sweeps ``rules`` over the graph until none fires."""
+    roots = frozenset(op for r in rules for op in r.ops)
+
     def run(model: ir.Model, ctx: PassContext) -> bool:
+        if not any(node.op_type in roots for node in model.graph):  # nothing any rule could start from
+            return False
         changed = False
         for _ in range(10):
             remove_dead_code(model, ctx)  # dead readers would make live values look shared
