@@ -61,12 +61,18 @@ def test_given_shapes_or_feeds_fix_the_dims():
     assert a.settings["profiles"] == [] and a.optimize_tab.shapes.value.startswith("input_ids:2x16")
 
 
-def test_an_engine_of_buckets_shows_one_graph_per_bucket(tmp_path):
+def _bucketed_app(tmp_path):
+    """The app on a saved BERT engine for batch 1..4 built as buckets of 2 and 4."""
     net = wb.load_onnx(BERT)
     profile = {n: ((1, 16), (2, 16), (4, 16)) for n in NAMES}
     engine = wb.build(net, wb.BuilderConfig(device="cpu", profiles=[profile], buckets=[2, 4], autotune=False))
     engine.save(tmp_path / "b.wbe")
     a = Workbench(str(tmp_path / "b.wbe"))
+    return a
+
+
+def test_an_engine_of_buckets_shows_one_graph_per_bucket(tmp_path):
+    a = _bucketed_app(tmp_path)
     tab = a.optimize_tab
     assert tab.bucket.layout.display is None and [v for _, v in tab.bucket.options] == [0, 1]
     assert "Buckets (one static plan each)" in tab.ranges_view.value
@@ -80,11 +86,7 @@ def test_an_engine_of_buckets_shows_one_graph_per_bucket(tmp_path):
 
 
 def test_the_profile_tab_charts_latency_vs_batch(tmp_path):
-    net = wb.load_onnx(BERT)
-    profile = {n: ((1, 16), (2, 16), (4, 16)) for n in NAMES}
-    engine = wb.build(net, wb.BuilderConfig(device="cpu", profiles=[profile], buckets=[2, 4], autotune=False))
-    engine.save(tmp_path / "b.wbe")
-    a = Workbench(str(tmp_path / "b.wbe"))
+    a = _bucketed_app(tmp_path)
     tab = a.profile_tab
     tab.refresh()
     assert tab.batches.placeholder == "default 1, 2, 4" and tab.sweep_box.layout.display == "none"
