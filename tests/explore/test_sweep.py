@@ -10,8 +10,9 @@ import pytest
 import workbench as wb
 from tests.support.exporter_models import model_path
 from workbench.errors import InputError
-from workbench.explore.sweep import COLUMNS, default_batches, latency_vs_batch, parse_batches
-from workbench.runtime.buckets import ShapeRangeError
+from workbench.explore.sweep import COLUMNS, latency_vs_batch
+from workbench.runtime.buckets import ShapeRangeError, default_batches
+from workbench.ui.ranges import parse_batches
 
 RANGE = ((1, 3, 64, 64), (2, 3, 64, 64), (6, 3, 64, 64))
 

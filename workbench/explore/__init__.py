@@ -12,7 +12,8 @@ notebook also draws (Profile and Compare tabs), engine-vs-engine comparison and 
 
 Modules: ``views.py`` (latency_by, memory_timeline, memory_peak, tensor_intervals, roofline),
 ``compare.py`` (compare, match_layers, tensor_values), ``lint.py`` (lint, Finding, findings_table),
-``sweep.py`` (latency_vs_batch, default_batches: times runs, so it needs a context).
+``sweep.py`` (latency_vs_batch: times runs, so it needs a context; the batch range and default
+batches come from ``runtime.buckets``).
 ``workbench.runtime.trace`` exports a profile as a Chrome / Perfetto trace.
 
 May import: ``workbench.core``, ``workbench.runtime``, ``workbench.builder.memory`` (to plan the
@@ -22,7 +23,7 @@ these tables; nothing here draws.
 
 from .compare import compare, match_layers, tensor_values
 from .lint import Finding, findings_table, lint
-from .sweep import default_batches, latency_vs_batch
+from .sweep import latency_vs_batch
 from .views import (
     latency_by,
     latency_by_precision,
@@ -33,6 +34,6 @@ from .views import (
     tensor_intervals,
 )
 
-__all__ = ["Finding", "compare", "default_batches", "findings_table", "latency_by", "latency_vs_batch", "latency_by_precision", "latency_by_type",
+__all__ = ["Finding", "compare", "findings_table", "latency_by", "latency_vs_batch", "latency_by_precision", "latency_by_type",
            "lint", "match_layers", "memory_peak", "memory_timeline", "roofline", "tensor_intervals",
            "tensor_values"]

@@ -21,65 +21,12 @@ import statistics
 import numpy as np
 import pandas as pd
 
-from ..core.plan import Plan, TensorSpec
+from ..core.plan import TensorSpec
 from ..errors import InputError
-from ..runtime.buckets import opt_specs
+from ..runtime.buckets import batch_inputs, default_batches, opt_specs
 from ..runtime.feeds import random_feeds
 
-# the largest default batch of an engine whose batch dim is symbolic without a range
-UNBOUNDED_DEFAULT = 32
 COLUMNS = ["batch", "bucket", "padded_to", "median_ms", "p90_ms", "min_ms", "ms_per_sample", "samples_per_s"]
-
-
-def batch_inputs(plan: Plan, profile: int = 0) -> tuple[list[str], int, int]:
-    """(inputs whose leading dim is the batch, smallest batch, largest batch) of ``profile``; a static
-    plan's batch is its inputs' common leading dim."""
-    if plan.profiles:
-        ranges = plan.profiles[profile]
-        names = [n for n, (lo, _, hi) in ranges.items() if len(lo) and lo[0] != hi[0]]
-        if names:
-            lo = max(ranges[n][0][0] for n in names)
-            hi = min(ranges[n][2][0] for n in names)
-            return names, lo, hi
-        # the profile fixes every leading dim: the one batch of its opt shapes
-        led = {n: r[1][0] for n, r in ranges.items() if len(r[1])}
-        sizes = set(led.values())
-        if len(sizes) != 1:
-            raise InputError(f"profile {profile} fixes the inputs' leading dims to different sizes "
-                             f"({_ranges_text(ranges)}); no single batch size to sweep")
-        b = sizes.pop()
-        return sorted(led), b, b
-    led = {s.name: s.shape[0] for s in plan.inputs if s.shape}
-    dynamic = sorted(n for n, d in led.items() if not isinstance(d, int))
-    if dynamic:  # a symbolic batch (a CPU engine built without shapes): any batch, the rest must be static
-        for s in plan.inputs:
-            if s.name in dynamic and not all(isinstance(d, int) for d in list(s.shape)[1:]):
-                raise InputError(f"input {s.name!r} has shape {list(s.shape)} with dynamic dims past the batch and "
-                                 "the engine has no shape range; build with --min/--opt/--max-shapes "
-                                 "(BuilderConfig(profiles=...)) to sweep batch sizes")
-        return dynamic, 1, UNBOUNDED_DEFAULT
-    sizes = set(led.values())
-    if len(sizes) != 1:
-        raise InputError(f"the inputs' leading dims differ ({led}); no single batch size to sweep")
-    b = sizes.pop()
-    return sorted(led), b, b
-
-
-def default_batches(plan: Plan, profile: int = 0) -> list[int]:
-    """The buckets' batch sizes in the profile's range and the range's ends; powers of two across the
-    range where there are no buckets."""
-    _, lo, hi = batch_inputs(plan, profile)
-    picks = {lo, hi}
-    buckets = [b.batch for b in plan.buckets if b.batch is not None and profile in b.profiles]
-    if buckets:
-        picks.update(b for b in buckets if lo <= b <= hi)
-    else:
-        p = 1
-        while p <= hi:
-            if p >= lo:
-                picks.add(p)
-            p *= 2
-    return sorted(picks)
 
 
 def latency_vs_batch(engine, batches=None, runs: int = 20, context=None, profile: int | None = None,
@@ -138,20 +85,3 @@ def _checked_batches(batches) -> list[int]:
     if not out:
         raise InputError("no batch sizes to sweep")
     return sorted(set(out))
-
-
-def parse_batches(text: str) -> list[int] | None:
-    """'1,2, 8' -> [1, 2, 8]; '' -> None (the defaults); anything else is an InputError naming it."""
-    text = text.strip()
-    if not text:
-        return None
-    out = []
-    for part in text.replace(" ", "").split(","):
-        if not part.isdigit() or int(part) < 1:
-            raise InputError(f"batch sizes are positive integers separated by commas; got {part!r}")
-        out.append(int(part))
-    return out
-
-
-def _ranges_text(ranges: dict) -> str:
-    return ", ".join(f"{n}: {'x'.join(map(str, lo))}..{'x'.join(map(str, hi))}" for n, (lo, _, hi) in ranges.items())

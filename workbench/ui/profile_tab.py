@@ -3,7 +3,7 @@
 device's peaks) in an Output widget; the timeline of the profile's trace, the sunburst of time by op
 type and precision, the memory over the plan, the linters' findings; the table (and on the GPU the
 kernels of each layer); CSV and Chrome-trace export. "Latency vs batch" runs the engine at several
-batch sizes (``explore.latency_vs_batch``: by default its buckets and its range's ends) and charts
+batch sizes (``wb.latency_vs_batch``: by default its buckets and its range's ends) and charts
 median / p90 ms and samples per second, with the bucket each batch was padded to."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from IPython.display import Image, display
 
 import workbench as wb
 
-from ..explore.sweep import default_batches, latency_vs_batch, parse_batches
+from ..runtime.buckets import default_batches
 from ..runtime.profile import kernel_table, peaks_for, to_chrome_trace
 from .charts import (
     breakdown_figure,
@@ -27,6 +27,7 @@ from .charts import (
     timeline_figure,
 )
 from .html import df_html, error_html, esc, note_html
+from .ranges import parse_batches
 
 COLUMNS = ["layer", "type", "onnx_ops", "precision", "tactic", "kernels", "median_ms", "pct", "flops", "bytes",
            "gflops_per_s", "gb_per_s"]
@@ -94,7 +95,7 @@ class ProfileTab:
             batches = parse_batches(self.batches.value)
             self.sweep_summary.value = note_html(f"timing {self.app.label} at batch sizes "
                                                  f"{batches or default_batches(self.app.engine.plan)}…")
-            df = latency_vs_batch(self.app.engine, batches, runs=self.runs.value)
+            df = wb.latency_vs_batch(self.app.engine, batches, runs=self.runs.value)
         except Exception as exc:
             self.sweep_summary.value = error_html(exc)
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import workbench as wb
 
-from ..errors import ShapeError
+from ..errors import InputError, ShapeError
 
 BATCH = (1, 1, 8)  # (min, opt, max) of a dynamic leading dim
 OTHER = (1, 16, 64)  # of any other dynamic dim
@@ -84,3 +84,16 @@ def parse_range_texts(texts: dict[str, tuple[str, str, str]]) -> dict:
         profile[name] = tuple(shapes)
     # the builder's own checks (min <= opt <= max, equal ranks), through the public config
     return wb.BuilderConfig(device="cpu", profiles=[profile]).profiles[0] if profile else {}
+
+
+def parse_batches(text: str) -> list[int] | None:
+    """'1,2, 8' -> [1, 2, 8]; '' -> None (the defaults); anything else is an InputError naming it."""
+    text = text.strip()
+    if not text:
+        return None
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part.isdigit() or int(part) < 1:
+            raise InputError(f"batch sizes are positive integers separated by commas; got {part!r}")
+        out.append(int(part))
+    return out
