@@ -130,6 +130,11 @@ def test_report_forms():
     assert d["top"][0] == report.top(1)[0]["layer"] and len(d["layers"]) == len(engine.layers)
     text = report.to_text(top=2)
     assert "top contributors: " + report.top(1)[0]["layer"] in text
+    # a layer the build inserted (a cast at the output, on the GPU) has no ONNX node to steer: said so
+    top = report.top(1)[0]
+    nodes, top["onnx_nodes"] = top["onnx_nodes"], []
+    assert f"{top['layer']} (" in report.to_text(top=2) and "no ONNX node: inserted by the build" in report.to_text(top=2)
+    top["onnx_nodes"] = nodes
     # without the local runs there is nothing to rank by at the outputs, and no added error
     quick = measure(engine, M.feeds(1), local=False)
     assert quick.sort_column == "added_err" and all(r["added_err"] != r["added_err"] for r in quick.layers)

@@ -240,7 +240,9 @@ class AccuracyReport:
         named = [r for r in rows[:3] if not _missing(r[self.sort_column])]
         if named:
             lines.append("top contributors: " + "; ".join(
-                f"{r['layer']} ({err_text(r[self.sort_column])}; ONNX: {', '.join(r['onnx_nodes'][:2]) or '-'})"
+                f"{r['layer']} ({err_text(r[self.sort_column])}; "
+                + (f"ONNX: {', '.join(r['onnx_nodes'][:2])})" if r["onnx_nodes"] else
+                   "no ONNX node: inserted by the build, steer the layer that feeds it)")
                 for r in named))
         return "\n".join(lines)
 
