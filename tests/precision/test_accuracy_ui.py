@@ -74,3 +74,18 @@ def test_error_bar_html_is_escaped_and_scaled():
     width = lambda html: int(html.split("width:")[2].split("px")[0])  # noqa: E731 - the inner bar's width
     assert width(small) < width(big)
     assert "<script>" not in error_bar(1e-3, "<script>alert(1)</script>")
+
+
+def test_a_layer_the_build_inserted_has_no_dropdown_to_change(app):
+    """A layer without ONNX nodes (the GPU's output casts) is not steerable: its dropdown is disabled
+    and says which layer to steer; the others stay enabled."""
+    tab = app.precision_tab
+    layer = app.engine.layers[-1]
+    nodes, layer.onnx_nodes = layer.onnx_nodes, []
+    try:
+        tab.refresh()
+        dd = tab.dropdowns[layer.name]
+        assert dd.disabled and "layer that feeds it" in dd.tooltip
+        assert not any(d.disabled for n, d in tab.dropdowns.items() if n != layer.name)
+    finally:
+        layer.onnx_nodes = nodes

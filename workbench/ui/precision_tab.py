@@ -150,6 +150,9 @@ class PrecisionTab:
             value = self.overrides.get(layer.name, layer.precision)
             dd = W.Dropdown(options=opts + ([value] if value not in opts else []), value=value,
                             layout=W.Layout(width="100px"))
+            if not layer.onnx_nodes:  # inserted by the build (a cast at an output): its input's precision decides
+                dd.disabled = True
+                dd.tooltip = "inserted by the build: set the precision of the layer that feeds it"
             dd.observe(lambda ch, name=layer.name: self._set(name, ch["new"]), "value")
             self.dropdowns[layer.name] = dd
             bar = W.HTML(self._bar(layer.name))
