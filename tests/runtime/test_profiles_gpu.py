@@ -144,3 +144,16 @@ def test_file_round_trip_and_profile(built, tmp_path):
         np.testing.assert_array_equal(a[k], b[k])
     df = loaded.create_context().profile(feeds, runs=2)
     assert df.attrs["bucket"]["index"] == 0 and df.attrs["padded_from"] == 3 and len(df) > 0
+
+
+def test_latency_vs_batch_on_the_gpu_runs_each_batch_in_its_bucket(built):
+    """``wb.latency_vs_batch`` on a bucketed GPU engine: the defaults are the buckets, a batch between
+    two buckets runs padded in the larger one (the context's own choice), and the timer is the
+    replayed graph."""
+    _, engine, _ = built
+    df = wb.latency_vs_batch(engine, runs=3)
+    assert list(df["batch"]) == [1, 2, 4] and list(df["padded_to"]) == [1, 2, 4]
+    df = wb.latency_vs_batch(engine, [3], runs=3)
+    ctx = engine.create_context()
+    assert list(df["padded_to"]) == [4] and int(df["bucket"][0]) == ctx.select({s.name: (3, SEQ) for s in engine.inputs})
+    assert (df["median_ms"] > 0).all() and df.attrs["device"] == "gpu" and "CUDA graph" in df.attrs["timer"]
