@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from tests.runtime.test_profiles import _onnxruntime
 from tests.support.exporter_models import model_path
 from workbench.core.numerics import rel_err
 from workbench.runtime.buckets import ShapeRangeError
@@ -46,15 +47,6 @@ def built():
     return net, bucketed, static4
 
 
-def _reference():
-    ort = pytest.importorskip("onnxruntime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model_path(NAME), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return lambda feeds: dict(zip(names, sess.run(None, feeds)))
-
-
 def test_buckets_are_built_and_captured_largest_first_in_one_arena(built):
     _, engine, _ = built
     assert [b.batch for b in engine.plan.buckets] == [4, 2, 1]  # vLLM sizes up to the max, largest first
@@ -72,7 +64,7 @@ def test_padded_runs_are_unpadded_and_equal_a_static_engines_rows(built):
 
     net, engine, static4 = built
     ctx = engine.create_context()
-    ref = _reference()
+    ref = _onnxruntime(NAME)
     rng = np.random.default_rng(0)
     for n in (1, 3, 4):
         feeds = _feeds(net, n, rng)

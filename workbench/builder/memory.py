@@ -17,7 +17,6 @@ import bisect
 
 from ..core.liveness import last_uses_of
 from ..core.plan import Arena, Plan
-from ..dtypes import itemsize
 
 # bytes: CUDA's allocation alignment, so a tensor in the arena is as aligned as its own allocation
 # would be (cuBLASLt's fast paths want 16)
@@ -26,17 +25,9 @@ ALIGN = 256
 BEST_FIT_LIMIT = 4096
 
 
-def _aligned(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def tensor_bytes(spec) -> int | None:
-    if spec is None or spec.dtype is None or spec.dtype == "string" or not spec.is_static:
-        return None
-    n = 1
-    for d in spec.shape:
-        n *= d
-    return int(-(-n * itemsize(spec.dtype) // 1))
+    """Bytes of a planned tensor (``TensorSpec.nbytes``); None without a spec."""
+    return None if spec is None else spec.nbytes
 
 
 def plan_memory(plan: Plan) -> dict:
@@ -45,6 +36,7 @@ def plan_memory(plan: Plan) -> dict:
     last = last_uses_of(plan.layers, [o.name for o in plan.outputs])
     intervals = []  # (size, start, end, name)
     dynamic = []
+    slots = Arena(alignment=ALIGN)
     for i, layer in enumerate(plan.layers):
         for name in layer.outputs:
             if not name:
@@ -53,7 +45,7 @@ def plan_memory(plan: Plan) -> dict:
             if size is None:
                 dynamic.append(name)
                 continue
-            intervals.append((_aligned(max(size, 1)), i, last.get(name, i), name))
+            intervals.append((slots.slot(size), i, last.get(name, i), name))
     if len(intervals) <= BEST_FIT_LIMIT:
         offsets = _best_fit_by_size(intervals)
         method = "best fit by decreasing size"

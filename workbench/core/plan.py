@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import itemsize
+
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
 
@@ -29,6 +31,17 @@ class TensorSpec:
     @property
     def is_static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes of the tensor (sub-byte types rounded up); None for an unknown type or shape, a
+        dynamic shape or strings."""
+        if self.dtype is None or self.dtype == "string" or not self.is_static:
+            return None
+        n = 1
+        for d in self.shape:
+            n *= d
+        return int(-(-n * itemsize(self.dtype) // 1))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
@@ -93,6 +106,11 @@ class Arena:
     bytes: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     alignment: int = 256
+
+    def slot(self, nbytes: int) -> int:
+        """The bytes a tensor of ``nbytes`` takes in the arena: at least 1, rounded up to the alignment."""
+        a = max(int(self.alignment or 1), 1)
+        return (max(nbytes, 1) + a - 1) // a * a
 
 
 @dataclass

@@ -54,40 +54,29 @@ def latency_by_precision(profile) -> pd.DataFrame:
 
 # ---- memory -------------------------------------------------------------------------------------
 
-def _bytes(spec) -> int | None:
-    from ..dtypes import itemsize  # noqa: PLC0415
-
-    if spec is None or spec.dtype is None or spec.dtype == "string" or not spec.is_static:
-        return None
-    return int(math.ceil(math.prod(spec.shape) * itemsize(spec.dtype)))
-
-
-def _aligned(n: int, align: int) -> int:
-    return (n + align - 1) // align * align
-
-
 def tensor_intervals(engine) -> pd.DataFrame:
     """Every intermediate tensor: producer step, last step it is read, bytes, arena offset."""
     plan = engine.plan
     last = last_uses_of(plan.layers, [o.name for o in plan.outputs])
-    align = max(int(plan.arena.alignment or 1), 1)
     rows = []
     for i, layer in enumerate(plan.layers):
         specs = {s.name: s for s in layer.output_specs}
         for name in layer.outputs:
             if not name:
                 continue
-            size = _bytes(specs.get(name) or plan.tensors.get(name))
+            spec = specs.get(name) or plan.tensors.get(name)
+            size = spec.nbytes if spec is not None else None
             rows.append({"tensor": name, "producer": layer.name, "first": i, "last": max(last.get(name, i), i),
-                         "bytes": size, "arena_bytes": _aligned(max(size, 1), align) if size is not None else None,
+                         "bytes": size, "arena_bytes": plan.arena.slot(size) if size is not None else None,
                          "offset": plan.arena.offsets.get(name)})
     return pd.DataFrame(rows, columns=["tensor", "producer", "first", "last", "bytes", "arena_bytes", "offset"])
 
 
-def memory_timeline(engine) -> pd.DataFrame:
-    """The arena's occupancy at every layer step (see the module doc)."""
+def memory_timeline(engine, intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The arena's occupancy at every layer step (see the module doc); ``intervals``: the engine's
+    ``tensor_intervals`` when the caller has them already."""
     plan = engine.plan
-    t = tensor_intervals(engine)
+    t = tensor_intervals(engine) if intervals is None else intervals
     rows = []
     for i, layer in enumerate(plan.layers):
         live = t[(t["first"] <= i) & (t["last"] >= i)]
@@ -111,8 +100,8 @@ def memory_timeline(engine) -> pd.DataFrame:
 
 def memory_peak(engine) -> pd.DataFrame:
     """The tensors live at the arena's peak step, largest first (what holds the peak)."""
-    timeline = memory_timeline(engine)
     t = tensor_intervals(engine)
+    timeline = memory_timeline(engine, t)
     step = timeline.attrs["peak_step"]
     live = t[(t["first"] <= step) & (t["last"] >= step)].sort_values("arena_bytes", ascending=False, kind="stable")
     total = float(live["arena_bytes"].sum())
