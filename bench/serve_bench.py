@@ -5,10 +5,18 @@ Builds (or loads) the engine, starts a local Ray with ``workbench.serve.start`` 
 for a GPU engine), checks one answer against the engine run directly, then runs ``--clients``
 concurrent clients (asyncio + httpx, spread over ``--client-procs`` processes) that send requests of
 ``--rows`` rows with the binary tensor extension for ``--duration`` seconds, and prints requests/s,
-rows/s and latency percentiles as seen by the clients, with the batch sizes the replica formed.
+rows/s and latency percentiles as seen by the clients, with the batch sizes the replica formed ,
+the replica's own p50 (from the body read to the response, batching wait included) and the
+engine's p50 per batch (on the engine thread).
+
+``--via handle`` sends the same requests through a DeploymentHandle from this process instead (no
+HTTP: the engine and the batcher alone); ``--floor`` first serves a deployment that only reads the
+body and answers a small JSON document, under the same clients and body: what Ray Serve's HTTP
+path costs on this machine before any model runs.
 
     python3 bench/serve_bench.py                                    # ResNet-50 fp16 on the GPU
     python3 bench/serve_bench.py --device cpu --model tiny --duration 5 --clients 8
+    python3 bench/serve_bench.py --floor --via both                   # where the time goes
 """
 
 from __future__ import annotations
@@ -131,6 +139,60 @@ def load(url: str, body: bytes, headers: dict, clients: int, procs: int, duratio
     return lat, sum(r[1] for r in results), wall
 
 
+async def _handle_load(handle, feeds: dict, clients: int, duration: float) -> tuple[list[float], int, float]:
+    """The same as ``load`` through a DeploymentHandle, ``clients`` coroutines in this process."""
+    lat, fails = [], [0]
+    stop = time.perf_counter() + duration
+
+    async def one():
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                await handle.infer.remote(feeds)
+                lat.append((time.perf_counter() - t0) * 1e3)
+            except Exception:  # noqa: BLE001 - counted, the load goes on
+                fails[0] += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return lat, fails[0], time.perf_counter() - t0
+
+
+def floor(body: bytes, headers: dict, args) -> tuple[list[float], int, float]:
+    """Client latencies against a deployment that reads the body and answers a small JSON document:
+    Ray Serve's HTTP path alone, with the same body and clients (Ray already initialized)."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    @serve.deployment(max_ongoing_requests=max(2 * args.max_batch, 16))
+    class Floor:
+        async def __call__(self, request: Request):
+            return JSONResponse({"bytes": len(await request.body())})
+
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(Floor.bind(), name="floor", route_prefix="/floor", logging_config={"log_level": "WARNING"})
+    url = f"http://127.0.0.1:{args.port}/floor"
+    try:
+        load(url, body, headers, args.clients, args.client_procs, 2.0)
+        return load(url, body, headers, args.clients, args.client_procs, args.duration)
+    finally:
+        serve.delete("floor")
+
+
+def _row(label: str, args, lat, fails, wall, batches=None, replica_p50=float("nan"), engine_p50=float("nan"),
+         err=float("nan")) -> dict:
+    a = np.asarray(lat)
+    rps = a.size / wall
+    n_batches = sum(batches.values()) if batches else 0
+    mean_batch = sum(int(k) * v for k, v in batches.items()) / n_batches if n_batches else float("nan")
+    pct = (lambda q: float(np.percentile(a, q))) if a.size else (lambda q: float("nan"))
+    return {"model": label, "device": args.device, "precision": args.precision, "client": args.via_now,
+            "rows/request": args.rows, "clients": args.clients, "requests/s": rps, "rows/s": rps * args.rows,
+            "p50 ms": pct(50), "p90 ms": pct(90), "p99 ms": pct(99), "replica p50 ms": replica_p50, "engine p50 ms/batch": engine_p50,
+            "mean batch": mean_batch, "failed": fails, "max err": err}
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -147,7 +209,11 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load (after a 2 s warm-up)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--json-data", action="store_true", help="send JSON tensors instead of the binary extension")
-    ap.add_argument("--results", help="append the table row to this markdown file")
+    ap.add_argument("--via", choices=["http", "handle", "both"], default="http",
+                    help="clients over HTTP (the Open Inference Protocol), through a DeploymentHandle, or both")
+    ap.add_argument("--floor", action="store_true", help="first measure Ray Serve's HTTP path with a model-less deployment")
+    ap.add_argument("--save-engine", help="keep the built engine at this path (serve it again with --engine)")
+    ap.add_argument("--results", help="append the table rows to this markdown file")
     args = ap.parse_args(argv)
     args.precision = args.precision or ("fp16" if args.device == "gpu" else "fp32")
 
@@ -157,57 +223,69 @@ def main(argv=None) -> int:
     import workbench as wb
     from workbench.serve import protocol as P
 
+    rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = build_engine(args, Path(tmp))
+        if args.save_engine:
+            import shutil
+
+            shutil.copyfile(path, args.save_engine)
         engine = wb.Engine.load(path)
         ray.init(num_cpus=max(2, os.cpu_count() or 2), num_gpus=1 if args.device == "gpu" else 0,
                  include_dashboard=False, log_to_driver=False)
+        spec = engine.inputs[0]
+        shape = [args.rows, *[d if isinstance(d, int) else 1 for d in spec.shape[1:]]]
+        rng = np.random.default_rng(0)
+        from workbench.dtypes import to_numpy
+
+        feeds = {spec.name: rng.standard_normal(shape).astype(to_numpy(spec.dtype))}
+        body, headers = P.request_body(feeds, binary=not args.json_data, binary_outputs=not args.json_data)
+        if args.floor:
+            args.via_now = "http"
+            rows_out.append(_row("ray serve floor", args, *floor(body, headers, args)))
         server = wb.serve.start(path, port=args.port, replicas=1, max_batch=args.max_batch,
                                 batch_wait_ms=args.batch_wait_ms)
         try:
-            spec = engine.inputs[0]
-            shape = [args.rows, *[d if isinstance(d, int) else 1 for d in spec.shape[1:]]]
-            rng = np.random.default_rng(0)
-            from workbench.dtypes import to_numpy
-
-            feeds = {spec.name: rng.standard_normal(shape).astype(to_numpy(spec.dtype))}
-            body, headers = P.request_body(feeds, binary=not args.json_data, binary_outputs=not args.json_data)
             url = f"{server.model_url}/infer"
             r = requests.post(url, data=body, headers=headers, timeout=120)
             got = P.decode_response(r.content, r.headers)
             want = engine.create_context().run(feeds)
             errs = {k: rel_err(got[k], np.asarray(want[k].get() if hasattr(want[k], "get") else want[k])) for k in got}
             tol = max(tolerance(str(v.dtype)) for v in got.values()) or 1e-6
-            print(f"answer check: relative error {max(errs.values()):.2e} (tolerance {tol:g})", flush=True)
-            load(url, body, headers, args.clients, args.client_procs, 2.0)  # warm-up
-            before = requests.get(f"{server.model_url}/stats", timeout=60).json()["model_stats"][0]
-            lat, fails, wall = load(url, body, headers, args.clients, args.client_procs, args.duration)
-            after = requests.get(f"{server.model_url}/stats", timeout=60).json()["model_stats"][0]
+            err = max(errs.values())
+            print(f"answer check: relative error {err:.2e} (tolerance {tol:g})", flush=True)
+            label = Path(path).stem if args.engine else args.model
+            for via in (["http", "handle"] if args.via == "both" else [args.via]):
+                args.via_now = via
+                if via == "http":
+                    run = lambda d: load(url, body, headers, args.clients, args.client_procs, d)  # noqa: E731
+                else:
+                    handle = server.handle()
+                    run = lambda d: asyncio.run(_handle_load(handle, feeds, args.clients, d))  # noqa: E731
+                run(2.0)  # warm-up
+                before = requests.get(f"{server.model_url}/stats", timeout=60).json()["model_stats"][0]
+                lat, fails, wall = run(args.duration)
+                after = requests.get(f"{server.model_url}/stats", timeout=60).json()["model_stats"][0]
+                batches = {k: after["batch_sizes"].get(k, 0) - before["batch_sizes"].get(k, 0) for k in after["batch_sizes"]}
+                replica_p50 = after["latency_ms"].get("p50", float("nan")) if via == "http" else float("nan")
+                engine_p50 = after["engine_ms_per_batch"].get("p50", float("nan"))
+                rows_out.append(_row(label, args, lat, fails, wall, batches, replica_p50, engine_p50, err))
         finally:
             server.stop()
             ray.shutdown()
-    a = np.asarray(lat)
-    rps = a.size / wall
-    batches = {k: after["batch_sizes"].get(k, 0) - before["batch_sizes"].get(k, 0) for k in after["batch_sizes"]}
-    n_batches = sum(batches.values())
-    mean_batch = sum(int(k) * v for k, v in batches.items()) / n_batches if n_batches else float("nan")
-    row = {"model": Path(path).stem if args.engine else args.model, "device": args.device, "precision": args.precision,
-           "rows/request": args.rows, "clients": args.clients, "requests/s": rps, "rows/s": rps * args.rows,
-           "p50 ms": float(np.percentile(a, 50)) if a.size else float("nan"),
-           "p90 ms": float(np.percentile(a, 90)) if a.size else float("nan"),
-           "p99 ms": float(np.percentile(a, 99)) if a.size else float("nan"),
-           "mean batch": mean_batch, "failed": fails, "max err": max(errs.values())}
-    head = "| " + " | ".join(row) + " |"
-    line = "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
-    print(head)
-    print("|" + "---|" * len(row))
-    print(line)
+    head = "| " + " | ".join(rows_out[0]) + " |"
+    rule = "|" + "---|" * len(rows_out[0])
+    lines = ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |"
+             for row in rows_out]
+    print("\n".join([head, rule, *lines]))
     if args.results:
         gpu = _gpu_name() if args.device == "gpu" else "cpu"
         with open(args.results, "a", encoding="utf-8") as f:
             f.write(f"\n### serve_bench {datetime.date.today()} ({gpu}, one replica, {args.duration:g} s, "
-                    f"binary={not args.json_data})\n\n{head}\n|{'---|' * len(row)}\n{line}\n")
-    return 0 if fails == 0 and max(errs.values()) <= max(tol * 10, 1e-5) else 1
+                    f"binary={not args.json_data}, {args.client_procs} client processes)\n\n"
+                    + "\n".join([head, rule, *lines]) + "\n")
+    bad = any(row["failed"] for row in rows_out)
+    return 0 if not bad and err <= max(tol * 10, 1e-5) else 1
 
 
 def _gpu_name() -> str:

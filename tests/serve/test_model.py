@@ -96,6 +96,8 @@ def test_bad_input_is_a_400_naming_it_and_the_model_keeps_serving(model):
     stats = json.loads(call(model, "GET", "/v2/models/dense/stats")[2])["model_stats"][0]
     assert stats["requests"]["400"] >= len(cases) and stats["requests"]["200"] >= 1
     assert stats["latency_ms"]["count"] == sum(stats["requests"].values())
+    engine = stats["engine_ms_per_batch"]  # one engine batch per good request here (no batcher)
+    assert engine["count"] == sum(stats["batch_sizes"].values()) >= 1 and 0 < engine["p50"] <= stats["latency_ms"]["p99"]
 
 
 def test_an_engine_failure_is_a_500_and_not_an_answer(model, monkeypatch):

@@ -1,4 +1,6 @@
-"""What a serving replica counts: requests by status, rows per engine batch, request latency.
+"""What a serving replica counts: requests by status, rows per engine batch, request latency, and
+the engine's own time per batch (on the engine thread: the rows gathered, padded, run and sliced
+back), which tells a slow model from a slow transport or a long queue.
 
 ``ReplicaStats`` keeps this replica's own numbers (``GET /v2/models/{name}/stats`` shows them);
 ``RayMetrics`` exports the same events as Ray metrics (``ray.serve.metrics``: Prometheus on every
@@ -28,30 +30,37 @@ class ReplicaStats:
         self.batches: collections.Counter[int] = collections.Counter()  # rows in one engine batch -> count
         self.engine_runs = 0
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=_LATENCY_WINDOW)
+        self._engine_ms: collections.deque[float] = collections.deque(maxlen=_LATENCY_WINDOW)
 
     def request(self, status: int, ms: float) -> None:
         with self._lock:
             self.requests[status] += 1
             self._latency_ms.append(ms)
 
-    def batch(self, rows: int, runs: int) -> None:
+    def batch(self, rows: int, runs: int, engine_ms: float) -> None:
         with self._lock:
             self.rows += rows
             self.batches[rows] += 1
             self.engine_runs += runs
+            self._engine_ms.append(engine_ms)
 
     def snapshot(self) -> dict:
         with self._lock:
             lat = np.asarray(self._latency_ms, dtype=np.float64)
+            eng = np.asarray(self._engine_ms, dtype=np.float64)
             ok = sum(n for s, n in self.requests.items() if s < 400)
             return {
                 "requests": {str(k): v for k, v in sorted(self.requests.items())},
                 "success_count": ok, "fail_count": sum(self.requests.values()) - ok,
                 "inference_count": self.rows, "execution_count": self.engine_runs,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batches.items())},
-                "latency_ms": {"count": int(lat.size),
-                               **({f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if lat.size else {})},
+                "latency_ms": _percentiles(lat),
+                "engine_ms_per_batch": _percentiles(eng),
             }
+
+
+def _percentiles(ms: np.ndarray) -> dict:
+    return {"count": int(ms.size), **({f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)} if ms.size else {})}
 
 
 class RayMetrics:
@@ -68,13 +77,17 @@ class RayMetrics:
         self.latency = metrics.Histogram("workbench_request_latency_ms",
                                          description="Inference request latency in the replica, in ms.",
                                          boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model",))
-        for m in (self.requests, self.rows, self.batch_rows, self.latency):
+        self.engine = metrics.Histogram("workbench_engine_ms_per_batch",
+                                        description="Engine time of one batch on the engine thread, in ms.",
+                                        boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model",))
+        for m in (self.requests, self.rows, self.batch_rows, self.latency, self.engine):
             m.set_default_tags({"model": model_name})  # a fresh dict each: Serve adds its own tags to it
 
     def request(self, status: int, ms: float) -> None:
         self.requests.inc(tags={"code": str(status)})
         self.latency.observe(ms)
 
-    def batch(self, rows: int, runs: int) -> None:
+    def batch(self, rows: int, runs: int, engine_ms: float) -> None:
         self.rows.inc(rows)
         self.batch_rows.observe(rows)
+        self.engine.observe(engine_ms)

@@ -86,19 +86,24 @@ class EngineModel:
     def run_batch(self, pieces: list[Piece]) -> list[dict | BaseException]:
         """Run pieces of checked requests together (on the engine thread); each gets its own outputs,
         or the exception that stopped its batch."""
+        return self._timed_batch(pieces)[0]
+
+    def _timed_batch(self, pieces: list[Piece]) -> tuple[list[dict | BaseException], float]:
+        start = time.perf_counter()
         try:
-            return run_rows(self.ctx, self.layout, pieces)
+            outs = run_rows(self.ctx, self.layout, pieces)
         except Exception as exc:  # noqa: BLE001 - handed to every request of the batch
-            return [exc] * len(pieces)
+            outs = [exc] * len(pieces)
+        return outs, (time.perf_counter() - start) * 1e3
 
     async def run_batch_async(self, pieces: list[Piece]) -> list[dict | BaseException]:
-        outs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_batch, pieces)
+        outs, engine_ms = await asyncio.get_running_loop().run_in_executor(self.executor, self._timed_batch, pieces)
         if not any(isinstance(o, BaseException) for o in outs):
             # counted here, on the replica's event loop: Serve's metrics take their replica tags from it
             rows = sum(n for _, n in pieces)
             runs = -(-rows // self.layout.max_rows) if self.layout.batched and self.layout.max_rows else len(pieces)
             for sink in self.sinks:
-                sink.batch(rows, runs)
+                sink.batch(rows, runs, engine_ms)
         return outs
 
     async def _run_alone(self, piece: Piece) -> dict:
