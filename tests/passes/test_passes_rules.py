@@ -301,3 +301,40 @@ def test_disable_rule_by_name():
     assert ops(e) == ["Conv", "Pointwise"] and fired(e, "conv_epilogue") == 0
     with pytest.raises(WorkbenchError):
         wb.BuilderConfig and wb.build(net, wb.BuilderConfig(device="cpu", disable=["no_such_rule"]))
+
+
+def _identity_chain(n, head=None):
+    """x -> [head] -> Identity x n -> y (and an Identity-fed second output from the middle)."""
+    names = ["x"] + ([] if head is None else ["h"])
+    nodes = [] if head is None else [helper.make_node(head, ["x"], ["h"])]
+    for i in range(n):
+        nodes.append(helper.make_node("Identity", [names[-1]], [f"t{i}"], name=f"id{i}"))
+        names.append(f"t{i}")
+    nodes.append(helper.make_node("Identity", [f"t{n // 2}"], ["mid"], name="to_mid"))
+    nodes[-2].output[0] = "y"  # the chain ends in the graph output
+    return model(nodes, [("x", [3, 4])], ["y", "mid"])
+
+
+def test_identity_chain_goes_in_one_walk_and_logs_each_identity():
+    n = 300
+    e = build_both(_identity_chain(n, head="Relu"), {"x": RNG.standard_normal((3, 4)).astype(np.float32)})
+    assert ops(e) == ["Pointwise"]  # the Relu, writing y; mid is y's value under its own name
+    assert e.build_stats["passes"]["remove_identities"]["changed"]
+    assert fired(e, "remove_noop") == n  # every Identity but the copy into the second output
+    assert e.build_stats["passes"]["remove_identities"]["nodes_after"] <= 2
+
+
+def test_identity_from_a_graph_input_to_a_graph_output_stays_with_the_reason():
+    e = build_both(_identity_chain(50), {"x": RNG.standard_normal((3, 4)).astype(np.float32)})
+    # y and mid are graph outputs fed (after bypassing) by the graph input x: each stays a copy
+    assert ops(e) == ["Identity", "Identity"] and fired(e, "remove_noop") == 49
+    declined = [f for f in e.reports["fusions"] if f["rule"] == "remove_noop" and f["status"] == "declined"]
+    assert declined and all("graph output fed directly by x" in f["reason"] for f in declined)
+
+
+def test_remove_identities_is_off_with_its_rule_or_its_name():
+    x = {"x": RNG.standard_normal((3, 4)).astype(np.float32)}
+    e = build_both(_identity_chain(20, head="Relu"), x, disable=["remove_noop"])
+    assert not e.build_stats["passes"]["remove_identities"]["changed"] and fired(e, "remove_noop") == 0
+    e = build_both(_identity_chain(20, head="Relu"), x, disable=["remove_identities"])
+    assert "remove_identities" not in e.build_stats["passes"] and fired(e, "remove_noop") == 20  # the rule did it

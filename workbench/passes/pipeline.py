@@ -49,6 +49,7 @@ def merge_projections(model: ir.Model, ctx: PassContext) -> bool:
 
 
 PASSES = [
+    ("remove_identities", simplify.remove_identities),  # Identity bypassed before anything walks the graph
     ("fold_qdq_weights", rule_pass(qdq.WEIGHT_RULES)),  # DequantizeLinear of weights -> float constants (Q/DQ models)
     ("fold_constants", fold_to_fixed_point),          # shape arithmetic at static shapes included
     ("simplify", simplify_graph),                      # simplify.RULES, folding again after each sweep

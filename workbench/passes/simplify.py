@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..rewrite.engine import Match, Rule
+from ..ir.provenance import provenance
+from ..rewrite.engine import Match, Rule, replace_values
 from ..ir.symdims import equal, known, mul, product, same_dims, sdims
 from ..ir.values import attr, const, dtype, is_graph_output, producer, shape, users
 from .fold_shapes import reshape_target
@@ -60,6 +61,29 @@ def _is_noop(node: ir.Node, x: ir.Value) -> bool:
     # Reshape / Expand / Squeeze / Unsqueeze: the same dims in and out (equal for every input shape)
     # and the same type
     return same_dims(sdims(x), sdims(out)) and dtype(x) == dtype(out)
+
+
+def remove_identities(model: ir.Model, ctx) -> bool:
+    """Every Identity of the main graph bypassed in one linear walk, before the passes that infer
+    shapes and fold constants walk the graph: what ``RemoveNoOp`` does to an Identity, logged under
+    its name (and off with it), without the rule engine's per-match bookkeeping; it needs no shapes.
+    An Identity that copies a graph input or output into a graph output stays (``RemoveNoOp``
+    logs why when ``simplify`` reaches it)."""
+    if not ctx.enabled(RemoveNoOp.name):
+        return False
+    graph = model.graph
+    changed = False
+    for node in [n for n in graph if n.op_type == "Identity" and n.domain in ("", "ai.onnx")]:
+        x = node.inputs[0] if node.inputs else None
+        out = node.outputs[0] if node.outputs else None
+        if x is None or out is None or len(node.outputs) != 1 or _bypass_reason(out, x):
+            continue
+        names, _ = provenance([node])
+        replace_values(graph, [out], [x])
+        graph.remove(node, safe=True)
+        ctx.fired(RemoveNoOp.name, names, root=node.name or "")
+        changed = True
+    return changed
 
 
 class MergeTransposes(Rule):
