@@ -257,11 +257,13 @@ def main(argv=None) -> int:
             label = Path(path).stem if args.engine else args.model
             for via in (["http", "handle"] if args.via == "both" else [args.via]):
                 args.via_now = via
-                if via == "http":
-                    run = lambda d: load(url, body, headers, args.clients, args.client_procs, d)  # noqa: E731
-                else:
-                    handle = server.handle()
-                    run = lambda d: asyncio.run(_handle_load(handle, feeds, args.clients, d))  # noqa: E731
+                handle = server.handle() if via == "handle" else None
+
+                def run(seconds: float, handle=handle):
+                    if handle is None:
+                        return load(url, body, headers, args.clients, args.client_procs, seconds)
+                    return asyncio.run(_handle_load(handle, feeds, args.clients, seconds))
+
                 run(2.0)  # warm-up
                 before = requests.get(f"{server.model_url}/stats", timeout=60).json()["model_stats"][0]
                 lat, fails, wall = run(args.duration)
