@@ -165,7 +165,7 @@ def floor(body: bytes, headers: dict, args) -> tuple[list[float], int, float]:
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    @serve.deployment(max_ongoing_requests=max(2 * args.max_batch, 16))
+    @serve.deployment(max_ongoing_requests=args.max_ongoing or max(2 * args.max_batch, 16))
     class Floor:
         async def __call__(self, request: Request):
             return JSONResponse({"bytes": len(await request.body())})
@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default=None, help="default: fp16 on the GPU, fp32 on the CPU")
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch of the engine and of a served batch")
     ap.add_argument("--batch-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-ongoing", type=int, default=None,
+                    help="requests a replica holds at once (default: workbench.serve.deployment's)")
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients")
     ap.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)))
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
             args.via_now = "http"
             rows_out.append(_row("ray serve floor", args, *floor(body, headers, args)))
         server = wb.serve.start(path, port=args.port, replicas=1, max_batch=args.max_batch,
-                                batch_wait_ms=args.batch_wait_ms)
+                                batch_wait_ms=args.batch_wait_ms, max_ongoing_requests=args.max_ongoing)
         try:
             url = f"{server.model_url}/infer"
             r = requests.post(url, data=body, headers=headers, timeout=120)

@@ -45,6 +45,7 @@ def test_without_ray_the_commands_say_how_to_install_it(engine_path, monkeypatch
     (["serve", "missing.wbe"], "engine 'missing.wbe' does not exist"),
     (["serve", "ENGINE", "--port", "0"], "must be at least 1"),
     (["serve", "ENGINE", "--max-body-mb", "0"], "--max-body-mb must be more than 0"),
+    (["serve", "ENGINE", "--max-ongoing", "0"], "must be at least 1"),
     (["batch", "ENGINE", "--inputs", "nowhere", "--outputs", "o"], "inputs 'nowhere' does not exist"),
     (["batch", "ENGINE", "--outputs", "o"], "the following arguments are required: --inputs"),
 ])
@@ -105,3 +106,18 @@ def test_serve_answers_until_ctrl_c(ray_instance, engine_path, monkeypatch, caps
     from ray import serve
 
     assert "dense" not in serve.status().applications  # Ctrl-C took the model down
+
+
+def test_a_replica_holds_several_batches_so_bursts_queue_in_its_batcher_not_in_serves_router(engine_path):
+    pytest.importorskip("ray")
+    import workbench as wb
+    from workbench.serve import default_max_ongoing
+
+    # no Ray instance is needed to make the application; its deployment carries the options
+    held = wb.serve.deployment(engine_path)._bound_deployment.max_ongoing_requests
+    assert held == default_max_ongoing(4) == 64  # the engine's batch is 4
+    assert default_max_ongoing(32) == 256
+    assert wb.serve.deployment(engine_path, max_batch=16)._bound_deployment.max_ongoing_requests == 128
+    assert wb.serve.deployment(engine_path, max_ongoing_requests=7)._bound_deployment.max_ongoing_requests == 7
+    with pytest.raises(wb.WorkbenchError, match="max_ongoing_requests must be a positive whole number"):
+        wb.serve.deployment(engine_path, max_ongoing_requests=0)

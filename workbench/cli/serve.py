@@ -25,6 +25,8 @@ def cmd_serve(args) -> int:
         if args.max_body_mb <= 0:
             raise CliError(f"--max-body-mb must be more than 0, got {args.max_body_mb:g}")
         options["max_body_bytes"] = int(args.max_body_mb * (1 << 20))
+    if args.max_ongoing is not None:
+        options["max_ongoing_requests"] = args.max_ongoing
     print(f"starting Ray Serve for {printable(args.engine)} ({engine.backend})...", file=sys.stderr, flush=True)
     server = start(args.engine, name=args.name, host=args.host, port=args.port, replicas=args.replicas,
                    max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, address=args.address, **options)
@@ -83,6 +85,9 @@ def add_commands(sub, positive, nonneg_float) -> None:
     s.add_argument("--address", metavar="ADDR",
                    help="Ray cluster to serve on, e.g. auto or ray://head:10001 (default: a local Ray instance)")
     s.add_argument("--max-body-mb", type=nonneg_float, metavar="MB", help="largest request body (default: 128)")
+    s.add_argument("--max-ongoing", type=positive, metavar="N",
+                   help="requests one replica holds at once; the rest wait in Ray Serve's router, which retries "
+                        "with a backoff (default: 8 batches of one-row requests, at least 64)")
     s.set_defaults(fn=cmd_serve)
 
     b = sub.add_parser("batch", help="run an engine over a folder of feed files on Ray Data",

@@ -27,7 +27,7 @@ from ..errors import WorkbenchError
 from .model import DEFAULT_MAX_BODY_BYTES, model_name
 from .ray_support import RayMissingError, require_ray
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "RayMissingError", "Server", "deployment", "start"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "RayMissingError", "Server", "default_max_ongoing", "deployment", "start"]
 
 
 def _engine_facts(engine_path):
@@ -54,7 +54,8 @@ def deployment(engine_path, *, name: str | None = None, replicas: int = 1, max_b
     Replicas of a GPU engine take one GPU each (``num_gpus``, default 1), of a CPU engine one CPU
     (``num_cpus``, default 1; its BLAS runs on that many threads unless ``threads`` says otherwise).
     ``max_batch``: rows gathered into one batch (default: the engine's largest batch);
-    ``batch_wait_ms``: how long a batch waits to fill. The path must be readable on every node that
+    ``batch_wait_ms``: how long a batch waits to fill; ``max_ongoing_requests``: requests one replica
+    holds at once (default ``default_max_ongoing``). The path must be readable on every node that
     may run a replica (a shared or copied file)."""
     require_ray("workbench.serve.deployment")
     path, engine = _engine_facts(engine_path)
@@ -76,11 +77,18 @@ def deployment(engine_path, *, name: str | None = None, replicas: int = 1, max_b
     else:
         actor["num_cpus"] = 1 if num_cpus is None else num_cpus
         context_options = {"threads": threads or max(1, int(actor["num_cpus"]))}
-    # max_ongoing_requests must let a whole batch of one-row requests in (Serve's default is 5)
-    ongoing = max_ongoing_requests or max(2 * batch_layout(engine).batch_limit(max_batch), 16)
+    ongoing = max_ongoing_requests or default_max_ongoing(batch_layout(engine).batch_limit(max_batch))
     dep = WorkbenchModel.options(name=name, num_replicas=replicas, ray_actor_options=actor,
                                  max_ongoing_requests=ongoing)
     return dep.bind(path, name, max_batch, float(batch_wait_ms), context_options, max_body_bytes, check_rows)
+
+
+def default_max_ongoing(batch_limit: int) -> int:
+    """Requests one replica holds at once unless told: enough for several full batches of one-row
+    requests. Serve's default of 5 keeps batches from filling, and a request that finds every replica
+    full waits in Serve's router with a backoff of up to half a second before it tries again, which
+    turns a burst of clients into second-long tails; waiting in the replica's batch queue is FIFO."""
+    return max(8 * batch_limit, 64)
 
 
 def start(engine_path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8000,
