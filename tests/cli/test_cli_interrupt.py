@@ -18,6 +18,11 @@ from tests.support.paths import REPO
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
 
+# Ctrl-C as a terminal delivers it: a test run started in the background by a non-interactive shell
+# inherits SIGINT ignored, and Python then never installs its handler
+_CTRL_C_WORKS = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
 def _assert_interrupted(proc_rc, stderr, folder):
     assert proc_rc == 130, (proc_rc, stderr)
     lines = stderr.strip().splitlines()
@@ -32,6 +37,7 @@ def test_ctrl_c_while_saving_leaves_no_partial_engine(tmp_path):
     out.mkdir()
     script = (
         "import os, signal, sys\n"
+        f"{_CTRL_C_WORKS}\n"
         "from workbench.format import container as fmt\n"
         "real = fmt.os.replace\n"
         "def replace(src, dst):\n"
@@ -49,7 +55,7 @@ def test_ctrl_c_while_saving_leaves_no_partial_engine(tmp_path):
 # The child imports the CLI, says "ready" on stderr, then runs main(): the test measures the build from
 # that moment, so the interrupt lands in the build whatever the machine's load (a SIGINT during
 # interpreter start-up kills Python before any handler exists, which no program can report on).
-_READY_THEN_MAIN = "import sys; from workbench.cli import main; print('ready', file=sys.stderr, flush=True); sys.exit(main(sys.argv[1:]))"
+_READY_THEN_MAIN = _CTRL_C_WORKS + "; import sys; from workbench.cli import main; print('ready', file=sys.stderr, flush=True); sys.exit(main(sys.argv[1:]))"
 
 
 def _start_build(model, engine_path):
