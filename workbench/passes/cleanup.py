@@ -54,8 +54,7 @@ def _infer_onnx(model: ir.Model) -> None:
     knows it and it differs, as the pass does."""
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
     try:
-        inferred = call_onnx_api(lambda proto: onnx.shape_inference.infer_shapes(
-            proto, check_type=True, strict_mode=False, data_prop=True), model)
+        inferred = call_onnx_api(_infer_model_proto, model)
     except Exception:  # noqa: BLE001 - as the pass: a model inference rejects is left unchanged
         return
     decoded: dict[bytes, tuple] = {}  # one decode per distinct TypeProto (a chain repeats one type)
@@ -73,6 +72,86 @@ def _infer_onnx(model: ir.Model) -> None:
                     stack.append((attr.value, sub.g))
                 elif attr.type == ir.AttributeType.GRAPHS:
                     stack.extend(zip(attr.value, sub.graphs))
+
+
+SEPARATE_ABOVE = 256  # control-flow nodes in the main graph past which each is inferred on its own
+_STAND_IN = "workbench.inferred_alone"  # the domain of their stand-ins, which ONNX does not know
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
+
+
+def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX inference of a serialized model. ONNX copies every value type of the enclosing graph into
+    each subgraph it visits, so thousands of If/Loop/Scan nodes side by side cost time quadratic in
+    their number. Past ``SEPARATE_ABOVE`` such nodes in the main graph it stays linear:
+
+    1. the main graph is inferred with those nodes stood in for by an op ONNX does not know;
+    2. each of them is inferred in a model of just that node, its inputs and the outer values its
+       subgraphs read typed as step 1 found them;
+    3. the main graph is inferred again with the stand-ins' outputs typed as step 2 found them, and
+       the nodes, with their subgraphs as inferred in step 2, are put back."""
+    graph = proto.graph
+    control = [i for i, n in enumerate(graph.node) if any(a.type in _GRAPH_ATTRS for a in n.attribute)]
+    if len(control) <= SEPARATE_ABOVE:
+        return _infer(proto)
+    originals = {}
+    for i in control:
+        node = graph.node[i]
+        originals[i] = onnx.NodeProto()
+        originals[i].CopyFrom(node)
+        kept = [a for a in node.attribute if a.type not in _GRAPH_ATTRS]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.domain = _STAND_IN
+    proto.opset_import.add(domain=_STAND_IN, version=1)
+    first = _infer(proto).graph
+    types = {info.name: info.type for info in (*first.input, *first.value_info, *first.output)
+             if info.type.HasField("tensor_type")}
+    for t in first.initializer:
+        types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+    alone = {i: _infer_alone(proto, originals[i], types) for i in control}
+    found = {o.name: o for a in alone.values() if a is not None for o in a.graph.output if o.type.HasField("tensor_type")}
+    for info in graph.output:  # a graph output keeps its entry there, with the type found
+        if info.name in found:
+            info.type.CopyFrom(found.pop(info.name).type)
+    kept_info = [info for info in graph.value_info if info.name not in found]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    graph.value_info.extend(found.values())
+    inferred = _infer(proto)
+    for i in control:  # the nodes as they were, with their subgraphs as inferred alone
+        inferred.graph.node[i].CopyFrom(alone[i].graph.node[0] if alone[i] is not None else originals[i])
+    return inferred
+
+
+def _infer_alone(model: onnx.ModelProto, node, types: dict):
+    """``node`` inferred in a model of its own (None when ONNX rejects it)."""
+    read, made = set(node.input), set()
+    stack = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    stack += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+    while stack:
+        g = stack.pop()
+        made.update(v.name for v in g.input)
+        made.update(t.name for t in g.initializer)
+        for n in g.node:
+            read.update(n.input)
+            made.update(n.output)
+            stack += [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+            stack += [sg for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for sg in a.graphs]
+        read.update(v.name for v in g.output)
+    outer = sorted(name for name in read - made if name and name in types)
+    inputs = [onnx.helper.make_value_info(name, types[name]) for name in outer]
+    outputs = [onnx.ValueInfoProto(name=name) for name in node.output if name]
+    opsets = [o for o in model.opset_import if o.domain != _STAND_IN]
+    mini = onnx.helper.make_model(onnx.helper.make_graph([node], "alone", inputs, outputs),
+                                  opset_imports=opsets, ir_version=model.ir_version)
+    try:
+        return _infer(mini)
+    except Exception:  # noqa: BLE001 - left as it is, like a model inference rejects
+        return None
 
 
 def _decode(type_proto, decoded: dict) -> tuple:
