@@ -31,7 +31,10 @@ def sibling_ifs(n: int):
         inner = helper.make_node("If", ["c"], [f"o_else{i}"], then_branch=branch(f"in_t{i}", [helper.make_node("Neg", ["x"], [f"o_in_t{i}"])]),
                                  else_branch=branch(f"in_e{i}", [helper.make_node("Neg", ["x"], [f"o_in_e{i}"])]))
         nodes.append(helper.make_node("If", ["c"], [f"y{i}"], then_branch=then, else_branch=branch(f"else{i}", [inner]), name=f"if{i}"))
-    nodes.append(helper.make_node("Sum", [f"y{i}" for i in range(n)], ["y"]))
+    # one more If whose branches read the first If's output: it sees the type found for y0 just before
+    reads_y0 = helper.make_node("If", ["c"], ["z"], then_branch=branch("z_t", [helper.make_node("Identity", ["y0"], ["o_z_t"])]),
+                                else_branch=branch("z_e", [helper.make_node("Neg", ["y0"], ["o_z_e"])]), name="if_z")
+    nodes += [reads_y0, helper.make_node("Sum", [f"y{i}" for i in range(n)] + ["z"], ["y"])]
     b = onnx.numpy_helper.from_array(np.float32([0.5, -0.5, 1.0, 2.0]), "b")
     g = helper.make_graph(nodes, "ifs", [helper.make_tensor_value_info("x", F, ["N", 4]),
                                          helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
@@ -61,13 +64,14 @@ def test_many_ifs_are_inferred_alone_with_the_same_shapes_and_answers(tmp_path, 
     specs = _specs(alone)
     assert specs == _specs(whole) and len(specs) > 5 * n  # the branches' layers too
     ifs = [s for (layer, _), s in _specs(alone).items() if layer.startswith("if")]
-    assert len(ifs) == n and all(s == ("float32", [3, 4]) for s in ifs)
+    assert len(ifs) == n + 1 and all(s == ("float32", [3, 4]) for s in ifs)
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     b = np.float32([0.5, -0.5, 1.0, 2.0])
     for c in (True, False):
+        first = (np.maximum(x, 0) + b) if c else -x  # the first If's output, a graph output too
         want = (np.maximum(x, 0) * sum(range(1, n + 1)) + n * b) if c else -x * n
+        want = want + (first if c else -first)  # z
         for engine in (whole, alone):
             out = engine.create_context().run({"x": x, "c": np.array(c)})
             assert out["y"].shape == (3, 4) and rel_err(out["y"], want.astype(np.float32)) < 1e-6
-            first = (np.maximum(x, 0) + b) if c else -x  # the first If's output is a graph output too
             assert rel_err(out["y0"], first) < 1e-6

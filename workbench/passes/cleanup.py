@@ -92,7 +92,11 @@ def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     2. each of them is inferred in a model of just that node, its inputs and the outer values its
        subgraphs read typed as step 1 found them;
     3. the main graph is inferred again with the stand-ins' outputs typed as step 2 found them, and
-       the nodes, with their subgraphs as inferred in step 2, are put back."""
+       the nodes, with their subgraphs as inferred in step 2, are put back.
+
+    A node that reads another one's output directly sees the type step 2 found for it; one that reads
+    it through ordinary nodes sees step 1's, so its subgraphs may keep a vaguer shape until the
+    next inference of the build."""
     graph = proto.graph
     control = [i for i, n in enumerate(graph.node) if any(a.type in _GRAPH_ATTRS for a in n.attribute)]
     if len(control) <= SEPARATE_ABOVE:
@@ -112,7 +116,11 @@ def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
              if info.type.HasField("tensor_type")}
     for t in first.initializer:
         types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
-    alone = {i: _infer_alone(proto, originals[i], types) for i in control}
+    alone = {}
+    for i in control:  # in graph order: a node reading another's output sees the type just found
+        alone[i] = _infer_alone(proto, originals[i], types)
+        if alone[i] is not None:
+            types.update({o.name: o.type for o in alone[i].graph.output if o.type.HasField("tensor_type")})
     found = {o.name: o for a in alone.values() if a is not None for o in a.graph.output if o.type.HasField("tensor_type")}
     for info in graph.output:  # a graph output keeps its entry there, with the type found
         if info.name in found:
@@ -148,6 +156,7 @@ def _infer_alone(model: onnx.ModelProto, node, types: dict):
     opsets = [o for o in model.opset_import if o.domain != _STAND_IN]
     mini = onnx.helper.make_model(onnx.helper.make_graph([node], "alone", inputs, outputs),
                                   opset_imports=opsets, ir_version=model.ir_version)
+    mini.functions.extend(model.functions)  # model-local functions the subgraphs may call
     try:
         return _infer(mini)
     except Exception:  # noqa: BLE001 - left as it is, like a model inference rejects
