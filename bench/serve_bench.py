@@ -180,14 +180,14 @@ def floor(body: bytes, headers: dict, args) -> tuple[list[float], int, float]:
         serve.delete("floor")
 
 
-def _row(label: str, args, lat, fails, wall, batches=None, replica_p50=float("nan"), engine_p50=float("nan"),
+def _row(label: str, via: str, args, lat, fails, wall, batches=None, replica_p50=float("nan"), engine_p50=float("nan"),
          err=float("nan")) -> dict:
     a = np.asarray(lat)
     rps = a.size / wall
     n_batches = sum(batches.values()) if batches else 0
     mean_batch = sum(int(k) * v for k, v in batches.items()) / n_batches if n_batches else float("nan")
     pct = (lambda q: float(np.percentile(a, q))) if a.size else (lambda q: float("nan"))
-    return {"model": label, "device": args.device, "precision": args.precision, "client": args.via_now,
+    return {"model": label, "device": args.device, "precision": args.precision, "client": via,
             "rows/request": args.rows, "clients": args.clients, "requests/s": rps, "rows/s": rps * args.rows,
             "p50 ms": pct(50), "p90 ms": pct(90), "p99 ms": pct(99), "replica p50 ms": replica_p50, "engine p50 ms/batch": engine_p50,
             "mean batch": mean_batch, "failed": fails, "max err": err}
@@ -243,8 +243,7 @@ def main(argv=None) -> int:
         feeds = {spec.name: rng.standard_normal(shape).astype(to_numpy(spec.dtype))}
         body, headers = P.request_body(feeds, binary=not args.json_data, binary_outputs=not args.json_data)
         if args.floor:
-            args.via_now = "http"
-            rows_out.append(_row("ray serve floor", args, *floor(body, headers, args)))
+            rows_out.append(_row("ray serve floor", "http", args, *floor(body, headers, args)))
         server = wb.serve.start(path, port=args.port, replicas=1, max_batch=args.max_batch,
                                 batch_wait_ms=args.batch_wait_ms, max_ongoing_requests=args.max_ongoing)
         try:
@@ -258,7 +257,6 @@ def main(argv=None) -> int:
             print(f"answer check: relative error {err:.2e} (tolerance {tol:g})", flush=True)
             label = Path(path).stem if args.engine else args.model
             for via in (["http", "handle"] if args.via == "both" else [args.via]):
-                args.via_now = via
                 handle = server.handle() if via == "handle" else None
 
                 def run(seconds: float, handle=handle):
@@ -273,7 +271,7 @@ def main(argv=None) -> int:
                 batches = {k: after["batch_sizes"].get(k, 0) - before["batch_sizes"].get(k, 0) for k in after["batch_sizes"]}
                 replica_p50 = after["latency_ms"].get("p50", float("nan")) if via == "http" else float("nan")
                 engine_p50 = after["engine_ms_per_batch"].get("p50", float("nan"))
-                rows_out.append(_row(label, args, lat, fails, wall, batches, replica_p50, engine_p50, err))
+                rows_out.append(_row(label, via, args, lat, fails, wall, batches, replica_p50, engine_p50, err))
         finally:
             server.stop()
             ray.shutdown()
