@@ -57,8 +57,8 @@ def test_many_ifs_are_inferred_alone_with_the_same_shapes_and_answers(tmp_path, 
     whole = wb.build(net, cfg)
     monkeypatch.setattr(cleanup, "SEPARATE_ABOVE", 3)
     alone_calls = []
-    original = cleanup._infer_alone
-    monkeypatch.setattr(cleanup, "_infer_alone", lambda *a: alone_calls.append(1) or original(*a))
+    original = cleanup._alone_model
+    monkeypatch.setattr(cleanup, "_alone_model", lambda *a: alone_calls.append(1) or original(*a))
     alone = wb.build(net, cfg)
     assert len(alone_calls) >= n  # every If, in each inference of the build
     specs = _specs(alone)

@@ -101,11 +101,9 @@ def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     control = [i for i, n in enumerate(graph.node) if any(a.type in _GRAPH_ATTRS for a in n.attribute)]
     if len(control) <= SEPARATE_ABOVE:
         return _infer(proto)
-    originals = {}
+    alone = {i: _alone_model(proto, graph.node[i]) for i in control}  # each holds the node's only copy
     for i in control:
         node = graph.node[i]
-        originals[i] = onnx.NodeProto()
-        originals[i].CopyFrom(node)
         kept = [a for a in node.attribute if a.type not in _GRAPH_ATTRS]
         del node.attribute[:]
         node.attribute.extend(kept)
@@ -116,12 +114,16 @@ def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
              if info.type.HasField("tensor_type")}
     for t in first.initializer:
         types.setdefault(t.name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
-    alone = {}
+    inferred_alone = {}
     for i in control:  # in graph order: a node reading another's output sees the type just found
-        alone[i] = _infer_alone(proto, originals[i], types)
-        if alone[i] is not None:
-            types.update({o.name: o.type for o in alone[i].graph.output if o.type.HasField("tensor_type")})
-    found = {o.name: o for a in alone.values() if a is not None for o in a.graph.output if o.type.HasField("tensor_type")}
+        mini, outer = alone[i]
+        mini.graph.input.extend(onnx.helper.make_value_info(name, types[name]) for name in outer if name in types)
+        try:
+            inferred_alone[i] = _infer(mini).graph
+        except Exception:  # noqa: BLE001 - left as it is, like a model inference rejects
+            continue
+        types.update({o.name: o.type for o in inferred_alone[i].output if o.type.HasField("tensor_type")})
+    found = {o.name: o for g in inferred_alone.values() for o in g.output if o.type.HasField("tensor_type")}
     for info in graph.output:  # a graph output keeps its entry there, with the type found
         if info.name in found:
             info.type.CopyFrom(found.pop(info.name).type)
@@ -130,13 +132,14 @@ def _infer_model_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph.value_info.extend(kept_info)
     graph.value_info.extend(found.values())
     inferred = _infer(proto)
-    for i in control:  # the nodes as they were, with their subgraphs as inferred alone
-        inferred.graph.node[i].CopyFrom(alone[i].graph.node[0] if alone[i] is not None else originals[i])
+    for i in control:  # the nodes as they were, with their subgraphs as inferred alone where ONNX could
+        inferred.graph.node[i].CopyFrom((inferred_alone[i] if i in inferred_alone else alone[i][0].graph).node[0])
     return inferred
 
 
-def _infer_alone(model: onnx.ModelProto, node, types: dict):
-    """``node`` inferred in a model of its own (None when ONNX rejects it)."""
+def _alone_model(model: onnx.ModelProto, node) -> tuple[onnx.ModelProto, list[str]]:
+    """A model of ``node`` alone, without graph inputs yet, and the outer names it reads (its inputs
+    and the values its subgraphs read but do not define), to be typed as graph inputs."""
     read, made = set(node.input), set()
     stack = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
     stack += [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
@@ -150,17 +153,11 @@ def _infer_alone(model: onnx.ModelProto, node, types: dict):
             stack += [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
             stack += [sg for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for sg in a.graphs]
         read.update(v.name for v in g.output)
-    outer = sorted(name for name in read - made if name and name in types)
-    inputs = [onnx.helper.make_value_info(name, types[name]) for name in outer]
     outputs = [onnx.ValueInfoProto(name=name) for name in node.output if name]
-    opsets = [o for o in model.opset_import if o.domain != _STAND_IN]
-    mini = onnx.helper.make_model(onnx.helper.make_graph([node], "alone", inputs, outputs),
-                                  opset_imports=opsets, ir_version=model.ir_version)
+    mini = onnx.helper.make_model(onnx.helper.make_graph([node], "alone", [], outputs),
+                                  opset_imports=list(model.opset_import), ir_version=model.ir_version)
     mini.functions.extend(model.functions)  # model-local functions the subgraphs may call
-    try:
-        return _infer(mini)
-    except Exception:  # noqa: BLE001 - left as it is, like a model inference rejects
-        return None
+    return mini, sorted(name for name in read - made if name)
 
 
 def _decode(type_proto, decoded: dict) -> tuple:
