@@ -97,7 +97,7 @@ def test_bad_input_is_a_400_naming_it_and_the_model_keeps_serving(model):
     assert stats["requests"]["400"] >= len(cases) and stats["requests"]["200"] >= 1
     assert stats["latency_ms"]["count"] == sum(stats["requests"].values())
     engine = stats["engine_ms_per_batch"]  # one engine batch per good request here (no batcher)
-    assert engine["count"] == sum(stats["batch_sizes"].values()) >= 1 and 0 < engine["p50"] <= stats["latency_ms"]["p99"]
+    assert engine["count"] == sum(stats["batch_sizes"].values()) >= 1 and set(engine) == {"count", "p50", "p90", "p99"}
 
 
 def test_an_engine_failure_is_a_500_and_not_an_answer(model, monkeypatch):
