@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..core.budget import check_budget
 from ..core.limits import MAX_LOOP_ITERATIONS
 from ..errors import ResourceLimitError
-from ..kernels.reference.limits import MAX_ELEMENTS, element_cap
+from ..kernels.reference.limits import MAX_ELEMENTS, element_cap, reset_limits, set_limits
 
 
 def positive_int(value, what: str, default: int) -> int:
@@ -51,3 +51,11 @@ class RunLimits:
         with element_cap(self.max_elements, memory_budget=self.memory_budget,
                          max_loop_iterations=self.max_loop_iterations):
             yield
+
+    def enter(self) -> tuple:
+        """``apply`` without a context manager (for the per-run hot path); undo with ``exit``."""
+        return set_limits(self.max_elements, self.memory_budget, self.max_loop_iterations)
+
+    @staticmethod
+    def exit(tokens: tuple) -> None:
+        reset_limits(tokens)

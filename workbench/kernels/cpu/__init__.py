@@ -18,6 +18,13 @@ tactics do, weights rounded at build):
 * ``cpu.fast.pointwise``: fused pointwise chains with buffers kept between runs.
 * ``cpu.fast.rowwise``: LayerNorm / SkipLayerNorm / Softmax / Attention without extra copies.
 * ``cpu.fast.pool``: MaxPool / AveragePool / global pooling over a kept padded buffer.
+* ``cpu.fast.tensor``: Reshape / Flatten / Squeeze / Unsqueeze / Split / Transpose / Slice as
+  views in the static shapes, Gather as ``np.take``, Cast between NumPy's numeric types as one
+  ``astype``.
+
+Native tactics (``native.py``, one C call per layer, built at install): ``cpu.native.conv``
+(direct 2-D convolution) and ``cpu.native.rowwise`` (LayerNorm / SkipLayerNorm / Softmax /
+Attention).
 
 Quantized tactics (layers at int8 / fp8, numerics of ``core/quant.py``): ``cpu.quant.conv`` and
 ``cpu.quant.gemm`` (``quantized.py``), then the reference ``cpu.numpy.int8`` / ``cpu.numpy.fp8``
@@ -31,7 +38,7 @@ from ...core.precisions import STORAGE
 from ...dtypes import to_numpy
 from ..reference import quantized as reference_quantized
 from ..reference import tactics as reference
-from . import conv, gemm, pointwise, pool, quantized, rowwise
+from . import conv, gemm, native, pointwise, pool, quantized, rowwise, tensor
 from ._common import rounder
 
 _PRECISIONS = ("fp32", "fp16", "bf16")
@@ -78,10 +85,23 @@ class FastTactic:
             return pointwise.PointwiseKernel(layer, rnd, reuse)
         if self.name == "cpu.fast.pool":
             return pool.PoolKernel(layer, rnd, reuse)
+        if self.name == "cpu.fast.tensor":
+            return _rounded(tensor.build(layer, constants), rnd)
         return rowwise.build(layer, rnd, reuse)
 
     def __repr__(self) -> str:
         return f"<CPU tactic {self.name}>"
+
+
+def _rounded(kernel, rnd):
+    """``kernel`` with float32 inputs and outputs rounded by ``rnd`` (emulated fp16 / bf16)."""
+    if rnd is None:
+        return kernel
+
+    def run(ctx, inputs, attrs):
+        return [rnd(o) for o in kernel(ctx, [rnd(x) for x in inputs], attrs)]
+
+    return run
 
 
 _POINTWISE = type("_PointwiseSupport", (), {"supports": staticmethod(
@@ -94,8 +114,9 @@ FAST: list[FastTactic] = [
     FastTactic("cpu.fast.pointwise", {("workbench", "Pointwise"): _POINTWISE}),
     FastTactic("cpu.fast.rowwise", {key: rowwise for key in rowwise.OPS}),
     FastTactic("cpu.fast.pool", {key: pool for key in pool.OPS}),
+    FastTactic("cpu.fast.tensor", {key: tensor for key in tensor.OPS}),
 ]
-TACTICS: list = FAST + list(quantized.TACTICS) + list(reference.TACTICS) + list(reference_quantized.TACTICS)
+TACTICS: list = FAST + list(native.TACTICS) + list(quantized.TACTICS) + list(reference.TACTICS) + list(reference_quantized.TACTICS)
 BY_NAME: dict = {t.name: t for t in TACTICS}
 
 

@@ -15,7 +15,14 @@ import numpy as np
 
 from ..reference.fused import activate
 
+try:  # the native kernels (built at install; absent without a C compiler)
+    from . import _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None
+
 F32 = np.dtype(np.float32)
+# activation -> the native kernel's code (workbench/kernels/cpu/_native.c: activate)
+NATIVE_ACTS = {"Relu": 1, "Clip": 2, "Gelu": 3, "GeluTanh": 4, "Sigmoid": 5, "Silu": 6, "Tanh": 7}
 
 
 class Buffers:
@@ -76,9 +83,15 @@ def _scratch(bufs, key, shape):
 def activate_inplace(y: np.ndarray, attrs: dict, bufs: Buffers | None = None) -> None:
     """Apply the epilogue activation of ``attrs`` (``ops.fused.ACTIVATIONS``) to ``y`` in place
     (scratch buffers from ``bufs``, kept between runs), with the reference's values: Relu / Clip
-    exactly, GELU / SiLU / Sigmoid / Tanh to float32 round-off."""
+    exactly, GELU / SiLU / Sigmoid / Tanh to float32 round-off. One native call where the
+    extension is built and ``y`` is contiguous; NumPy ufuncs otherwise."""
     act = attrs.get("activation", "")
     if not act:
+        return
+    code = NATIVE_ACTS.get(act)
+    if code is not None and _native is not None and y.flags.c_contiguous and y.dtype == F32:
+        lo, hi = attrs.get("act_min"), attrs.get("act_max")
+        _native.activate(y, code, -np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
         return
     with np.errstate(all="ignore"):
         if act == "Relu":

@@ -16,7 +16,9 @@ from ._common import F32, Buffers
 OPS = (("workbench", "LayerNorm"), ("workbench", "SkipLayerNorm"), ("", "Softmax"), ("workbench", "Attention"))
 
 
-def supports(layer, constants) -> str | None:
+def supports(layer, constants, native: bool = False) -> str | None:
+    """None if these kernels run ``layer``, else the reason (``native``: for the native kernels,
+    which also take a finite causal fill and channels-first LayerNorm)."""
     specs = [s for s in layer.aligned_input_specs() if s is not None]
     if layer.op == "Attention":
         mask = layer.aligned_input_specs()[3] if len(layer.inputs) > 3 else None
@@ -24,11 +26,11 @@ def supports(layer, constants) -> str | None:
         if layer.attrs.get("mask_kind", "") not in ("", "additive", "boolean"):
             return "unknown mask kind"
         fill = layer.attrs.get("causal_fill")
-        if layer.attrs.get("causal", 0) and fill is not None and np.isfinite(fill):
+        if layer.attrs.get("causal", 0) and fill is not None and np.isfinite(fill) and not native:
             return "a finite causal fill is left to the reference kernel"
     if not all(s.dtype == "float32" for s in specs) or not all(s.dtype == "float32" for s in layer.output_specs):
         return "float32 tensors only"
-    if layer.op == "LayerNorm" and layer.attrs.get("channels_first", 0):
+    if layer.op == "LayerNorm" and layer.attrs.get("channels_first", 0) and not native:
         return "channels-first LayerNorm is left to the reference kernel"
     if layer.op == "Softmax" and layer.opset < 13:
         return "opset < 13 Softmax (2-D coercion) is left to the reference kernel"

@@ -23,17 +23,28 @@ _LOOPS: contextvars.ContextVar[int] = contextvars.ContextVar("workbench_max_loop
                                                              default=MAX_LOOP_ITERATIONS)
 
 
+def set_limits(limit: int | None, memory_budget: int | None = None, max_loop_iterations: int | None = None) -> tuple:
+    """Apply the limits in this thread / task until ``reset_limits(tokens)`` (what ``element_cap``
+    does, without a generator: the CPU runtime calls it on every run)."""
+    return (_CAP.set(int(limit) if limit else MAX_ELEMENTS), _BUDGET.set(memory_budget),
+            _LOOPS.set(int(max_loop_iterations) if max_loop_iterations else MAX_LOOP_ITERATIONS))
+
+
+def reset_limits(tokens: tuple) -> None:
+    _CAP.reset(tokens[0])
+    _BUDGET.reset(tokens[1])
+    _LOOPS.reset(tokens[2])
+
+
 @contextlib.contextmanager
 def element_cap(limit: int | None, *, memory_budget: int | None = None, max_loop_iterations: int | None = None):
     """Apply ``limit`` (elements), ``memory_budget`` (bytes) and ``max_loop_iterations`` to every
     check in this thread / task while the block runs."""
-    tokens = (_CAP.set(int(limit) if limit else MAX_ELEMENTS), _BUDGET.set(memory_budget),
-              _LOOPS.set(int(max_loop_iterations) if max_loop_iterations else MAX_LOOP_ITERATIONS))
+    tokens = set_limits(limit, memory_budget, max_loop_iterations)
     try:
         yield
     finally:
-        for var, token in zip((_CAP, _BUDGET, _LOOPS), tokens):
-            var.reset(token)
+        reset_limits(tokens)
 
 
 def memory_budget() -> int | None:

@@ -1,0 +1,1116 @@
+/* Native CPU kernels of the ``cpu.native.*`` tactics (workbench/kernels/cpu/native.py).
+
+   Small models spend most of their time in per-call overhead: a NumPy layer is a dozen ufunc
+   calls of ~1 us each whatever the tensor size. These kernels do a whole layer in one call, in
+   float32, straight into the output buffer the Python side keeps between runs, with the GIL
+   released. They are candidates like any other: the CPU target times them against the BLAS and
+   NumPy tactics on the layer's own shapes and keeps the fastest.
+
+   conv2d      direct 2-D convolution (NCHW, groups, strides, dilations, pads) with bias,
+               residual and ReLU / Clip in the reference order (bias, residual, activation).
+   depthwise_nhwc  the same for depthwise convolutions, computed channels-last.
+   conv2d_blocked  the same, stride 1 along W, as register-blocked implicit GEMM.
+   layer_norm  LayerNorm over the last axis, optionally of x + skip (+ bias): SkipLayerNorm.
+   layer_norm_cf  LayerNorm across axis 1 (channels first); rms_norm: RMSNorm.
+   softmax     softmax over the last axis, in place.
+   attention   softmax(scale * Q K^T + mask) V over strided Q / K / V / output views (any
+               layout), additive or boolean masks, causal, grouped K/V heads.
+   pool2d      MaxPool / AveragePool over 2-D windows; global_pool: their global forms.
+   activate    an epilogue activation (ReLU, Clip, GELU, Sigmoid, SiLU, Tanh) in place, for the
+               GEMM / convolution / pointwise tactics.
+
+   The arithmetic follows the reference kernels' formulas; statistics (means, variances, softmax
+   sums) are accumulated in double, dot products in float32 as BLAS does, so results agree with
+   the reference to float32 round-off. Built by hatch_build.py at install. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
+/* ---- buffers ---------------------------------------------------------------------------- */
+
+typedef struct {
+    Py_buffer b;
+    int held;
+} Buf;
+
+static void release(Buf *bufs, int n) {
+    for (int i = 0; i < n; i++) {
+        if (bufs[i].held) {
+            PyBuffer_Release(&bufs[i].b);
+            bufs[i].held = 0;
+        }
+    }
+}
+
+/* A float32 (or, with ``boolean``, a bool) buffer of ``ndim`` dims; strided unless ``contig``.
+   None gives an empty Buf (held == 0) when ``optional``. */
+static int get(PyObject *o, Buf *out, const char *what, int ndim, int writable, int contig, int optional,
+               int boolean) {
+    out->held = 0;
+    if (o == Py_None) {
+        if (optional) return 0;
+        PyErr_Format(PyExc_TypeError, "%s: an array is required", what);
+        return -1;
+    }
+    int flags = PyBUF_FORMAT | (contig ? PyBUF_C_CONTIGUOUS : PyBUF_STRIDES) | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, &out->b, flags) < 0) return -1;
+    out->held = 1;
+    const char *f = out->b.format ? out->b.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    int ok = boolean ? (strcmp(f, "?") == 0 && out->b.itemsize == 1) : (strcmp(f, "f") == 0 && out->b.itemsize == 4);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: expected %s, got format '%s'", what, boolean ? "bool" : "float32",
+                     out->b.format ? out->b.format : "B");
+        return -1;
+    }
+    if (ndim >= 0 && out->b.ndim != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d dims, got %d", what, ndim, out->b.ndim);
+        return -1;
+    }
+    return 0;
+}
+
+static int as_long(PyObject *o, long *v) {
+    *v = PyLong_AsLong(o);
+    return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int as_double(PyObject *o, double *v) {
+    *v = PyFloat_AsDouble(o);
+    return (*v == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* A double sum of float32 values in 4 lanes. */
+static inline double sum_f64(const float *a, long n) {
+    double lane[4] = {0, 0, 0, 0};
+    long t = 0;
+    for (; t + 4 <= n; t += 4)
+        for (int l = 0; l < 4; l++) lane[l] += a[t + l];
+    double acc = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+    for (; t < n; t++) acc += a[t];
+    return acc;
+}
+
+/* ---- conv2d ----------------------------------------------------------------------------- */
+
+typedef struct {
+    long n, c, h, w, m, cg, r, s, oh, ow, sh, sw, pt, pl, dh, dw, group, act;
+    float lo, hi;
+} ConvGeo;
+
+static inline long ceil_div(long a, long b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+static inline long floor_div(long a, long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* bias, residual, activation on one output plane, in the reference order */
+HOT static void epilogue(float *restrict yp, long plane, const float *bias, const float *restrict res, long act,
+                         float lo, float hi) {
+    if (bias) {
+        const float b0 = *bias;
+        for (long i = 0; i < plane; i++) yp[i] += b0;
+    }
+    if (res)
+        for (long i = 0; i < plane; i++) yp[i] += res[i];
+    if (act == 1) {
+        for (long i = 0; i < plane; i++) yp[i] = yp[i] < 0.0f ? 0.0f : yp[i]; /* NaN stays NaN */
+    } else if (act == 2) {
+        for (long i = 0; i < plane; i++) {
+            float v = yp[i] < lo ? lo : yp[i];
+            yp[i] = v > hi ? hi : v;
+        }
+    }
+}
+
+HOT static void conv2d_run(const ConvGeo *g, const float *x, const float *wt, const float *bias, const float *res,
+                           float *y) {
+    const long plane = g->oh * g->ow, mg = g->m / g->group;
+    for (long n = 0; n < g->n; n++) {
+        for (long m = 0; m < g->m; m++) {
+            const long grp = m / mg;
+            float *yp = y + (n * g->m + m) * plane;
+            const float b0 = bias ? bias[m] : 0.0f;
+            for (long i = 0; i < plane; i++) yp[i] = 0.0f;
+            for (long cc = 0; cc < g->cg; cc++) {
+                const float *xp = x + (n * g->c + grp * g->cg + cc) * g->h * g->w;
+                const float *wp = wt + ((m * g->cg + cc) * g->r) * g->s;
+                for (long r = 0; r < g->r; r++) {
+                    /* output rows whose input row oh*sh - pt + r*dh lies inside the image */
+                    const long off_h = r * g->dh - g->pt;
+                    long oh0 = ceil_div(-off_h, g->sh), oh1 = floor_div(g->h - 1 - off_h, g->sh);
+                    if (oh0 < 0) oh0 = 0;
+                    if (oh1 > g->oh - 1) oh1 = g->oh - 1;
+                    for (long s = 0; s < g->s; s++) {
+                        const float wv = wp[r * g->s + s];
+                        const long off_w = s * g->dw - g->pl;
+                        long ow0 = ceil_div(-off_w, g->sw), ow1 = floor_div(g->w - 1 - off_w, g->sw);
+                        if (ow0 < 0) ow0 = 0;
+                        if (ow1 > g->ow - 1) ow1 = g->ow - 1;
+                        if (ow1 < ow0) continue;
+                        for (long oh = oh0; oh <= oh1; oh++) {
+                            const float *restrict xr = xp + (oh * g->sh + off_h) * g->w + off_w;
+                            float *restrict yr = yp + oh * g->ow;
+                            if (g->sw == 1) {
+                                for (long ow = ow0; ow <= ow1; ow++) yr[ow] += wv * xr[ow];
+                            } else {
+                                const long sw = g->sw;
+                                for (long ow = ow0; ow <= ow1; ow++) yr[ow] += wv * xr[ow * sw];
+                            }
+                        }
+                    }
+                }
+            }
+            epilogue(yp, plane, bias ? &b0 : NULL, res ? res + (n * g->m + m) * plane : NULL, g->act, g->lo, g->hi);
+        }
+    }
+}
+
+/* Convolution with stride 1 along W as register-blocked implicit GEMM: 8 (or 4) output channels x
+   8 output columns of one row accumulate in registers over every (input channel, kernel row, kernel
+   column), one contiguous load of 8 padded inputs and 4 broadcast weights per step; no im2col
+   matrix. ``wt`` is [group][C/group * R * S][M/group]; ``xp`` a scratch of C * hp * wp floats. */
+#define MB 4
+#define NB 8
+typedef float v8f __attribute__((vector_size(32)));
+
+/* 4 output channels x 8 columns of output row ``oh`` from column ``ow0``, in 4 vector registers */
+static inline void block_4x8(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
+                             long ow0, float *yb, long plane) {
+    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (long cc = 0; cc < g->cg; cc++) {
+        const float *xc = xg + cc * hp * wp;
+        for (long r = 0; r < g->r; r++) {
+            const float *xrow = xc + (oh * g->sh + r * g->dh) * wp + ow0;
+            const float *wrow = wg + ((cc * g->r + r) * g->s) * mg;
+            for (long s = 0; s < g->s; s++) {
+                v8f xv;
+                memcpy(&xv, xrow + s * g->dw, sizeof xv);
+                const float *wv = wrow + s * mg;
+                a0 += wv[0] * xv;
+                a1 += wv[1] * xv;
+                a2 += wv[2] * xv;
+                a3 += wv[3] * xv;
+            }
+        }
+    }
+    memcpy(yb, &a0, sizeof a0);
+    memcpy(yb + plane, &a1, sizeof a1);
+    memcpy(yb + 2 * plane, &a2, sizeof a2);
+    memcpy(yb + 3 * plane, &a3, sizeof a3);
+}
+
+/* 8 output channels x 8 columns: 8 independent accumulators, enough to hide the FMA latency */
+static inline void block_8x8(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
+                             long ow0, float *yb, long plane) {
+    v8f a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+    for (long cc = 0; cc < g->cg; cc++) {
+        const float *xc = xg + cc * hp * wp;
+        for (long r = 0; r < g->r; r++) {
+            const float *xrow = xc + (oh * g->sh + r * g->dh) * wp + ow0;
+            const float *wrow = wg + ((cc * g->r + r) * g->s) * mg;
+            for (long s = 0; s < g->s; s++) {
+                v8f xv;
+                memcpy(&xv, xrow + s * g->dw, sizeof xv);
+                const float *wv = wrow + s * mg;
+                for (int i = 0; i < 8; i++) a[i] += wv[i] * xv;
+            }
+        }
+    }
+    for (int i = 0; i < 8; i++) memcpy(yb + i * plane, &a[i], sizeof a[i]);
+}
+
+/* the same for a partial block (the last channels or columns) */
+static void block_tail(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
+                       long ow0, long mb, long nb, float *yb, long plane) {
+    float acc[2 * MB][NB] = {{0}};
+    for (long cc = 0; cc < g->cg; cc++) {
+        const float *xc = xg + cc * hp * wp;
+        for (long r = 0; r < g->r; r++) {
+            const float *xrow = xc + (oh * g->sh + r * g->dh) * wp + ow0;
+            const float *wrow = wg + ((cc * g->r + r) * g->s) * mg;
+            for (long s = 0; s < g->s; s++)
+                for (long i = 0; i < mb; i++)
+                    for (long j = 0; j < nb; j++) acc[i][j] += wrow[s * mg + i] * xrow[s * g->dw + j];
+        }
+    }
+    for (long i = 0; i < mb; i++)
+        for (long j = 0; j < nb; j++) yb[i * plane + j] = acc[i][j];
+}
+
+HOT static void conv_blocked_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
+                                 const float *bias, const float *res, float *y, float *xp) {
+    const long mg = g->m / g->group, kk = g->cg * g->r * g->s, plane = g->oh * g->ow;
+    for (long n = 0; n < g->n; n++) {
+        memset(xp, 0, sizeof(float) * (size_t)(g->c * hp * wp));
+        for (long ch = 0; ch < g->c; ch++)
+            for (long ih = 0; ih < g->h && ih + g->pt < hp; ih++) {
+                const long cnt = g->w < wp - g->pl ? g->w : wp - g->pl;
+                memcpy(xp + (ch * hp + ih + g->pt) * wp + g->pl, x + ((n * g->c + ch) * g->h + ih) * g->w,
+                       sizeof(float) * (size_t)cnt);
+            }
+        for (long grp = 0; grp < g->group; grp++) {
+            const float *wg = wt + grp * kk * mg;
+            for (long m0 = 0; m0 < mg;) {
+                /* blocks of 8 channels, then one of 4, then what is left */
+                const long mb = mg - m0 >= 2 * MB ? 2 * MB : mg - m0 >= MB ? MB : mg - m0;
+                for (long oh = 0; oh < g->oh; oh++)
+                    for (long ow0 = 0; ow0 < g->ow; ow0 += NB) {
+                        const long nb = g->ow - ow0 < NB ? g->ow - ow0 : NB;
+                        float *yb = y + ((n * g->m + grp * mg + m0) * g->oh + oh) * g->ow + ow0;
+                        if (mb == 2 * MB && nb == NB)
+                            block_8x8(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                        else if (mb == MB && nb == NB)
+                            block_4x8(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                        else
+                            block_tail(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, mb, nb, yb, plane);
+                    }
+                m0 += mb;
+            }
+        }
+        for (long m = 0; m < g->m; m++)
+            epilogue(y + (n * g->m + m) * plane, plane, bias ? bias + m : NULL,
+                     res ? res + (n * g->m + m) * plane : NULL, g->act, g->lo, g->hi);
+    }
+}
+
+/* Depthwise convolution channels-last: the image copied into a zero-padded [H, W, C] scratch,
+   every output pixel a sum over the kernel of contiguous multiply-adds across the channels (long
+   vector loops where NCHW has one short loop per channel and row), then back to NCHW through the
+   epilogue. ``wt`` is [R, S, C]; ``scratch`` holds Hp * Wp * C + OH * OW * C floats. */
+HOT static void depthwise_nhwc_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
+                                   const float *bias, const float *res, float *y, float *scratch) {
+    const long c = g->c, plane = g->oh * g->ow;
+    float *xp = scratch, *acc = scratch + hp * wp * c;
+    for (long n = 0; n < g->n; n++) {
+        memset(xp, 0, sizeof(float) * (size_t)(hp * wp * c));
+        const float *xn = x + n * c * g->h * g->w;
+        for (long ch = 0; ch < c; ch++)
+            for (long ih = 0; ih < g->h && ih + g->pt < hp; ih++) {
+                const float *xr = xn + (ch * g->h + ih) * g->w;
+                float *dst = xp + ((ih + g->pt) * wp + g->pl) * c + ch;
+                const long wmax = g->w < wp - g->pl ? g->w : wp - g->pl;
+                for (long iw = 0; iw < wmax; iw++) dst[iw * c] = xr[iw];
+            }
+        for (long oh = 0; oh < g->oh; oh++)
+            for (long ow = 0; ow < g->ow; ow++) {
+                float *restrict a = acc + (oh * g->ow + ow) * c;
+                for (long ch = 0; ch < c; ch++) a[ch] = 0.0f;
+                for (long r = 0; r < g->r; r++)
+                    for (long s = 0; s < g->s; s++) {
+                        const float *restrict xr = xp + ((oh * g->sh + r * g->dh) * wp + ow * g->sw + s * g->dw) * c;
+                        const float *restrict wr = wt + (r * g->s + s) * c;
+                        for (long ch = 0; ch < c; ch++) a[ch] += wr[ch] * xr[ch];
+                    }
+            }
+        float *yn = y + n * c * plane;
+        const float *rn = res ? res + n * c * plane : NULL;
+        for (long ch = 0; ch < c; ch++) {
+            float *yp = yn + ch * plane;
+            for (long p = 0; p < plane; p++) yp[p] = acc[p * c + ch];
+            epilogue(yp, plane, bias ? bias + ch : NULL, rn ? rn + ch * plane : NULL, g->act, g->lo, g->hi);
+        }
+    }
+}
+
+/* conv2d(x, w, bias|None, residual|None, y, sh, sw, pt, pl, dh, dw, group, act, lo, hi)
+   x [N,C,H,W], w [M,C/group,R,S], bias [M], residual and y [N,M,OH,OW], all C-contiguous float32;
+   act: 0 none, 1 ReLU, 2 Clip(lo, hi).
+   depthwise_nhwc(x, wt, ...same...): a depthwise convolution (group == C == M) with the weights as
+   wt [R,S,C]. */
+/* mode 0: conv2d (w [M, C/g, R, S]); 1: depthwise_nhwc (w [R, S, C]); 2: conv2d_blocked
+   (w [group, C/g, R, S, M/g], stride 1 along W). */
+static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) {
+    const int nhwc = mode == 1;
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "conv2d takes 15 arguments");
+        return NULL;
+    }
+    Buf b[5];
+    memset(b, 0, sizeof b);
+    ConvGeo g;
+    long v[8];
+    double lo, hi;
+    for (int i = 0; i < 8; i++)
+        if (as_long(args[5 + i], &v[i]) < 0) return NULL;
+    if (as_double(args[13], &lo) < 0 || as_double(args[14], &hi) < 0) return NULL;
+    if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "w", mode == 1 ? 3 : mode == 2 ? 5 : 4, 0, 1, 0, 0) < 0 ||
+        get(args[2], &b[2], "bias", 1, 0, 1, 1, 0) < 0 || get(args[3], &b[3], "residual", 4, 0, 1, 1, 0) < 0 ||
+        get(args[4], &b[4], "y", 4, 1, 1, 0, 0) < 0) {
+        release(b, 5);
+        return NULL;
+    }
+    Py_ssize_t *xs = b[0].b.shape, *ws = b[1].b.shape, *ys = b[4].b.shape;
+    g.n = xs[0], g.c = xs[1], g.h = xs[2], g.w = xs[3];
+    if (mode == 1)
+        g.m = ws[2], g.cg = 1, g.r = ws[0], g.s = ws[1];
+    else if (mode == 2)
+        g.m = ws[0] * ws[4], g.cg = ws[1], g.r = ws[2], g.s = ws[3];
+    else
+        g.m = ws[0], g.cg = ws[1], g.r = ws[2], g.s = ws[3];
+    g.oh = ys[2], g.ow = ys[3];
+    g.sh = v[0], g.sw = v[1], g.pt = v[2], g.pl = v[3], g.dh = v[4], g.dw = v[5], g.group = v[6], g.act = v[7];
+    g.lo = (float)lo, g.hi = (float)hi;
+    const char *bad = NULL;
+    if (g.group < 1 || g.m % g.group || g.c != g.cg * g.group) bad = "channels do not match the weights and group";
+    else if (nhwc && (g.group != g.c || g.m != g.c)) bad = "depthwise_nhwc needs group == channels == outputs";
+    else if (mode == 2 && (ws[0] != g.group || g.sw != 1)) bad = "conv2d_blocked needs [group, ...] weights and stride 1 along W";
+    else if (ys[0] != g.n || ys[1] != g.m) bad = "output batch or channels do not match";
+    else if (g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.pt < 0 || g.pl < 0) bad = "bad strides, dilations or pads";
+    else if (g.oh < 1 || g.ow < 1) bad = "empty output"; /* every read is clamped to the image */
+    else if (b[2].held && b[2].b.shape[0] != g.m) bad = "bias length differs from the output channels";
+    else if (b[3].held && (b[3].b.shape[0] != g.n || b[3].b.shape[1] != g.m || b[3].b.shape[2] != g.oh ||
+                           b[3].b.shape[3] != g.ow))
+        bad = "residual shape differs from the output";
+    if (bad) {
+        release(b, 5);
+        PyErr_Format(PyExc_ValueError, "conv2d: %s", bad);
+        return NULL;
+    }
+    const float *x = b[0].b.buf, *w = b[1].b.buf;
+    const float *bias = b[2].held ? b[2].b.buf : NULL, *res = b[3].held ? b[3].b.buf : NULL;
+    float *y = b[4].b.buf;
+    float *scratch = NULL;
+    long hp = 0, wp = 0;
+    if (mode != 0) {
+        const long need_h = (g.oh - 1) * g.sh + (g.r - 1) * g.dh + 1, need_w = (g.ow - 1) * g.sw + (g.s - 1) * g.dw + 1;
+        hp = need_h > g.h + g.pt ? need_h : g.h + g.pt;
+        wp = need_w > g.w + g.pl ? need_w : g.w + g.pl;
+        scratch = malloc(sizeof(float) * (size_t)(hp * wp + (nhwc ? g.oh * g.ow : 0)) * (size_t)g.c);
+        if (!scratch) {
+            release(b, 5);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (mode == 1)
+        depthwise_nhwc_run(&g, hp, wp, x, w, bias, res, y, scratch);
+    else if (mode == 2)
+        conv_blocked_run(&g, hp, wp, x, w, bias, res, y, scratch);
+    else
+        conv2d_run(&g, x, w, bias, res, y);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conv2d(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return conv_common(args, nargs, 0); }
+
+static PyObject *depthwise_nhwc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return conv_common(args, nargs, 1);
+}
+
+static PyObject *conv2d_blocked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return conv_common(args, nargs, 2);
+}
+
+/* ---- layer_norm / softmax --------------------------------------------------------------- */
+
+HOT static void layer_norm_run(long rows, long cols, const float *x, const float *skip, const float *add_bias,
+                               float *s_out, const float *scale, const float *bias, double eps, float *y) {
+    for (long i = 0; i < rows; i++) {
+        const float *xr = x + i * cols;
+        float *yr = y + i * cols;
+        const float *src = xr;
+        if (skip) {
+            float *sr = s_out + i * cols;
+            const float *kr = skip + i * cols;
+            for (long j = 0; j < cols; j++) {
+                float v = xr[j] + kr[j];
+                if (add_bias) v += add_bias[j];
+                sr[j] = v;
+            }
+            src = sr;
+        }
+        const float mean = (float)(sum_f64(src, cols) / (double)cols);
+        double lane[4] = {0, 0, 0, 0};
+        long j = 0;
+        for (; j + 4 <= cols; j += 4)
+            for (int l = 0; l < 4; l++) {
+                const float d = src[j + l] - mean;
+                yr[j + l] = d;
+                lane[l] += (double)d * (double)d;
+            }
+        double sq = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+        for (; j < cols; j++) {
+            const float d = src[j] - mean;
+            yr[j] = d;
+            sq += (double)d * (double)d;
+        }
+        const float den = (float)sqrt((double)(float)(sq / (double)cols) + eps);
+        for (long j = 0; j < cols; j++) {
+            float v = yr[j] / den;
+            if (scale) v *= scale[j];
+            if (bias) v += bias[j];
+            yr[j] = v;
+        }
+    }
+}
+
+/* layer_norm(x, y, scale|None, bias|None, eps, skip|None, add_bias|None, s_out|None)
+   x, y (and skip, s_out) C-contiguous float32 of one shape, normalised over the last ``cols``
+   elements, where cols is the length of scale (or of x's last dim without a scale). */
+static PyObject *layer_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "layer_norm takes 8 arguments");
+        return NULL;
+    }
+    Buf b[7];
+    memset(b, 0, sizeof b);
+    double eps;
+    if (as_double(args[4], &eps) < 0) return NULL;
+    if (get(args[0], &b[0], "x", -1, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", -1, 1, 1, 0, 0) < 0 ||
+        get(args[2], &b[2], "scale", -1, 0, 1, 1, 0) < 0 || get(args[3], &b[3], "bias", -1, 0, 1, 1, 0) < 0 ||
+        get(args[5], &b[4], "skip", -1, 0, 1, 1, 0) < 0 || get(args[6], &b[5], "add_bias", -1, 0, 1, 1, 0) < 0 ||
+        get(args[7], &b[6], "s_out", -1, 1, 1, 1, 0) < 0) {
+        release(b, 7);
+        return NULL;
+    }
+    const Py_ssize_t total = b[0].b.len / 4;
+    Py_ssize_t cols = b[2].held ? b[2].b.len / 4 : (b[0].b.ndim ? b[0].b.shape[b[0].b.ndim - 1] : 1);
+    const char *bad = NULL;
+    if (cols < 1 || total % cols) bad = "the normalised size does not divide the input";
+    else if (b[1].b.len != b[0].b.len) bad = "output size differs from the input";
+    else if (b[3].held && b[3].b.len / 4 != cols) bad = "bias length differs from the normalised size";
+    else if (b[4].held && (b[4].b.len != b[0].b.len || !b[6].held || b[6].b.len != b[0].b.len))
+        bad = "skip and its sum output must match the input";
+    else if (b[5].held && (b[5].b.len / 4 != cols || !b[4].held)) bad = "the added bias needs a skip and the normalised size";
+    if (bad) {
+        release(b, 7);
+        PyErr_Format(PyExc_ValueError, "layer_norm: %s", bad);
+        return NULL;
+    }
+    const float *x = b[0].b.buf;
+    float *y = b[1].b.buf;
+    const float *scale = b[2].held ? b[2].b.buf : NULL, *bias = b[3].held ? b[3].b.buf : NULL;
+    const float *skip = b[4].held ? b[4].b.buf : NULL, *add_bias = b[5].held ? b[5].b.buf : NULL;
+    float *s_out = b[6].held ? b[6].b.buf : NULL;
+    const long rows = (long)(total / cols);
+    Py_BEGIN_ALLOW_THREADS
+    layer_norm_run(rows, (long)cols, x, skip, add_bias, s_out, scale, bias, eps, y);
+    Py_END_ALLOW_THREADS
+    release(b, 7);
+    Py_RETURN_NONE;
+}
+
+/* exp(x) in float32 (Cephes' expf: range reduction by ln 2, a degree-5 polynomial, 2^n from the
+   exponent bits; relative error ~1e-7), branch-free so loops over it vectorise. exp(-inf) is 0,
+   NaN stays NaN, inputs below the smallest normal result give 0, above 88.7 give +inf. */
+static inline float exp_f32(float x) {
+    const float lo = -87.33654f, hi = 88.72283f;
+    float c = x < lo ? lo : x;
+    c = c > hi ? hi : c;
+    float fx = floorf(c * 1.44269504088896341f + 0.5f);
+    float r = c - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    union {
+        int i;
+        float f;
+    } pow2;
+    pow2.i = ((int)fx + 127) << 23;
+    y *= pow2.f;
+    y = x < lo ? 0.0f : y;
+    y = x > hi ? INFINITY : y;
+    return x != x ? x : y;
+}
+
+/* LayerNorm over axis 1 of x [N, C, P] (channels first): statistics per (n, p) across C,
+   accumulated in double, vectorised across P. ``stat`` holds 2 * P doubles. */
+HOT static void layer_norm_cf_run(long n, long c, long p, const float *x, const float *scale, const float *bias,
+                                  double eps, float *y, double *stat) {
+    double *mean = stat, *var = stat + p;
+    for (long b = 0; b < n; b++) {
+        const float *xb = x + b * c * p;
+        float *yb = y + b * c * p;
+        for (long i = 0; i < p; i++) mean[i] = 0.0, var[i] = 0.0;
+        for (long ch = 0; ch < c; ch++)
+            for (long i = 0; i < p; i++) mean[i] += xb[ch * p + i];
+        for (long i = 0; i < p; i++) mean[i] = (float)(mean[i] / (double)c);
+        for (long ch = 0; ch < c; ch++)
+            for (long i = 0; i < p; i++) {
+                const float d = xb[ch * p + i] - (float)mean[i];
+                yb[ch * p + i] = d;
+                var[i] += (double)d * (double)d;
+            }
+        for (long i = 0; i < p; i++) var[i] = (float)sqrt((double)(float)(var[i] / (double)c) + eps);
+        for (long ch = 0; ch < c; ch++) {
+            const float sc = scale ? scale[ch] : 1.0f, bi = bias ? bias[ch] : 0.0f;
+            for (long i = 0; i < p; i++) {
+                float v = yb[ch * p + i] / (float)var[i];
+                if (scale) v *= sc;
+                if (bias) v += bi;
+                yb[ch * p + i] = v;
+            }
+        }
+    }
+}
+
+/* layer_norm_cf(x, y, scale|None, bias|None, eps): LayerNorm across axis 1 of a C-contiguous
+   float32 x of rank >= 2; scale and bias hold one value per channel. */
+static PyObject *layer_norm_cf(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "layer_norm_cf takes 5 arguments");
+        return NULL;
+    }
+    double eps;
+    if (as_double(args[4], &eps) < 0) return NULL;
+    Buf b[4];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", -1, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", -1, 1, 1, 0, 0) < 0 ||
+        get(args[2], &b[2], "scale", -1, 0, 1, 1, 0) < 0 || get(args[3], &b[3], "bias", -1, 0, 1, 1, 0) < 0) {
+        release(b, 4);
+        return NULL;
+    }
+    const char *bad = NULL;
+    long n = 0, c = 0, p = 1;
+    if (b[0].b.ndim < 2) bad = "x needs rank >= 2";
+    else {
+        n = (long)b[0].b.shape[0], c = (long)b[0].b.shape[1];
+        for (int i = 2; i < b[0].b.ndim; i++) p *= (long)b[0].b.shape[i];
+        if (b[1].b.len != b[0].b.len) bad = "output size differs from the input";
+        else if ((b[2].held && b[2].b.len / 4 != c) || (b[3].held && b[3].b.len / 4 != c))
+            bad = "scale / bias need one value per channel";
+        else if (c < 1) bad = "no channels";
+    }
+    double *stat = bad ? NULL : malloc(sizeof(double) * 2 * (size_t)(p > 0 ? p : 1));
+    if (!bad && !stat) {
+        release(b, 4);
+        return PyErr_NoMemory();
+    }
+    if (bad) {
+        release(b, 4);
+        PyErr_Format(PyExc_ValueError, "layer_norm_cf: %s", bad);
+        return NULL;
+    }
+    const float *x = b[0].b.buf, *scale = b[2].held ? b[2].b.buf : NULL, *bias = b[3].held ? b[3].b.buf : NULL;
+    float *y = b[1].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    layer_norm_cf_run(n, c, p, x, scale, bias, eps, y, stat);
+    Py_END_ALLOW_THREADS
+    free(stat);
+    release(b, 4);
+    Py_RETURN_NONE;
+}
+
+/* rms_norm(x, y, scale|None, eps, cols): y = x * (1 / sqrt(mean(x^2) + eps)) * scale over rows of
+   ``cols`` values of a C-contiguous float32 x (the reference's order: the reciprocal first). */
+static PyObject *rms_norm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "rms_norm takes 5 arguments");
+        return NULL;
+    }
+    double eps;
+    long cols;
+    if (as_double(args[3], &eps) < 0 || as_long(args[4], &cols) < 0) return NULL;
+    Buf b[3];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", -1, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", -1, 1, 1, 0, 0) < 0 ||
+        get(args[2], &b[2], "scale", -1, 0, 1, 1, 0) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    const long total = (long)(b[0].b.len / 4);
+    if (cols < 1 || total % cols || b[1].b.len != b[0].b.len || (b[2].held && b[2].b.len / 4 != cols)) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "rms_norm: rows, output or scale do not match");
+        return NULL;
+    }
+    const float *x = b[0].b.buf, *scale = b[2].held ? b[2].b.buf : NULL;
+    float *y = b[1].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < total / cols; i++) {
+        const float *xr = x + i * cols;
+        float *yr = y + i * cols;
+        double lane[4] = {0, 0, 0, 0};
+        long j = 0;
+        for (; j + 4 <= cols; j += 4)
+            for (int l = 0; l < 4; l++) lane[l] += (double)(xr[j + l] * xr[j + l]);
+        double sq = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+        for (; j < cols; j++) sq += (double)(xr[j] * xr[j]);
+        const float inv = 1.0f / (float)sqrt((double)(float)(sq / (double)cols) + eps);
+        for (j = 0; j < cols; j++) {
+            float v = xr[j] * inv;
+            if (scale) v *= scale[j];
+            yr[j] = v;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+/* The reference softmax of one row in place: max shift (a non-finite max shifts by 0), exp, sum. */
+HOT static void softmax_row(float *e, long n) {
+    float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int nan[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    long j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) {
+            const float v = e[j + l];
+            nan[l] |= v != v;
+            lane[l] = v > lane[l] ? v : lane[l];
+        }
+    float m = -INFINITY;
+    int any_nan = 0;
+    for (int l = 0; l < 8; l++) {
+        m = lane[l] > m ? lane[l] : m;
+        any_nan |= nan[l];
+    }
+    for (; j < n; j++) {
+        any_nan |= e[j] != e[j];
+        m = e[j] > m ? e[j] : m;
+    }
+    if (any_nan || !isfinite(m)) m = 0.0f;
+    for (long j = 0; j < n; j++) e[j] = exp_f32(e[j] - m);
+    const float s = (float)sum_f64(e, n);
+    for (long j = 0; j < n; j++) e[j] /= s;
+}
+
+/* softmax(x): softmax over the last dim of a C-contiguous float32 array, in place. */
+static PyObject *softmax(PyObject *self, PyObject *arg) {
+    Buf b;
+    if (get(arg, &b, "x", -1, 1, 1, 0, 0) < 0) {
+        release(&b, 1);
+        return NULL;
+    }
+    const long n = b.b.ndim ? (long)b.b.shape[b.b.ndim - 1] : 1;
+    const long rows = n ? (long)(b.b.len / 4 / n) : 0;
+    float *x = b.b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < rows; i++) softmax_row(x + i * n, n);
+    Py_END_ALLOW_THREADS
+    release(&b, 1);
+    Py_RETURN_NONE;
+}
+
+/* ---- attention -------------------------------------------------------------------------- */
+
+typedef struct {
+    long b, h, sq, d, hk, sk;
+    Py_ssize_t qs[4], ks[4], vs[4], os[4], ms[4]; /* strides in elements (bool mask: bytes) */
+    float scale, causal_fill; /* a finite fill is added to the score, as the reference does */
+    int mask_kind, causal, nan_to_zero, finite_fill;
+} AttnGeo;
+
+HOT static void attention_run(const AttnGeo *g, const float *q, const float *k, const float *v, const void *mask,
+                              float *o, float *p, float *kt) {
+    const long rep = g->h / g->hk, sk = g->sk, d = g->d;
+    for (long bi = 0; bi < g->b; bi++) {
+        for (long hi = 0; hi < g->h; hi++) {
+            const long hk = hi / rep;
+            const float *qb = q + bi * g->qs[0] + hi * g->qs[1];
+            const float *kb = k + bi * g->ks[0] + hk * g->ks[1];
+            const float *vb = v + bi * g->vs[0] + hk * g->vs[1];
+            /* K transposed to [D, Sk] once per head: each score row is then D passes of
+               contiguous multiply-adds over the keys, summed over D in order as a dot product is */
+            for (long j = 0; j < sk; j++)
+                for (long t = 0; t < d; t++) kt[t * sk + j] = kb[j * g->ks[2] + t * g->ks[3]];
+            for (long i = 0; i < g->sq; i++) {
+                const float *qr = qb + i * g->qs[2];
+                for (long j = 0; j < sk; j++) p[j] = 0.0f;
+                for (long t = 0; t < d; t++) {
+                    const float qv = qr[t * g->qs[3]];
+                    const float *kr = kt + t * sk;
+                    for (long j = 0; j < sk; j++) p[j] += qv * kr[j];
+                }
+                if (g->scale != 1.0f)
+                    for (long j = 0; j < sk; j++) p[j] *= g->scale;
+                const long keep_to = g->causal ? i + sk - g->sq : sk - 1; /* the last unmasked key */
+                const float *mf = g->mask_kind == 1 ? (const float *)mask + bi * g->ms[0] + hi * g->ms[1] + i * g->ms[2] : NULL;
+                const char *mb = g->mask_kind == 2 ? (const char *)mask + bi * g->ms[0] + hi * g->ms[1] + i * g->ms[2] : NULL;
+                for (long j = 0; j < sk; j++) {
+                    if (j > keep_to) p[j] = g->finite_fill ? p[j] + g->causal_fill : -INFINITY;
+                    else if (mf) p[j] += mf[j * g->ms[3]];
+                    else if (mb && !mb[j * g->ms[3]]) p[j] = -INFINITY;
+                }
+                softmax_row(p, sk);
+                if (g->nan_to_zero)
+                    for (long j = 0; j < sk; j++) p[j] = p[j] != p[j] ? 0.0f : p[j];
+                float *orow = o + bi * g->os[0] + hi * g->os[1] + i * g->os[2];
+                if (g->vs[3] == 1 && g->os[3] == 1) {
+                    for (long t = 0; t < d; t++) orow[t] = 0.0f;
+                    for (long j = 0; j < sk; j++) {
+                        const float pj = p[j];
+                        const float *restrict vr = vb + j * g->vs[2];
+                        float *restrict out = orow;
+                        for (long t = 0; t < d; t++) out[t] += pj * vr[t];
+                    }
+                } else {
+                    for (long t = 0; t < d; t++) orow[t * g->os[3]] = 0.0f;
+                    for (long j = 0; j < sk; j++) {
+                        const float pj = p[j];
+                        const float *vr = vb + j * g->vs[2];
+                        for (long t = 0; t < d; t++) orow[t * g->os[3]] += pj * vr[t * g->vs[3]];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static int strides_of(const Buf *b, Py_ssize_t *out, Py_ssize_t item) {
+    for (int i = 0; i < 4; i++) {
+        if (b->b.strides[i] % item) return -1;
+        out[i] = b->b.strides[i] / item;
+    }
+    return 0;
+}
+
+/* The mask's strides in elements once broadcast (NumPy's rules, aligned right) to ``dims``;
+   -1 if it does not broadcast, -2 if a stride is not whole elements. */
+static int broadcast_strides(const Buf *b, const long *dims, Py_ssize_t *out, Py_ssize_t item) {
+    const int nd = b->b.ndim;
+    if (nd > 4) return -1;
+    for (int i = 0; i < 4; i++) {
+        const int k = i - (4 - nd);
+        if (k < 0) {
+            out[i] = 0;
+            continue;
+        }
+        const Py_ssize_t n = b->b.shape[k];
+        if (n == 1) out[i] = 0;
+        else if (n == dims[i]) {
+            if (b->b.strides[k] % item) return -2;
+            out[i] = b->b.strides[k] / item;
+        } else
+            return -1;
+    }
+    return 0;
+}
+
+/* attention(q, k, v, mask|None, out, scale, mask_kind, causal, nan_to_zero, causal_fill)
+   q, out [B,H,Sq,D]; k, v [B,Hk,Sk,D] (H a multiple of Hk); a mask that broadcasts to
+   [B,H,Sq,Sk] (float32 additive, mask_kind 1, or bool, mask_kind 2); any strides. Causal:
+   keys after a query's position (aligned to the end) score -inf, or, with a finite causal_fill,
+   their unmasked score plus the fill (the reference's rule for exporters' finfo.min masks). */
+static PyObject *attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "attention takes 10 arguments");
+        return NULL;
+    }
+    Buf b[5];
+    memset(b, 0, sizeof b);
+    AttnGeo g;
+    double scale, fill;
+    long kind, causal, ntz;
+    if (as_double(args[5], &scale) < 0 || as_long(args[6], &kind) < 0 || as_long(args[7], &causal) < 0 ||
+        as_long(args[8], &ntz) < 0 || as_double(args[9], &fill) < 0)
+        return NULL;
+    if (get(args[0], &b[0], "q", 4, 0, 0, 0, 0) < 0 || get(args[1], &b[1], "k", 4, 0, 0, 0, 0) < 0 ||
+        get(args[2], &b[2], "v", 4, 0, 0, 0, 0) < 0 ||
+        get(args[3], &b[3], "mask", -1, 0, 0, kind == 0, kind == 2) < 0 || get(args[4], &b[4], "out", 4, 1, 0, 0, 0) < 0) {
+        release(b, 5);
+        return NULL;
+    }
+    Py_ssize_t *qs = b[0].b.shape, *ks = b[1].b.shape, *vs = b[2].b.shape, *os = b[4].b.shape;
+    g.b = qs[0], g.h = qs[1], g.sq = qs[2], g.d = qs[3], g.hk = ks[1], g.sk = ks[2];
+    g.scale = (float)scale, g.mask_kind = (int)kind, g.causal = (int)causal, g.nan_to_zero = (int)ntz;
+    g.finite_fill = isfinite(fill) ? 1 : 0, g.causal_fill = (float)fill;
+    const char *bad = NULL;
+    if (ks[0] != g.b || vs[0] != g.b || ks[3] != g.d || vs[1] != g.hk || vs[2] != g.sk || vs[3] != g.d)
+        bad = "q, k and v shapes do not match";
+    else if (g.hk < 1 || g.h % g.hk) bad = "query heads are not a multiple of the key heads";
+    else if (os[0] != g.b || os[1] != g.h || os[2] != g.sq || os[3] != g.d) bad = "output shape differs from q";
+    else if (kind < 0 || kind > 2) bad = "unknown mask kind";
+    else if (kind && !b[3].held) bad = "the mask kind needs a mask";
+    else if (strides_of(&b[0], g.qs, 4) || strides_of(&b[1], g.ks, 4) || strides_of(&b[2], g.vs, 4) ||
+             strides_of(&b[4], g.os, 4))
+        bad = "strides are not whole elements";
+    else if (kind) {
+        const long dims[4] = {g.b, g.h, g.sq, g.sk};
+        const int r = broadcast_strides(&b[3], dims, g.ms, kind == 2 ? 1 : 4);
+        if (r == -1) bad = "the mask does not broadcast to [B, H, Sq, Sk]";
+        else if (r) bad = "mask strides are not whole elements";
+    }
+    if (bad) {
+        release(b, 5);
+        PyErr_Format(PyExc_ValueError, "attention: %s", bad);
+        return NULL;
+    }
+    float *p = malloc(sizeof(float) * (size_t)(g.sk > 0 ? g.sk : 1) * (size_t)(1 + (g.d > 0 ? g.d : 1)));
+    if (!p) {
+        release(b, 5);
+        return PyErr_NoMemory();
+    }
+    const float *q = b[0].b.buf, *k = b[1].b.buf, *v = b[2].b.buf;
+    const void *mask = b[3].held ? b[3].b.buf : NULL;
+    float *o = b[4].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    attention_run(&g, q, k, v, mask, o, p, p + (g.sk > 0 ? g.sk : 1));
+    Py_END_ALLOW_THREADS
+    free(p);
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
+/* ---- pooling ------------------------------------------------------------------------------ */
+
+typedef struct {
+    long nc, h, w, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, kind;
+} PoolGeo;
+
+static inline float max_nan(float acc, float v) { return (v > acc || v != v) && acc == acc ? v : acc; }
+
+/* kind 0: max (padding never wins, NaN propagates), 1: sum / count[oh, ow]. Each kernel offset
+   updates a run of outputs in one loop, over the outputs whose input lies inside the image. */
+HOT static void pool2d_run(const PoolGeo *g, const float *x, float *y, const float *count) {
+    const long plane = g->oh * g->ow;
+    for (long c = 0; c < g->nc; c++) {
+        const float *xp = x + c * g->h * g->w;
+        float *yp = y + c * plane;
+        const float init = g->kind == 0 ? -INFINITY : 0.0f;
+        for (long i = 0; i < plane; i++) yp[i] = init;
+        for (long r = 0; r < g->kh; r++) {
+            const long off_h = r * g->dh - g->pt;
+            long oh0 = ceil_div(-off_h, g->sh), oh1 = floor_div(g->h - 1 - off_h, g->sh);
+            if (oh0 < 0) oh0 = 0;
+            if (oh1 > g->oh - 1) oh1 = g->oh - 1;
+            for (long s = 0; s < g->kw; s++) {
+                const long off_w = s * g->dw - g->pl;
+                long ow0 = ceil_div(-off_w, g->sw), ow1 = floor_div(g->w - 1 - off_w, g->sw);
+                if (ow0 < 0) ow0 = 0;
+                if (ow1 > g->ow - 1) ow1 = g->ow - 1;
+                for (long oh = oh0; oh <= oh1; oh++) {
+                    const float *restrict xr = xp + (oh * g->sh + off_h) * g->w + off_w;
+                    float *restrict yr = yp + oh * g->ow;
+                    const long sw = g->sw;
+                    if (g->kind == 0)
+                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] = max_nan(yr[ow], xr[ow * sw]);
+                    else
+                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] += xr[ow * sw];
+                }
+            }
+        }
+        if (g->kind == 1)
+            for (long i = 0; i < plane; i++) yp[i] /= count[i];
+    }
+}
+
+/* pool2d(x, y, kind, kh, kw, sh, sw, pt, pl, dh, dw, count|None): MaxPool (kind 0) or AveragePool
+   (kind 1, count [OH, OW]: what each window divides by) over x [N,C,H,W] into y [N,C,OH,OW]. */
+static PyObject *pool2d(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "pool2d takes 12 arguments");
+        return NULL;
+    }
+    long v[9];
+    for (int i = 0; i < 9; i++)
+        if (as_long(args[2 + i], &v[i]) < 0) return NULL;
+    Buf b[3];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", 4, 1, 1, 0, 0) < 0 ||
+        get(args[11], &b[2], "count", 2, 0, 1, v[0] == 0, 0) < 0) {
+        release(b, 3);
+        return NULL;
+    }
+    Py_ssize_t *xs = b[0].b.shape, *ys = b[1].b.shape;
+    PoolGeo g = {xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[0]};
+    const char *bad = NULL;
+    if (ys[0] != xs[0] || ys[1] != xs[1]) bad = "output batch or channels differ from the input";
+    else if (g.kind != 0 && g.kind != 1) bad = "unknown pooling kind";
+    else if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.pt < 0 || g.pl < 0)
+        bad = "bad kernel, strides, dilations or pads";
+    else if (g.kind == 1 && (b[2].b.shape[0] != g.oh || b[2].b.shape[1] != g.ow)) bad = "count shape differs from the output";
+    if (bad) {
+        release(b, 3);
+        PyErr_Format(PyExc_ValueError, "pool2d: %s", bad);
+        return NULL;
+    }
+    const float *x = b[0].b.buf, *count = b[2].held ? b[2].b.buf : NULL;
+    float *y = b[1].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    pool2d_run(&g, x, y, count);
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    Py_RETURN_NONE;
+}
+
+/* A float32 sum in NumPy's pairwise order (blocks of 8 partial sums up to 128 values, halves
+   above), so a mean matches np.mean's to the bit: a GlobalAveragePool whose channels differ only
+   in their last bits then rounds as the reference does. */
+static float pairwise_sum_f32(const float *a, long n) {
+    if (n < 8) {
+        float res = 0.0f;
+        for (long i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        float r[8];
+        for (int j = 0; j < 8; j++) r[j] = a[j];
+        long i = 8;
+        for (; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[i + j];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    long n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum_f32(a, n2) + pairwise_sum_f32(a + n2, n - n2);
+}
+
+/* global_pool(x, y, kind): the mean (kind 1, NumPy's float32 pairwise sum) or max (kind 0, NaN propagates)
+   of each [..., plane] row of a C-contiguous x into y (one value per row). */
+static PyObject *global_pool(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "global_pool takes 3 arguments");
+        return NULL;
+    }
+    long kind;
+    if (as_long(args[2], &kind) < 0) return NULL;
+    Buf b[2];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", -1, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", -1, 1, 1, 0, 0) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    const long rows = (long)(b[1].b.len / 4), total = (long)(b[0].b.len / 4);
+    if (rows < 1 || total % rows || (kind != 0 && kind != 1)) {
+        release(b, 2);
+        PyErr_SetString(PyExc_ValueError, "global_pool: the output does not divide the input, or unknown kind");
+        return NULL;
+    }
+    const long plane = total / rows;
+    const float *x = b[0].b.buf;
+    float *y = b[1].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < rows; i++) {
+        const float *r = x + i * plane;
+        if (kind == 1) {
+            y[i] = pairwise_sum_f32(r, plane) / (float)plane;
+        } else {
+            float m = -INFINITY;
+            for (long j = 0; j < plane; j++) m = (r[j] > m || r[j] != r[j]) && m == m ? r[j] : m;
+            y[i] = m;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+/* ---- activations ------------------------------------------------------------------------ */
+
+enum { ACT_NONE, ACT_RELU, ACT_CLIP, ACT_GELU, ACT_GELU_TANH, ACT_SIGMOID, ACT_SILU, ACT_TANH };
+
+/* erf(x) by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), branch-free */
+static inline float erf_f32(float x) {
+    const float ax = fabsf(x);
+    const float t = 1.0f / (1.0f + 0.3275911f * ax);
+    float p = 1.061405429f;
+    p = p * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    const float r = 1.0f - p * t * exp_f32(-ax * ax);
+    return copysignf(r, x);
+}
+
+/* tanh(x): Cephes' tanhf (a polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above), branch-free */
+static inline float tanh_f32(float x) {
+    const float ax = fabsf(x);
+    const float z = x * x;
+    const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
+                          1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+    const float big = copysignf(1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f), x);
+    const float r = ax < 0.625f ? small : big;
+    return x != x ? x : r;
+}
+
+HOT static void activate_run(float *y, long n, int code, float lo, float hi) {
+    switch (code) {
+    case ACT_RELU:
+        for (long i = 0; i < n; i++) y[i] = y[i] < 0.0f ? 0.0f : y[i];
+        break;
+    case ACT_CLIP:
+        for (long i = 0; i < n; i++) {
+            float v = y[i] < lo ? lo : y[i];
+            y[i] = v > hi ? hi : v;
+        }
+        break;
+    case ACT_GELU:
+        for (long i = 0; i < n; i++) y[i] = 0.5f * y[i] * (1.0f + erf_f32(y[i] * 0.70710678118654752f));
+        break;
+    case ACT_GELU_TANH:
+        for (long i = 0; i < n; i++) {
+            const float x = y[i];
+            y[i] = 0.5f * x * (1.0f + tanh_f32(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+        }
+        break;
+    case ACT_SIGMOID:
+        for (long i = 0; i < n; i++) y[i] = 0.5f * tanh_f32(0.5f * y[i]) + 0.5f;
+        break;
+    case ACT_SILU:
+        for (long i = 0; i < n; i++) y[i] *= 0.5f * tanh_f32(0.5f * y[i]) + 0.5f;
+        break;
+    case ACT_TANH:
+        for (long i = 0; i < n; i++) y[i] = tanh_f32(y[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+/* activate(y, code, lo, hi): the epilogue activation in place on a C-contiguous float32 array;
+   code 1 ReLU, 2 Clip(lo, hi), 3 GELU (erf), 4 GELU (tanh), 5 Sigmoid, 6 SiLU, 7 Tanh. */
+static PyObject *activate(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "activate takes 4 arguments");
+        return NULL;
+    }
+    long code;
+    double lo, hi;
+    if (as_long(args[1], &code) < 0 || as_double(args[2], &lo) < 0 || as_double(args[3], &hi) < 0) return NULL;
+    if (code < ACT_NONE || code > ACT_TANH) {
+        PyErr_Format(PyExc_ValueError, "activate: unknown activation code %ld", code);
+        return NULL;
+    }
+    Buf b;
+    if (get(args[0], &b, "y", -1, 1, 1, 0, 0) < 0) {
+        release(&b, 1);
+        return NULL;
+    }
+    float *y = b.b.buf;
+    const long n = (long)(b.b.len / 4);
+    Py_BEGIN_ALLOW_THREADS
+    activate_run(y, n, (int)code, (float)lo, (float)hi);
+    Py_END_ALLOW_THREADS
+    release(&b, 1);
+    Py_RETURN_NONE;
+}
+
+/* ---- module ----------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"conv2d", (PyCFunction)(void (*)(void))conv2d, METH_FASTCALL, "Direct 2-D convolution with its epilogue."},
+    {"depthwise_nhwc", (PyCFunction)(void (*)(void))depthwise_nhwc, METH_FASTCALL, "Depthwise 2-D convolution, channels-last."},
+    {"conv2d_blocked", (PyCFunction)(void (*)(void))conv2d_blocked, METH_FASTCALL, "Register-blocked 2-D convolution."},
+    {"layer_norm", (PyCFunction)(void (*)(void))layer_norm, METH_FASTCALL, "LayerNorm / SkipLayerNorm over the last axis."},
+    {"softmax", (PyCFunction)softmax, METH_O, "Softmax over the last axis, in place."},
+    {"layer_norm_cf", (PyCFunction)(void (*)(void))layer_norm_cf, METH_FASTCALL, "LayerNorm across channels (axis 1)."},
+    {"rms_norm", (PyCFunction)(void (*)(void))rms_norm, METH_FASTCALL, "RMSNorm over trailing axes."},
+    {"attention", (PyCFunction)(void (*)(void))attention, METH_FASTCALL, "Scaled dot-product attention."},
+    {"activate", (PyCFunction)(void (*)(void))activate, METH_FASTCALL, "An epilogue activation in place."},
+    {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_FASTCALL, "MaxPool / AveragePool over 2-D windows."},
+    {"global_pool", (PyCFunction)(void (*)(void))global_pool, METH_FASTCALL, "GlobalAveragePool / GlobalMaxPool."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "Native CPU kernels of workbench.", -1, methods,
+                                     NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
