@@ -307,3 +307,90 @@ def test_native_global_average_pool_sums_as_numpy_does(plane):
     y = np.empty((2, 5), np.float32)
     _native.global_pool(x, y, 1)
     np.testing.assert_array_equal(y, np.mean(x, axis=2))
+
+
+def test_fast_pointwise_takes_chains_with_integer_and_bool_inputs():
+    """An attention-mask chain: int64 mask cast to float, inverted and scaled, plus a bool step;
+    the non-float32 steps run their reference kernels inside the fast tactic."""
+    import json
+
+    prog = [{"op": "Cast", "args": ["in0"], "out": "t0", "attrs": {"to": 1}},
+            {"op": "Sub", "args": ["c:1.0", "t0"], "out": "t1"},
+            {"op": "Mul", "args": ["t1", "c:-10000.0"], "out": "t2"},
+            {"op": "Add", "args": ["t2", "in1"], "out": "t3"},
+            {"op": "Not", "args": ["in2"], "out": "b0"},
+            {"op": "Cast", "args": ["b0"], "out": "t4", "attrs": {"to": 1}},
+            {"op": "Add", "args": ["t3", "t4"], "out": "t5"}]
+    attrs = {"program": json.dumps(prog), "outputs": ["t5"]}
+    lay = layer("Pointwise", [("m", "int64", (2, 1, 1, 5)), f32("x", 1, 1, 5, 1), ("k", "bool", (2, 1, 1, 5))],
+                [f32("y", 2, 1, 5, 5)], attrs, domain="workbench")
+    feeds = {"m": np.array([1, 1, 1, 0, 0] * 2, np.int64).reshape(2, 1, 1, 5),
+             "k": np.array([True, False, True, True, False] * 2).reshape(2, 1, 1, 5)}
+    assert ("cpu.fast.pointwise", None) in check(lay, feeds=feeds)
+
+
+_CHAINS = [
+    # batch-norm + ReLU on channels (densenet's pre-activation), two outputs, a shared temp
+    ([{"op": "Mul", "args": ["in0", "in1"], "out": "t0"}, {"op": "Add", "args": ["t0", "in2"], "out": "t1"},
+      {"op": "Relu", "args": ["t1"], "out": "t2"}, {"op": "Max", "args": ["t2", "t0"], "out": "t3"}],
+     [(2, 6, 5, 7), (6, 1, 1), (6, 1, 1)], ["t3", "t1"]),
+    # rotary-style: two broadcast tables over the last dims, constants, every unary op
+    ([{"op": "Mul", "args": ["in0", "in1"], "out": "a"}, {"op": "Sub", "args": ["c:0.5", "a"], "out": "b"},
+      {"op": "Div", "args": ["b", "c:3.0"], "out": "c"}, {"op": "Tanh", "args": ["c"], "out": "d"},
+      {"op": "Exp", "args": ["d"], "out": "e"}, {"op": "Sigmoid", "args": ["e"], "out": "f"},
+      {"op": "Erf", "args": ["f"], "out": "g"}, {"op": "Neg", "args": ["g"], "out": "h"},
+      {"op": "Abs", "args": ["h"], "out": "i"}, {"op": "Sqrt", "args": ["i"], "out": "j"},
+      {"op": "Reciprocal", "args": ["j"], "out": "k"}, {"op": "Min", "args": ["k", "in2"], "out": "m"}],
+     [(2, 3, 4, 8), (1, 1, 4, 8), (3, 1, 1)], ["m"]),
+    # a row vector against a column vector: the output is larger than either
+    ([{"op": "Add", "args": ["in0", "in1"], "out": "t0"}, {"op": "Mul", "args": ["t0", "t0"], "out": "t1"}],
+     [(1, 7), (5, 1)], ["t1"]),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("prog,shapes,outs", _CHAINS)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_native_pointwise_chains(prog, shapes, outs, precision):
+    import json
+
+    from workbench.kernels.cpu.pointwise import PointwiseKernel
+
+    full = np.broadcast_shapes(*shapes)
+    attrs = {"program": json.dumps(prog), "outputs": outs}
+    lay = layer("Pointwise", [f32(f"x{i}", *s) for i, s in enumerate(shapes)],
+                [f32(f"o{i}", *full) for i in range(len(outs))], attrs, domain="workbench")
+    assert ("cpu.fast.pointwise", None) in check(lay, precision=precision)
+    kernel = PointwiseKernel(lay, None, True)
+    values = [random_array("float32", s, np.random.default_rng(i)) for i, s in enumerate(shapes)]
+    values[0].reshape(-1)[:3] = [np.nan, np.inf, -np.inf]  # special values go through the same steps
+    got = kernel(KernelContext(), values, attrs)
+    assert kernel.native is not None, "the chain did not take the native path"
+    want = REFERENCE["cpu.numpy"].build(lay, "fp32", {})(KernelContext(), values, attrs)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        finite = np.isfinite(w)
+        assert rel_err(g[finite], w[finite]) < 2e-6
+
+
+@needs_native
+def test_native_pointwise_reads_strided_views_and_keeps_the_reference_path_for_the_rest():
+    import json
+
+    from workbench.kernels.cpu.pointwise import PointwiseKernel
+
+    prog = [{"op": "Mul", "args": ["in0", "c:2.0"], "out": "t0"}, {"op": "Add", "args": ["t0", "in1"], "out": "t1"}]
+    attrs = {"program": json.dumps(prog), "outputs": ["t1"]}
+    lay = layer("Pointwise", [f32("a", 4, 6), f32("b", 6)], [f32("y", 4, 6)], attrs, domain="workbench")
+    kernel = PointwiseKernel(lay, None, True)
+    base = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    a, b = base.T, np.random.default_rng(1).standard_normal(12).astype(np.float32)[::2]  # transposed, strided
+    got = kernel(KernelContext(), [a, b], attrs)[0]
+    np.testing.assert_array_equal(got, a * np.float32(2) + b)
+    # a transposed view's last stride is not 0 or 1: the ufunc path ran it
+    assert kernel.native is None
+    got = kernel(KernelContext(), [np.ascontiguousarray(a), b], attrs)[0]
+    assert kernel.native is None  # b's last stride is 2
+    got = kernel(KernelContext(), [np.ascontiguousarray(a), np.ascontiguousarray(b)], attrs)[0]
+    assert kernel.native is not None
+    np.testing.assert_array_equal(got, a * np.float32(2) + b)

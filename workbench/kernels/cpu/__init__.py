@@ -104,9 +104,10 @@ def _rounded(kernel, rnd):
     return run
 
 
+# a chain's non-float32 steps (casts, comparisons, integer math) run their reference kernels
 _POINTWISE = type("_PointwiseSupport", (), {"supports": staticmethod(
-    lambda layer, constants: None if all(s is not None and s.dtype == "float32" for s in layer.input_specs)
-    else "float32 inputs only")})
+    lambda layer, constants: None if all(s is not None and s.dtype not in (None, "string") for s in layer.input_specs)
+    else "typed, non-string inputs only")})
 
 FAST: list[FastTactic] = [
     FastTactic("cpu.blas.conv", {("", "Conv"): conv, ("workbench", "FusedConv"): conv}),

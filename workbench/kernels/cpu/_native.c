@@ -16,6 +16,8 @@
    attention   softmax(scale * Q K^T + mask) V over strided Q / K / V / output views (any
                layout), additive or boolean masks, causal, grouped K/V heads.
    pool2d      MaxPool / AveragePool over 2-D windows; global_pool: their global forms.
+   pointwise   a fused pointwise chain (arithmetic, max / min, ReLU, exp, tanh, sigmoid, erf...)
+               over broadcast float32 inputs in one pass, row by row.
    activate    an epilogue activation (ReLU, Clip, GELU, Sigmoid, SiLU, Tanh) in place, for the
                GEMM / convolution / pointwise tactics.
 
@@ -244,40 +246,58 @@ static void block_tail(const ConvGeo *g, const float *xg, long hp, long wp, cons
         for (long j = 0; j < nb; j++) yb[i * plane + j] = acc[i][j];
 }
 
-HOT static void conv_blocked_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
-                                 const float *bias, const float *res, float *y, float *xp) {
-    const long mg = g->m / g->group, kk = g->cg * g->r * g->s, plane = g->oh * g->ow;
-    for (long n = 0; n < g->n; n++) {
-        memset(xp, 0, sizeof(float) * (size_t)(g->c * hp * wp));
+typedef struct {
+    const ConvGeo *g;
+    long hp, wp, mblocks;
+    const float *wt, *bias, *res, *xp;
+    float *y;
+} BlockedJob;
+
+/* one task: output channels [8k, 8k + 8) (4 or fewer for the last) of one image and group */
+HOT static void conv_blocked_task(void *arg, long task) {
+    const BlockedJob *j = arg;
+    const ConvGeo *g = j->g;
+    const long mg = g->m / g->group, kk = g->cg * g->r * g->s, plane = g->oh * g->ow, hp = j->hp, wp = j->wp;
+    const long mbk = task % j->mblocks, grp = (task / j->mblocks) % g->group, n = task / j->mblocks / g->group;
+    const float *xg = j->xp + (n * g->c + grp * g->cg) * hp * wp, *wg = j->wt + grp * kk * mg;
+    const long m_end = (mbk + 1) * 2 * MB < mg ? (mbk + 1) * 2 * MB : mg;
+    for (long m0 = mbk * 2 * MB; m0 < m_end;) {
+        /* a block of 8 channels, else one of 4, then what is left */
+        const long mb = m_end - m0 >= 2 * MB ? 2 * MB : m_end - m0 >= MB ? MB : m_end - m0;
+        for (long oh = 0; oh < g->oh; oh++)
+            for (long ow0 = 0; ow0 < g->ow; ow0 += NB) {
+                const long nb = g->ow - ow0 < NB ? g->ow - ow0 : NB;
+                float *yb = j->y + ((n * g->m + grp * mg + m0) * g->oh + oh) * g->ow + ow0;
+                if (mb == 2 * MB && nb == NB)
+                    block_8x8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                else if (mb == MB && nb == NB)
+                    block_4x8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                else
+                    block_tail(g, xg, hp, wp, wg + m0, mg, oh, ow0, mb, nb, yb, plane);
+            }
+        for (long m = m0; m < m0 + mb; m++) {
+            const long om = grp * mg + m;
+            epilogue(j->y + (n * g->m + om) * plane, plane, j->bias ? j->bias + om : NULL,
+                     j->res ? j->res + (n * g->m + om) * plane : NULL, g->act, g->lo, g->hi);
+        }
+        m0 += mb;
+    }
+}
+
+/* ``xp``: a scratch of N * C * hp * wp floats (every image padded first) */
+static void conv_blocked_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt, const float *bias,
+                             const float *res, float *y, float *xp) {
+    memset(xp, 0, sizeof(float) * (size_t)(g->n * g->c * hp * wp));
+    for (long n = 0; n < g->n; n++)
         for (long ch = 0; ch < g->c; ch++)
             for (long ih = 0; ih < g->h && ih + g->pt < hp; ih++) {
                 const long cnt = g->w < wp - g->pl ? g->w : wp - g->pl;
-                memcpy(xp + (ch * hp + ih + g->pt) * wp + g->pl, x + ((n * g->c + ch) * g->h + ih) * g->w,
+                memcpy(xp + ((n * g->c + ch) * hp + ih + g->pt) * wp + g->pl, x + ((n * g->c + ch) * g->h + ih) * g->w,
                        sizeof(float) * (size_t)cnt);
             }
-        for (long grp = 0; grp < g->group; grp++) {
-            const float *wg = wt + grp * kk * mg;
-            for (long m0 = 0; m0 < mg;) {
-                /* blocks of 8 channels, then one of 4, then what is left */
-                const long mb = mg - m0 >= 2 * MB ? 2 * MB : mg - m0 >= MB ? MB : mg - m0;
-                for (long oh = 0; oh < g->oh; oh++)
-                    for (long ow0 = 0; ow0 < g->ow; ow0 += NB) {
-                        const long nb = g->ow - ow0 < NB ? g->ow - ow0 : NB;
-                        float *yb = y + ((n * g->m + grp * mg + m0) * g->oh + oh) * g->ow + ow0;
-                        if (mb == 2 * MB && nb == NB)
-                            block_8x8(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
-                        else if (mb == MB && nb == NB)
-                            block_4x8(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
-                        else
-                            block_tail(g, xp + grp * g->cg * hp * wp, hp, wp, wg + m0, mg, oh, ow0, mb, nb, yb, plane);
-                    }
-                m0 += mb;
-            }
-        }
-        for (long m = 0; m < g->m; m++)
-            epilogue(y + (n * g->m + m) * plane, plane, bias ? bias + m : NULL,
-                     res ? res + (n * g->m + m) * plane : NULL, g->act, g->lo, g->hi);
-    }
+    const long mg = g->m / g->group;
+    BlockedJob job = {g, hp, wp, (mg + 2 * MB - 1) / (2 * MB), wt, bias, res, xp, y};
+    for (long t = 0; t < g->n * g->group * job.mblocks; t++) conv_blocked_task(&job, t);
 }
 
 /* Depthwise convolution channels-last: the image copied into a zero-padded [H, W, C] scratch,
@@ -382,7 +402,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
         const long need_h = (g.oh - 1) * g.sh + (g.r - 1) * g.dh + 1, need_w = (g.ow - 1) * g.sw + (g.s - 1) * g.dw + 1;
         hp = need_h > g.h + g.pt ? need_h : g.h + g.pt;
         wp = need_w > g.w + g.pl ? need_w : g.w + g.pl;
-        scratch = malloc(sizeof(float) * (size_t)(hp * wp + (nhwc ? g.oh * g.ow : 0)) * (size_t)g.c);
+        scratch = malloc(sizeof(float) * (size_t)(nhwc ? hp * wp + g.oh * g.ow : hp * wp * g.n) * (size_t)g.c);
         if (!scratch) {
             release(b, 5);
             return PyErr_NoMemory();
@@ -1093,6 +1113,203 @@ static PyObject *activate(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* ---- pointwise chains ---------------------------------------------------------------------- */
+
+enum { PW_ADD, PW_SUB, PW_MUL, PW_DIV, PW_MAX, PW_MIN, PW_RELU, PW_NEG, PW_EXP, PW_TANH, PW_SIGMOID, PW_ABS,
+       PW_SQRT, PW_RECIPROCAL, PW_ERF, PW_COUNT };
+enum { ARG_INPUT, ARG_STEP, ARG_CONST, ARG_NONE };
+
+static inline float pw_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+static inline float pw_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+
+/* One step over a row: dst = op(a, b), a / b given as a row pointer with stride 0 (a broadcast
+   value) or 1. No FMA contraction: each step rounds as its NumPy ufunc does. */
+__attribute__((optimize("fp-contract=off"))) HOT static void pw_step(int op, float *restrict dst, const float *a,
+                                                                     long sa, const float *b, long sb, long n) {
+#define PW_LOOP(EXPR)                                                                                     \
+    do {                                                                                                  \
+        if (sa == 1 && sb == 1)                                                                           \
+            for (long i = 0; i < n; i++) { const float x = a[i], y = b[i]; dst[i] = (EXPR); }             \
+        else if (sa == 1)                                                                                 \
+            for (long i = 0; i < n; i++) { const float x = a[i], y = b[0]; dst[i] = (EXPR); }             \
+        else if (sb == 1)                                                                                 \
+            for (long i = 0; i < n; i++) { const float x = a[0], y = b[i]; dst[i] = (EXPR); }             \
+        else                                                                                              \
+            for (long i = 0; i < n; i++) { const float x = a[0], y = b[0]; dst[i] = (EXPR); }             \
+    } while (0)
+    switch (op) {
+    case PW_ADD: PW_LOOP(x + y); break;
+    case PW_SUB: PW_LOOP(x - y); break;
+    case PW_MUL: PW_LOOP(x * y); break;
+    case PW_DIV: PW_LOOP(x / y); break;
+    case PW_MAX: PW_LOOP(pw_max(x, y)); break;
+    case PW_MIN: PW_LOOP(pw_min(x, y)); break;
+    default: {
+        const float *u = a;
+        switch (op) {
+        case PW_RELU: for (long i = 0; i < n; i++) { const float x = u[sa * i]; dst[i] = x < 0.0f ? 0.0f : x; } break;
+        case PW_NEG: for (long i = 0; i < n; i++) dst[i] = -u[sa * i]; break;
+        case PW_EXP: for (long i = 0; i < n; i++) dst[i] = exp_f32(u[sa * i]); break;
+        case PW_TANH: for (long i = 0; i < n; i++) dst[i] = tanh_f32(u[sa * i]); break;
+        case PW_SIGMOID: for (long i = 0; i < n; i++) dst[i] = 0.5f * tanh_f32(0.5f * u[sa * i]) + 0.5f; break;
+        case PW_ABS: for (long i = 0; i < n; i++) dst[i] = fabsf(u[sa * i]); break;
+        case PW_SQRT: for (long i = 0; i < n; i++) dst[i] = sqrtf(u[sa * i]); break;
+        case PW_RECIPROCAL: for (long i = 0; i < n; i++) dst[i] = 1.0f / u[sa * i]; break;
+        case PW_ERF: for (long i = 0; i < n; i++) dst[i] = erf_f32(u[sa * i]); break;
+        default: break;
+        }
+    }
+    }
+#undef PW_LOOP
+}
+
+#define PW_MAXDIM 8
+
+/* pointwise(shape, strides, inputs, consts, program, outputs)
+   shape: int64 [D] (the output's, dims coalesced by the caller); strides: int64 [n_inputs, D], each
+   input's strides in elements as broadcast to ``shape`` (0 on broadcast dims; the last dim's stride
+   0 or 1); inputs: tuple of float32 arrays; consts: float32 [n_consts]; program: int64 [n_steps, 5]
+   rows (op, a kind, a index, b kind, b index) with kinds input / step / const / none; outputs:
+   tuple of (step index, C-contiguous float32 array of ``shape``). Rows of the last dim run every
+   step in turn through a scratch row per step, so a chain reads and writes memory once. */
+static PyObject *pointwise(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyTuple_Check(args[2]) || !PyTuple_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "pointwise(shape, strides, inputs: tuple, consts, program, outputs: tuple)");
+        return NULL;
+    }
+    Py_buffer shp, str, cst, prg;
+    if (PyObject_GetBuffer(args[0], &shp, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &str, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&shp);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[3], &cst, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&shp), PyBuffer_Release(&str);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[4], &prg, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&shp), PyBuffer_Release(&str), PyBuffer_Release(&cst);
+        return NULL;
+    }
+    const Py_ssize_t n_in = PyTuple_GET_SIZE(args[2]), n_out = PyTuple_GET_SIZE(args[5]);
+    const long nd = (long)(shp.len / 8), n_steps = (long)(prg.len / 40), n_const = (long)(cst.len / 4);
+    Buf *ins = calloc((size_t)(n_in + n_out + 1), sizeof(Buf));
+    long *out_step = malloc(sizeof(long) * (size_t)(n_out + 1));
+    float *rows = NULL;
+    const char *bad = NULL;
+    if (!ins || !out_step) {
+        bad = "out of memory";
+        goto done;
+    }
+    if (shp.itemsize != 8 || str.itemsize != 8 || prg.itemsize != 8 || cst.itemsize != 4) bad = "bad table types";
+    else if (nd < 1 || nd > PW_MAXDIM) bad = "1 to 8 dims";
+    else if (str.len / 8 != n_in * nd) bad = "strides table does not match the inputs";
+    if (bad) goto done;
+    const long long *shape = shp.buf, *strides = str.buf, *prog = prg.buf;
+    const float *consts = cst.buf;
+    long inner = (long)shape[nd - 1], total = 1;
+    for (long d = 0; d < nd; d++) {
+        if (shape[d] < 0) bad = "negative dim";
+        total *= (long)shape[d];
+    }
+    for (Py_ssize_t i = 0; i < n_in && !bad; i++) {
+        if (get(PyTuple_GET_ITEM(args[2], i), &ins[i], "input", -1, 0, 0, 0, 0) < 0) goto fail;
+        if (strides[i * nd + nd - 1] != 0 && strides[i * nd + nd - 1] != 1) bad = "an input's last stride is not 0 or 1";
+        /* every element the strides reach lies inside the input's buffer */
+        long long lo = 0, hi = 0;
+        for (long d = 0; d < nd; d++) {
+            const long long span = strides[i * nd + d] * (shape[d] > 0 ? shape[d] - 1 : 0);
+            if (span < 0) lo += span; else hi += span;
+        }
+        const Py_buffer *v = &ins[i].b;
+        long long vlo = 0, vhi = 0; /* the view's own reach, in elements, from its start */
+        for (int d = 0; d < v->ndim; d++) {
+            const long long span = (long long)(v->strides[d] / 4) * (v->shape[d] > 0 ? v->shape[d] - 1 : 0);
+            if (span < 0) vlo += span; else vhi += span;
+        }
+        if (total > 0 && (lo < vlo || hi > vhi)) bad = "an input's strides reach outside it";
+    }
+    for (long k = 0; k < n_steps && !bad; k++) {
+        const long long *row = prog + k * 5;
+        if (row[0] < 0 || row[0] >= PW_COUNT) bad = "unknown op";
+        for (int j = 0; j < 2 && !bad; j++) {
+            const long long kind = row[1 + 2 * j], idx = row[2 + 2 * j];
+            if ((kind == ARG_INPUT && (idx < 0 || idx >= n_in)) || (kind == ARG_STEP && (idx < 0 || idx >= k)) ||
+                (kind == ARG_CONST && (idx < 0 || idx >= n_const)) || kind < 0 || kind > ARG_NONE ||
+                (j == 0 && kind == ARG_NONE) || (j == 1 && kind == ARG_NONE && row[0] <= PW_MIN))
+                bad = "bad operand";
+        }
+    }
+    for (Py_ssize_t i = 0; i < n_out && !bad; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(args[5], i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            bad = "outputs are (step, array) pairs";
+            break;
+        }
+        out_step[i] = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
+        if (out_step[i] == -1 && PyErr_Occurred()) goto fail;
+        if (get(PyTuple_GET_ITEM(pair, 1), &ins[n_in + i], "output", -1, 1, 1, 0, 0) < 0) goto fail;
+        if (out_step[i] < 0 || out_step[i] >= n_steps) bad = "output step out of range";
+        else if (ins[n_in + i].b.len / 4 != total) bad = "an output's size differs from the shape";
+    }
+    if (bad) goto done;
+    rows = malloc(sizeof(float) * (size_t)(n_steps > 0 ? n_steps : 1) * (size_t)(inner > 0 ? inner : 1));
+    if (!rows) {
+        bad = "out of memory";
+        goto done;
+    }
+    {
+        const float **base = malloc(sizeof(float *) * (size_t)(n_in + 1));
+        float **outp = malloc(sizeof(float *) * (size_t)(n_out + 1));
+        if (!base || !outp) {
+            free(base), free(outp);
+            bad = "out of memory";
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n_in; i++) base[i] = ins[i].b.buf;
+        for (Py_ssize_t i = 0; i < n_out; i++) outp[i] = ins[n_in + i].b.buf;
+        Py_BEGIN_ALLOW_THREADS
+        long idx[PW_MAXDIM] = {0};
+        const long n_rows = inner > 0 ? total / inner : 0;
+        for (long r = 0; r < n_rows; r++) {
+            for (long k = 0; k < n_steps; k++) {
+                const long long *row = prog + k * 5;
+                const float *op[2] = {NULL, NULL};
+                long st[2] = {0, 0};
+                for (int j = 0; j < 2; j++) {
+                    const long long kind = row[1 + 2 * j], ix = row[2 + 2 * j];
+                    if (kind == ARG_INPUT) {
+                        long long off = 0;
+                        for (long d = 0; d < nd - 1; d++) off += strides[ix * nd + d] * idx[d];
+                        op[j] = base[ix] + off;
+                        st[j] = (long)strides[ix * nd + nd - 1];
+                    } else if (kind == ARG_STEP) {
+                        op[j] = rows + ix * inner, st[j] = 1;
+                    } else if (kind == ARG_CONST) {
+                        op[j] = consts + ix, st[j] = 0;
+                    }
+                }
+                pw_step((int)row[0], rows + k * inner, op[0], st[0], op[1] ? op[1] : op[0], op[1] ? st[1] : st[0], inner);
+            }
+            for (Py_ssize_t i = 0; i < n_out; i++) memcpy(outp[i] + r * inner, rows + out_step[i] * inner, sizeof(float) * (size_t)inner);
+            for (long d = nd - 2; d >= 0; d--) { /* the next row's index */
+                if (++idx[d] < shape[d]) break;
+                idx[d] = 0;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        free(base), free(outp);
+    }
+done:
+    if (bad) PyErr_Format(PyExc_ValueError, "pointwise: %s", bad);
+fail:
+    if (ins) release(ins, (int)(n_in + n_out));
+    free(ins), free(out_step), free(rows);
+    PyBuffer_Release(&shp), PyBuffer_Release(&str), PyBuffer_Release(&cst), PyBuffer_Release(&prg);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- module ----------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1106,6 +1323,7 @@ static PyMethodDef methods[] = {
     {"attention", (PyCFunction)(void (*)(void))attention, METH_FASTCALL, "Scaled dot-product attention."},
     {"activate", (PyCFunction)(void (*)(void))activate, METH_FASTCALL, "An epilogue activation in place."},
     {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_FASTCALL, "MaxPool / AveragePool over 2-D windows."},
+    {"pointwise", (PyCFunction)(void (*)(void))pointwise, METH_FASTCALL, "A fused pointwise chain in one pass."},
     {"global_pool", (PyCFunction)(void (*)(void))global_pool, METH_FASTCALL, "GlobalAveragePool / GlobalMaxPool."},
     {NULL, NULL, 0, NULL},
 };
