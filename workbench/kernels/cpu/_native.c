@@ -8,7 +8,7 @@
 
    conv2d      direct 2-D convolution (NCHW, groups, strides, dilations, pads) with bias,
                residual and ReLU / Clip in the reference order (bias, residual, activation).
-   depthwise_nhwc  the same for depthwise convolutions, computed channels-last.
+   depthwise_c8  the same for depthwise convolutions, in blocks of 8 channels (NCHW8c).
    conv2d_blocked  the same, stride 1 along W, as register-blocked implicit GEMM.
    layer_norm  LayerNorm over the last axis, optionally of x + skip (+ bias): SkipLayerNorm.
    layer_norm_cf  LayerNorm across axis 1 (channels first); rms_norm: RMSNorm.
@@ -300,54 +300,58 @@ static void conv_blocked_run(const ConvGeo *g, long hp, long wp, const float *x,
     for (long t = 0; t < g->n * g->group * job.mblocks; t++) conv_blocked_task(&job, t);
 }
 
-/* Depthwise convolution channels-last: the image copied into a zero-padded [H, W, C] scratch,
-   every output pixel a sum over the kernel of contiguous multiply-adds across the channels (long
-   vector loops where NCHW has one short loop per channel and row), then back to NCHW through the
-   epilogue. ``wt`` is [R, S, C]; ``scratch`` holds Hp * Wp * C + OH * OW * C floats. */
-HOT static void depthwise_nhwc_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
-                                   const float *bias, const float *res, float *y, float *scratch) {
-    const long c = g->c, plane = g->oh * g->ow;
-    float *xp = scratch, *acc = scratch + hp * wp * c;
+/* Depthwise convolution in blocks of 8 channels (NCHW8c): the image copied into a zero-padded
+   [C/8][hp][wp][8] scratch (8 input planes read in step), every output pixel of a block one 8-lane
+   vector summed over the kernel, then written back to NCHW through the epilogue. ``wt`` is
+   [C/8][R][S][8] (channels past C zero); ``scratch`` holds C8 * hp * wp floats. */
+HOT static void depthwise_c8_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
+                                 const float *bias, const float *res, float *y, float *scratch) {
+    const long c = g->c, cb = (c + 7) / 8, plane = g->oh * g->ow;
     for (long n = 0; n < g->n; n++) {
-        memset(xp, 0, sizeof(float) * (size_t)(hp * wp * c));
+        memset(scratch, 0, sizeof(float) * (size_t)(cb * 8 * hp * wp));
         const float *xn = x + n * c * g->h * g->w;
-        for (long ch = 0; ch < c; ch++)
+        for (long b = 0; b < cb; b++) {
+            const long lanes = c - b * 8 < 8 ? c - b * 8 : 8;
             for (long ih = 0; ih < g->h && ih + g->pt < hp; ih++) {
-                const float *xr = xn + (ch * g->h + ih) * g->w;
-                float *dst = xp + ((ih + g->pt) * wp + g->pl) * c + ch;
+                float *dst = scratch + ((b * hp + ih + g->pt) * wp + g->pl) * 8;
                 const long wmax = g->w < wp - g->pl ? g->w : wp - g->pl;
-                for (long iw = 0; iw < wmax; iw++) dst[iw * c] = xr[iw];
+                for (long l = 0; l < lanes; l++) {
+                    const float *src = xn + ((b * 8 + l) * g->h + ih) * g->w;
+                    for (long iw = 0; iw < wmax; iw++) dst[iw * 8 + l] = src[iw];
+                }
             }
-        for (long oh = 0; oh < g->oh; oh++)
-            for (long ow = 0; ow < g->ow; ow++) {
-                float *restrict a = acc + (oh * g->ow + ow) * c;
-                for (long ch = 0; ch < c; ch++) a[ch] = 0.0f;
-                for (long r = 0; r < g->r; r++)
-                    for (long s = 0; s < g->s; s++) {
-                        const float *restrict xr = xp + ((oh * g->sh + r * g->dh) * wp + ow * g->sw + s * g->dw) * c;
-                        const float *restrict wr = wt + (r * g->s + s) * c;
-                        for (long ch = 0; ch < c; ch++) a[ch] += wr[ch] * xr[ch];
-                    }
-            }
-        float *yn = y + n * c * plane;
-        const float *rn = res ? res + n * c * plane : NULL;
-        for (long ch = 0; ch < c; ch++) {
-            float *yp = yn + ch * plane;
-            for (long p = 0; p < plane; p++) yp[p] = acc[p * c + ch];
-            epilogue(yp, plane, bias ? bias + ch : NULL, rn ? rn + ch * plane : NULL, g->act, g->lo, g->hi);
         }
+        float *yn = y + n * c * plane;
+        for (long b = 0; b < cb; b++) {
+            const long lanes = c - b * 8 < 8 ? c - b * 8 : 8;
+            const float *wb = wt + b * g->r * g->s * 8;
+            for (long oh = 0; oh < g->oh; oh++)
+                for (long ow = 0; ow < g->ow; ow++) {
+                    v8f acc = {0};
+                    for (long r = 0; r < g->r; r++) {
+                        const float *xr = scratch + ((b * hp + oh * g->sh + r * g->dh) * wp + ow * g->sw) * 8;
+                        for (long s2 = 0; s2 < g->s; s2++) {
+                            v8f xv, wv;
+                            memcpy(&xv, xr + s2 * g->dw * 8, sizeof xv);
+                            memcpy(&wv, wb + (r * g->s + s2) * 8, sizeof wv);
+                            acc += wv * xv;
+                        }
+                    }
+                    float out[8];
+                    memcpy(out, &acc, sizeof out);
+                    for (long l = 0; l < lanes; l++) yn[(b * 8 + l) * plane + oh * g->ow + ow] = out[l];
+                }
+        }
+        const float *rn = res ? res + n * c * plane : NULL;
+        for (long ch = 0; ch < c; ch++)
+            epilogue(yn + ch * plane, plane, bias ? bias + ch : NULL, rn ? rn + ch * plane : NULL, g->act, g->lo, g->hi);
     }
 }
 
-/* conv2d(x, w, bias|None, residual|None, y, sh, sw, pt, pl, dh, dw, group, act, lo, hi)
-   x [N,C,H,W], w [M,C/group,R,S], bias [M], residual and y [N,M,OH,OW], all C-contiguous float32;
-   act: 0 none, 1 ReLU, 2 Clip(lo, hi).
-   depthwise_nhwc(x, wt, ...same...): a depthwise convolution (group == C == M) with the weights as
-   wt [R,S,C]. */
-/* mode 0: conv2d (w [M, C/g, R, S]); 1: depthwise_nhwc (w [R, S, C]); 2: conv2d_blocked
+/* mode 0: conv2d (w [M, C/g, R, S]); 1: depthwise_c8 (w [C/8, R, S, 8]); 2: conv2d_blocked
    (w [group, C/g, R, S, M/g], stride 1 along W). */
 static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) {
-    const int nhwc = mode == 1;
+    const int c8 = mode == 1;
     if (nargs != 15) {
         PyErr_SetString(PyExc_TypeError, "conv2d takes 15 arguments");
         return NULL;
@@ -360,7 +364,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
     for (int i = 0; i < 8; i++)
         if (as_long(args[5 + i], &v[i]) < 0) return NULL;
     if (as_double(args[13], &lo) < 0 || as_double(args[14], &hi) < 0) return NULL;
-    if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "w", mode == 1 ? 3 : mode == 2 ? 5 : 4, 0, 1, 0, 0) < 0 ||
+    if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "w", mode == 2 ? 5 : 4, 0, 1, 0, 0) < 0 ||
         get(args[2], &b[2], "bias", 1, 0, 1, 1, 0) < 0 || get(args[3], &b[3], "residual", 4, 0, 1, 1, 0) < 0 ||
         get(args[4], &b[4], "y", 4, 1, 1, 0, 0) < 0) {
         release(b, 5);
@@ -369,7 +373,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
     Py_ssize_t *xs = b[0].b.shape, *ws = b[1].b.shape, *ys = b[4].b.shape;
     g.n = xs[0], g.c = xs[1], g.h = xs[2], g.w = xs[3];
     if (mode == 1)
-        g.m = ws[2], g.cg = 1, g.r = ws[0], g.s = ws[1];
+        g.m = g.c, g.cg = 1, g.r = ws[1], g.s = ws[2];
     else if (mode == 2)
         g.m = ws[0] * ws[4], g.cg = ws[1], g.r = ws[2], g.s = ws[3];
     else
@@ -379,7 +383,8 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
     g.lo = (float)lo, g.hi = (float)hi;
     const char *bad = NULL;
     if (g.group < 1 || g.m % g.group || g.c != g.cg * g.group) bad = "channels do not match the weights and group";
-    else if (nhwc && (g.group != g.c || g.m != g.c)) bad = "depthwise_nhwc needs group == channels == outputs";
+    else if (c8 && (g.group != g.c || ws[0] != (g.c + 7) / 8 || ws[3] != 8))
+        bad = "depthwise_c8 needs group == channels and [C/8, R, S, 8] weights";
     else if (mode == 2 && (ws[0] != g.group || g.sw != 1)) bad = "conv2d_blocked needs [group, ...] weights and stride 1 along W";
     else if (ys[0] != g.n || ys[1] != g.m) bad = "output batch or channels do not match";
     else if (g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.pt < 0 || g.pl < 0) bad = "bad strides, dilations or pads";
@@ -402,7 +407,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
         const long need_h = (g.oh - 1) * g.sh + (g.r - 1) * g.dh + 1, need_w = (g.ow - 1) * g.sw + (g.s - 1) * g.dw + 1;
         hp = need_h > g.h + g.pt ? need_h : g.h + g.pt;
         wp = need_w > g.w + g.pl ? need_w : g.w + g.pl;
-        scratch = malloc(sizeof(float) * (size_t)(nhwc ? hp * wp + g.oh * g.ow : hp * wp * g.n) * (size_t)g.c);
+        scratch = malloc(sizeof(float) * (size_t)hp * (size_t)wp * (size_t)(c8 ? (g.c + 7) / 8 * 8 : g.c * g.n));
         if (!scratch) {
             release(b, 5);
             return PyErr_NoMemory();
@@ -410,7 +415,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
     }
     Py_BEGIN_ALLOW_THREADS
     if (mode == 1)
-        depthwise_nhwc_run(&g, hp, wp, x, w, bias, res, y, scratch);
+        depthwise_c8_run(&g, hp, wp, x, w, bias, res, y, scratch);
     else if (mode == 2)
         conv_blocked_run(&g, hp, wp, x, w, bias, res, y, scratch);
     else
@@ -423,7 +428,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
 
 static PyObject *conv2d(PyObject *self, PyObject *const *args, Py_ssize_t nargs) { return conv_common(args, nargs, 0); }
 
-static PyObject *depthwise_nhwc(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *depthwise_c8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return conv_common(args, nargs, 1);
 }
 
@@ -1314,7 +1319,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))conv2d, METH_FASTCALL, "Direct 2-D convolution with its epilogue."},
-    {"depthwise_nhwc", (PyCFunction)(void (*)(void))depthwise_nhwc, METH_FASTCALL, "Depthwise 2-D convolution, channels-last."},
+    {"depthwise_c8", (PyCFunction)(void (*)(void))depthwise_c8, METH_FASTCALL, "Depthwise 2-D convolution, 8-channel blocks."},
     {"conv2d_blocked", (PyCFunction)(void (*)(void))conv2d_blocked, METH_FASTCALL, "Register-blocked 2-D convolution."},
     {"layer_norm", (PyCFunction)(void (*)(void))layer_norm, METH_FASTCALL, "LayerNorm / SkipLayerNorm over the last axis."},
     {"softmax", (PyCFunction)softmax, METH_O, "Softmax over the last axis, in place."},

@@ -2,8 +2,8 @@
 kernels are a dozen ufunc calls of fixed cost each.
 
 * ``cpu.native.conv``: 2-D Conv / FusedConv (groups, strides, dilations, pads; bias, residual and
-  ReLU / Clip epilogues) as a direct convolution, configs ``nchw``, ``nhwc`` (depthwise layers,
-  channels-last) and ``blocked`` (stride 1 along W: 4 output channels x 8 columns accumulated in
+  ReLU / Clip epilogues) as a direct convolution, configs ``nchw``, ``c8`` (depthwise layers, in
+  blocks of 8 channels) and ``blocked`` (stride 1 along W: 4 output channels x 8 columns accumulated in
   registers, no im2col matrix). It wins on depthwise and small convolutions, where im2col and a BLAS
   call cost more than the arithmetic; BLAS wins on large ones. The CPU target times both.
 * ``cpu.native.rowwise``: LayerNorm / SkipLayerNorm over the last axis (LayerNorm also across
@@ -113,7 +113,7 @@ class NativeTactic:
         group = int(layer.attrs.get("group", 1))
         depthwise = w.shape is not None and group > 1 and w.shape[0] == group and w.shape[1] == 1
         strides = window_attrs(layer.attrs, 2)[0]
-        return ([{"layout": "nchw"}] + ([{"layout": "nhwc"}] if depthwise else [])
+        return ([{"layout": "nchw"}] + ([{"layout": "c8"}] if depthwise else [])
                 + ([{"layout": "blocked"}] if strides[1] == 1 and not depthwise else []))
 
     def build(self, layer: Layer, precision: str, config: dict, constants=None, reuse: bool = True):
@@ -143,7 +143,7 @@ def _c32(x):
 
 
 class NativeConv:
-    """``layout`` "nchw": ``conv2d``; "nhwc" (depthwise only): ``depthwise_nhwc``, weights [R, S, C];
+    """``layout`` "nchw": ``conv2d``; "c8" (depthwise only): ``depthwise_c8``, weights [C/8, R, S, 8];
     "blocked" (stride 1 along W): ``conv2d_blocked``, weights [group, C/group, R, S, M/group]."""
 
     def __init__(self, layer, constants, rnd, reuse: bool, layout: str = "nchw"):
@@ -154,11 +154,14 @@ class NativeConv:
         w = _c32(rnd(w) if rnd else w)
         self.w_shape = w.shape
         self.group = int(layer.attrs.get("group", 1))
-        if layout == "nhwc":
+        if layout == "c8":  # [C/8, R, S, 8], channels past C zero
             if w.shape[1] != 1 or w.shape[0] != self.group:
-                raise KernelError("the channels-last native convolution is for depthwise layers")
-            self.w = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
-            self.call = _native.depthwise_nhwc
+                raise KernelError("the 8-channel-block native convolution is for depthwise layers")
+            c = w.shape[0]
+            padded = np.zeros(((c + 7) // 8 * 8,) + w.shape[2:], F32)
+            padded[:c] = w[:, 0]
+            self.w = np.ascontiguousarray(padded.reshape((-1, 8) + w.shape[2:]).transpose(0, 2, 3, 1))
+            self.call = _native.depthwise_c8
         elif layout == "blocked":  # [group, C/group, R, S, M/group]
             g = self.group
             self.w = np.ascontiguousarray(w.reshape((g, w.shape[0] // g) + w.shape[1:]).transpose(0, 2, 3, 4, 1))
