@@ -75,6 +75,35 @@ def test_batchnorm_folded_into_conv():
     assert ops(e) == ["Conv"] and fired(e, "fold_batchnorm") == 1
 
 
+@pytest.mark.parametrize("scale_shape", [(4, 1, 1), (1, 4, 1, 1), ()])
+@pytest.mark.parametrize("bias", [True, False])
+def test_channel_scale_and_shift_after_conv_become_its_weights_and_bias(scale_shape, bias):
+    """Conv -> Mul(per-channel constant) -> Add(per-channel constant) -> Relu, as exporters write a
+    batch norm's scale and shift: one FusedConv."""
+    ins = ["x", "w"] + (["b"] if bias else [])
+    nodes = [helper.make_node("Conv", ins, ["c"], pads=[1, 1, 1, 1]), helper.make_node("Mul", ["k", "c"], ["m"]),
+             helper.make_node("Add", ["m", "t"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    inits = [init("w", RNG.standard_normal((4, 3, 3, 3))), init("k", RNG.random(scale_shape) + 0.5),
+             init("t", RNG.standard_normal((4, 1, 1)))] + ([init("b", RNG.standard_normal(4))] if bias else [])
+    e = build_both(model(nodes, [("x", [1, 3, 8, 8])], ["y"], inits), X)
+    assert ops(e) == ["FusedConv"] and fired(e, "fold_channel_scale") == 1
+
+
+def test_channel_scale_declined_when_it_is_not_per_channel_or_the_conv_is_read_twice():
+    spatial = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "k"], ["y"])]
+    e = build_both(model(spatial, [("x", [1, 3, 8, 8])], ["y"],
+                         [init("w", RNG.standard_normal((4, 3, 3, 3))), init("k", RNG.random((1, 8, 8)))]), X)
+    assert fired(e, "fold_channel_scale") == 0 and "Conv" in ops(e)
+    twice = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "k"], ["y"]),
+             helper.make_node("Relu", ["c"], ["z"])]
+    e = build_both(model(twice, [("x", [1, 3, 8, 8])], ["y", "z"],
+                         [init("w", RNG.standard_normal((4, 3, 3, 3))), init("k", RNG.random((4, 1, 1)))]), X)
+    assert fired(e, "fold_channel_scale") == 0
+    reasons = [f["reason"] for f in e.report()["fusions"].to_dict("records")
+               if f["rule"] == "fold_channel_scale" and f["status"] == "declined"]
+    assert reasons and "also read by" in reasons[0]
+
+
 def test_pad_folded_into_conv():
     pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64), "p")
     nodes = [helper.make_node("Pad", ["x", "p"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["y"])]

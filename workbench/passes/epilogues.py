@@ -72,6 +72,58 @@ class FoldBatchNorm(Rule):
         return [emit.op(op, [prev.inputs[0], w2.astype(dt), b2.astype(dt)], attrs, domain="", name=prev.name)]
 
 
+def _channel_vector(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | None:
+    """``c`` as one value per channel (axis 1 of a rank-``out_rank`` output with ``channels``
+    channels), if it broadcasts along the channels only (a scalar counts); else None."""
+    if c.ndim > out_rank or c.dtype.kind != "f":
+        return None
+    shape = (1,) * (out_rank - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(c.reshape(-1), (channels,))
+
+
+class FoldChannelScale(Rule):
+    """Conv (constant weights) -> Mul by a constant per output channel: scale the weights and the
+    bias instead (the per-channel scales that some exporters write after a BatchNormalization);
+    the Mul disappears and a following per-channel Add becomes the convolution's bias."""
+
+    name = "fold_channel_scale"
+    ops = ("Mul",)
+
+    def pattern(self, root):
+        for i in (0, 1):
+            prev = producer(root.inputs[i], ("Conv",))
+            scale = const(root.inputs[1 - i])
+            if prev is not None and scale is not None:
+                return Match(root, [prev, root], outputs=[root.outputs[0]], b={"prev": prev, "scale": scale})
+        return None
+
+    def check(self, m):
+        prev = m.b["prev"]
+        if sole_user(prev.outputs[0]) is not m.root or is_graph_output(prev.outputs[0]):
+            return "the convolution's output has other readers"
+        w = const(prev.inputs[1])
+        if w is None or (len(prev.inputs) > 2 and prev.inputs[2] is not None and const(prev.inputs[2]) is None):
+            return "Conv weights are not constant"
+        if w.dtype.kind != "f" or m.b["scale"].dtype != w.dtype:
+            return "the scale and the weights differ in type"
+        if _channel_vector(m.b["scale"], w.ndim, w.shape[0]) is None:
+            return "the constant is not one value per output channel"
+        return ""
+
+    def rewrite(self, m, emit):
+        prev = m.b["prev"]
+        w = const(prev.inputs[1])
+        s = _channel_vector(m.b["scale"], w.ndim, w.shape[0])
+        w2 = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+        inputs = [prev.inputs[0], w2]
+        if len(prev.inputs) > 2 and prev.inputs[2] is not None:
+            inputs.append((const(prev.inputs[2]).reshape(-1) * s).astype(w.dtype))
+        attrs = {k: attr(prev, k) for k in prev.attributes}
+        return [emit.op("Conv", inputs, attrs, domain="", name=prev.name)]
+
+
 class BatchNormToScaleShift(Rule):
     """A BatchNormalization with nothing to fold into becomes x * s + t per channel (two
     elementwise ops the pointwise fusion then takes along with its neighbours)."""
@@ -275,5 +327,5 @@ class GemmEpilogue(_Epilogue):
         return [emit.op("FusedGemm", [g.inputs[0], g.inputs[1]] + ([c] if c is not None else []), attrs)]
 
 
-BATCHNORM_RULES = [FoldBatchNorm(), BatchNormToScaleShift()]
+BATCHNORM_RULES = [FoldBatchNorm(), BatchNormToScaleShift(), FoldChannelScale()]
 EPILOGUE_RULES = [ConvEpilogue(), GemmEpilogue()]

@@ -67,7 +67,11 @@ class FastTactic:
         if self.name == "cpu.blas.conv":
             w = layer.aligned_input_specs()[1]
             one = w is not None and w.shape is not None and all(d == 1 for d in w.shape[2:])
-            out = [{"variant": "gemm", "im2col": way} for way in (("copy",) if one else ("copy", "offsets"))]
+            x = layer.aligned_input_specs()[0]
+            ways = ("copy",) if one else ("copy", "offsets")
+            if not one and native.MISSING is None and x is not None and x.shape is not None and len(x.shape) == 4:
+                ways += ("native",)
+            out = [{"variant": "gemm", "im2col": way} for way in ways]
             group = int(layer.attrs.get("group", 1))
             if w is not None and w.shape and group > 1 and w.shape[0] == group and w.shape[1] == 1:
                 out += [{"variant": "depthwise"}, {"variant": "depthwise_nhwc"}]

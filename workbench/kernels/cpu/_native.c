@@ -10,6 +10,7 @@
                residual and ReLU / Clip in the reference order (bias, residual, activation).
    depthwise_c8  the same for depthwise convolutions, in blocks of 8 channels (NCHW8c).
    conv2d_blocked  the same, stride 1 along W, as register-blocked implicit GEMM.
+   im2col      the column matrix of the BLAS convolution tactic, in one pass.
    layer_norm  LayerNorm over the last axis, optionally of x + skip (+ bias): SkipLayerNorm.
    layer_norm_cf  LayerNorm across axis 1 (channels first); rms_norm: RMSNorm.
    softmax     softmax over the last axis, in place.
@@ -434,6 +435,66 @@ static PyObject *depthwise_c8(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *conv2d_blocked(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return conv_common(args, nargs, 2);
+}
+
+/* im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw): the receptive fields of x [N,C,H,W] into
+   cols [N,C,kh,kw,OH,OW] (zeros where a field reaches into the padding), for the BLAS
+   convolution; one pass with contiguous row copies where the stride along W is 1. */
+static PyObject *im2col(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "im2col takes 10 arguments");
+        return NULL;
+    }
+    long v[8];
+    for (int i = 0; i < 8; i++)
+        if (as_long(args[2 + i], &v[i]) < 0) return NULL;
+    Buf b[2];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "cols", 6, 1, 1, 0, 0) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    Py_ssize_t *xs = b[0].b.shape, *cs = b[1].b.shape;
+    const long n = xs[0], c = xs[1], h = xs[2], w = xs[3], kh = v[0], kw = v[1], sh = v[2], sw = v[3], pt = v[4],
+               pl = v[5], dh = v[6], dw = v[7], oh = cs[4], ow = cs[5];
+    if (cs[0] != n || cs[1] != c || cs[2] != kh || cs[3] != kw || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 ||
+        pl < 0) {
+        release(b, 2);
+        PyErr_SetString(PyExc_ValueError, "im2col: the columns' shape or the geometry does not match the input");
+        return NULL;
+    }
+    const float *x = b[0].b.buf;
+    float *cols = b[1].b.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (long i = 0; i < n * c; i++) {
+        const float *xp = x + i * h * w;
+        for (long r = 0; r < kh; r++)
+            for (long s2 = 0; s2 < kw; s2++) {
+                float *dst = cols + ((i * kh + r) * kw + s2) * oh * ow;
+                const long off_w = s2 * dw - pl;
+                long ow0 = ceil_div(-off_w, sw), ow1 = floor_div(w - 1 - off_w, sw);
+                if (ow0 < 0) ow0 = 0;
+                if (ow1 > ow - 1) ow1 = ow - 1;
+                for (long y = 0; y < oh; y++) {
+                    float *row = dst + y * ow;
+                    const long ih = y * sh - pt + r * dh;
+                    if (ih < 0 || ih >= h || ow1 < ow0) {
+                        memset(row, 0, sizeof(float) * (size_t)ow);
+                        continue;
+                    }
+                    const float *src = xp + ih * w + off_w;
+                    for (long q = 0; q < ow0; q++) row[q] = 0.0f;
+                    if (sw == 1)
+                        memcpy(row + ow0, src + ow0, sizeof(float) * (size_t)(ow1 - ow0 + 1));
+                    else
+                        for (long q = ow0; q <= ow1; q++) row[q] = src[q * sw];
+                    for (long q = ow1 + 1; q < ow; q++) row[q] = 0.0f;
+                }
+            }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    Py_RETURN_NONE;
 }
 
 /* ---- layer_norm / softmax --------------------------------------------------------------- */
@@ -913,8 +974,12 @@ HOT static void pool2d_run(const PoolGeo *g, const float *x, float *y, const flo
                     const float *restrict xr = xp + (oh * g->sh + off_h) * g->w + off_w;
                     float *restrict yr = yp + oh * g->ow;
                     const long sw = g->sw;
-                    if (g->kind == 0)
+                    if (g->kind == 0 && sw == 1)
+                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] = max_nan(yr[ow], xr[ow]);
+                    else if (g->kind == 0)
                         for (long ow = ow0; ow <= ow1; ow++) yr[ow] = max_nan(yr[ow], xr[ow * sw]);
+                    else if (sw == 1)
+                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] += xr[ow];
                     else
                         for (long ow = ow0; ow <= ow1; ow++) yr[ow] += xr[ow * sw];
                 }
@@ -1321,6 +1386,7 @@ static PyMethodDef methods[] = {
     {"conv2d", (PyCFunction)(void (*)(void))conv2d, METH_FASTCALL, "Direct 2-D convolution with its epilogue."},
     {"depthwise_c8", (PyCFunction)(void (*)(void))depthwise_c8, METH_FASTCALL, "Depthwise 2-D convolution, 8-channel blocks."},
     {"conv2d_blocked", (PyCFunction)(void (*)(void))conv2d_blocked, METH_FASTCALL, "Register-blocked 2-D convolution."},
+    {"im2col", (PyCFunction)(void (*)(void))im2col, METH_FASTCALL, "Receptive fields into a column matrix."},
     {"layer_norm", (PyCFunction)(void (*)(void))layer_norm, METH_FASTCALL, "LayerNorm / SkipLayerNorm over the last axis."},
     {"softmax", (PyCFunction)softmax, METH_O, "Softmax over the last axis, in place."},
     {"layer_norm_cf", (PyCFunction)(void (*)(void))layer_norm_cf, METH_FASTCALL, "LayerNorm across channels (axis 1)."},

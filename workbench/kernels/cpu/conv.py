@@ -5,8 +5,9 @@ Candidates (each timed at build by the CPU target):
 * ``gemm``: im2col into a column buffer kept between runs (padding borders written once), then one
   BLAS matmul per image and group straight into the output; a 1x1 / stride-1 / unpadded
   convolution is a plain GEMM on the input, no copy. ``im2col`` picks how the columns are filled:
-  ``copy`` (one strided copy of all receptive fields: best for few channels and large kernels) or
-  ``offsets`` (one copy per kernel offset: long contiguous rows, best for many channels).
+  ``copy`` (one strided copy of all receptive fields: best for few channels and large kernels),
+  ``offsets`` (one copy per kernel offset: long contiguous rows, best for many channels) or, for
+  2-D convolutions where the native kernels are built, ``native`` (one C pass, no padded copy).
 * ``depthwise``: one multiply-add per kernel offset over all channels (group == channels, one
   output channel each), no column matrix. ``depthwise_nhwc`` does the same channels-last (the input
   copied into a channels-last padded buffer, the result copied back): its inner loops run over the
@@ -25,6 +26,11 @@ from ...ops.geometry import conv_geometry, window_attrs
 from ..reference import KernelError
 from ..reference.conv import windows
 from ._common import F32, Buffers, activate_inplace, is_f32
+
+try:
+    from . import _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None
 
 
 def geometry(x_shape, w_shape, attrs):
@@ -53,6 +59,7 @@ class ConvKernel:
         self.attrs = layer.attrs
         self.variant = config.get("variant", "gemm")
         self.by_offsets = config.get("im2col", "copy") == "offsets"
+        self.by_native = config.get("im2col", "copy") == "native" and _native is not None
         variant = self.variant
         self.rounded = round_ is not None
         self.bufs = Buffers(reuse)
@@ -116,6 +123,8 @@ class ConvKernel:
                     np.multiply(src, w, out=self.tmp)
                     y += self.tmp
         else:
+            if self.native_args is not None:
+                _native.im2col(np.ascontiguousarray(x), self.cols6, *self.native_args)
             if self.interior is not None:
                 np.copyto(self.interior, x)
             for dst, src in self.copies:
@@ -146,6 +155,7 @@ class ConvKernel:
         padded = any(begin) or any(end)
         self.plain = None
         self.interior = None
+        self.native_args = None
         self.copies, self.taps = [], []
         g = self.group
         mg, ck = self.m // g, (c // g) * k
@@ -164,6 +174,12 @@ class ConvKernel:
             self.taps = [(xl[(slice(None),) + tuple(
                 slice(kk[i] * dil[i], kk[i] * dil[i] + (out_sp[i] - 1) * strides[i] + 1, strides[i]) for i in range(nd))],
                 self.wk[j]) for j, kk in enumerate(np.ndindex(*kernel))]
+            self.shape = tuple(x_shape)
+            return
+        if self.variant == "gemm" and self.by_native and nd == 2:
+            self.cols6 = self.bufs.get("cols", (n, c) + tuple(kernel) + tuple(out_sp))
+            self.native_args = (kernel[0], kernel[1], strides[0], strides[1], begin[0], begin[1], dil[0], dil[1])
+            self.cols = self.cols6.reshape(n, g, ck, p)
             self.shape = tuple(x_shape)
             return
         xp = self.bufs.get("xp", (n, c) + tuple(s + b + e for s, b, e in zip(x_shape[2:], begin, end)), zero=True)
