@@ -395,3 +395,42 @@ def test_native_pointwise_reads_strided_views_and_keeps_the_reference_path_for_t
     got = kernel(KernelContext(), [np.ascontiguousarray(a), np.ascontiguousarray(b)], attrs)[0]
     assert kernel.native is not None
     np.testing.assert_array_equal(got, a * np.float32(2) + b)
+
+
+@needs_native
+@pytest.mark.parametrize("x,pads", [((2, 5, 9, 8), [1, 1, 1, 1]), ((1, 3, 6, 7), [0, 0, 0, 0]), ((1, 4, 5, 5), [2, 0, 2, 0])])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_native_winograd(x, pads, precision):
+    """3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (odd output sizes: partial edge tiles),
+    with bias, residual and Clip."""
+    from workbench.kernels.cpu.conv import geometry
+
+    attrs = {"pads": pads, "residual": 1, "activation": "Clip", "act_min": -0.5, "act_max": 0.7}
+    out = (x[0], 6) + tuple(geometry(x, (6, x[1], 3, 3), attrs)[-1])
+    lay = layer("FusedConv", [f32("x", *x), f32("w", 6, x[1], 3, 3), f32("b", 6), f32("z", *out)], [f32("y", *out)],
+                attrs, domain="workbench")
+    check(lay, {"w", "b"}, precision)
+    configs = native.TACTICS[0].configs(lay, precision)
+    assert {"layout": "winograd"} in configs
+    w = random_array("float32", (6, x[1], 3, 3), np.random.default_rng(0))
+    values = [random_array("float32", s, np.random.default_rng(i)) for i, s in enumerate([x, None, (6,), out]) if s]
+    values.insert(1, w)
+    ctx = KernelContext(opset=21, n_outputs=1, name="w")
+    want = REFERENCE["cpu.numpy" if precision == "fp32" else "cpu.numpy.bf16-emulated"].build(lay, precision, {})(
+        ctx, values, attrs)[0]
+    got = native.TACTICS[0].build(lay, precision, {"layout": "winograd"}, {"w": w, "b": values[2]})(ctx, values, attrs)[0]
+    assert rel_err(got, want) < (1e-5 if precision == "fp32" else 1.5e-2)
+
+
+def test_native_winograd_only_where_it_applies():
+    def configs(**attrs):
+        lay = layer("Conv", [f32("x", 1, 4, 8, 8), f32("w", 4, 4 // attrs.get("group", 1), 3, 3)], [f32("y", 1, 4, 8, 8)],
+                    attrs)
+        return native.TACTICS[0].configs(lay, "fp32")
+
+    assert {"layout": "winograd"} in configs(pads=[1, 1, 1, 1])
+    assert {"layout": "winograd"} not in configs(pads=[1, 1, 0, 0])
+    assert {"layout": "winograd"} not in configs(pads=[1, 1, 1, 1], strides=[2, 2])
+    assert {"layout": "winograd"} not in configs(pads=[2, 2, 2, 2], dilations=[2, 2])
+    assert {"layout": "winograd"} not in configs(pads=[1, 1, 1, 1], group=2)
+    assert {"layout": "winograd"} not in configs(auto_pad="SAME_UPPER")
