@@ -36,7 +36,7 @@ def compile_native(root: str) -> str | None:
     src, out = os.path.join(root, SOURCE), os.path.join(root, rel)
     tmp = out + ".tmp"
     # no FP traps or errno are used, so comparisons and floorf / sqrt vectorise; values are IEEE's
-    cmd = cc + ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wall", "-I", sysconfig.get_paths()["include"],
+    cmd = cc + ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared", "-Wall", "-I", sysconfig.get_paths()["include"],
                 src, "-o", tmp, "-lm"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -306,44 +306,101 @@ static void conv_blocked_run(const ConvGeo *g, long hp, long wp, const float *x,
 /* Depthwise convolution in blocks of 8 channels (NCHW8c): the image copied into a zero-padded
    [C/8][hp][wp][8] scratch (8 input planes read in step), every output pixel of a block one 8-lane
    vector summed over the kernel, then written back to NCHW through the epilogue. ``wt`` is
-   [C/8][R][S][8] (channels past C zero); ``scratch`` holds C8 * hp * wp floats. */
+   [C/8][R][S][8] (channels past C zero); ``scratch`` holds C8 * hp * wp + 8 * OH * OW floats. */
 HOT static void depthwise_c8_run(const ConvGeo *g, long hp, long wp, const float *x, const float *wt,
                                  const float *bias, const float *res, float *y, float *scratch) {
     const long c = g->c, cb = (c + 7) / 8, plane = g->oh * g->ow;
     for (long n = 0; n < g->n; n++) {
-        memset(scratch, 0, sizeof(float) * (size_t)(cb * 8 * hp * wp));
         const float *xn = x + n * c * g->h * g->w;
+        const long wmax = g->w < wp - g->pl ? g->w : wp - g->pl;
         for (long b = 0; b < cb; b++) {
             const long lanes = c - b * 8 < 8 ? c - b * 8 : 8;
+            float *xb = scratch + b * hp * wp * 8;
+            /* zero only what the image does not cover: pad rows, pad columns, missing lanes */
+            for (long ih = 0; ih < hp; ih++) {
+                float *row = xb + ih * wp * 8;
+                const long src_h = ih - g->pt;
+                if (src_h < 0 || src_h >= g->h || lanes < 8) {
+                    memset(row, 0, sizeof(float) * (size_t)(wp * 8));
+                } else {
+                    memset(row, 0, sizeof(float) * (size_t)(g->pl * 8));
+                    memset(row + (g->pl + wmax) * 8, 0, sizeof(float) * (size_t)((wp - g->pl - wmax) * 8));
+                }
+            }
+            const long hw = g->h * g->w;
             for (long ih = 0; ih < g->h && ih + g->pt < hp; ih++) {
-                float *dst = scratch + ((b * hp + ih + g->pt) * wp + g->pl) * 8;
-                const long wmax = g->w < wp - g->pl ? g->w : wp - g->pl;
-                for (long l = 0; l < lanes; l++) {
-                    const float *src = xn + ((b * 8 + l) * g->h + ih) * g->w;
-                    for (long iw = 0; iw < wmax; iw++) dst[iw * 8 + l] = src[iw];
+                float *dst = xb + ((ih + g->pt) * wp + g->pl) * 8;
+                const float *src = xn + (b * 8 * g->h + ih) * g->w; /* lane l's row is src + l * hw */
+                if (lanes == 8) { /* 8 rows in step, one contiguous 8-vector per column */
+                    for (long iw = 0; iw < wmax; iw++) {
+                        const float t[8] = {src[iw], src[hw + iw], src[2 * hw + iw], src[3 * hw + iw],
+                                            src[4 * hw + iw], src[5 * hw + iw], src[6 * hw + iw], src[7 * hw + iw]};
+                        memcpy(dst + iw * 8, t, sizeof t);
+                    }
+                } else {
+                    for (long l = 0; l < lanes; l++)
+                        for (long iw = 0; iw < wmax; iw++) dst[iw * 8 + l] = src[l * hw + iw];
                 }
             }
         }
         float *yn = y + n * c * plane;
+        const long kr = g->r, ks = g->s, sh = g->sh, sw8 = g->sw * 8, dh = g->dh, dw8 = g->dw * 8, oh_n = g->oh,
+                   ow_n = g->ow;
+        float *acc = scratch + cb * 8 * hp * wp; /* one block's outputs, [OH*OW][8] */
         for (long b = 0; b < cb; b++) {
             const long lanes = c - b * 8 < 8 ? c - b * 8 : 8;
-            const float *wb = wt + b * g->r * g->s * 8;
-            for (long oh = 0; oh < g->oh; oh++)
-                for (long ow = 0; ow < g->ow; ow++) {
-                    v8f acc = {0};
-                    for (long r = 0; r < g->r; r++) {
-                        const float *xr = scratch + ((b * hp + oh * g->sh + r * g->dh) * wp + ow * g->sw) * 8;
-                        for (long s2 = 0; s2 < g->s; s2++) {
-                            v8f xv, wv;
-                            memcpy(&xv, xr + s2 * g->dw * 8, sizeof xv);
-                            memcpy(&wv, wb + (r * g->s + s2) * 8, sizeof wv);
-                            acc += wv * xv;
-                        }
+            const float *wb = wt + b * kr * ks * 8;
+            const float *xb = scratch + b * hp * wp * 8;
+            if (kr == 3 && ks == 3) {
+                /* the common 3x3: the block's 9 weight vectors stay in registers */
+                v8f w0, w1, w2, w3, w4, w5, w6, w7, w8;
+                memcpy(&w0, wb, 32), memcpy(&w1, wb + 8, 32), memcpy(&w2, wb + 16, 32);
+                memcpy(&w3, wb + 24, 32), memcpy(&w4, wb + 32, 32), memcpy(&w5, wb + 40, 32);
+                memcpy(&w6, wb + 48, 32), memcpy(&w7, wb + 56, 32), memcpy(&w8, wb + 64, 32);
+                const long row = wp * 8 * dh;
+                for (long oh = 0; oh < oh_n; oh++)
+                    for (long ow = 0; ow < ow_n; ow++) {
+                        const float *x0 = xb + oh * sh * wp * 8 + ow * sw8;
+                        v8f t0, t1, t2, a;
+                        memcpy(&t0, x0, 32), memcpy(&t1, x0 + dw8, 32), memcpy(&t2, x0 + 2 * dw8, 32);
+                        a = w0 * t0 + w1 * t1 + w2 * t2;
+                        memcpy(&t0, x0 + row, 32), memcpy(&t1, x0 + row + dw8, 32), memcpy(&t2, x0 + row + 2 * dw8, 32);
+                        a += w3 * t0 + w4 * t1 + w5 * t2;
+                        memcpy(&t0, x0 + 2 * row, 32), memcpy(&t1, x0 + 2 * row + dw8, 32);
+                        memcpy(&t2, x0 + 2 * row + 2 * dw8, 32);
+                        a += w6 * t0 + w7 * t1 + w8 * t2;
+                        memcpy(acc + (oh * ow_n + ow) * 8, &a, sizeof a);
                     }
-                    float out[8];
-                    memcpy(out, &acc, sizeof out);
-                    for (long l = 0; l < lanes; l++) yn[(b * 8 + l) * plane + oh * g->ow + ow] = out[l];
+            } else {
+                for (long oh = 0; oh < oh_n; oh++)
+                    for (long ow = 0; ow < ow_n; ow++) {
+                        v8f a = {0};
+                        for (long r = 0; r < kr; r++) {
+                            const float *xr = xb + ((oh * sh + r * dh) * wp) * 8 + ow * sw8;
+                            const float *wr = wb + r * ks * 8;
+                            for (long s2 = 0; s2 < ks; s2++) {
+                                v8f xv, wv;
+                                memcpy(&xv, xr + s2 * dw8, sizeof xv);
+                                memcpy(&wv, wr + s2 * 8, sizeof wv);
+                                a += wv * xv;
+                            }
+                        }
+                        memcpy(acc + (oh * ow_n + ow) * 8, &a, sizeof a);
+                    }
+            }
+            float *yb = yn + b * 8 * plane; /* back to NCHW: lane l's plane is yb + l * plane */
+            if (lanes == 8) {
+                for (long p = 0; p < plane; p++) {
+                    float t[8];
+                    memcpy(t, acc + p * 8, sizeof t);
+                    yb[p] = t[0], yb[plane + p] = t[1], yb[2 * plane + p] = t[2], yb[3 * plane + p] = t[3];
+                    yb[4 * plane + p] = t[4], yb[5 * plane + p] = t[5], yb[6 * plane + p] = t[6];
+                    yb[7 * plane + p] = t[7];
                 }
+            } else {
+                for (long l = 0; l < lanes; l++)
+                    for (long p = 0; p < plane; p++) yb[l * plane + p] = acc[p * 8 + l];
+            }
         }
         const float *rn = res ? res + n * c * plane : NULL;
         for (long ch = 0; ch < c; ch++)
@@ -410,7 +467,8 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
         const long need_h = (g.oh - 1) * g.sh + (g.r - 1) * g.dh + 1, need_w = (g.ow - 1) * g.sw + (g.s - 1) * g.dw + 1;
         hp = need_h > g.h + g.pt ? need_h : g.h + g.pt;
         wp = need_w > g.w + g.pl ? need_w : g.w + g.pl;
-        scratch = malloc(sizeof(float) * (size_t)hp * (size_t)wp * (size_t)(c8 ? (g.c + 7) / 8 * 8 : g.c * g.n));
+        scratch = malloc(sizeof(float) * (c8 ? (size_t)hp * (size_t)wp * (size_t)((g.c + 7) / 8 * 8) + 8 * (size_t)(g.oh * g.ow)
+                                              : (size_t)hp * (size_t)wp * (size_t)(g.c * g.n)));
         if (!scratch) {
             release(b, 5);
             return PyErr_NoMemory();
