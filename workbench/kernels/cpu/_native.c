@@ -89,6 +89,13 @@ static int as_long(PyObject *o, long *v) {
     return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* args[from .. from + n) as longs into out[0 .. n) */
+static int as_longs(PyObject *const *args, int from, int n, long *out) {
+    for (int i = 0; i < n; i++)
+        if (as_long(args[from + i], &out[i]) < 0) return -1;
+    return 0;
+}
+
 static int as_double(PyObject *o, double *v) {
     *v = PyFloat_AsDouble(o);
     return (*v == -1.0 && PyErr_Occurred()) ? -1 : 0;
@@ -185,35 +192,11 @@ HOT static void conv2d_run(const ConvGeo *g, const float *x, const float *wt, co
 #define NB 8
 typedef float v8f __attribute__((vector_size(32)));
 
-/* 4 output channels x 8 columns of output row ``oh`` from column ``ow0``, in 4 vector registers */
-static inline void block_4x8(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
-                             long ow0, float *yb, long plane) {
-    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    for (long cc = 0; cc < g->cg; cc++) {
-        const float *xc = xg + cc * hp * wp;
-        for (long r = 0; r < g->r; r++) {
-            const float *xrow = xc + (oh * g->sh + r * g->dh) * wp + ow0;
-            const float *wrow = wg + ((cc * g->r + r) * g->s) * mg;
-            for (long s = 0; s < g->s; s++) {
-                v8f xv;
-                memcpy(&xv, xrow + s * g->dw, sizeof xv);
-                const float *wv = wrow + s * mg;
-                a0 += wv[0] * xv;
-                a1 += wv[1] * xv;
-                a2 += wv[2] * xv;
-                a3 += wv[3] * xv;
-            }
-        }
-    }
-    memcpy(yb, &a0, sizeof a0);
-    memcpy(yb + plane, &a1, sizeof a1);
-    memcpy(yb + 2 * plane, &a2, sizeof a2);
-    memcpy(yb + 3 * plane, &a3, sizeof a3);
-}
-
-/* 8 output channels x 8 columns: 8 independent accumulators, enough to hide the FMA latency */
-static inline void block_8x8(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
-                             long ow0, float *yb, long plane) {
+/* k (4 or 8, a constant where it is inlined) output channels x 8 columns of output row ``oh``
+   from column ``ow0``, in k vector registers: with 8, enough independent accumulators to hide
+   the FMA latency */
+static inline void block_kx8(const ConvGeo *g, const float *xg, long hp, long wp, const float *wg, long mg, long oh,
+                             long ow0, float *yb, long plane, const int k) {
     v8f a[8] = {{0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
     for (long cc = 0; cc < g->cg; cc++) {
         const float *xc = xg + cc * hp * wp;
@@ -224,11 +207,11 @@ static inline void block_8x8(const ConvGeo *g, const float *xg, long hp, long wp
                 v8f xv;
                 memcpy(&xv, xrow + s * g->dw, sizeof xv);
                 const float *wv = wrow + s * mg;
-                for (int i = 0; i < 8; i++) a[i] += wv[i] * xv;
+                for (int i = 0; i < k; i++) a[i] += wv[i] * xv;
             }
         }
     }
-    for (int i = 0; i < 8; i++) memcpy(yb + i * plane, &a[i], sizeof a[i]);
+    for (int i = 0; i < k; i++) memcpy(yb + i * plane, &a[i], sizeof a[i]);
 }
 
 /* the same for a partial block (the last channels or columns) */
@@ -272,9 +255,9 @@ HOT static void conv_blocked_task(void *arg, long task) {
                 const long nb = g->ow - ow0 < NB ? g->ow - ow0 : NB;
                 float *yb = j->y + ((n * g->m + grp * mg + m0) * g->oh + oh) * g->ow + ow0;
                 if (mb == 2 * MB && nb == NB)
-                    block_8x8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                    block_kx8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane, 8);
                 else if (mb == MB && nb == NB)
-                    block_4x8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane);
+                    block_kx8(g, xg, hp, wp, wg + m0, mg, oh, ow0, yb, plane, 4);
                 else
                     block_tail(g, xg, hp, wp, wg + m0, mg, oh, ow0, mb, nb, yb, plane);
             }
@@ -421,8 +404,7 @@ static PyObject *conv_common(PyObject *const *args, Py_ssize_t nargs, int mode) 
     ConvGeo g;
     long v[8];
     double lo, hi;
-    for (int i = 0; i < 8; i++)
-        if (as_long(args[5 + i], &v[i]) < 0) return NULL;
+    if (as_longs(args, 5, 8, v) < 0) return NULL;
     if (as_double(args[13], &lo) < 0 || as_double(args[14], &hi) < 0) return NULL;
     if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "w", mode == 2 ? 5 : 4, 0, 1, 0, 0) < 0 ||
         get(args[2], &b[2], "bias", 1, 0, 1, 1, 0) < 0 || get(args[3], &b[3], "residual", 4, 0, 1, 1, 0) < 0 ||
@@ -538,8 +520,7 @@ static PyObject *im2col(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long v[8];
-    for (int i = 0; i < 8; i++)
-        if (as_long(args[2 + i], &v[i]) < 0) return NULL;
+    if (as_longs(args, 2, 8, v) < 0) return NULL;
     Buf b[2];
     memset(b, 0, sizeof b);
     if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "cols", 6, 1, 1, 0, 0) < 0) {
@@ -1212,8 +1193,7 @@ static PyObject *pool2d(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long v[9];
-    for (int i = 0; i < 9; i++)
-        if (as_long(args[2 + i], &v[i]) < 0) return NULL;
+    if (as_longs(args, 2, 9, v) < 0) return NULL;
     Buf b[3];
     memset(b, 0, sizeof b);
     if (get(args[0], &b[0], "x", 4, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", 4, 1, 1, 0, 0) < 0 ||

@@ -26,7 +26,6 @@ import numpy as np
 from ...core.plan import Layer
 from ...ops.geometry import window_attrs
 from ..reference import KernelError
-from ..reference.fused import to_bhsd
 from ..reference.pool import _count, pool_geometry
 from . import conv as np_conv
 from . import pool as np_pool
@@ -156,14 +155,47 @@ def _c32(x):
     return np.ascontiguousarray(x, dtype=F32)
 
 
-class NativeConv:
+class _ConvEpilogue:
+    """What the native convolutions share: the constant bias, the epilogue's activation code and
+    clamps, and the per-run operands (input, bias, residual) as C-contiguous float32."""
+
+    def _setup(self, layer, constants, rnd, reuse: bool):
+        self.attrs = layer.attrs
+        self.round = rnd
+        self.bufs = Buffers(reuse)
+        b_name = layer.inputs[2] if len(layer.inputs) > 2 else ""
+        self.bias = None
+        if b_name and b_name in constants:
+            b = np.asarray(constants[b_name], F32)
+            self.bias = _c32(rnd(b) if rnd else b).reshape(-1)
+        self.bias_input = bool(b_name) and self.bias is None
+        self.act = _ACTS[layer.attrs.get("activation", "")]
+        lo, hi = layer.attrs.get("act_min"), layer.attrs.get("act_max")
+        self.lo = -np.inf if lo is None else float(lo)
+        self.hi = np.inf if hi is None else float(hi)
+        self.shape = None
+
+    def _operands(self, inputs) -> tuple:
+        """(x, bias, residual) for this run; plans the buffers when the input shape changes."""
+        rnd = self.round
+        x = _c32(rnd(inputs[0]) if rnd else inputs[0])
+        if x.shape != self.shape or not self.bufs.reuse:
+            self._plan(x.shape)
+        bias = self.bias
+        if self.bias_input and inputs[2] is not None:
+            bias = _c32(rnd(inputs[2]) if rnd else inputs[2]).reshape(-1)
+        z = inputs[3] if len(inputs) > 3 else None
+        if z is not None:
+            z = _c32(rnd(z) if rnd else z)
+        return x, bias, z
+
+
+class NativeConv(_ConvEpilogue):
     """``layout`` "nchw": ``conv2d``; "c8" (depthwise only): ``depthwise_c8``, weights [C/8, R, S, 8];
     "blocked" (stride 1 along W): ``conv2d_blocked``, weights [group, C/group, R, S, M/group]."""
 
     def __init__(self, layer, constants, rnd, reuse: bool, layout: str = "nchw"):
-        self.attrs = layer.attrs
-        self.round = rnd
-        self.bufs = Buffers(reuse)
+        self._setup(layer, constants, rnd, reuse)
         w = np.asarray(constants[layer.inputs[1]], F32)
         w = _c32(rnd(w) if rnd else w)
         self.w_shape = w.shape
@@ -183,18 +215,6 @@ class NativeConv:
         else:
             self.w = w
             self.call = _native.conv2d
-        b_name = layer.inputs[2] if len(layer.inputs) > 2 else ""
-        self.bias = None
-        if b_name and b_name in constants:
-            b = np.asarray(constants[b_name], F32)
-            self.bias = _c32(rnd(b) if rnd else b).reshape(-1)
-        self.bias_input = bool(b_name) and self.bias is None
-        act = layer.attrs.get("activation", "")
-        self.act = _ACTS[act]
-        lo, hi = layer.attrs.get("act_min"), layer.attrs.get("act_max")
-        self.lo = -np.inf if lo is None else float(lo)
-        self.hi = np.inf if hi is None else float(hi)
-        self.shape = None
 
     def _plan(self, x_shape):
         kernel, strides, dil, begin, _end, out = np_conv.geometry(x_shape, self.w_shape, self.attrs)
@@ -206,51 +226,28 @@ class NativeConv:
         self.shape = tuple(x_shape)
 
     def __call__(self, ctx, inputs, attrs):
-        rnd = self.round
-        x = inputs[0]
-        x = _c32(rnd(x) if rnd else x)
-        if x.shape != self.shape or not self.bufs.reuse:
-            self._plan(x.shape)
-        bias = self.bias
-        if self.bias_input and inputs[2] is not None:
-            bias = _c32(rnd(inputs[2]) if rnd else inputs[2]).reshape(-1)
-        z = inputs[3] if len(inputs) > 3 else None
-        if z is not None:
-            z = _c32(rnd(z) if rnd else z)
+        x, bias, z = self._operands(inputs)
         self.call(x, self.w, bias, z, self.y, *self.geo)
-        return [rnd(self.y) if rnd else self.y]
+        return [self.round(self.y) if self.round else self.y]
 
 
 # F(2x2, 3x3)'s weight transform: U = G g G^T
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-class NativeWinograd:
+class NativeWinograd(_ConvEpilogue):
     """A 3x3 stride-1 convolution as Winograd F(2x2, 3x3): native input / output transforms around
     one batched BLAS multiply of the 16 transformed weight matrices (made at build)."""
 
     def __init__(self, layer, constants, rnd, reuse: bool):
-        self.attrs = layer.attrs
-        self.round = rnd
-        self.bufs = Buffers(reuse)
+        self._setup(layer, constants, rnd, reuse)
         w = np.asarray(constants[layer.inputs[1]], F32)
         w = rnd(w) if rnd else w
         m, c = w.shape[:2]
         self.u = np.ascontiguousarray(np.einsum("ij,mcjk,lk->ilmc", _G, w.astype(np.float64), _G)
                                       .reshape(16, m, c).astype(F32))
-        b_name = layer.inputs[2] if len(layer.inputs) > 2 else ""
-        self.bias = None
-        if b_name and b_name in constants:
-            b = np.asarray(constants[b_name], F32)
-            self.bias = _c32(rnd(b) if rnd else b).reshape(-1)
-        self.bias_input = bool(b_name) and self.bias is None
-        self.act = _ACTS[layer.attrs.get("activation", "")]
-        lo, hi = layer.attrs.get("act_min"), layer.attrs.get("act_max")
-        self.lo = -np.inf if lo is None else float(lo)
-        self.hi = np.inf if hi is None else float(hi)
         pads = window_attrs(layer.attrs, 2)[2]
         self.pt, self.pl = int(pads[0]), int(pads[1])
-        self.shape = None
 
     def _plan(self, x_shape):
         n, c, h, w = x_shape
@@ -265,21 +262,11 @@ class NativeWinograd:
         self.shape = tuple(x_shape)
 
     def __call__(self, ctx, inputs, attrs):
-        rnd = self.round
-        x = inputs[0]
-        x = _c32(rnd(x) if rnd else x)
-        if x.shape != self.shape or not self.bufs.reuse:
-            self._plan(x.shape)
-        bias = self.bias
-        if self.bias_input and inputs[2] is not None:
-            bias = _c32(rnd(inputs[2]) if rnd else inputs[2]).reshape(-1)
-        z = inputs[3] if len(inputs) > 3 else None
-        if z is not None:
-            z = _c32(rnd(z) if rnd else z)
+        x, bias, z = self._operands(inputs)
         _native.winograd_in(x, self.v, self.pt, self.pl)
         np.matmul(self.u, self.v, out=self.mm)
         _native.winograd_out(self.mm, self.y, bias, z, self.act, self.lo, self.hi)
-        return [rnd(self.y) if rnd else self.y]
+        return [self.round(self.y) if self.round else self.y]
 
 
 class _Shape:
@@ -440,11 +427,7 @@ class _Softmax(_Row):
 class _Attention(_Row):
     def __call__(self, ctx, inputs, attrs):
         a = self.attrs
-        heads = a.get("num_heads", 0)
-        kv_heads = a.get("kv_heads", 0) or heads
-        q = to_bhsd(self._in_strided(inputs[0]), a.get("q_layout", "bhsd"), heads)
-        k = to_bhsd(self._in_strided(inputs[1]), a.get("k_layout", "bhsd"), kv_heads)
-        v = to_bhsd(self._in_strided(inputs[2]), a.get("v_layout", "bhsd"), kv_heads)
+        q, k, v = np_rowwise.qkv_bhsd(a, inputs, self._in_strided)
         if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or k.shape[1] == 0 or q.shape[1] % k.shape[1]:
             return self.fallback(ctx, inputs, attrs)
         b, h, sq, d = q.shape

@@ -127,14 +127,20 @@ class _Softmax(_Row):
         return self._out([e])
 
 
+def qkv_bhsd(attrs: dict, inputs, prepare) -> tuple:
+    """Q, K, V as [batch, heads, seq, head_dim] views from the layouts the fusion left them in
+    (``prepare``: what to do to each input first)."""
+    heads = attrs.get("num_heads", 0)
+    kv_heads = attrs.get("kv_heads", 0) or heads
+    return (to_bhsd(prepare(inputs[0]), attrs.get("q_layout", "bhsd"), heads),
+            to_bhsd(prepare(inputs[1]), attrs.get("k_layout", "bhsd"), kv_heads),
+            to_bhsd(prepare(inputs[2]), attrs.get("v_layout", "bhsd"), kv_heads))
+
+
 class _Attention(_Row):
     def __call__(self, ctx, inputs, attrs):
         a = self.attrs
-        heads = a.get("num_heads", 0)
-        kv_heads = a.get("kv_heads", 0) or heads
-        q = to_bhsd(self._in(inputs[0]), a.get("q_layout", "bhsd"), heads)
-        k = to_bhsd(self._in(inputs[1]), a.get("k_layout", "bhsd"), kv_heads)
-        v = to_bhsd(self._in(inputs[2]), a.get("v_layout", "bhsd"), kv_heads)
+        q, k, v = qkv_bhsd(a, inputs, self._in)
         mask = self._in(inputs[3]) if len(inputs) > 3 else None
         if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a block of consecutive query heads
             rep = q.shape[1] // k.shape[1]
