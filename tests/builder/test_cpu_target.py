@@ -49,8 +49,8 @@ def test_every_candidate_is_timed_or_declined_and_the_fastest_is_recorded(built)
 
     ways = {"copy", "offsets"} | ({"native"} if native.MISSING is None else set())
     assert {r["config"].get("im2col") for r in timed if r["tactic"] == "cpu.blas.conv"} == ways
-    if native.MISSING is None:  # direct, register-blocked and Winograd forms of the 3x3 convolution
-        assert {r["config"]["layout"] for r in timed if r["tactic"] == "cpu.native.conv"} == {"nchw", "blocked", "winograd"}
+    if native.MISSING is None:  # direct and register-blocked forms (too narrow a layer for Winograd)
+        assert {r["config"]["layout"] for r in timed if r["tactic"] == "cpu.native.conv"} == {"nchw", "blocked"}
     assert all(r["reason"] for r in declined) and {r["tactic"] for r in declined} >= {"cpu.fast.pool"}
     chosen = [r for r in conv.tactic_table if r.get("chosen")]
     assert len(chosen) == 1

@@ -400,11 +400,12 @@ def test_native_pointwise_reads_strided_views_and_keeps_the_reference_path_for_t
 @needs_native
 @pytest.mark.parametrize("x,pads", [((2, 5, 9, 8), [1, 1, 1, 1]), ((1, 3, 6, 7), [0, 0, 0, 0]), ((1, 4, 5, 5), [2, 0, 2, 0])])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_native_winograd(x, pads, precision):
+def test_native_winograd(x, pads, precision, monkeypatch):
     """3x3 stride-1 convolutions as Winograd F(2x2, 3x3) (odd output sizes: partial edge tiles),
-    with bias, residual and Clip."""
+    with bias, residual and Clip (narrow layers here: the channel floor lowered for the test)."""
     from workbench.kernels.cpu.conv import geometry
 
+    monkeypatch.setattr(native, "_WINOGRAD_MIN_CHANNELS", 1)
     attrs = {"pads": pads, "residual": 1, "activation": "Clip", "act_min": -0.5, "act_max": 0.7}
     out = (x[0], 6) + tuple(geometry(x, (6, x[1], 3, 3), attrs)[-1])
     lay = layer("FusedConv", [f32("x", *x), f32("w", 6, x[1], 3, 3), f32("b", 6), f32("z", *out)], [f32("y", *out)],
@@ -423,11 +424,12 @@ def test_native_winograd(x, pads, precision):
 
 
 def test_native_winograd_only_where_it_applies():
-    def configs(**attrs):
-        lay = layer("Conv", [f32("x", 1, 4, 8, 8), f32("w", 4, 4 // attrs.get("group", 1), 3, 3)], [f32("y", 1, 4, 8, 8)],
+    def configs(c=128, **attrs):
+        lay = layer("Conv", [f32("x", 1, c, 8, 8), f32("w", c, c // attrs.get("group", 1), 3, 3)], [f32("y", 1, c, 8, 8)],
                     attrs)
         return native.TACTICS[0].configs(lay, "fp32")
 
+    assert {"layout": "winograd"} not in configs(c=64, pads=[1, 1, 1, 1])  # too narrow to pay for its transforms
     assert {"layout": "winograd"} in configs(pads=[1, 1, 1, 1])
     assert {"layout": "winograd"} not in configs(pads=[1, 1, 0, 0])
     assert {"layout": "winograd"} not in configs(pads=[1, 1, 1, 1], strides=[2, 2])
