@@ -278,11 +278,6 @@ class NativeWinograd(_ConvEpilogue):
         return [self.round(self.y) if self.round else self.y]
 
 
-class _Shape:
-    def __init__(self, shape):
-        self.shape, self.ndim = tuple(shape), len(shape)
-
-
 class NativePool:
     def __init__(self, layer, rnd, reuse: bool):
         self.op = layer.op
@@ -296,14 +291,14 @@ class NativePool:
             self.y = self.bufs.get("y", shape[:2] + (1,) * (len(shape) - 2))
             self.args = (1 if self.op == "GlobalAveragePool" else 0,)
         else:
-            geo = pool_geometry(_Shape(shape), self.attrs)
+            geo = pool_geometry(np_pool._Shape(shape), self.attrs)
             kernel, strides, dil, begin, _end, _extra, out = geo
             if any(o <= 0 for o in out):
                 raise KernelError(f"pooling output {list(out)} is empty (input {list(shape)})")
             self.y = self.bufs.get("y", tuple(shape[:2]) + tuple(out))
             count = None
             if self.op == "AveragePool":
-                count = _c32(_count(_Shape(shape), self.attrs, geo, self.attrs.get("count_include_pad", 0)))
+                count = _c32(_count(np_pool._Shape(shape), self.attrs, geo, self.attrs.get("count_include_pad", 0)))
             self.args = (0 if self.op == "MaxPool" else 1, kernel[0], kernel[1], strides[0], strides[1],
                          begin[0], begin[1], dil[0], dil[1], count)
         self.shape = tuple(shape)
