@@ -1144,45 +1144,76 @@ typedef struct {
     long nc, h, w, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, kind;
 } PoolGeo;
 
-static inline float max_nan(float acc, float v) { return (v > acc || v != v) && acc == acc ? v : acc; }
+static inline float max_nan(float acc, float v) {
+    const float m = v > acc ? v : acc;
+    const float n = v != v ? v : m;  /* a NaN operand wins and stays */
+    return acc != acc ? acc : n;
+}
 
-/* kind 0: max (padding never wins, NaN propagates), 1: sum / count[oh, ow]. Each kernel offset
-   updates a run of outputs in one loop, over the outputs whose input lies inside the image. */
-HOT static void pool2d_run(const PoolGeo *g, const float *x, float *y, const float *count) {
-    const long plane = g->oh * g->ow;
+/* kind 0: max (padding never wins, NaN propagates), 1: sum / count[oh, ow]. Each plane is copied
+   into a scratch plane padded with the reduction's identity (-inf or 0), then reduced in two
+   passes: along the rows over the whole flat plane at once (kw taps at the column stride), then
+   across each output row's kh rows, so every inner loop is one long contiguous vector loop.
+   Returns -1 when the scratch cannot be allocated. */
+HOT static int pool2d_run(const PoolGeo *g, const float *x, float *y, const float *count) {
+    const long need_w = (g->ow - 1) * g->sw + (g->kw - 1) * g->dw + 1;
+    const long need_h = (g->oh - 1) * g->sh + (g->kh - 1) * g->dh + 1;
+    long wp = need_w > g->pl + g->w ? need_w : g->pl + g->w;
+    wp = (wp + g->sw - 1) / g->sw * g->sw; /* whole column strides per row: the flat pass stays aligned */
+    const long hp = need_h > g->pt + g->h ? need_h : g->pt + g->h;
+    const long hw = wp / g->sw;            /* row-reduced columns per padded row */
+    const long tail = (g->kw - 1) * g->dw + g->sw;
+    float *xp = malloc(sizeof(float) * (hp * wp + tail)), *hr = malloc(sizeof(float) * hp * hw);
+    if (!xp || !hr) {
+        free(xp);
+        free(hr);
+        return -1;
+    }
+    const float init = g->kind == 0 ? -INFINITY : 0.0f;
+    for (long i = 0; i < hp * wp + tail; i++) xp[i] = init;
+    const long plane = g->oh * g->ow, n = hp * hw;
     for (long c = 0; c < g->nc; c++) {
-        const float *xp = x + c * g->h * g->w;
-        float *yp = y + c * plane;
-        const float init = g->kind == 0 ? -INFINITY : 0.0f;
-        for (long i = 0; i < plane; i++) yp[i] = init;
-        for (long r = 0; r < g->kh; r++) {
-            const long off_h = r * g->dh - g->pt;
-            long oh0 = ceil_div(-off_h, g->sh), oh1 = floor_div(g->h - 1 - off_h, g->sh);
-            if (oh0 < 0) oh0 = 0;
-            if (oh1 > g->oh - 1) oh1 = g->oh - 1;
-            for (long s = 0; s < g->kw; s++) {
-                const long off_w = s * g->dw - g->pl;
-                long ow0 = ceil_div(-off_w, g->sw), ow1 = floor_div(g->w - 1 - off_w, g->sw);
-                if (ow0 < 0) ow0 = 0;
-                if (ow1 > g->ow - 1) ow1 = g->ow - 1;
-                for (long oh = oh0; oh <= oh1; oh++) {
-                    const float *restrict xr = xp + (oh * g->sh + off_h) * g->w + off_w;
-                    float *restrict yr = yp + oh * g->ow;
-                    const long sw = g->sw;
-                    if (g->kind == 0 && sw == 1)
-                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] = max_nan(yr[ow], xr[ow]);
-                    else if (g->kind == 0)
-                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] = max_nan(yr[ow], xr[ow * sw]);
-                    else if (sw == 1)
-                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] += xr[ow];
-                    else
-                        for (long ow = ow0; ow <= ow1; ow++) yr[ow] += xr[ow * sw];
-                }
+        const float *xc = x + c * g->h * g->w;
+        float *yc = y + c * plane;
+        for (long r = 0; r < g->h; r++) memcpy(xp + (r + g->pt) * wp + g->pl, xc + r * g->w, sizeof(float) * g->w);
+        const long sw = g->sw, dw = g->dw;
+        if (sw == 1) {
+            memcpy(hr, xp, sizeof(float) * n);
+            for (long s = 1; s < g->kw; s++) {
+                const float *restrict src = xp + s * dw;
+                if (g->kind == 0)
+                    for (long j = 0; j < n; j++) hr[j] = max_nan(hr[j], src[j]);
+                else
+                    for (long j = 0; j < n; j++) hr[j] += src[j];
+            }
+        } else {
+            for (long j = 0; j < n; j++) hr[j] = xp[j * sw];
+            for (long s = 1; s < g->kw; s++) {
+                const float *restrict src = xp + s * dw;
+                if (g->kind == 0)
+                    for (long j = 0; j < n; j++) hr[j] = max_nan(hr[j], src[j * sw]);
+                else
+                    for (long j = 0; j < n; j++) hr[j] += src[j * sw];
+            }
+        }
+        for (long oh = 0; oh < g->oh; oh++) {
+            float *restrict yr = yc + oh * g->ow;
+            const float *h0 = hr + oh * g->sh * hw;
+            memcpy(yr, h0, sizeof(float) * g->ow);
+            for (long r = 1; r < g->kh; r++) {
+                const float *restrict hrow = h0 + r * g->dh * hw;
+                if (g->kind == 0)
+                    for (long i = 0; i < g->ow; i++) yr[i] = max_nan(yr[i], hrow[i]);
+                else
+                    for (long i = 0; i < g->ow; i++) yr[i] += hrow[i];
             }
         }
         if (g->kind == 1)
-            for (long i = 0; i < plane; i++) yp[i] /= count[i];
+            for (long i = 0; i < plane; i++) yc[i] /= count[i];
     }
+    free(xp);
+    free(hr);
+    return 0;
 }
 
 /* pool2d(x, y, kind, kh, kw, sh, sw, pt, pl, dh, dw, count|None): MaxPool (kind 0) or AveragePool
@@ -1216,10 +1247,12 @@ static PyObject *pool2d(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     const float *x = b[0].b.buf, *count = b[2].held ? b[2].b.buf : NULL;
     float *y = b[1].b.buf;
+    int rc;
     Py_BEGIN_ALLOW_THREADS
-    pool2d_run(&g, x, y, count);
+    rc = pool2d_run(&g, x, y, count);
     Py_END_ALLOW_THREADS
     release(b, 3);
+    if (rc < 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
