@@ -81,6 +81,20 @@ def test_native_norms(precision):
 
 
 @needs_native
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 7, 5, 3), {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 1.0}),  # Caffe's form
+    ((1, 6, 4), {"size": 4, "alpha": 0.3, "beta": 0.5, "bias": 2.0}),     # even window: one more after
+    ((1, 5, 2, 3, 2), {"size": 3, "alpha": 0.2, "beta": 1.0}),
+    ((2, 9, 4, 4), {"size": 7, "alpha": 0.4, "beta": 0.6, "bias": 0.5}),  # powf
+    ((1, 3, 6, 6), {"size": 9}),                                           # window wider than C
+])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_native_lrn(shape, attrs, precision):
+    assert ("cpu.native.rowwise", None) in check(layer("LRN", [f32("x", *shape)], [f32("y", *shape)], attrs),
+                                                 precision=precision)
+
+
+@needs_native
 @pytest.mark.parametrize("mask", ["", "additive", "boolean"])
 def test_native_attention_with_a_finite_causal_fill(mask):
     """The exporters' finfo.min causal masks: masked scores are the raw score plus the fill."""

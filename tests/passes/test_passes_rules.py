@@ -104,6 +104,27 @@ def test_channel_scale_declined_when_it_is_not_per_channel_or_the_conv_is_read_t
     assert reasons and "also read by" in reasons[0]
 
 
+def test_sum_becomes_adds_and_fuses_as_a_residual():
+    # ResNet's old form: Sum(conv, shortcut) -> Relu becomes one FusedConv with a residual
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sum", ["c", "x"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    e = build_both(model(nodes, [("x", [1, 3, 8, 8])], ["y"], [init("w", RNG.standard_normal((3, 3, 3, 3)))]), X)
+    assert fired(e, "sum_as_add") == 1
+    assert ops(e) == ["FusedConv"] and e.layers[0].attrs["residual"] == 1 and e.layers[0].attrs["activation"] == "Relu"
+
+
+def test_sum_of_three_keeps_its_order_and_one_input_sum_stays():
+    a = (RNG.standard_normal((2, 5)) * 1e8).astype(np.float32)
+    xs = {"a": a, "b": -a, "c": RNG.standard_normal((2, 5)).astype(np.float32)}
+    three = model([helper.make_node("Sum", ["a", "b", "c"], ["y"])], [(k, [2, 5]) for k in xs], ["y"], [])
+    e = build_both(three, xs)
+    assert fired(e, "sum_as_add") == 1 and "Sum" not in ops(e)
+    # (a + b) + c is c exactly; a + (b + c) would lose c to rounding
+    np.testing.assert_array_equal(e.create_context().run(xs)["y"], xs["c"])
+    one = model([helper.make_node("Sum", ["a"], ["y"])], [("a", [2, 5])], ["y"], [])
+    assert fired(build_both(one, {"a": a}), "sum_as_add") == 0
+
+
 def test_pad_folded_into_conv():
     pads = numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 1, 2], np.int64), "p")
     nodes = [helper.make_node("Pad", ["x", "p"], ["xp"]), helper.make_node("Conv", ["xp", "w"], ["y"])]

@@ -179,6 +179,29 @@ class PadIntoConv(Rule):
         return [emit.op("Conv", [x, *conv.inputs[1:]], attrs, domain="", name=conv.name)]
 
 
+class SumAsAdd(Rule):
+    """Sum(a, b, ...) -> Add(Add(a, b), ...): the same float additions in the same order (the
+    reference folds Sum left to right), so the residual sums of older models (ResNet's
+    ``Sum(conv, shortcut)``) fuse into their Conv / Gemm epilogues and pointwise chains as Add does."""
+
+    name = "sum_as_add"
+    ops = ("Sum",)
+
+    def pattern(self, root):
+        if root.domain not in ("", "ai.onnx") or len(root.inputs) < 2 or any(v is None for v in root.inputs):
+            return None
+        return Match(root, [root])
+
+    def check(self, m):
+        return ""
+
+    def rewrite(self, m, emit):
+        y = m.root.inputs[0]
+        for v in m.root.inputs[1:]:
+            y = emit.op("Add", [y, v], domain="")
+        return [y]
+
+
 class GemmOverFlattened(Rule):
     """Reshape(x -> [M, K]) -> Gemm(W, C) -> Reshape(-> x.shape[:-1] + [N]): a MatMul on x plus an
     Add (GPT-2's Conv1D). Rewritten so the GEMM epilogue sees through to its activation."""
@@ -276,5 +299,5 @@ class TransposeBetweenReshapes(Rule):
         return [emit.op("Transpose", [y], {"perm": m.b["perm"]}, domain="")]
 
 
-RULES = [RemoveNoOp(), MergeTransposes(), MergeReshapes(), PadIntoConv(), GemmOverFlattened(),
+RULES = [RemoveNoOp(), MergeTransposes(), MergeReshapes(), PadIntoConv(), SumAsAdd(), GemmOverFlattened(),
          TransposeBetweenReshapes(), *GATHER_RULES]

@@ -19,6 +19,7 @@
    attention   softmax(scale * Q K^T + mask) V over strided Q / K / V / output views (any
                layout), additive or boolean masks, causal, grouped K/V heads.
    pool2d      MaxPool / AveragePool over 2-D windows; global_pool: their global forms.
+   lrn         LRN across channels.
    pointwise   a fused pointwise chain (arithmetic, max / min, ReLU, exp, tanh, sigmoid, erf...)
                over broadcast float32 inputs in one pass, row by row.
    activate    an epilogue activation (ReLU, Clip, GELU, Sigmoid, SiLU, Tanh) in place, for the
@@ -1410,6 +1411,85 @@ static PyObject *activate(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* ---- local response normalization ---------------------------------------------------------- */
+
+/* y = x / (bias + alpha / size * sum of x^2 over the channel window [c - lo, c + hi])^beta over
+   x [N, C, plane], the window sum taken directly (no running sum) in float32; beta 0.75 (every
+   Caffe-era model) is sqrt(d) * sqrt(sqrt(d)), 0.5 sqrt(d), 1 d, others powf. Returns -1 when
+   the scratch cannot be allocated. */
+HOT static int lrn_run(const float *x, float *y, long n, long c, long plane, long size, float alpha, float beta,
+                       float bias) {
+    float *acc = malloc(sizeof(float) * (plane > 0 ? plane : 1));
+    if (!acc) return -1;
+    const long lo = (size - 1) / 2, hi = size - 1 - lo;
+    const float k = alpha / (float)size;
+    const int form = beta == 0.75f ? 0 : beta == 0.5f ? 1 : beta == 1.0f ? 2 : 3;
+    for (long b = 0; b < n; b++) {
+        const float *xb = x + b * c * plane;
+        float *yb = y + b * c * plane;
+        for (long ch = 0; ch < c; ch++) {
+            const long j0 = ch - lo < 0 ? 0 : ch - lo, j1 = ch + hi > c - 1 ? c - 1 : ch + hi;
+            for (long i = 0; i < plane; i++) acc[i] = 0.0f;
+            for (long j = j0; j <= j1; j++) {
+                const float *restrict xj = xb + j * plane;
+                for (long i = 0; i < plane; i++) acc[i] += xj[i] * xj[i];
+            }
+            const float *restrict xc = xb + ch * plane;
+            float *restrict yc = yb + ch * plane;
+            if (form == 0)
+                for (long i = 0; i < plane; i++) {
+                    const float d = bias + k * acc[i], r = sqrtf(d);
+                    yc[i] = xc[i] / (r * sqrtf(r));
+                }
+            else if (form == 1)
+                for (long i = 0; i < plane; i++) yc[i] = xc[i] / sqrtf(bias + k * acc[i]);
+            else if (form == 2)
+                for (long i = 0; i < plane; i++) yc[i] = xc[i] / (bias + k * acc[i]);
+            else
+                for (long i = 0; i < plane; i++) yc[i] = xc[i] / powf(bias + k * acc[i], beta);
+        }
+    }
+    free(acc);
+    return 0;
+}
+
+/* lrn(x, y, size, alpha, beta, bias): LRN across the channels of x [N, C, ...] into y (same shape). */
+static PyObject *lrn(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "lrn takes 6 arguments");
+        return NULL;
+    }
+    long size;
+    double alpha, beta, bias;
+    if (as_long(args[2], &size) < 0 || as_double(args[3], &alpha) < 0 || as_double(args[4], &beta) < 0 ||
+        as_double(args[5], &bias) < 0)
+        return NULL;
+    Buf b[2];
+    memset(b, 0, sizeof b);
+    if (get(args[0], &b[0], "x", -1, 0, 1, 0, 0) < 0 || get(args[1], &b[1], "y", -1, 1, 1, 0, 0) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    const char *bad = NULL;
+    if (b[0].b.ndim < 2) bad = "x needs batch and channel dims";
+    else if (b[1].b.len != b[0].b.len || b[1].b.ndim != b[0].b.ndim) bad = "y differs from x in shape";
+    else if (size < 1) bad = "size must be at least 1";
+    if (bad) {
+        release(b, 2);
+        PyErr_Format(PyExc_ValueError, "lrn: %s", bad);
+        return NULL;
+    }
+    const long n = (long)b[0].b.shape[0], c = (long)b[0].b.shape[1];
+    const long plane = n * c ? (long)(b[0].b.len / 4) / (n * c) : 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = lrn_run(b[0].b.buf, b[1].b.buf, n, c, plane, size, (float)alpha, (float)beta, (float)bias);
+    Py_END_ALLOW_THREADS
+    release(b, 2);
+    if (rc < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* ---- pointwise chains ---------------------------------------------------------------------- */
 
 enum { PW_ADD, PW_SUB, PW_MUL, PW_DIV, PW_MAX, PW_MIN, PW_RELU, PW_NEG, PW_EXP, PW_TANH, PW_SIGMOID, PW_ABS,
@@ -1624,6 +1704,7 @@ static PyMethodDef methods[] = {
     {"activate", (PyCFunction)(void (*)(void))activate, METH_FASTCALL, "An epilogue activation in place."},
     {"pool2d", (PyCFunction)(void (*)(void))pool2d, METH_FASTCALL, "MaxPool / AveragePool over 2-D windows."},
     {"pointwise", (PyCFunction)(void (*)(void))pointwise, METH_FASTCALL, "A fused pointwise chain in one pass."},
+    {"lrn", (PyCFunction)(void (*)(void))lrn, METH_FASTCALL, "LRN across channels."},
     {"global_pool", (PyCFunction)(void (*)(void))global_pool, METH_FASTCALL, "GlobalAveragePool / GlobalMaxPool."},
     {NULL, NULL, 0, NULL},
 };

@@ -8,7 +8,7 @@ kernels are a dozen ufunc calls of fixed cost each.
   transforms around one batched BLAS multiply, 2.25x fewer multiplications). It wins on depthwise and small convolutions, where im2col and a BLAS
   call cost more than the arithmetic; BLAS wins on large ones. The CPU target times both.
 * ``cpu.native.rowwise``: LayerNorm / SkipLayerNorm over the last axis (LayerNorm also across
-  channels), RMSNorm, Softmax over the last axis, Attention (any Q / K / V / output layout, additive or boolean mask, causal, grouped K/V).
+  channels), RMSNorm, LRN, Softmax over the last axis, Attention (any Q / K / V / output layout, additive or boolean mask, causal, grouped K/V).
 * ``cpu.native.pool``: 2-D MaxPool (values) / AveragePool, GlobalAveragePool / GlobalMaxPool.
 
 Like the fast NumPy tactics they write into buffers kept between runs and emulate fp16 / bf16 by
@@ -62,6 +62,15 @@ def _conv_supports(layer: Layer, constants: dict) -> str | None:
 
 
 def _rowwise_supports(layer: Layer, constants: dict) -> str | None:
+    if layer.op == "LRN":
+        x, y = layer.input_specs[0], layer.output_specs[0]
+        if not (is_f32(x) and is_f32(y)):
+            return "float32 tensors only"
+        if x.shape is not None and len(x.shape) < 2:
+            return "LRN needs batch and channel dims"
+        if int(layer.attrs.get("size", 0) or 0) < 1:
+            return "LRN without a positive size"
+        return None
     if layer.op == "RMSNorm":
         specs = [x for x in layer.aligned_input_specs() if x is not None]
         if not all(is_f32(x) for x in specs + list(layer.output_specs)):
@@ -151,9 +160,11 @@ class NativeTactic:
         if self.name == "cpu.native.pool":
             return np_pool.PoolKernel(layer, rnd, reuse) if _native is None else NativePool(layer, rnd, reuse)
         if _native is None:
-            return _reference_kernel(layer, rnd) if layer.op == "RMSNorm" else np_rowwise.build(layer, rnd, reuse)
+            if layer.op in ("RMSNorm", "LRN"):
+                return _reference_kernel(layer, rnd)
+            return np_rowwise.build(layer, rnd, reuse)
         return {"LayerNorm": _LayerNorm, "SkipLayerNorm": _SkipLayerNorm, "Softmax": _Softmax,
-                "Attention": _Attention, "RMSNorm": _RMSNorm}[layer.op](layer, rnd, reuse)
+                "Attention": _Attention, "RMSNorm": _RMSNorm, "LRN": _LRN}[layer.op](layer, rnd, reuse)
 
     def __repr__(self) -> str:
         return f"<CPU tactic {self.name}>"
@@ -393,6 +404,19 @@ class _RMSNorm(_Row):
         return self._out([y])
 
 
+class _LRN(_RMSNorm):
+    """LRN across channels in one native call (``_native.lrn``)."""
+
+    def __call__(self, ctx, inputs, attrs):
+        x = self._in(inputs[0])
+        if x.ndim < 2:
+            return self.fallback(ctx, inputs, attrs)
+        a = self.attrs
+        y = self.bufs.get("y", x.shape)
+        _native.lrn(x, y, int(a["size"]), float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)), float(a.get("bias", 1.0)))
+        return self._out([y])
+
+
 def _reference_kernel(layer, rnd):
     """The reference kernel of ``layer``, its float32 inputs and outputs rounded by ``rnd``."""
     from ..reference import get_kernel
@@ -465,6 +489,6 @@ class _Attention(_Row):
 
 TACTICS = [
     NativeTactic("cpu.native.conv", (("", "Conv"), ("workbench", "FusedConv")), _conv_supports),
-    NativeTactic("cpu.native.rowwise", np_rowwise.OPS + (("workbench", "RMSNorm"),), _rowwise_supports),
+    NativeTactic("cpu.native.rowwise", np_rowwise.OPS + (("workbench", "RMSNorm"), ("", "LRN")), _rowwise_supports),
     NativeTactic("cpu.native.pool", np_pool.OPS, _pool_supports),
 ]
