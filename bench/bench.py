@@ -189,7 +189,7 @@ def run_model(name, args, peak, rows, tmp):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-            half = prec == "fp16"
+            half = prec in ("fp16", "int8", "fp8")  # low-precision rows are set against torch at fp16
             import copy
 
             m = copy.deepcopy(model)
@@ -217,9 +217,14 @@ def run_model(name, args, peak, rows, tmp):
             try:
                 t0 = time.time()
                 shapes = {n: tuple(v.shape) for n, v in feeds.items()}
+                cal = None
+                if prec in ("int8", "fp8"):  # ranges from 4 random batches like the feeds (ids kept)
+                    cal = wb.Calibration([{n: (torch.randn_like(v.float()) if v.is_floating_point() else v).cpu().numpy()
+                                           .astype(v.cpu().numpy().dtype) for n, v in feeds.items()} for _ in range(4)])
                 engine = wb.build(wb.load_onnx(str(onnx_path)),
                                   wb.BuilderConfig(device="gpu", precision=prec, shapes=shapes,
-                                                   timing_cache=args.timing_cache))
+                                                   timing_cache=args.timing_cache, calibration=cal))
+                row["quantized"] = sum(1 for l in engine.layers if l.precision == prec) if cal else None
                 row["build_s"] = time.time() - t0
                 ctx = engine.create_context()
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
@@ -238,6 +243,8 @@ def run_model(name, args, peak, rows, tmp):
                 row["wb_error"] = f"{type(e).__name__}: {str(e)[:120]}"
             rows.append(row)
             print(fmt_row(row), flush=True)
+            if row.get("quantized") is not None:
+                print(f"[{name} b{b} {prec}] {row['quantized']} layers run at {prec}", flush=True)
         del feeds
 
 

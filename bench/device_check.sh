@@ -7,7 +7,7 @@ export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader
-NEW="tests/runtime/test_profiles_gpu.py tests/precision/test_accuracy_gpu.py tests/explore/test_replay_gpu.py"
+NEW=${NEW:-"tests/runtime/test_profiles_gpu.py tests/precision/test_accuracy_gpu.py tests/explore/test_replay_gpu.py"}
 timeout "${NEW_TIMEOUT:-90}" python3 -m pytest -q -m gpu -p no:cacheprovider $NEW > "$OUT/new.log" 2>&1
 echo "new gpu tests rc=$?"; tail -n 15 "$OUT/new.log"
 timeout "${ACC_TIMEOUT:-35}" python3 bench/accuracy_check.py --device gpu > "$OUT/accuracy.log" 2>&1

@@ -176,7 +176,7 @@ def test_supported_precisions_without_a_gpu():
     """The notebook's precision dropdowns ask the public API what each target offers; asking about
     the GPU target must work on a machine without one."""
     assert wb.supported_precisions("cpu") == ["fp32", "fp16", "bf16", "int8", "fp8"]
-    assert {"fp32", "tf32", "fp16", "bf16"} <= set(wb.supported_precisions("gpu"))
+    assert wb.supported_precisions("gpu") == ["fp32", "tf32", "fp16", "bf16", "int8", "fp8"]
 
 
 def test_fused_and_unfused_activations_share_one_spelling():
@@ -205,6 +205,71 @@ def test_tactic_sources_declare_their_tactics():
     for t in primary + fallback:
         assert sources.source_of(t.name) == t.source and t.supports_cost in (0, 1)
     assert sources.source_of("cudnn.conv") == "cudnn_conv" and sources.source_of("nvrtc.nothing") is None
+
+
+def test_only_the_quantized_tactics_take_int8_and_fp8_layers():
+    """A quantized layer's float32 operands and int8 / e4m3 weight mean something else to a float
+    tactic: every other tactic is refused by its declared formats before its supports() is asked."""
+    from workbench.kernels.cuda import sources
+    from workbench.kernels.cuda.tactic import format_refusal
+
+    primary, fallback, _ = sources.load_sources()
+    for t in primary + fallback:
+        for fmt in ("int8", "fp8"):
+            refused = format_refusal(t, fmt)
+            assert (refused is None) == (t.name == f"cublaslt_quant.{fmt}"), (t.name, fmt, refused)
+        assert format_refusal(t, "fp16") is None
+
+
+def _quant_gemm(fmt, x_shape, w_shape, trans_b=0, bias=None, zp=0, op="MatMul", **attrs):
+    n = w_shape[0] if trans_b else w_shape[1]
+    a = {"q_format": fmt, "q_input_scale": 0.05, "q_input_zero_point": zp, "q_weight_scale": np.ones(1, np.float32),
+         "q_weight_axis": -1, "q_weight_zero_point": 0, "q_weight_const": 1, **attrs}
+    if op != "MatMul":
+        a["transB"] = trans_b
+    specs = [TensorSpec("x", "float32", list(x_shape)), TensorSpec("w", "int8" if fmt == "int8" else "float8e4m3fn",
+                                                                    list(w_shape))]
+    names = ["x", "w"]
+    if bias is not None:
+        specs.append(TensorSpec("b", "float32", list(bias)))
+        names.append("b")
+    return Layer("q", op, domain="workbench" if op == "FusedGemm" else "", inputs=names, outputs=["y"], attrs=a,
+                 input_specs=specs, output_specs=[TensorSpec("y", "float32", list(x_shape[:-1]) + [n])])
+
+
+def test_quantized_gemm_problem_and_refusals():
+    """What cublaslt_quant reads of a layer, decided without a GPU: the TN problem and its reasons."""
+    from workbench.kernels.cuda.cublaslt_quant import _problem
+
+    p = _problem(_quant_gemm("int8", (2, 8, 64), (64, 32)), "int8")
+    assert (p["m"], p["n"], p["k"], p["trans_b"], p["bias"]) == (16, 32, 64, False, False)
+    p = _quant_gemm("fp8", (32, 64), (48, 64), trans_b=1, bias=(48,), op="FusedGemm", activation="Relu")
+    assert _problem(p, "fp8")["trans_b"] and _problem(p, "fp8")["bias_n"] == 48
+    assert "multiples of 16 (M=3)" in _problem(_quant_gemm("fp8", (3, 64), (64, 32)), "fp8")
+    assert "multiples of 4 (K=42)" in _problem(_quant_gemm("int8", (3, 42), (42, 32)), "int8")
+    assert _problem(_quant_gemm("fp8", (16, 64), (64, 32), zp=3), "fp8") == "fp8 has no zero point"
+    assert "transA" == _problem(_quant_gemm("int8", (64, 16), (64, 32), op="Gemm", transA=1), "int8")
+    assert "bias of shape" in _problem(_quant_gemm("int8", (16, 64), (64, 32), bias=(16, 32)), "int8")
+    assert "carries no int8" in _problem(_quant_gemm("fp8", (16, 64), (64, 32)), "int8")
+    conv = Layer("c", "Conv", inputs=["x", "w"], outputs=["y"], attrs={"q_format": "int8"},
+                 input_specs=[TensorSpec("x", "float32", [1, 3, 8, 8]), TensorSpec("w", "int8", [4, 3, 3, 3])],
+                 output_specs=[TensorSpec("y", "float32", [1, 4, 6, 6])])
+    assert "quantized Gemm / FusedGemm / MatMul only" in _problem(conv, "int8")
+
+
+def test_quantized_gemm_kernels_round_as_the_cpu_does():
+    """The generated quantize / epilogue sources: correctly rounded division, round-half-even,
+    NaN to the zero point, saturation; no FMA contraction in the epilogue."""
+    from workbench.kernels.cuda.cublaslt_quant import _epilogue_source, _quantize_source
+
+    q8 = _quantize_source("int8", "q")
+    assert "__fdiv_rn" in q8 and "rintf" in q8 and "v != v ? (float)zp" in q8 and "-128.0f), 127.0f" in q8
+    q8f = _quantize_source("fp8", "q")
+    assert "cvt.rn.satfinite.e4m3x2.f32" in q8f and "448.0f" in q8f
+    epi = _epilogue_source("int8", "Relu", {}, 0.75, 1.5, "e")
+    assert "__fmul_rn(v, 0.75f)" in epi and "__fmul_rn(c, 1.5f)" in epi and "__fadd_rn(v, c)" in epi
+    assert "corr[col]" in epi and "const int*" in epi
+    assert "const float*" in _epilogue_source("fp8", "", {}, 1.0, 1.0, "e").split("acc")[0]
 
 
 def test_attention_operands_and_mask_broadcast():

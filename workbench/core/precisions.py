@@ -20,7 +20,9 @@ TARGET_PRECISIONS = {
     # fp16 / bf16 emulated: storage rounded, math in fp32; int8 / fp8 with the GPU's numerics
     # (core/quant.py: exact int32-equivalent products, fp8 e4m3 operands summed in fp32)
     "cpu": ("fp32", "fp16", "bf16", "int8", "fp8"),
-    "gpu": ("fp32", "tf32", "fp16", "bf16"),
+    # int8 / fp8 on the GPU: quantized Gemm / MatMul layers (kernels/cuda/cublaslt_quant.py); other
+    # layers of such a build fall back to fp16 with the reason in the precision table
+    "gpu": ("fp32", "tf32", "fp16", "bf16", "int8", "fp8"),
 }
 
 

@@ -17,13 +17,16 @@ import numpy as np
 
 from ...core.plan import Layer
 from ...core.precisions import STORAGE, TARGET_PRECISIONS
+from ...core.quant import FORMATS as QUANT_FORMATS
 from ...ops.fused import ACTIVATIONS, activation_params
 from ...ops.geometry import window_attrs
 from .cuda_prelude import act_expr
 from .device import storage_dtype, to_device_bits
 
-# the element type of activations at each precision the GPU runs (weights are cast to it at build)
-IO_DTYPE = {p: STORAGE[p] for p in TARGET_PRECISIONS["gpu"]}
+# the element type of activations at each float precision the GPU runs (weights are cast to it at
+# build); int8 / fp8 layers read and write float32 and are run only by the quantized tactics
+# (``cublaslt_quant``), whose ``formats`` name them
+IO_DTYPE = {p: STORAGE[p] for p in TARGET_PRECISIONS["gpu"] if p not in QUANT_FORMATS}
 GEMM_OPS = {("workbench", "FusedGemm"), ("", "Gemm"), ("", "MatMul")}
 CONV_OPS = {("workbench", "FusedConv"), ("", "Conv")}
 ATTENTION_OPS = {("workbench", "Attention")}

@@ -1,7 +1,9 @@
 """The GPU as the builder and runtime see it: CuPy (imported lazily), device facts, dtype storage.
 
 Half-precision tensors are stored as raw 16-bit words: CuPy has float16 but no bfloat16, so every
-bfloat16 tensor on the device is a ``uint16`` array, and our generated kernels read the bits.
+bfloat16 tensor on the device is a ``uint16`` array, and our generated kernels read the bits. CuPy
+has no float8 either: a float8e4m3fn tensor (an fp8 layer's weight) is a ``uint8`` array of its
+e4m3 bytes, which cuBLASLt reads as CUDA_R_8F_E4M3.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def storage_dtype(name: str) -> np.dtype:
     """The CuPy/NumPy dtype a tensor of canonical type ``name`` is stored as on the device."""
     if name == "bfloat16":
         return np.dtype(np.uint16)
+    if name == "float8e4m3fn":
+        return np.dtype(np.uint8)
     return to_numpy(name)
 
 
@@ -35,12 +39,14 @@ def to_device_bits(host: np.ndarray, name: str) -> np.ndarray:
         host = np.clip(host.astype(np.float32), -lim, lim)
         conv = host.astype(to_numpy(name))
         return conv.view(np.uint16) if name == "bfloat16" else conv
+    if name == "float8e4m3fn":
+        return np.ascontiguousarray(host.astype(to_numpy(name), copy=False)).view(np.uint8)
     return np.ascontiguousarray(host.astype(to_numpy(name), copy=False))
 
 
 def from_device_bits(arr: np.ndarray, name: str) -> np.ndarray:
-    if name == "bfloat16":
-        return arr.view(to_numpy("bfloat16"))
+    if name in ("bfloat16", "float8e4m3fn"):
+        return arr.view(to_numpy(name))
     return arr
 
 

@@ -18,6 +18,7 @@ from . import cublaslt, cudnn_conv, cudnn_sdpa, nvrtc
 PRIMARY = [
     "cublaslt",         # cuBLASLt through nvmath-python: GEMM + bias/activation epilogues, and GEMM +
                         # an NVRTC activation kernel for activations it has no epilogue for
+    "cublaslt_quant",   # cuBLASLt int8 / fp8 GEMM between NVRTC quantize and dequantize-epilogue kernels
     "cudnn_conv",       # cuDNN graph API through cudnn-frontend: conv + bias/act/residual
     "cudnn_sdpa",       # cuDNN SDPA flash attention (fp16/bf16)
     "cublas",           # cuBLAS through CuPy: plain and batched GEMM, im2col convolution
@@ -35,6 +36,7 @@ FALLBACK = [
 # source -> the names of its tactics, in its TACTICS order (checked when the source loads)
 PROVIDES = {
     "cublaslt": ("cublaslt.gemm", "cublaslt.gemm_act"),
+    "cublaslt_quant": ("cublaslt_quant.int8", "cublaslt_quant.fp8"),
     "cudnn_conv": ("cudnn.conv",),
     "cudnn_sdpa": ("cudnn.sdpa",),
     "cublas": ("cublas.gemm", "cublas.im2col_conv"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ...core.plan import Layer
+from ...core.quant import FORMATS as QUANT_FORMATS
 
 
 @dataclass
@@ -59,10 +60,20 @@ class TacticBase:
     ``supports_cost`` is 0 unless the tactic's ``supports`` plans a library graph."""
 
     supports_cost = 0
+    formats: tuple[str, ...] = ()  # the int8 / fp8 layer precisions this tactic runs (core/quant.py)
 
     @property
     def source(self) -> str:
         return type(self).__module__.rpartition(".")[2]
+
+
+def format_refusal(tactic, precision: str) -> str | None:
+    """Why ``tactic`` may not run a layer at ``precision`` by the int8 / fp8 formats it declares
+    (``formats``), None otherwise: a quantized layer's float32 operands and int8 / e4m3 weight mean
+    something else to a float tactic, so only the quantized tactics are asked about it."""
+    if precision in QUANT_FORMATS and precision not in getattr(tactic, "formats", ()):
+        return f"runs no {precision} layers"
+    return None
 
 
 class Tactic(Protocol):
@@ -71,6 +82,7 @@ class Tactic(Protocol):
     # relative cost of calling ``supports`` (0: looks at shapes only; 1: plans a library graph):
     # the precision assigner asks the cheap sources first
     supports_cost: int
+    formats: tuple[str, ...]  # int8 / fp8 layer precisions it runs (empty: float precisions only)
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         """None if this tactic can run ``layer`` at ``precision``; otherwise the reason it cannot."""

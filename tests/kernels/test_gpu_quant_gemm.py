@@ -1,0 +1,162 @@
+"""The int8 / fp8 GEMM tactics (``cublaslt_quant``) against the CPU emulation of the same layer
+(``kernels/reference/quantized.py``: the numbers ``core/quant.py`` specifies), every configuration
+the heuristic offers, outputs poisoned with NaN before each run; and an int8 / fp8 GPU engine of a
+small calibrated network against the CPU engine built with the same calibration.
+
+int8 products are exact on both sides, so a layer without a transcendental activation must agree
+bit for bit; fp8 sums e4m3 products in float32 in cuBLASLt's order, so it agrees to float32
+summation round-off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import workbench as wb
+from workbench.core import quant
+from workbench.core.numerics import rel_err
+from workbench.core.plan import Layer, TensorSpec
+from workbench.kernels.reference import KernelContext
+from workbench.kernels.reference.quantized import QuantizedLayer
+
+pytestmark = pytest.mark.gpu
+
+RNG = np.random.default_rng(11)
+
+
+def _layer(op, fmt, x_shape, w_shape, n, *, trans_b=0, bias=None, act="", zp=0, per_channel=True, attrs=None):
+    """A quantized layer, its quantized weight and bias constants, and an input batch."""
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    w = (RNG.standard_normal(w_shape) / np.sqrt(w_shape[1 if trans_b else 0])).astype(np.float32)
+    scale_in = float(quant.scale_from_amax(np.abs(x).max() * 0.8, fmt))  # some values saturate
+    axis = (0 if trans_b else 1) if per_channel and fmt == "int8" else None
+    wq, s_w = quant.quantize_weight(w, fmt, axis)
+    a = {"q_format": fmt, "q_input_scale": scale_in, "q_input_zero_point": zp, "q_weight_scale": s_w,
+         "q_weight_axis": -1 if axis is None else axis, "q_weight_zero_point": 0, "q_weight_const": 1}
+    if op != "MatMul":
+        a["transB"] = trans_b
+    if act:
+        a["activation"] = act
+    a.update(attrs or {})
+    elem = quant.ELEMENT[fmt]
+    ins = [TensorSpec("x", "float32", list(x_shape)), TensorSpec("w", elem, list(w_shape))]
+    consts = {"w": wq}
+    names = ["x", "w"]
+    if bias is not None:
+        b = RNG.standard_normal(bias).astype(np.float32)
+        ins.append(TensorSpec("b", "float32", list(bias)))
+        consts["b"] = b
+        names.append("b")
+    domain = "workbench" if op == "FusedGemm" else ""
+    lay = Layer(name=f"{op}_{fmt}", op=op, domain=domain, inputs=names, outputs=["y"], attrs=a, input_specs=ins,
+                output_specs=[TensorSpec("y", "float32", list(x_shape[:-1]) + [n])])
+    lay.precision = fmt
+    return lay, consts, x
+
+
+def _check(lay, consts, x, exact):
+    import cupy as cp
+
+    from workbench.kernels.cuda.cublaslt_quant import CublasLtQuantGemm
+    from workbench.kernels.cuda.device import gpu_info, to_device_bits
+
+    fmt = lay.precision
+    want = QuantizedLayer(lay, consts)(KernelContext(), [x] + [consts[n] for n in lay.inputs[1:]], lay.attrs)[0]
+    assert np.any(want != 0)
+    tactic = CublasLtQuantGemm(fmt)
+    gpu = gpu_info()
+    why = tactic.supports(lay, fmt, gpu)
+    assert why is None, why
+    specs = {s.name: s for s in lay.input_specs}
+    dw = {n: cp.asarray(to_device_bits(v, specs[n].dtype)) for n, v in consts.items()}
+    cfgs = tactic.configs(lay, fmt, gpu)
+    assert cfgs
+    for cfg in cfgs:
+        k = tactic.build(lay, fmt, cfg, dw, gpu)
+        y = cp.full(want.shape, np.nan, np.float32)
+        ws = cp.empty(max(k.workspace_bytes, 1), cp.uint8)
+        stream = cp.cuda.Stream(non_blocking=True)
+        k.run([cp.asarray(x)] + [dw[n] for n in lay.inputs[1:]], [y], ws, stream)
+        stream.synchronize()
+        got = cp.asnumpy(y)
+        if exact:
+            np.testing.assert_array_equal(got, want, err_msg=f"{tactic.name} {cfg['algo']}")
+        else:
+            err = rel_err(got, want)
+            assert err < 2e-6, f"{tactic.name} {cfg['algo']}: relative error {err:.2e}"
+    return len(cfgs)
+
+
+@pytest.mark.parametrize("zp", [0, -5])
+def test_int8_matmul_exact(zp):
+    lay, consts, x = _layer("MatMul", "int8", (2, 16, 64), (64, 32), 32, zp=zp)
+    _check(lay, consts, x, exact=True)
+
+
+def test_int8_gemm_trans_b_alpha_beta_bias_relu_exact():
+    lay, consts, x = _layer("FusedGemm", "int8", (24, 128), (48, 128), 48, trans_b=1, bias=(48,), act="Relu",
+                            attrs={"alpha": 0.75, "beta": 1.5})
+    _check(lay, consts, x, exact=True)
+
+
+def test_int8_gemm_gelu():
+    lay, consts, x = _layer("FusedGemm", "int8", (8, 64), (64, 96), 96, bias=(1, 96), act="Gelu")
+    _check(lay, consts, x, exact=False)
+
+
+def test_fp8_matmul_per_tensor():
+    lay, consts, x = _layer("MatMul", "fp8", (2, 16, 64), (64, 48), 48)
+    _check(lay, consts, x, exact=False)
+
+
+def test_fp8_gemm_per_channel_scales_bias_relu():
+    # an explicit Q/DQ model may give fp8 weights per-channel scales: the epilogue applies them
+    lay, consts, x = _layer("FusedGemm", "fp8", (32, 128), (64, 128), 64, trans_b=1, bias=(64,), act="Relu")
+    w = RNG.standard_normal((64, 128)).astype(np.float32)
+    s = (np.abs(w).max(axis=1) / 448).astype(np.float32)
+    consts["w"] = quant.quantize(w, s, 0, "fp8", axis=0)
+    lay.attrs.update({"q_weight_scale": s, "q_weight_axis": 0})
+    _check(lay, consts, x, exact=False)
+
+
+def test_refusals_name_the_reason():
+    from workbench.kernels.cuda.cublaslt_quant import CublasLtQuantGemm
+    from workbench.kernels.cuda.device import gpu_info
+
+    gpu = gpu_info()
+    lay, _, _ = _layer("MatMul", "fp8", (3, 40), (40, 24), 24)
+    assert "multiples of 16" in CublasLtQuantGemm("fp8").supports(lay, "fp8", gpu)
+    assert CublasLtQuantGemm("int8").supports(lay, "fp8", gpu) == "runs int8 layers only"
+    lay, _, _ = _layer("MatMul", "int8", (3, 42), (42, 24), 24)
+    assert "multiples of 4" in CublasLtQuantGemm("int8").supports(lay, "int8", gpu)
+
+
+def _mlp(d=64, h=128, o=32):
+    w1 = (RNG.standard_normal((d, h)) / np.sqrt(d)).astype(np.float32)
+    w2 = (RNG.standard_normal((h, o)) / np.sqrt(h)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["m"]),
+             helper.make_node("Add", ["m", "b2"], ["y"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(RNG.standard_normal(h).astype(np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(RNG.standard_normal(o).astype(np.float32), "b2")]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, d])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, o])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_engine_matches_the_cpu_emulation(fmt):
+    from workbench.precision.calibration import Calibration
+
+    net = _mlp()
+    data = [{"x": RNG.standard_normal((32, 64)).astype(np.float32)} for _ in range(4)]
+    feeds = {"x": RNG.standard_normal((32, 64)).astype(np.float32)}
+    cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision=fmt, calibration=Calibration(data)))
+    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data)))
+    quantized = [l for l in gpu.layers if l.precision == fmt]
+    assert len(quantized) == 2, [(l.name, l.precision) for l in gpu.layers]
+    assert all(l.tactic == f"cublaslt_quant.{fmt}" for l in quantized)
+    want = cpu.create_context().run(feeds)["y"]
+    got = gpu.create_context().run(feeds)["y"]
+    assert rel_err(got, want) < (1e-6 if fmt == "int8" else 1e-5)

@@ -1,0 +1,326 @@
+"""int8 and fp8 GEMM on the GPU: cuBLASLt's integer and FP8 tensor-core GEMMs through nvmath-python's
+low-level bindings (``nvmath.bindings.cublasLt``; its high-level Matmul takes no FP8 CuPy arrays and
+has no int8 path), computing what the CPU emulation computes (``core/quant.py``, the reference
+kernels of ``kernels/reference/quantized.py``).
+
+A quantized Gemm / FusedGemm / MatMul layer reads float32 activations, holds its weight as an int8
+or e4m3 plan constant, and writes float32. One run is three launches on the layer's stream, all
+capturable:
+
+1. **quantize** (NVRTC): ``x / scale`` in float32 (``__fdiv_rn``: correctly rounded, as NumPy's
+   division), then int8: round half to even, plus the zero point, NaN to the zero point, saturated
+   to [-128, 127]; fp8: clipped to +-448 and rounded to nearest even by ``cvt.rn.satfinite.e4m3x2``
+   (NaN stays NaN), into the layer's workspace;
+2. **GEMM** (cuBLASLt, the "TN" form Hopper's int8 and FP8 kernels take: the weight as [N, K], the
+   quantized activations as [M, K], both K-contiguous): int8 x int8 -> int32 with int32 compute
+   (exact, as the CPU's float64 products; the precision step keeps layers whose accumulator could
+   overflow in float), e4m3 x e4m3 -> float32 with float32 compute and FAST_ACCUM off, alpha 1;
+3. **epilogue** (NVRTC): for an int8 activation with a zero point, ``acc - zp * sum_k w[n, k]``
+   (the integer-domain correction, in 64 bits), then ``float32(acc) * alpha_n`` (``alpha_n =
+   float32(scale_in) * float32(scale_w_n)``, rounded once at build), the Gemm's own alpha, the bias
+   (times beta), the activation, each step rounded as the CPU rounds it (``__fmul_rn`` /
+   ``__fadd_rn``: no contraction into FMAs).
+
+So int8 layers match the CPU emulation bit for bit up to the activation function's last bits, and
+fp8 layers to float32 summation order. cuBLASLt's alignment rules are checked in ``supports``: int8
+needs K and N multiples of 4, fp8 M, N and K multiples of 16 (nvmath's own FP8 rule).
+
+Configs are the algorithms cuBLASLt's heuristic offers (up to ``MAX_ALGOS``), each with its
+serialized heuristic record, so an engine re-plans with exactly the recorded algorithm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...core import quant
+from ...core.plan import Layer
+from ..reference.quantized import check_layer, kind_of
+from . import cuda_prelude as P
+from .common import activation_of, has_input, ptr, require_activation, static_shape, stream_ptr
+from .cublaslt import _require_nvmath
+from .nvrtc import get_function
+from .tactic import BuiltKernel, GpuInfo, TacticBase
+
+MAX_ALGOS = 8
+_WS_LIMIT = 32 << 20  # the most workspace cuBLASLt's heuristic may ask for
+_ALIGN = 256  # offsets of the pieces of the layer's workspace
+_HANDLE: list[int] = []  # one cuBLASLt handle per process (nvmath keeps one per thread the same way)
+_ALGOS: dict = {}  # problem signature -> heuristic records (hex), planning costs ~1 ms
+
+
+def _lt():
+    from nvmath.bindings import cublasLt as lt  # noqa: PLC0415
+
+    if not _HANDLE:
+        _HANDLE.append(lt.create())
+    return lt, _HANDLE[0]
+
+
+def _problem(layer: Layer, precision: str) -> dict | str:
+    """What build needs, or why this tactic cannot run the layer."""
+    if kind_of(layer) != "gemm":
+        return f"does not run {layer.op} (quantized Gemm / FusedGemm / MatMul only)"
+    why = check_layer(layer, precision)
+    if why:
+        return why
+    a = layer.attrs
+    if not int(a.get("q_weight_const", 1)):
+        return "the second operand is an activation: quantized weights only"
+    if int(a.get("q_weight_zero_point", 0)):
+        return "weights with a zero point"
+    if precision == "fp8" and int(a.get("q_input_zero_point", 0)):
+        return "fp8 has no zero point"
+    if layer.op != "MatMul" and int(a.get("transA", 0)):
+        return "transA"
+    x_shape, w_shape, y_shape = static_shape(layer, 0), static_shape(layer, 1), static_shape(layer, 0, out=True)
+    if x_shape is None or w_shape is None or y_shape is None:
+        return "needs static shapes"
+    specs = layer.aligned_input_specs()
+    if specs[0].dtype != "float32" or layer.output_specs[0].dtype != "float32":
+        return "quantized layers read and write float32"
+    if len(x_shape) < 2 or len(w_shape) != 2:
+        return "A of rank >= 2 and a 2-D weight only"
+    trans_b = layer.op != "MatMul" and bool(int(a.get("transB", 0)))
+    n, k = (w_shape if trans_b else w_shape[::-1])
+    m = int(np.prod(x_shape[:-1]))
+    if x_shape[-1] != k or tuple(y_shape) != tuple(x_shape[:-1]) + (n,):
+        return f"shapes do not make a GEMM (A {list(x_shape)}, B {list(w_shape)}, Y {list(y_shape)})"
+    step = 16 if precision == "fp8" else 4
+    dims = {"M": m, "N": n, "K": k} if precision == "fp8" else {"N": n, "K": k}
+    odd = [f"{d}={v}" for d, v in dims.items() if v % step]
+    if odd:
+        return f"cuBLASLt's {precision} GEMM needs {', '.join(dims)} multiples of {step} ({', '.join(odd)})"
+    bias = None
+    if has_input(layer, 2):
+        bias = static_shape(layer, 2)
+        if bias is None or int(np.prod(bias)) not in (1, n) or (bias and int(np.prod(bias)) == n and bias[-1] != n):
+            return f"a bias of shape {bias} (a vector over N or one value only)"
+        if specs[2].dtype != "float32":
+            return "float32 bias only"
+    why = require_activation(layer)
+    if why:
+        return why
+    return {"m": m, "n": n, "k": k, "trans_b": trans_b, "bias": bias is not None,
+            "bias_n": int(np.prod(bias)) if bias is not None else 0}
+
+
+def _quantize_source(precision: str, name: str) -> str:
+    if precision == "int8":
+        body = ("    float v = __fdiv_rn(x[i], scale);\n"
+                "    float t = v != v ? (float)zp : fminf(fmaxf(rintf(v) + (float)zp, -128.0f), 127.0f);\n"
+                "    q[i] = (unsigned char)(signed char)(int)t;\n")
+    else:
+        body = ("    float v = __fdiv_rn(x[i], scale);\n"
+                "    if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
+                "    unsigned short pair;\n"
+                '    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
+                "    q[i] = (unsigned char)(pair & 0xff);\n")
+    return (f'extern "C" __global__ void {name}(const float* __restrict__ x, unsigned char* __restrict__ q, '
+            "float scale, int zp, long long n) {\n"
+            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; "
+            "i += (long long)gridDim.x * blockDim.x) {\n" + body + "  }\n}\n")
+
+
+def _epilogue_source(precision: str, act: str, params: dict, gemm_alpha: float, beta: float, name: str) -> str:
+    acc = "const int*" if precision == "int8" else "const float*"
+    lines = ["    const long long col = i % n;"]
+    if precision == "int8":
+        lines.append("    float v = (float)((long long)acc[i] - (corr ? (long long)corr[col] : 0LL));")
+    else:
+        lines.append("    float v = acc[i];")
+    lines.append("    v = __fmul_rn(v, alpha[nalpha == 1 ? 0 : col]);")
+    if gemm_alpha != 1.0:
+        lines.append(f"    v = __fmul_rn(v, {_c_float(gemm_alpha)});")
+    lines.append("    if (bias) {")
+    lines.append("      float c = bias[nbias == 1 ? 0 : col];")
+    if beta != 1.0:
+        lines.append(f"      c = __fmul_rn(c, {_c_float(beta)});")
+    lines.append("      v = __fadd_rn(v, c);")
+    lines.append("    }")
+    if act:
+        lines.append(f"    v = {P.act_expr(act, params)};")
+    lines.append("    y[i] = v;")
+    return (P.PRELUDE + f'extern "C" __global__ void {name}({acc} __restrict__ acc, const long long* __restrict__ corr, '
+            "const float* __restrict__ alpha, int nalpha, const float* __restrict__ bias, int nbias, "
+            "float* __restrict__ y, long long total, long long n) {\n"
+            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; "
+            "i += (long long)gridDim.x * blockDim.x) {\n" + "\n".join(lines) + "\n  }\n}\n")
+
+
+def _c_float(v: float) -> str:
+    """A float32 constant as C source that compiles to exactly that float32."""
+    return f"{float(np.float32(v))!r}f"
+
+
+class _Gemm:
+    """The planned cuBLASLt GEMM of one problem: descriptor, layouts, the chosen algorithm."""
+
+    def __init__(self, precision: str, m: int, n: int, k: int, record_hex: str | None = None):
+        from nvmath import CudaDataType as DT  # noqa: PLC0415
+        from nvmath.bindings import cublas  # noqa: PLC0415
+
+        lt, self.handle = _lt()
+        self.lt = lt
+        if precision == "int8":
+            ab, d, compute, scale, sdt = DT.CUDA_R_8I, DT.CUDA_R_32I, cublas.ComputeType.COMPUTE_32I, DT.CUDA_R_32I, np.int32
+        else:
+            ab, d, compute, scale, sdt = (DT.CUDA_R_8F_E4M3, DT.CUDA_R_32F, cublas.ComputeType.COMPUTE_32F,
+                                          DT.CUDA_R_32F, np.float32)
+        self.desc = lt.matmul_desc_create(compute, scale)
+        self.layouts = []
+        self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                  lt.MatmulDescAttribute.TRANSA, cublas.Operation.T)
+        self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                  lt.MatmulDescAttribute.TRANSB, cublas.Operation.N)
+        # column-major: A = W stored K x N (ld K) used transposed, B = Xq stored K x M (ld K), D = N x M (ld N)
+        self.a_l = self._layout(ab, k, n, k)
+        self.b_l = self._layout(ab, k, m, k)
+        self.d_l = self._layout(d, n, m, n)
+        self.alpha = np.ones(1, sdt)
+        self.beta = np.zeros(1, sdt)
+        if record_hex is None:
+            self.records = self._heuristic()
+        else:
+            self.records = np.frombuffer(bytes.fromhex(record_hex), dtype=lt.matmul_heuristic_result_dtype).copy()
+
+    @staticmethod
+    def _set(setter, dtype_of, obj, attr, value):
+        buf = np.array(value, dtype=dtype_of(attr))  # the attribute's exact C type
+        setter(obj, attr, buf.ctypes.data, buf.itemsize)
+
+    def _layout(self, dtype, rows, cols, ld):
+        h = self.lt.matrix_layout_create(dtype, rows, cols, ld)
+        self.layouts.append(h)
+        return h
+
+    def _heuristic(self):
+        lt = self.lt
+        pref = lt.matmul_preference_create()
+        try:
+            self._set(lt.matmul_preference_set_attribute, lt.get_matmul_preference_attribute_dtype, pref,
+                      lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES, _WS_LIMIT)
+            heur = np.zeros(MAX_ALGOS, dtype=lt.matmul_heuristic_result_dtype)  # cublasLtMatmulHeuristicResult_t[]
+            count = np.zeros(1, np.int32)
+            lt.matmul_algo_get_heuristic(self.handle, self.desc, self.a_l, self.b_l, self.d_l, self.d_l, pref,
+                                         MAX_ALGOS, heur.ctypes.data, count.ctypes.data)
+            n = int(count[0])
+            if n == 0:
+                raise RuntimeError("cuBLASLt offers no algorithm for this problem")
+            return heur[:n].copy()
+        finally:
+            lt.matmul_preference_destroy(pref)
+
+    def __del__(self):
+        try:
+            for h in self.layouts:
+                self.lt.matrix_layout_destroy(h)
+            self.lt.matmul_desc_destroy(self.desc)
+        except Exception:
+            pass
+
+
+def _arch(gpu: GpuInfo) -> int:
+    digits = "".join(ch for ch in str(gpu.arch) if ch.isdigit())
+    return int(digits or 0)
+
+
+def _signature(p: dict, precision: str) -> tuple:
+    return (precision, p["m"], p["n"], p["k"])
+
+
+class CublasLtQuantGemm(TacticBase):
+    """``cublaslt_quant.int8`` / ``cublaslt_quant.fp8``: see the module doc."""
+
+    def __init__(self, fmt: str):
+        self.fmt = fmt
+        self.name = f"cublaslt_quant.{fmt}"
+        self.formats = (fmt,)
+
+    def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
+        if precision != self.fmt:
+            return f"runs {self.fmt} layers only"
+        if self.fmt == "fp8" and gpu is not None and _arch(gpu) < 89:
+            return f"FP8 tensor cores need sm_89 or newer ({gpu.arch})"
+        why = _require_nvmath()
+        if why:
+            return why
+        p = _problem(layer, precision)
+        return p if isinstance(p, str) else None
+
+    def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        p = _problem(layer, precision)
+        sig = _signature(p, precision)
+        if sig not in _ALGOS:
+            plan = _Gemm(precision, p["m"], p["n"], p["k"])
+            _ALGOS[sig] = [r.tobytes().hex() for r in plan.records]
+        return [{"algo": i, "record": rec} for i, rec in enumerate(_ALGOS[sig])]
+
+    def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
+        import cupy as cp  # noqa: PLC0415
+
+        p = _problem(layer, precision)
+        if isinstance(p, str):
+            raise ValueError(p)
+        m, n, k = p["m"], p["n"], p["k"]
+        rec = config.get("record")
+        if not rec:
+            rec = CublasLtQuantGemm.configs(self, layer, precision, gpu)[int(config.get("algo", 0))]["record"]
+        gemm = _Gemm(precision, m, n, k, record_hex=rec)
+        lt_ws = int(gemm.records[0]["workspace_size"])
+
+        a = layer.attrs
+        w = weights[layer.inputs[1]]
+        w_bytes = w.view(cp.uint8) if w.dtype != cp.uint8 else w
+        wt = cp.ascontiguousarray(w_bytes if p["trans_b"] else w_bytes.T)  # [N, K], K contiguous
+        s_w = np.asarray(a["q_weight_scale"], np.float32).reshape(-1)
+        alpha = cp.asarray(quant.output_scale(a["q_input_scale"], s_w).reshape(-1))
+        zp = int(a.get("q_input_zero_point", 0))
+        corr = None
+        if precision == "int8" and zp:
+            colsum = wt.view(cp.int8).astype(cp.int64).sum(axis=1)
+            corr = cp.ascontiguousarray(colsum * zp)
+        bias = None
+        if p["bias"] and layer.inputs[2] in weights:
+            bias = cp.ascontiguousarray(cp.asarray(weights[layer.inputs[2]], dtype=cp.float32).reshape(-1))
+        gemm_alpha = float(a.get("alpha", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
+        beta = float(a.get("beta", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
+        act, params = activation_of(layer)
+
+        out: dict[str, bytes] = {}
+        qname, ename = f"wb_quant_{precision}", f"wb_qgemm_epi_{precision}"
+        qfn = get_function(_quantize_source(precision, qname), qname, gpu.arch, binaries, out)
+        efn = get_function(_epilogue_source(precision, act, params, gemm_alpha, beta, ename), ename, gpu.arch,
+                           binaries, out)
+        qa_bytes = -(-m * k // _ALIGN) * _ALIGN
+        acc_bytes = -(-m * n * 4 // _ALIGN) * _ALIGN
+        block = 256
+        grid_q = max(1, min(-(-(m * k) // block), gpu.sm_count * 8))
+        grid_e = max(1, min(-(-(m * n) // block), gpu.sm_count * 8))
+        scale = np.float32(a["q_input_scale"])
+        zp32, mk, mn, n64 = np.int32(zp), np.int64(m * k), np.int64(m * n), np.int64(n)
+        nalpha = np.int32(alpha.size)
+        nbias = np.int32(p["bias_n"])
+        lt, handle = gemm.lt, gemm.handle
+        alpha_p, beta_p = gemm.alpha.ctypes.data, gemm.beta.ctypes.data
+        algo_p = gemm.records.ctypes.data  # the record's first field is its cublasLtMatmulAlgo_t
+        wt_p = wt.data.ptr
+        null = np.uint64(0)
+
+        def run(inputs, outputs, workspace, stream):
+            x, y = inputs[0], outputs[0]
+            base = -(-ptr(workspace) // _ALIGN) * _ALIGN  # the pieces start 256-byte aligned
+            qa, acc = base, base + qa_bytes
+            qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, acc, gemm.d_l, acc,
+                      gemm.d_l, algo_p, base + qa_bytes + acc_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
+            b = bias if bias is not None else (inputs[2] if p["bias"] else None)
+            efn((grid_e,), (block,), (np.uint64(acc), corr if corr is not None else null, alpha, nalpha,
+                                      b if b is not None else null, nbias, y, mn, n64), stream=stream)
+
+        return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + acc_bytes + lt_ws, binaries=out,
+                           info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws},
+                           keepalive=(gemm, wt, alpha, corr, bias))
+
+
+TACTICS = [CublasLtQuantGemm("int8"), CublasLtQuantGemm("fp8")]
