@@ -23,6 +23,10 @@ from workbench.kernels.reference.quantized import QuantizedLayer
 pytestmark = pytest.mark.gpu
 
 RNG = np.random.default_rng(11)
+# Hopper's FP8 tensor cores add products inside an MMA with fewer bits than float32 (cuBLASLt's
+# FAST_ACCUM off only promotes the partial sums to float32 between MMAs): measured on an H100,
+# 7e-5 and 1.3e-4 relative against the float32 sums of the CPU emulation
+FP8_TOL = 5e-4
 
 
 def _layer(op, fmt, x_shape, w_shape, n, *, trans_b=0, bias=None, act="", zp=0, per_channel=True, attrs=None):
@@ -55,7 +59,7 @@ def _layer(op, fmt, x_shape, w_shape, n, *, trans_b=0, bias=None, act="", zp=0, 
     return lay, consts, x
 
 
-def _check(lay, consts, x, exact):
+def _check(lay, consts, x, exact, tol=2e-6):
     import cupy as cp
 
     from workbench.kernels.cuda.cublaslt_quant import CublasLtQuantGemm
@@ -84,7 +88,7 @@ def _check(lay, consts, x, exact):
             np.testing.assert_array_equal(got, want, err_msg=f"{tactic.name} {cfg['algo']}")
         else:
             err = rel_err(got, want)
-            assert err < 2e-6, f"{tactic.name} {cfg['algo']}: relative error {err:.2e}"
+            assert err < tol, f"{tactic.name} {cfg['algo']}: relative error {err:.2e}"
     return len(cfgs)
 
 
@@ -107,7 +111,7 @@ def test_int8_gemm_gelu():
 
 def test_fp8_matmul_per_tensor():
     lay, consts, x = _layer("MatMul", "fp8", (2, 16, 64), (64, 48), 48)
-    _check(lay, consts, x, exact=False)
+    _check(lay, consts, x, exact=False, tol=FP8_TOL)
 
 
 def test_fp8_gemm_per_channel_scales_bias_relu():
@@ -117,7 +121,7 @@ def test_fp8_gemm_per_channel_scales_bias_relu():
     s = (np.abs(w).max(axis=1) / 448).astype(np.float32)
     consts["w"] = quant.quantize(w, s, 0, "fp8", axis=0)
     lay.attrs.update({"q_weight_scale": s, "q_weight_axis": 0})
-    _check(lay, consts, x, exact=False)
+    _check(lay, consts, x, exact=False, tol=FP8_TOL)
 
 
 def test_refusals_name_the_reason():
@@ -152,6 +156,7 @@ def test_engine_matches_the_cpu_emulation(fmt):
     net = _mlp()
     data = [{"x": RNG.standard_normal((32, 64)).astype(np.float32)} for _ in range(4)]
     feeds = {"x": RNG.standard_normal((32, 64)).astype(np.float32)}
+    net = wb.load_onnx(net.SerializeToString())
     cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision=fmt, calibration=Calibration(data)))
     gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data)))
     quantized = [l for l in gpu.layers if l.precision == fmt]
@@ -159,4 +164,4 @@ def test_engine_matches_the_cpu_emulation(fmt):
     assert all(l.tactic == f"cublaslt_quant.{fmt}" for l in quantized)
     want = cpu.create_context().run(feeds)["y"]
     got = gpu.create_context().run(feeds)["y"]
-    assert rel_err(got, want) < (1e-6 if fmt == "int8" else 1e-5)
+    assert rel_err(got, want) < (1e-6 if fmt == "int8" else FP8_TOL)
