@@ -4,8 +4,7 @@ the heuristic offers, outputs poisoned with NaN before each run; and an int8 / f
 small calibrated network against the CPU engine built with the same calibration.
 
 int8 products are exact on both sides, so a layer without a transcendental activation must agree
-bit for bit; fp8 sums e4m3 products in float32 in cuBLASLt's order, so it agrees to float32
-summation round-off."""
+bit for bit; fp8 agrees to the FP8 tensor cores' accumulation precision (``FP8_TOL``)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,10 @@ capturable:
    (times beta), the activation, each step rounded as the CPU rounds it (``__fmul_rn`` /
    ``__fadd_rn``: no contraction into FMAs).
 
-So int8 layers match the CPU emulation bit for bit up to the activation function's last bits, and
-fp8 layers to float32 summation order. cuBLASLt's alignment rules are checked in ``supports``: int8
+So int8 layers match the CPU emulation bit for bit up to the activation function's last bits. fp8
+layers match to about 1e-4 relative: Hopper's FP8 MMA adds the products inside one instruction with
+fewer bits than float32 (FAST_ACCUM off promotes the partial sums to float32 between instructions),
+where the CPU sums them in float32. cuBLASLt's alignment rules are checked in ``supports``: int8
 needs K and N multiples of 4, fp8 M, N and K multiples of 16 (nvmath's own FP8 rule).
 
 Configs are the algorithms cuBLASLt's heuristic offers (up to ``MAX_ALGOS``), each with its
