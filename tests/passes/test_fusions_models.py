@@ -13,6 +13,7 @@ import pytest
 import workbench as wb
 from tests.support.paths import MODELS as HERE
 from workbench.builder.config import parse_shapes
+from tests.support.softmax import outputs_and_logits, tied
 from workbench.core.numerics import rel_err
 
 MANIFEST = os.path.join(HERE, "manifest.json")
@@ -218,8 +219,13 @@ def test_light_model_optimized_matches_unoptimized(name):
     path = embedded_model_path(name)
     feeds, _ = reference_io(path)
     net = wb.load_onnx(path)
-    want = wb.build(net, wb.BuilderConfig(device="cpu", optimize=False)).create_context().run(feeds)
+    want, want_logits = outputs_and_logits(wb.build(net, wb.BuilderConfig(device="cpu", optimize=False)), feeds)
     opt = wb.build(net, wb.BuilderConfig(device="cpu"))
-    got = opt.create_context().run(feeds)
-    assert max(rel_err(got[k], want[k]) for k in want) < 1e-5
+    got, got_logits = outputs_and_logits(opt, feeds)
+    for k in want:  # a softmax over tied logits is decided by rounding: compare the logits (tests/support/softmax.py)
+        if k in want_logits and tied(want_logits[k]):
+            # logits of 1e9..1e12 summed in another order (folded BatchNorm, fused epilogues)
+            assert rel_err(got_logits[k], want_logits[k]) < 1e-4, k
+        else:
+            assert rel_err(got[k], want[k]) < 1e-5, k
     assert not [l.name for l in opt.layers if l.op in NEVER_ALONE - {"Softmax"}]
