@@ -199,3 +199,51 @@ def test_capture_attention_and_gemm_act(prec):
     for kern, ins, out, ws in ((ka, ins_a, ya, wsa), (kg, ins_g, yg, wsg)):
         ms, captured, why = time_launches(lambda: kern.run(ins, [out], ws, s), s, capturable=True)
         assert captured, why
+
+
+def _packed_case(prec, hkv=4):
+    """Q, K and V as column ranges of one [B, S, (H + 2 Hkv) D] tensor (the merged Q/K/V
+    projection's output, ``qkv_columns``), with an additive [B, 1, 1, S] mask."""
+    rng = np.random.default_rng(77)
+    b, h, s, d = 2, 4, 64, 64
+    q, k, v = (rng.standard_normal((b, s, n * d)) for n in (h, hkv, hkv))
+    qkv = np.ascontiguousarray(np.concatenate([q, k, v], axis=-1).astype(DT[prec]))
+    m = (np.where(rng.random((b, 1, 1, s)) < 0.25, -1e4, 0.0) + 0.5 * rng.standard_normal((b, 1, 1, s))).astype(np.float32)
+    qw, kw = h * d, hkv * d
+    cols = [0, qw, qw, qw + kw, qw + kw, qw + 2 * kw]
+    attrs = {"scale": d ** -0.5, "num_heads": h, "kv_heads": hkv, "causal": 0, "nan_to_zero": 0, "mask_kind": "additive",
+             "q_layout": "bsd", "k_layout": "bsd", "v_layout": "bsd", "out_layout": "bsd", "qkv_columns": cols}
+    feeds = {"qkv": qkv, "m": m}
+    ref = KERNELS["Attention"](None, [qkv.astype(np.float64)] * 3 + [m.astype(np.float64)], attrs)[0]
+    want = KERNELS["Attention"](None, [x.astype(DT[prec]).astype(np.float64) for x in (q, k, v)] + [m.astype(np.float64)],
+                                {**attrs, "qkv_columns": None})[0]
+    assert rel_err(ref, want) < 1e-12  # the reference reads the columns as the split tensors
+    spec = TensorSpec("qkv", DTN[prec], list(qkv.shape))
+    layer = Layer(name="attn", op="Attention", domain="workbench", inputs=["qkv", "qkv", "qkv", "m"], outputs=["y"],
+                  attrs=attrs, input_specs=[spec, spec, spec, TensorSpec("m", "float32", list(m.shape))],
+                  output_specs=[TensorSpec("y", DTN[prec], list(ref.shape))], precision=prec)
+    return layer, feeds, ref
+
+
+@pytest.mark.parametrize("hkv", [4, 2])
+@pytest.mark.parametrize("prec", ["fp32", "fp16"])
+def test_packed_qkv_every_attention_tactic(prec, hkv):
+    """Each attention tactic reads packed Q/K/V in place (no Split) and matches the reference."""
+    from workbench.kernels.cuda.cudnn_sdpa import CudnnSdpa
+    from workbench.kernels.cuda.cupy_attention import CupyAttention
+    from workbench.kernels.cuda.device import gpu_info
+    from workbench.kernels.cuda.nvrtc_attention import NvrtcAttention, _nv_problem
+
+    layer, feeds, ref = _packed_case(prec, hkv)
+    gpu = gpu_info()
+    _check(NvrtcAttention(), layer, prec, feeds, ref, cfgs=NvrtcAttention._configs(_nv_problem(layer, prec)))
+    if prec == "fp16":
+        assert CudnnSdpa().supports(layer, prec, gpu) is None
+        _check(CudnnSdpa(), layer, prec, feeds, ref)
+    assert CupyAttention().supports(layer, prec, gpu) is None
+    import cupy as cp
+
+    kern = CupyAttention().build(layer, prec, {}, {}, gpu)
+    y = cp.full(ref.shape, np.nan, dtype=DT[prec])
+    kern.run([cp.asarray(feeds[n]) for n in layer.inputs], [y], cp.empty(1, cp.uint8), cp.cuda.Stream.null)
+    assert rel_err(cp.asnumpy(y).astype(np.float64), ref) < TOL[prec]

@@ -146,16 +146,20 @@ def test_llama_blocks(name):
 
 
 def _qkv_gemms(engine):
-    """GEMM layers whose output is split into an Attention's Q, K and V."""
+    """GEMM layers whose output an Attention reads as Q, K and V: in place (the packed operand,
+    ``qkv_columns``) or through a Split into three."""
     prod = {o: l for l in engine.layers for o in l.outputs}
     found = []
     for att in _layers(engine, "Attention"):
-        splits = {id(prod[t]): prod[t] for t in att.inputs[:3] if t in prod and prod[t].op == "Split"}
-        if len(splits) == 1:
-            split = next(iter(splits.values()))
-            gemm = prod.get(split.inputs[0])
-            if gemm is not None and gemm.op == "FusedGemm" and len(split.outputs) == 3:
-                found.append(gemm)
+        qkv = att.inputs[:3]
+        if len(set(qkv)) == 1 and att.attrs.get("qkv_columns"):
+            gemm = prod.get(qkv[0])
+        else:
+            splits = {id(prod[t]): prod[t] for t in qkv if t in prod and prod[t].op == "Split"}
+            split = next(iter(splits.values())) if len(splits) == 1 else None
+            gemm = prod.get(split.inputs[0]) if split is not None and len(split.outputs) == 3 else None
+        if gemm is not None and gemm.op == "FusedGemm":
+            found.append(gemm)
     return found
 
 
@@ -163,12 +167,35 @@ def _qkv_gemms(engine):
 def test_one_qkv_gemm_per_layer(name):
     m, feeds, ref, opt = _engines(name)
     assert len(_qkv_gemms(opt)) == 2  # one per block; outputs equal: test_optimized_matches_unoptimized
+    shapes = parse_shapes(m["shapes"])
     if _family(name) != "gpt2":  # GPT-2's c_attn is one GEMM already
         fired = [r for r in opt.reports["fusions"] if r["rule"] == "merge_qkv_projections" and r["status"] == "fired"]
         assert len(fired) == 2
         off = wb.build(wb.load_onnx(os.path.join(HERE, f"{name}.onnx")),
-                       wb.BuilderConfig(device="cpu", shapes=parse_shapes(m["shapes"]), disable=["merge_qkv_projections", "merge_parallel_gemms"]))
+                       wb.BuilderConfig(device="cpu", shapes=shapes, disable=["merge_qkv_projections", "merge_parallel_gemms"]))
         assert not _qkv_gemms(off) and len(_layers(off, "FusedGemm")) == len(_layers(opt, "FusedGemm")) + 4
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(MODELS) if _family(n) in ("bert", "vit", "gpt2")])
+def test_attention_reads_packed_qkv(name):
+    """No Split after the merged Q/K/V GEMM: each Attention reads its column ranges in place, and
+    the engine computes what the engine with the Split computes."""
+    m, feeds, ref, opt = _engines(name)
+    att = _layers(opt, "Attention")
+    assert len(att) == 2 and not _layers(opt, "Split")
+    for a in att:
+        assert len(set(a.inputs[:3])) == 1
+        cols = list(a.attrs["qkv_columns"])
+        width = next(l for l in opt.layers if a.inputs[0] in l.outputs).output_specs[0].shape[-1]
+        assert cols[0] == 0 and cols[1] == cols[2] and cols[3] == cols[4] and cols[5] == width
+    fired = [r for r in opt.reports["fusions"] if r["rule"] == "attention_reads_packed_qkv" and r["status"] == "fired"]
+    assert len(fired) == 2
+    split = wb.build(wb.load_onnx(os.path.join(HERE, f"{name}.onnx")),
+                     wb.BuilderConfig(device="cpu", shapes=parse_shapes(m["shapes"]), disable=["attention_reads_packed_qkv"]))
+    assert len(_layers(split, "Split")) == 2 and not any(a.attrs.get("qkv_columns") for a in _layers(split, "Attention"))
+    want, got = split.create_context().run(feeds), opt.create_context().run(feeds)
+    for k in want:
+        assert rel_err(got[k], want[k]) < 1e-6, k
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(MODELS) if _family(n) == "resnet"])

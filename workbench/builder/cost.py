@@ -79,7 +79,9 @@ def _fused_flops(layer: Layer, out: int) -> int | None:
 
 
 def layer_bytes(layer: Layer) -> int:
-    return sum(_nbytes(s) for s in layer.input_specs) + sum(_nbytes(s) for s in layer.output_specs)
+    # a tensor read as several operands (the packed Q/K/V of an Attention) is counted once
+    ins = {s.name or str(i): s for i, s in enumerate(layer.input_specs)}
+    return sum(_nbytes(s) for s in ins.values()) + sum(_nbytes(s) for s in layer.output_specs)
 
 
 def annotate_costs(layers: list[Layer]) -> None:

@@ -180,12 +180,43 @@ def _heads_view(s: Dims | None, layout: str, heads: int) -> Dims | None:
     return None
 
 
+def qkv_columns(attrs: dict) -> list[tuple[int, int]] | None:
+    """The [start, stop) columns of the last axis that Q, K and V read when they are one packed
+    tensor (the merged Q/K/V projection's output: attribute ``qkv_columns`` = [q0, q1, k0, k1, v0,
+    v1]), or None when each operand is a tensor of its own."""
+    cols = attrs.get("qkv_columns")
+    if cols is None or len(cols) == 0:
+        return None
+    cols = [int(c) for c in cols]
+    if len(cols) != 6 or any(c < 0 for c in cols) or any(cols[i] >= cols[i + 1] for i in (0, 2, 4)):
+        raise ValueError(f"Attention qkv_columns {cols} is not [q0, q1, k0, k1, v0, v1] with start < stop")
+    return [(cols[0], cols[1]), (cols[2], cols[3]), (cols[4], cols[5])]
+
+
+def qkv_operands(inputs, attrs: dict) -> list:
+    """Q, K and V of an Attention node as arrays (NumPy or CuPy views): each input, or its columns
+    of the packed tensor."""
+    cols = qkv_columns(attrs)
+    if cols is None:
+        return list(inputs[:3])
+    return [x[..., a:b] for x, (a, b) in zip(inputs[:3], cols)]
+
+
+def qkv_dims(dims: list, attrs: dict) -> list:
+    """The dims of Q, K and V (``dims``: those of the first three inputs, None where unknown)."""
+    cols = qkv_columns(attrs)
+    if cols is None:
+        return list(dims[:3])
+    return [None if d is None else tuple(d[:-1]) + (b - a,) for d, (a, b) in zip(dims[:3], cols)]
+
+
 def _attention(ins, attrs):
     heads = int(attrs.get("num_heads") or 0)
     kvh = int(attrs.get("kv_heads") or heads)
     dt = _type(ins, 0)[0]
-    q = _heads_view(_type(ins, 0)[1], attrs["q_layout"], heads)
-    v = _heads_view(_type(ins, 2)[1], attrs["v_layout"], kvh)
+    qd, _, vd = qkv_dims([_type(ins, i)[1] for i in range(3)], attrs)
+    q = _heads_view(qd, attrs["q_layout"], heads)
+    v = _heads_view(vd, attrs["v_layout"], kvh)
     if q is None or v is None:
         return [(dt, None)]
     b, h, sq, dv = q[0], q[1] if q[1] is not None else heads, q[2], v[3]
@@ -229,7 +260,7 @@ FUSED_OPS: dict[str, OpSchema] = {s.name: s for s in (
              attrs={"epsilon": 1e-6, "axis": -1}),
     OpSchema("Attention", ("Q", "K", "V"), ("O",), _attention, _REFERENCE, optional=("mask",),
              attrs={"scale": 1.0, "num_heads": 0, "kv_heads": 0, **_LAYOUTS, "mask_kind": "", "causal": 0,
-                    "causal_fill": None, "nan_to_zero": 0},
+                    "causal_fill": None, "nan_to_zero": 0, "qkv_columns": None},
              matrix=True),
     OpSchema("Pointwise", (), (), _pointwise, _REFERENCE, variadic=True, attrs={"program": None, "outputs": None}),
 )}

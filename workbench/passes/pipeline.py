@@ -17,7 +17,7 @@ from .epilogues import BATCHNORM_RULES, EPILOGUE_RULES
 from .norms import NORM_RULES, SKIP_RULES
 from .attention import ATTENTION_RULES
 from .pointwise import POINTWISE_RULES
-from .projections import PARALLEL_GEMM_RULES, QKV_RULES
+from .projections import PACKED_QKV_RULES, PARALLEL_GEMM_RULES, QKV_RULES
 from ..rewrite.engine import apply
 from .cleanup import (eliminate_common_subexpressions, fold_to_fixed_point, infer_shapes, remove_dead_code,
                       simplify as simplify_graph, toposort)
@@ -43,9 +43,10 @@ def rule_pass(rules, *, reverse=False):
 
 def merge_projections(model: ir.Model, ctx: PassContext) -> bool:
     """Q/K/V of one Attention first (so the log names them as such), then any other GEMMs that
-    share their input."""
+    share their input; then Attentions read the merged Q/K/V in place of the Split's copies."""
     qkv = rule_pass(QKV_RULES)(model, ctx)
-    return rule_pass(PARALLEL_GEMM_RULES)(model, ctx) or qkv
+    parallel = rule_pass(PARALLEL_GEMM_RULES)(model, ctx)
+    return rule_pass(PACKED_QKV_RULES)(model, ctx) or parallel or qkv
 
 
 PASSES = [
@@ -58,7 +59,7 @@ PASSES = [
     ("fuse_norms", rule_pass(NORM_RULES + SKIP_RULES)),
     ("fuse_attention", rule_pass(ATTENTION_RULES)),
     ("fuse_epilogues", rule_pass(EPILOGUE_RULES)),
-    ("merge_projections", merge_projections),         # GEMMs sharing an input -> one GEMM + Split
+    ("merge_projections", merge_projections),         # GEMMs sharing an input -> one GEMM + Split (read in place by attention)
     ("fold_qdq", rule_pass(qdq.PAIR_RULES)),           # activation Q/DQ pairs -> their readers' scales
     ("fuse_pointwise", rule_pass(POINTWISE_RULES)),
     ("remove_dead_code", remove_dead_code),
@@ -73,7 +74,7 @@ RULES = {
     "fuse_norms": NORM_RULES + SKIP_RULES,
     "fuse_attention": ATTENTION_RULES,
     "fuse_epilogues": EPILOGUE_RULES,
-    "merge_projections": QKV_RULES + PARALLEL_GEMM_RULES,
+    "merge_projections": QKV_RULES + PARALLEL_GEMM_RULES + PACKED_QKV_RULES,
     "fuse_pointwise": POINTWISE_RULES,
 }
 

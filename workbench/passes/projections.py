@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..rewrite.engine import DOMAIN, Match, Rule
+from ..ir.attrs import node_attrs
 from ..ir.values import attr, const, dims, rank, users
 from ..ops.fused import ACTIVATION_ATTRS
 
@@ -211,5 +212,70 @@ def _first(nodes: list[ir.Node]) -> ir.Node:
     return next(n for n in g if id(n) in want)
 
 
+def _split_sizes(split: ir.Node) -> list[int] | None:
+    """The sizes of a Split's outputs along its axis, where they are known."""
+    if len(split.inputs) > 1 and split.inputs[1] is not None:
+        c = const(split.inputs[1])
+        return None if c is None else [int(x) for x in c.reshape(-1)]
+    if attr(split, "split") is not None:
+        return [int(x) for x in attr(split, "split")]
+    xs = dims(split.inputs[0])
+    if xs is None or not isinstance(xs[-1], int):
+        return None
+    n = len(split.outputs)
+    chunk = -(-xs[-1] // n)  # equal parts, the last one smaller (opset 18's num_outputs)
+    return [chunk] * (n - 1) + [xs[-1] - chunk * (n - 1)]
+
+
+class AttentionReadsPackedQKV(Rule):
+    """Attention whose Q, K and V are outputs of one Split of the last axis (the merged Q/K/V
+    projection's) -> the Attention reads the packed tensor at their columns (``qkv_columns``) and
+    the Split, a copy of the whole projection output, goes. Q/K/V in the bsd layout only: a
+    column range of a [B, S, N] tensor is a strided view the attention kernels read in place."""
+
+    name = "attention_reads_packed_qkv"
+    ops = ("Attention",)
+    domain = DOMAIN
+
+    def pattern(self, root):
+        if len(root.inputs) < 3 or attr(root, "qkv_columns"):
+            return None
+        qkv = list(root.inputs[:3])
+        split = qkv[0].producer() if qkv[0] is not None else None
+        if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
+            return None
+        if any(v is None or v.producer() is not split for v in qkv):
+            return None
+        m = Match(root, [split, root], b={"reason": ""})
+        x = split.inputs[0]
+        r = rank(x)
+        axis = int(attr(split, "axis", 0))
+        sizes = _split_sizes(split)
+        layouts = [attr(root, f"{n}_layout", "bhsd") for n in "qkv"]
+        if len({id(v) for v in qkv}) != 3:
+            m.b["reason"] = "two of Q, K, V are the same Split output"
+        elif any(lay != "bsd" for lay in layouts):
+            m.b["reason"] = f"Q/K/V layouts {layouts}: only bsd operands are column ranges of the packed tensor"
+        elif r is None or axis not in (-1, r - 1):
+            m.b["reason"] = f"the Split of {x.name} is not along its last axis (axis {axis}, rank {r})"
+        elif sizes is None or len(sizes) != len(split.outputs):
+            m.b["reason"] = f"the sizes of the Split of {x.name} are not known"
+        else:
+            starts = np.cumsum([0] + sizes).tolist()
+            where = {id(o): (starts[i], starts[i + 1]) for i, o in enumerate(split.outputs)}
+            m.b["cols"] = [c for v in qkv for c in where[id(v)]]
+            m.b["packed"] = x
+        return m
+
+    def check(self, m):
+        return m.b["reason"]
+
+    def rewrite(self, m, emit):
+        root, x = m.root, m.b["packed"]
+        attrs = dict(node_attrs(root), qkv_columns=m.b["cols"])
+        return [emit.op("Attention", [x, x, x, *root.inputs[3:]], attrs, name=root.name)]
+
+
 QKV_RULES = [MergeQKVProjections()]
 PARALLEL_GEMM_RULES = [MergeParallelGemms()]
+PACKED_QKV_RULES = [AttentionReadsPackedQKV()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ops.fused import qkv_operands
 from ..reference.fused import to_bhsd
 from ._common import F32, Buffers
 
@@ -132,9 +133,10 @@ def qkv_bhsd(attrs: dict, inputs, prepare) -> tuple:
     (``prepare``: what to do to each input first)."""
     heads = attrs.get("num_heads", 0)
     kv_heads = attrs.get("kv_heads", 0) or heads
-    return (to_bhsd(prepare(inputs[0]), attrs.get("q_layout", "bhsd"), heads),
-            to_bhsd(prepare(inputs[1]), attrs.get("k_layout", "bhsd"), kv_heads),
-            to_bhsd(prepare(inputs[2]), attrs.get("v_layout", "bhsd"), kv_heads))
+    q, k, v = qkv_operands(inputs, attrs)
+    return (to_bhsd(prepare(q), attrs.get("q_layout", "bhsd"), heads),
+            to_bhsd(prepare(k), attrs.get("k_layout", "bhsd"), kv_heads),
+            to_bhsd(prepare(v), attrs.get("v_layout", "bhsd"), kv_heads))
 
 
 class _Attention(_Row):

@@ -5,7 +5,8 @@ O = softmax(scale * Q K^T + mask [+ causal]) V per (batch, head); Q [B, H, Sq, D
 
 * Layouts (FUSED_OPS.md): Q, K, V each "bhsd" | "bshd" | "bsd" ([B, S, H*D], split by
   ``num_heads`` / ``kv_heads``), K also "bhds" (a stored K^T); ``out_layout`` "bhsd" | "bshd" |
-  "bsd". cuDNN reads strides, so the optimizer's absorbed transposes cost no copy.
+  "bsd". cuDNN reads strides, so the optimizer's absorbed transposes cost no copy, and packed
+  Q/K/V (``qkv_columns``: column ranges of the merged projection's output) are read in place.
 * causal: aligned to the end (query i sees keys j <= i + Skv - Sq): cuDNN's top-left mask when
   Sq == Skv, its bottom-right one otherwise. ``causal_fill`` is treated as -inf.
 * Rows whose every key is masked: masks are clamped at -30000 (finite in fp16), so such a row
@@ -19,6 +20,8 @@ Configs: the plans cuDNN's heuristic (mode A) offers, by name; engine load rebui
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ...core.plan import Layer
 from ...ops.fused import FUSED_OPS
@@ -59,7 +62,11 @@ def _problem(layer: Layer, precision: str):
         mask, mst = view
     # rows whose every key is masked: cuDNN (finite -30000 bias) gives a softmax over the raw scores
     # where the reference gives NaN (nan_to_zero: zeros) or a uniform row; see the module doc
+    off = ops["offsets"]
+    if any(off[n] * 2 % 16 for n in "qkv"):
+        return f"packed Q/K/V at element offsets {[off[n] for n in 'qkv']}: cuDNN wants 16-byte aligned operands"
     return dict(q=tuple(q), k=tuple(k), v=tuple(v), o=tuple(o), st={"q": qs, "k": ks, "v": vs, "o": os_, "m": mst},
+                off=tuple(off[n] for n in "qkv"),
                 causal=bool(int(at.get("causal", 0))), kind=kind if mask else "", mask=mask,
                 scale=float(at.get("scale", SCALE)), precision=precision)
 
@@ -159,13 +166,14 @@ class CudnnSdpa(TacticBase):
                             else "y = (T)fmaxf((float)m, %r)" % NEG)
                     conv = cp.ElementwiseKernel("M m", "T y", expr, "wb_sdpa_mask")
         out_dt = np_dtype(io)
+        off_bytes = [o * np.dtype(out_dt).itemsize for o in p["off"]]  # packed Q/K/V: where each operand starts
         h = handle()
         order = ["q", "k", "v"] + (["mask"] if "mask" in t else []) + ["o"]
         launch = Launcher(gr, index, {n: t[n] for n in order})
 
         def run(inputs, outputs, workspace, stream):
             cudnn.set_stream(h, stream_ptr(stream))
-            ptrs = [ptr(inputs[0]), ptr(inputs[1]), ptr(inputs[2])]
+            ptrs = [ptr(inputs[i]) + off_bytes[i] for i in range(3)]
             if "mask" in t:
                 if mask_const is not None:
                     ptrs.append(ptr(mask_const))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...core.plan import Layer
-from ...ops.fused import FUSED_OPS
+from ...ops.fused import FUSED_OPS, qkv_dims, qkv_operands
 from .common import ATTENTION_OPS, require_op, require_static
 from .device import cupy
 from .tactic import BuiltKernel, GpuInfo, TacticBase
@@ -31,10 +31,14 @@ class CupyAttention(TacticBase):
             return why
         if any(s.dtype not in ("float32", "float16", "bool") for s in specs):
             return "float32/float16 only (CuPy has no bfloat16)"
+        try:
+            shapes = qkv_dims([s.shape for s in layer.aligned_input_specs()[:3]], layer.attrs)
+        except ValueError as e:
+            return str(e)
         for i, key in enumerate(("q_layout", "k_layout", "v_layout")):
             lay = layer.attrs.get(key, "bhsd")
-            if lay not in ("bhsd", "bshd", "bsd", "bhds") or len(layer.input_specs[i].shape) != len(lay):
-                return f"unsupported {key} {lay!r} for shape {layer.input_specs[i].shape}"
+            if lay not in ("bhsd", "bshd", "bsd", "bhds") or len(shapes[i]) != len(lay):
+                return f"unsupported {key} {lay!r} for shape {shapes[i]}"
         return None
 
     def configs(self, layer, precision, gpu):
@@ -57,10 +61,9 @@ class CupyAttention(TacticBase):
                 return x.transpose(0, 1, 3, 2)
             return x
 
-        qs = layer.input_specs[0].shape
+        qs, ks, _ = qkv_dims([s.shape for s in layer.aligned_input_specs()[:3]], a)
         d = qs[-1] // heads if lays[0] == "bsd" else qs[-1]
         q = [qs[0], heads, qs[1] if lays[0] in ("bsd", "bshd") else qs[2], d]
-        ks = layer.input_specs[1].shape
         k = [ks[0], kv, ks[-1] if lays[1] == "bhds" else ks[1] if lays[1] in ("bsd", "bshd") else ks[2], d]
         nan_to_zero = bool(a.get("nan_to_zero", 0))
         scale = float(a.get("scale", SCALE))
@@ -71,7 +74,8 @@ class CupyAttention(TacticBase):
             tri = cp.asarray(np.tril(np.ones((sq, sk), bool), k=sk - sq))
 
         def run(ins, outs, ws, stream):
-            qq, kk, vv = (bhsd(x, lay, h).astype(cp.float32) for x, lay, h in zip(ins[:3], lays, (heads, kv, kv)))
+            qq, kk, vv = (bhsd(x, lay, h).astype(cp.float32)
+                          for x, lay, h in zip(qkv_operands(ins, a), lays, (heads, kv, kv)))
             mask = ins[3] if len(ins) > 3 else None
             if kv != heads:
                 kk = cp.repeat(kk, heads // kv, axis=1)

@@ -24,7 +24,7 @@ import numpy as np
 from ...core.plan import Layer
 from ...ops.fused import FUSED_OPS
 from . import cuda_prelude as P
-from .common import IO_DTYPE, has_input, static_shape
+from .common import IO_DTYPE, has_input, np_dtype, ptr, static_shape
 from .cudnn_sdpa import CudnnSdpa
 from .layer_io import attention_operands, mask_view
 from .nvrtc import get_function
@@ -69,6 +69,7 @@ def _nv_problem(layer: Layer, precision: str):
     fill = at.get("causal_fill", None) if int(at.get("causal", 0) or 0) else None
     fill = float(fill) if fill is not None and np.isfinite(float(fill)) else None
     return dict(q=q, k=k, v=v, o=o, st={"q": qs, "k": ks, "v": vs, "o": os_, "m": mst}, kind=kind, mask=mask,
+                off=[ops["offsets"][n] for n in "qkv"],
                 dt={"q": dts[0], "k": dts[1], "v": dts[2], "o": dts[3], "m": mdt},
                 causal=bool(int(at.get("causal", 0) or 0)), fill=fill, nan_to_zero=bool(int(at.get("nan_to_zero", 0) or 0)),
                 scale=float(at.get("scale", SCALE)))
@@ -263,8 +264,13 @@ class NvrtcAttention(TacticBase):
         scal += [np.int64(x) for n in "qkvom" for x in p["st"][n]]
         has_mask = p["mask"] is not None
 
+        # packed Q/K/V (qkv_columns): each operand starts at its column of the one tensor
+        off_bytes = [o * np.dtype(np_dtype(p["dt"][n])).itemsize for o, n in zip(p["off"], "qkv")]
+        packed = any(off_bytes)
+
         def run(inputs, outputs, workspace, stream):
-            args = [outputs[0], inputs[0], inputs[1], inputs[2]] + ([inputs[3]] if has_mask else []) + scal
+            qkv = ([np.uint64(ptr(x) + o) for x, o in zip(inputs[:3], off_bytes)] if packed else list(inputs[:3]))
+            args = [outputs[0], *qkv] + ([inputs[3]] if has_mask else []) + scal
             fn(grid, (w * 32,), tuple(args), stream=stream)
 
         return BuiltKernel(run=run, binaries=out)

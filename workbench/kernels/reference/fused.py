@@ -18,6 +18,7 @@ from .conv import conv_nd
 from .elementwise import KERNELS as _ELEMENTWISE
 from .linalg import acc_dtype, matmul
 from .norm import _stat_dtype
+from ...ops.fused import qkv_operands
 
 DOMAIN = "workbench"
 
@@ -148,9 +149,10 @@ def to_bhsd(t: np.ndarray, layout: str, heads: int) -> np.ndarray:
 def _attention(ctx, inputs, attrs):
     heads = attrs.get("num_heads", 0)
     kv_heads = attrs.get("kv_heads", 0) or heads
-    q = to_bhsd(inputs[0], attrs.get("q_layout", "bhsd"), heads)
-    k = to_bhsd(inputs[1], attrs.get("k_layout", "bhsd"), kv_heads)
-    v = to_bhsd(inputs[2], attrs.get("v_layout", "bhsd"), kv_heads)
+    qi, ki, vi = qkv_operands(inputs, attrs)
+    q = to_bhsd(qi, attrs.get("q_layout", "bhsd"), heads)
+    k = to_bhsd(ki, attrs.get("k_layout", "bhsd"), kv_heads)
+    v = to_bhsd(vi, attrs.get("v_layout", "bhsd"), kv_heads)
     mask = inputs[3] if len(inputs) > 3 else None
     if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a block of consecutive query heads
         rep = q.shape[1] // k.shape[1]
