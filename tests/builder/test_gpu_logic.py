@@ -262,14 +262,16 @@ def test_quantized_gemm_kernels_round_as_the_cpu_does():
     NaN to the zero point, saturation; no FMA contraction in the epilogue."""
     from workbench.kernels.cuda.cublaslt_quant import _epilogue_source, _quantize_source
 
-    q8 = _quantize_source("int8", "q")
+    q8 = _quantize_source("int8", "float32", "q")
     assert "__fdiv_rn" in q8 and "rintf" in q8 and "v != v ? (float)zp" in q8 and "-128.0f), 127.0f" in q8
-    q8f = _quantize_source("fp8", "q")
-    assert "cvt.rn.satfinite.e4m3x2.f32" in q8f and "448.0f" in q8f
-    epi = _epilogue_source("int8", "Relu", {}, 0.75, 1.5, "e")
+    assert "const float* __restrict__ x" in q8
+    q8f = _quantize_source("fp8", "float16", "q")
+    assert "cvt.rn.satfinite.e4m3x2.f32" in q8f and "448.0f" in q8f and "wb_h2f(x[4 * i + j])" in q8f
+    epi = _epilogue_source("int8", "float32", "Relu", {}, 0.75, 1.5, "e")
     assert "__fmul_rn(v, 0.75f)" in epi and "__fmul_rn(c, 1.5f)" in epi and "__fadd_rn(v, c)" in epi
-    assert "corr[col]" in epi and "const int*" in epi
-    assert "const float*" in _epilogue_source("fp8", "", {}, 1.0, 1.0, "e").split("acc")[0]
+    assert "corr[col]" in epi and "const int4*" in epi and "y[4 * i + j] = v;" in epi
+    fp8 = _epilogue_source("fp8", "float16", "", {}, 1.0, 1.0, "e")
+    assert "const float4* __restrict__ acc" in fp8 and "y[4 * i + j] = wb_f2h(v);" in fp8
 
 
 def test_attention_operands_and_mask_broadcast():
@@ -287,6 +289,65 @@ def test_attention_operands_and_mask_broadcast():
 
     ops = attention_operands(layer([1, 1, 1, 7]))
     assert ops["heads"] == ops["kv"] == 2 and ops["views"]["q"] == ([1, 2, 5, 4], [40, 4, 8, 1])
+    assert ops["offsets"] == dict.fromkeys("qkvo", 0)
     assert mask_view((1, 1, 7), (1, 2, 5, 7)) == ((1, 1, 1, 7), [7, 0, 0, 1])
     assert NvrtcAttention().supports(layer([1, 1, 1, 7]), "fp32", None) is None
     assert "does not broadcast" in NvrtcAttention().supports(layer([1, 1, 3, 7]), "fp32", None)
+
+
+def test_packed_qkv_operands_are_strided_views_of_one_tensor():
+    """Attention reading the merged Q/K/V projection in place: each operand is a column range of the
+    one [B, S, 3*H*D] tensor (row stride the packed width, offset its first column)."""
+    from workbench.kernels.cuda.layer_io import attention_operands
+    from workbench.kernels.cuda.nvrtc_attention import NvrtcAttention
+
+    def layer(cols, lay="bsd"):
+        qkv = TensorSpec("qkv", "float32", [2, 5, 24])
+        attrs = {"num_heads": 2, "q_layout": lay, "k_layout": lay, "v_layout": lay, "out_layout": "bsd",
+                 "qkv_columns": cols}
+        return Layer("a", "Attention", domain="workbench", inputs=["qkv"] * 3, outputs=["y"], attrs=attrs,
+                     input_specs=[qkv] * 3, output_specs=[TensorSpec("y", "float32", [2, 5, 8])])
+
+    ops = attention_operands(layer([0, 8, 8, 16, 16, 24]))
+    assert ops["views"]["q"] == ([2, 2, 5, 4], [120, 4, 24, 1]) and ops["views"]["v"][1] == [120, 4, 24, 1]
+    assert ops["views"]["o"] == ([2, 2, 5, 4], [40, 4, 8, 1])
+    assert ops["offsets"] == {"q": 0, "k": 8, "v": 16, "o": 0}
+    assert NvrtcAttention().supports(layer([0, 8, 8, 16, 16, 24]), "fp32", None) is None
+    assert "do not fit" in attention_operands(layer([0, 8, 8, 16, 20, 28]))
+    assert "start < stop" in attention_operands(layer([0, 8, 8, 8, 16, 24]))
+    assert "bsd layout" in attention_operands(layer([0, 8, 8, 16, 16, 24], lay="bhsd"))
+
+
+def test_quantized_layers_store_activations_as_their_neighbours():
+    """On the GPU an int8 layer's input and output are float16 (the fallback's storage) when its
+    tactic takes them: no Casts between it and fp16 neighbours; weight and bias keep their types."""
+    from workbench.precision.assign import _quantized_io
+
+    lay = _quant_gemm("int8", (16, 64), (64, 32), bias=(32,), op="FusedGemm")
+    _quantized_io(lay, "int8", "fp16", lambda l, p: l.input_specs[0].dtype == "float16")
+    assert [s.dtype for s in lay.input_specs] == ["float16", "int8", "float32"]
+    assert lay.output_specs[0].dtype == "float16"
+    kept = _quant_gemm("int8", (16, 64), (64, 32))
+    _quantized_io(kept, "int8", "fp16", lambda l, p: False)  # no tactic reads float16: float32 stays
+    assert kept.input_specs[0].dtype == kept.output_specs[0].dtype == "float32"
+    _quantized_io(kept, "int8", "fp32", lambda l, p: True)  # the CPU's fallback is fp32
+    assert kept.input_specs[0].dtype == "float32"
+
+
+def test_direct_fp8_form_applies_where_cublaslt_can_write_float16():
+    """The fp8 GEMM that writes float16 with cuBLASLt's own epilogue: per-tensor scales, a float16
+    output and an activation cuBLASLt has; int8 never (its GEMM has no float output)."""
+    from workbench.kernels.cuda.cublaslt_quant import _direct_epilogue, _problem
+
+    def case(fmt, out="float16", **kw):
+        lay = _quant_gemm(fmt, (16, 64), (64, 32), op="FusedGemm", **kw)
+        lay.input_specs[0].dtype = lay.output_specs[0].dtype = out
+        return _direct_epilogue(lay, fmt, _problem(lay, fmt))
+
+    assert case("fp8") == "DEFAULT" and case("fp8", bias=(32,)) == "BIAS"
+    assert case("fp8", bias=(32,), activation="Relu") == "RELU_BIAS"
+    assert case("fp8", activation="Gelu") == "GELU"
+    assert case("fp8", activation="Sigmoid") is None
+    assert case("fp8", out="float32") is None
+    assert case("int8") is None
+    assert case("fp8", q_weight_scale=np.ones(32, np.float32), q_weight_axis=1) is None

@@ -12,7 +12,7 @@ build's; "best" is the target's best, ``BEST``), then kept there only if
 otherwise it stays fp32 and the precision table says why.
 
 The GPU target stores a layer's float32 tensors in the layer's precision (``STORAGE``: math stays
-fp32 inside the kernels) and needs Cast layers where a producer's storage type differs from what a
+fp32 inside the kernels; an int8 / fp8 layer's activations in the fallback's, fp16) and needs Cast layers where a producer's storage type differs from what a
 consumer or a graph output needs (``casts.py``). The CPU target emulates: tensors stay float32 and
 the layer's tactic rounds its inputs and outputs to the precision (``kernels/reference/tactics.py``).
 """
@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 from ..core.liveness import subgraphs_of
 from ..core.plan import Layer, Plan, TensorSpec
 from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precisions
+from ..core.quant import FORMATS as QUANT_FORMATS
 from ..errors import BuildError
 from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE, MATRIX_OPS
 from .casts import insert_casts
@@ -116,6 +117,8 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
         got, reason = (ask, ask_why) if placed else _decide(layer, ask, ask_why, device, supports, emulated)
         if got in HALF and not emulated:
             _lower(layer, STORAGE[got])
+        elif placed and got in QUANT_FORMATS and not emulated:
+            _quantized_io(layer, got, placement.fallback, supports)
         layer.precision = got
         rows.append({"layer": layer.name, "op": layer.op, "requested": want, "precision": got, "reason": reason})
     rows += placement.finish()
@@ -137,6 +140,28 @@ def _decide(layer: Layer, want: str, why: str, device: str, supports, emulated: 
     elif want == "tf32" and layer.op not in MATRIX_OPS:
         return "fp32", "tf32 only changes matrix ops"
     return want, why
+
+
+def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None:
+    """On a storing target an int8 / fp8 layer reads its input activation and writes its output in
+    the storage of the layers around it (``fallback``: fp16 on the GPU) where a tactic runs it so:
+    the Cast layers a float32 boundary would need are not there. Weights, scales and bias keep
+    their types."""
+    if fallback not in HALF:
+        return
+    trial = copy.copy(layer)
+    trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
+    trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
+    _lower_activation(trial, STORAGE[fallback])
+    if supports(trial, precision):
+        _lower_activation(layer, STORAGE[fallback])
+
+
+def _lower_activation(layer: Layer, dtype: str) -> None:
+    first = layer.aligned_input_specs()[0]
+    for spec in ([first] if first is not None else []) + list(layer.output_specs[:1]):
+        if _is_f32(spec):
+            spec.dtype = dtype
 
 
 def _lowered_copy(layer: Layer, dtype: str) -> Layer:

@@ -3,11 +3,12 @@ low-level bindings (``nvmath.bindings.cublasLt``; its high-level Matmul takes no
 has no int8 path), computing what the CPU emulation computes (``core/quant.py``, the reference
 kernels of ``kernels/reference/quantized.py``).
 
-A quantized Gemm / FusedGemm / MatMul layer reads float32 activations, holds its weight as an int8
-or e4m3 plan constant, and writes float32. One run is three launches on the layer's stream, all
+A quantized Gemm / FusedGemm / MatMul layer reads float16 or float32 activations (float16 where its
+neighbours run at fp16: no Cast layers around it), holds its weight as an int8 or e4m3 plan
+constant, and writes float16 or float32. One run is three launches on the layer's stream, all
 capturable:
 
-1. **quantize** (NVRTC): ``x / scale`` in float32 (``__fdiv_rn``: correctly rounded, as NumPy's
+1. **quantize** (NVRTC, four elements per thread): ``x / scale`` in float32 (``__fdiv_rn``: correctly rounded, as NumPy's
    division), then int8: round half to even, plus the zero point, NaN to the zero point, saturated
    to [-128, 127]; fp8: clipped to +-448 and rounded to nearest even by ``cvt.rn.satfinite.e4m3x2``
    (NaN stays NaN), into the layer's workspace;
@@ -15,11 +16,12 @@ capturable:
    quantized activations as [M, K], both K-contiguous): int8 x int8 -> int32 with int32 compute
    (exact, as the CPU's float64 products; the precision step keeps layers whose accumulator could
    overflow in float), e4m3 x e4m3 -> float32 with float32 compute and FAST_ACCUM off, alpha 1;
-3. **epilogue** (NVRTC): for an int8 activation with a zero point, ``acc - zp * sum_k w[n, k]``
+3. **epilogue** (NVRTC, four elements of a row per thread): for an int8 activation with a zero point, ``acc - zp * sum_k w[n, k]``
    (the integer-domain correction, in 64 bits), then ``float32(acc) * alpha_n`` (``alpha_n =
    float32(scale_in) * float32(scale_w_n)``, rounded once at build), the Gemm's own alpha, the bias
    (times beta), the activation, each step rounded as the CPU rounds it (``__fmul_rn`` /
-   ``__fadd_rn``: no contraction into FMAs).
+   ``__fadd_rn``: no contraction into FMAs), stored in the output's type (float16: rounded once,
+   as the storage of the fp16 layer reading it rounds it in the CPU emulation).
 
 So int8 layers match the CPU emulation bit for bit up to the activation function's last bits. fp8
 layers match to about 1e-4 relative: Hopper's FP8 MMA adds the products inside one instruction with
@@ -45,6 +47,7 @@ from .nvrtc import get_function
 from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 MAX_ALGOS = 8
+IO_FLOATS = ("float32", "float16")  # the activations a quantized layer reads and writes
 _WS_LIMIT = 32 << 20  # the most workspace cuBLASLt's heuristic may ask for
 _ALIGN = 256  # offsets of the pieces of the layer's workspace
 _HANDLE: list[int] = []  # one cuBLASLt handle per process (nvmath keeps one per thread the same way)
@@ -79,8 +82,9 @@ def _problem(layer: Layer, precision: str) -> dict | str:
     if x_shape is None or w_shape is None or y_shape is None:
         return "needs static shapes"
     specs = layer.aligned_input_specs()
-    if specs[0].dtype != "float32" or layer.output_specs[0].dtype != "float32":
-        return "quantized layers read and write float32"
+    in_dt, out_dt = specs[0].dtype, layer.output_specs[0].dtype
+    if in_dt not in IO_FLOATS or out_dt not in IO_FLOATS:
+        return f"quantized layers read and write {' or '.join(IO_FLOATS)} (input {in_dt}, output {out_dt})"
     if len(x_shape) < 2 or len(w_shape) != 2:
         return "A of rank >= 2 and a 2-D weight only"
     trans_b = layer.op != "MatMul" and bool(int(a.get("transB", 0)))
@@ -104,50 +108,64 @@ def _problem(layer: Layer, precision: str) -> dict | str:
     if why:
         return why
     return {"m": m, "n": n, "k": k, "trans_b": trans_b, "bias": bias is not None,
-            "bias_n": int(np.prod(bias)) if bias is not None else 0}
+            "bias_n": int(np.prod(bias)) if bias is not None else 0, "in_dt": in_dt, "out_dt": out_dt}
 
 
-def _quantize_source(precision: str, name: str) -> str:
+def _quantize_source(precision: str, in_dt: str, name: str) -> str:
+    """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4)."""
     if precision == "int8":
-        body = ("    float v = __fdiv_rn(x[i], scale);\n"
-                "    float t = v != v ? (float)zp : fminf(fmaxf(rintf(v) + (float)zp, -128.0f), 127.0f);\n"
-                "    q[i] = (unsigned char)(signed char)(int)t;\n")
+        body = ("      float v = __fdiv_rn(xv, scale);\n"
+                "      float t = v != v ? (float)zp : fminf(fmaxf(rintf(v) + (float)zp, -128.0f), 127.0f);\n"
+                "      word |= ((unsigned int)(unsigned char)(signed char)(int)t) << (8 * j);\n")
     else:
-        body = ("    float v = __fdiv_rn(x[i], scale);\n"
-                "    if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
-                "    unsigned short pair;\n"
-                '    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
-                "    q[i] = (unsigned char)(pair & 0xff);\n")
-    return (f'extern "C" __global__ void {name}(const float* __restrict__ x, unsigned char* __restrict__ q, '
-            "float scale, int zp, long long n) {\n"
-            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; "
-            "i += (long long)gridDim.x * blockDim.x) {\n" + body + "  }\n}\n")
+        body = ("      float v = __fdiv_rn(xv, scale);\n"
+                "      if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
+                "      unsigned short pair;\n"
+                '      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
+                "      word |= ((unsigned int)(pair & 0xff)) << (8 * j);\n")
+    return (P.PRELUDE + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
+            "unsigned int* __restrict__ q, float scale, int zp, long long n4) {\n"
+            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; "
+            "i += (long long)gridDim.x * blockDim.x) {\n"
+            "    unsigned int word = 0;\n"
+            "#pragma unroll\n"
+            "    for (int j = 0; j < 4; ++j) {\n"
+            f"      float xv = {P.load(in_dt, 'x[4 * i + j]')};\n" + body + "    }\n    q[i] = word;\n  }\n}\n")
 
 
-def _epilogue_source(precision: str, act: str, params: dict, gemm_alpha: float, beta: float, name: str) -> str:
-    acc = "const int*" if precision == "int8" else "const float*"
-    lines = ["    const long long col = i % n;"]
+def _epilogue_source(precision: str, out_dt: str, act: str, params: dict, gemm_alpha: float, beta: float,
+                     name: str) -> str:
+    """acc -> y (float32 / float16), four elements of one row per thread (N is a multiple of 4)."""
+    acc, vec = ("const int4*", "int4") if precision == "int8" else ("const float4*", "float4")
+    lines = ["      const int col = col0 + j;",
+             "      const float a = j == 0 ? (float)q.x : j == 1 ? (float)q.y : j == 2 ? (float)q.z : (float)q.w;"]
     if precision == "int8":
-        lines.append("    float v = (float)((long long)acc[i] - (corr ? (long long)corr[col] : 0LL));")
+        lines = ["      const int col = col0 + j;",
+                 "      const long long qa = j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w;",
+                 "      float v = (float)(qa - (corr ? corr[col] : 0LL));"]
     else:
-        lines.append("    float v = acc[i];")
-    lines.append("    v = __fmul_rn(v, alpha[nalpha == 1 ? 0 : col]);")
+        lines.append("      float v = a;")
+    lines.append("      v = __fmul_rn(v, alpha[nalpha == 1 ? 0 : col]);")
     if gemm_alpha != 1.0:
-        lines.append(f"    v = __fmul_rn(v, {_c_float(gemm_alpha)});")
-    lines.append("    if (bias) {")
-    lines.append("      float c = bias[nbias == 1 ? 0 : col];")
+        lines.append(f"      v = __fmul_rn(v, {_c_float(gemm_alpha)});")
+    lines.append("      if (bias) {")
+    lines.append("        float c = bias[nbias == 1 ? 0 : col];")
     if beta != 1.0:
-        lines.append(f"      c = __fmul_rn(c, {_c_float(beta)});")
-    lines.append("      v = __fadd_rn(v, c);")
-    lines.append("    }")
+        lines.append(f"        c = __fmul_rn(c, {_c_float(beta)});")
+    lines.append("        v = __fadd_rn(v, c);")
+    lines.append("      }")
     if act:
-        lines.append(f"    v = {P.act_expr(act, params)};")
-    lines.append("    y[i] = v;")
+        lines.append(f"      v = {P.act_expr(act, params)};")
+    lines.append(f"      y[4 * i + j] = {P.store(out_dt, 'v')};")
     return (P.PRELUDE + f'extern "C" __global__ void {name}({acc} __restrict__ acc, const long long* __restrict__ corr, '
             "const float* __restrict__ alpha, int nalpha, const float* __restrict__ bias, int nbias, "
-            "float* __restrict__ y, long long total, long long n) {\n"
-            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; "
-            "i += (long long)gridDim.x * blockDim.x) {\n" + "\n".join(lines) + "\n  }\n}\n")
+            f"{P.storage(out_dt)}* __restrict__ y, long long total4, long long n) {{\n"
+            "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total4; "
+            "i += (long long)gridDim.x * blockDim.x) {\n"
+            f"    const {vec} q = acc[i];\n"
+            "    const int col0 = (int)((4 * i) % n);\n"
+            "#pragma unroll\n"
+            "    for (int j = 0; j < 4; ++j) {\n" + "\n".join(lines) + "\n    }\n  }\n}\n")
 
 
 def _c_float(v: float) -> str:
@@ -158,7 +176,10 @@ def _c_float(v: float) -> str:
 class _Gemm:
     """The planned cuBLASLt GEMM of one problem: descriptor, layouts, the chosen algorithm."""
 
-    def __init__(self, precision: str, m: int, n: int, k: int, record_hex: str | None = None):
+    def __init__(self, precision: str, m: int, n: int, k: int, record_hex: str | None = None,
+                 direct: str | None = None):
+        """``direct`` (fp8 only): the cuBLASLt epilogue ("DEFAULT", "BIAS", "RELU_BIAS", ...) of a
+        GEMM that writes float16 itself (D = alpha * acc [+ bias] [act]); None: the accumulator."""
         from nvmath import CudaDataType as DT  # noqa: PLC0415
         from nvmath.bindings import cublas  # noqa: PLC0415
 
@@ -169,12 +190,20 @@ class _Gemm:
         else:
             ab, d, compute, scale, sdt = (DT.CUDA_R_8F_E4M3, DT.CUDA_R_32F, cublas.ComputeType.COMPUTE_32F,
                                           DT.CUDA_R_32F, np.float32)
+        if direct:
+            d = DT.CUDA_R_16F
         self.desc = lt.matmul_desc_create(compute, scale)
         self.layouts = []
         self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                   lt.MatmulDescAttribute.TRANSA, cublas.Operation.T)
         self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                   lt.MatmulDescAttribute.TRANSB, cublas.Operation.N)
+        if direct:
+            self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                      lt.MatmulDescAttribute.EPILOGUE, getattr(lt.Epilogue, direct))
+            if "BIAS" in direct:
+                self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                          lt.MatmulDescAttribute.BIAS_DATA_TYPE, DT.CUDA_R_16F)
         # column-major: A = W stored K x N (ld K) used transposed, B = Xq stored K x M (ld K), D = N x M (ld N)
         self.a_l = self._layout(ab, k, n, k)
         self.b_l = self._layout(ab, k, m, k)
@@ -185,6 +214,10 @@ class _Gemm:
             self.records = self._heuristic()
         else:
             self.records = np.frombuffer(bytes.fromhex(record_hex), dtype=lt.matmul_heuristic_result_dtype).copy()
+
+    def set_bias(self, device_ptr: int) -> None:
+        self._set(self.lt.matmul_desc_set_attribute, self.lt.get_matmul_desc_attribute_dtype, self.desc,
+                  self.lt.MatmulDescAttribute.BIAS_POINTER, device_ptr)
 
     @staticmethod
     def _set(setter, dtype_of, obj, attr, value):
@@ -227,8 +260,31 @@ def _arch(gpu: GpuInfo) -> int:
     return int(digits or 0)
 
 
-def _signature(p: dict, precision: str) -> tuple:
-    return (precision, p["m"], p["n"], p["k"])
+def _signature(p: dict, precision: str, direct: str | None = None) -> tuple:
+    return (precision, p["m"], p["n"], p["k"], direct)
+
+
+# activations cuBLASLt's fp16 epilogue computes (GELU: its tanh approximation, below fp16 rounding
+# for "Gelu" as in ``cublaslt.py``)
+_DIRECT_ACTS = {"": "", "Relu": "RELU", "Gelu": "GELU", "GeluTanh": "GELU"}
+
+
+def _direct_epilogue(layer: Layer, precision: str, p: dict) -> str | None:
+    """The cuBLASLt epilogue of the direct form (fp8 GEMM writing float16 itself, no NVRTC
+    epilogue: alpha = scale_in * scale_w * Gemm alpha as one float32, the bias times beta as
+    float16), or None where it does not apply: int8 (cuBLASLt's int8 GEMM has no float output),
+    a float32 output, per-channel weight scales, an activation cuBLASLt lacks, a runtime bias."""
+    if precision != "fp8" or p["out_dt"] != "float16":
+        return None
+    if np.asarray(layer.attrs["q_weight_scale"]).size != 1:
+        return None
+    act, _ = activation_of(layer)
+    if act not in _DIRECT_ACTS:
+        return None
+    base = _DIRECT_ACTS[act]
+    if p["bias"]:
+        return f"{base}_BIAS" if base else "BIAS"
+    return base or "DEFAULT"
 
 
 class CublasLtQuantGemm(TacticBase):
@@ -251,12 +307,25 @@ class CublasLtQuantGemm(TacticBase):
         return p if isinstance(p, str) else None
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
+        """The heuristic's algorithms for the accumulator form, then (where it applies) for the
+        direct form, which the autotuner times against them."""
         p = _problem(layer, precision)
-        sig = _signature(p, precision)
-        if sig not in _ALGOS:
-            plan = _Gemm(precision, p["m"], p["n"], p["k"])
-            _ALGOS[sig] = [r.tobytes().hex() for r in plan.records]
-        return [{"algo": i, "record": rec} for i, rec in enumerate(_ALGOS[sig])]
+        out = []
+        for direct in (None, _direct_epilogue(layer, precision, p)):
+            if direct is None and out:
+                continue
+            sig = _signature(p, precision, direct)
+            if sig not in _ALGOS:
+                try:
+                    plan = _Gemm(precision, p["m"], p["n"], p["k"], direct=direct)
+                    _ALGOS[sig] = [r.tobytes().hex() for r in plan.records]
+                except Exception:  # noqa: BLE001 - cuBLASLt offers no such GEMM: the other form stands
+                    if direct is None:
+                        raise
+                    _ALGOS[sig] = []
+            out += [{"algo": i, "record": rec, **({"direct": direct} if direct else {})}
+                    for i, rec in enumerate(_ALGOS[sig])]
+        return out
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
         import cupy as cp  # noqa: PLC0415
@@ -265,11 +334,18 @@ class CublasLtQuantGemm(TacticBase):
         if isinstance(p, str):
             raise ValueError(p)
         m, n, k = p["m"], p["n"], p["k"]
+        direct = config.get("direct") or None
+        if direct and direct != _direct_epilogue(layer, precision, p):
+            raise ValueError(f"config {config} does not fit this layer (its direct form is "
+                             f"{_direct_epilogue(layer, precision, p)})")
         rec = config.get("record")
         if not rec:
-            rec = CublasLtQuantGemm.configs(self, layer, precision, gpu)[int(config.get("algo", 0))]["record"]
-        gemm = _Gemm(precision, m, n, k, record_hex=rec)
+            rec = next(c for c in self.configs(layer, precision, gpu)
+                       if c["algo"] == int(config.get("algo", 0)) and c.get("direct") == direct)["record"]
+        gemm = _Gemm(precision, m, n, k, record_hex=rec, direct=direct)
         lt_ws = int(gemm.records[0]["workspace_size"])
+        if direct:
+            return self._build_direct(layer, precision, config, weights, gpu, binaries, p, gemm, lt_ws)
 
         a = layer.attrs
         w = weights[layer.inputs[1]]
@@ -291,16 +367,16 @@ class CublasLtQuantGemm(TacticBase):
 
         out: dict[str, bytes] = {}
         qname, ename = f"wb_quant_{precision}", f"wb_qgemm_epi_{precision}"
-        qfn = get_function(_quantize_source(precision, qname), qname, gpu.arch, binaries, out)
-        efn = get_function(_epilogue_source(precision, act, params, gemm_alpha, beta, ename), ename, gpu.arch,
-                           binaries, out)
+        qfn = get_function(_quantize_source(precision, p["in_dt"], qname), qname, gpu.arch, binaries, out)
+        efn = get_function(_epilogue_source(precision, p["out_dt"], act, params, gemm_alpha, beta, ename), ename,
+                           gpu.arch, binaries, out)
         qa_bytes = -(-m * k // _ALIGN) * _ALIGN
         acc_bytes = -(-m * n * 4 // _ALIGN) * _ALIGN
         block = 256
-        grid_q = max(1, min(-(-(m * k) // block), gpu.sm_count * 8))
-        grid_e = max(1, min(-(-(m * n) // block), gpu.sm_count * 8))
+        grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
+        grid_e = max(1, min(-(-(m * n // 4) // block), gpu.sm_count * 16))
         scale = np.float32(a["q_input_scale"])
-        zp32, mk, mn, n64 = np.int32(zp), np.int64(m * k), np.int64(m * n), np.int64(n)
+        zp32, mk, mn, n64 = np.int32(zp), np.int64(m * k // 4), np.int64(m * n // 4), np.int64(n)
         nalpha = np.int32(alpha.size)
         nbias = np.int32(p["bias_n"])
         lt, handle = gemm.lt, gemm.handle
@@ -323,6 +399,50 @@ class CublasLtQuantGemm(TacticBase):
         return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + acc_bytes + lt_ws, binaries=out,
                            info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws},
                            keepalive=(gemm, wt, alpha, corr, bias))
+
+    def _build_direct(self, layer, precision, config, weights, gpu, binaries, p, gemm, lt_ws) -> BuiltKernel:
+        """quantize (NVRTC) -> cuBLASLt FP8 GEMM writing float16 with its own epilogue."""
+        import cupy as cp  # noqa: PLC0415
+
+        m, n, k = p["m"], p["n"], p["k"]
+        a = layer.attrs
+        w = weights[layer.inputs[1]]
+        w_bytes = w.view(cp.uint8) if w.dtype != cp.uint8 else w
+        wt = cp.ascontiguousarray(w_bytes if p["trans_b"] else w_bytes.T)  # [N, K], K contiguous
+        s_w = np.asarray(a["q_weight_scale"], np.float32).reshape(-1)
+        gemm_alpha = float(a.get("alpha", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
+        beta = float(a.get("beta", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
+        # one float32 alpha: the CPU's two roundings (scale product, then the Gemm's alpha) become one
+        gemm.alpha = np.array([np.float32(quant.output_scale(a["q_input_scale"], s_w).reshape(-1)[0])
+                               * np.float32(gemm_alpha)], np.float32)
+        bias = None
+        if p["bias"]:
+            if layer.inputs[2] not in weights:
+                raise ValueError("the direct form takes a constant bias only")
+            b32 = np.asarray(cp.asnumpy(cp.asarray(weights[layer.inputs[2]])), np.float32).reshape(-1)
+            bias = cp.asarray(np.broadcast_to(b32 * np.float32(beta), (n,)).astype(np.float16))
+            gemm.set_bias(bias.data.ptr)
+        out: dict[str, bytes] = {}
+        qname = f"wb_quant_{precision}"
+        qfn = get_function(_quantize_source(precision, p["in_dt"], qname), qname, gpu.arch, binaries, out)
+        qa_bytes = -(-m * k // _ALIGN) * _ALIGN
+        block = 256
+        grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
+        scale, zp32, mk = np.float32(a["q_input_scale"]), np.int32(0), np.int64(m * k // 4)
+        lt, handle = gemm.lt, gemm.handle
+        alpha_p, beta_p, algo_p, wt_p = gemm.alpha.ctypes.data, gemm.beta.ctypes.data, gemm.records.ctypes.data, wt.data.ptr
+
+        def run(inputs, outputs, workspace, stream):
+            x, y = inputs[0], ptr(outputs[0])
+            qa = -(-ptr(workspace) // _ALIGN) * _ALIGN
+            qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, y, gemm.d_l, y, gemm.d_l,
+                      algo_p, qa + qa_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
+
+        return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + lt_ws, binaries=out,
+                           info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws,
+                                 "epilogue": f"cuBLASLt {config['direct']}, float16 out"},
+                           keepalive=(gemm, wt, bias))
 
 
 TACTICS = [CublasLtQuantGemm("int8"), CublasLtQuantGemm("fp8")]
