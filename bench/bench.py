@@ -30,6 +30,9 @@ SEQ = 128
 from workbench.core.numerics import rel_err  # noqa: E402
 
 
+CLASSIFIERS = ("resnet50", "vit")  # outputs are class logits: the rows give top-1 agreement with torch fp32
+
+
 def models():
     """name -> (make fp32 eval model on cuda, make inputs(batch) as a dict of torch tensors)."""
     import torch
@@ -49,10 +52,10 @@ def models():
 
         return GPT2Model(GPT2Config(n_positions=1024, use_cache=False))
 
-    def vit():
-        from transformers import ViTConfig, ViTModel
+    def vit():  # with the 1000-class head: its top-1 is compared like ResNet-50's
+        from transformers import ViTConfig, ViTForImageClassification
 
-        return ViTModel(ViTConfig(), add_pooling_layer=False)
+        return ViTForImageClassification(ViTConfig(num_labels=1000))
 
     def image(b):
         return {"pixel_values": torch.randn(b, 3, 224, 224, device="cuda")}
@@ -218,19 +221,24 @@ def run_model(name, args, peak, rows, tmp):
                 t0 = time.time()
                 shapes = {n: tuple(v.shape) for n, v in feeds.items()}
                 cal = None
-                if prec in ("int8", "fp8"):  # ranges from 4 random batches like the feeds (ids kept)
+                if prec in ("int8", "fp8", "best"):  # ranges from 4 random batches like the feeds (ids kept)
                     cal = wb.Calibration([{n: (torch.randn_like(v.float()) if v.is_floating_point() else v).cpu().numpy()
                                            .astype(v.cpu().numpy().dtype) for n, v in feeds.items()} for _ in range(4)])
                 engine = wb.build(wb.load_onnx(str(onnx_path)),
                                   wb.BuilderConfig(device="gpu", precision=prec, shapes=shapes,
-                                                   timing_cache=args.timing_cache, calibration=cal))
-                row["quantized"] = sum(1 for l in engine.layers if l.precision == prec) if cal else None
+                                                   timing_cache=args.timing_cache, calibration=cal,
+                                                   accuracy_budget=args.budget if prec == "best" else None))
+                if cal:
+                    row["quantized"] = {p: n for p in ("int8", "fp8", "fp16", "fp32")
+                                        if (n := sum(1 for l in engine.layers if l.precision == p and l.op != "Cast"))}
                 row["build_s"] = time.time() - t0
                 ctx = engine.create_context()
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
                 out = ctx.run(dfeeds)
                 got = cp.asnumpy(next(iter(out.values()))).astype(np.float32)
                 row["err"] = rel_err(got, ref)
+                if name in CLASSIFIERS:  # top-1 agreement with torch fp32 over the batch
+                    row["top1"] = float(np.mean(got.reshape(b, -1).argmax(-1) == ref.reshape(b, -1).argmax(-1)))
                 row["workbench"] = time_cupy(lambda: ctx.run(dfeeds), args.runs)
                 if hasattr(ctx, "execute"):  # IO binding: inputs written once, execute() only replays
                     for n, v in dfeeds.items():
@@ -244,7 +252,7 @@ def run_model(name, args, peak, rows, tmp):
             rows.append(row)
             print(fmt_row(row), flush=True)
             if row.get("quantized") is not None:
-                print(f"[{name} b{b} {prec}] {row['quantized']} layers run at {prec}", flush=True)
+                print(f"[{name} b{b} {prec}] layers per precision: {row['quantized']}", flush=True)
         del feeds
 
 
@@ -276,13 +284,14 @@ def fmt_row(r):
             f"{fmt(r.get('graph_ms'))} | "
             f"{fmt(r.get('eager'))} | {fmt(ro)} | "
             f"{fmt(r.get('max-autotune'))} | {fmt(ratio_e, 2)} | {fmt(ratio_c, 2)} | {fmt(r['floor'], 4)} | "
-            f"{fmt(r.get('err'), 5) if 'err' in r else r.get('wb_error', '-')} | {fmt(r.get('build_s'), 1)} |")
+            f"{fmt(r.get('err'), 5) if 'err' in r else r.get('wb_error', '-')} | {fmt(r.get('top1'), 3)} | "
+            f"{fmt(r.get('build_s'), 1)} |")
 
 
 HEADER = ("| model | batch | precision | workbench ms | wb bound ms | wb graph replay ms | torch eager ms | "
           "torch.compile reduce-overhead ms | max-autotune ms | wb/eager | wb/compile | roofline floor ms | "
-          "rel err vs torch fp32 | build s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "rel err vs torch fp32 | top-1 agree | build s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def build_cache_demo(tmp):
@@ -324,6 +333,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--precisions", default="fp16,tf32")
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--budget", type=float, default=1e-2, help="accuracy budget of the 'best' rows (vs fp32)")
     ap.add_argument("--max-autotune", action="store_true", help="also time torch.compile max-autotune (slow)")
     ap.add_argument("--build-cache-demo", action="store_true")
     ap.add_argument("--skip-compile", action="store_true", help="no torch.compile peer (quick workbench-only runs)")
