@@ -388,3 +388,33 @@ def test_remove_identities_is_off_with_its_rule_or_its_name():
     assert not e.build_stats["passes"]["remove_identities"]["changed"] and fired(e, "remove_noop") == 0
     e = build_both(_identity_chain(20, head="Relu"), x, disable=["remove_identities"])
     assert "remove_identities" not in e.build_stats["passes"] and fired(e, "remove_noop") == 20  # the rule did it
+
+
+def _split_attention(axis, sizes, x_shape, lay="bsd", opset=17):
+    """Split(x) -> workbench.Attention(q, k, v) with bsd operands (sizes None: equal parts)."""
+    ins = ["x", "sp"] if sizes is not None else ["x"]
+    nodes = [helper.make_node("Split", ins, ["q", "k", "v"], axis=axis),
+             helper.make_node("Attention", ["q", "k", "v"], ["y"], domain="workbench", num_heads=2, q_layout=lay,
+                              k_layout=lay, v_layout=lay, out_layout=lay, scale=0.25)]
+    inits = [helper.make_tensor("sp", TensorProto.INT64, [3], sizes)] if sizes is not None else []
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("workbench", 1)])
+    return wb.load_onnx(m.SerializeToString())
+
+
+@pytest.mark.parametrize("sizes", [[8, 8, 8], None])
+def test_attention_reads_packed_qkv_in_place(sizes):
+    net = _split_attention(-1, sizes, [2, 5, 24])
+    e = build_both(net, {"x": RNG.standard_normal((2, 5, 24)).astype(np.float32)})
+    assert ops(e) == ["Attention"]
+    att = e.layers[0]
+    assert att.inputs[:3] == ["x", "x", "x"] and list(att.attrs["qkv_columns"]) == [0, 8, 8, 16, 16, 24]
+
+
+def test_attention_reads_packed_qkv_declines_with_a_reason():
+    net = _split_attention(1, [2, 2, 2], [2, 6, 8])  # Q, K, V split along the sequence
+    e = build_both(net, {"x": RNG.standard_normal((2, 6, 8)).astype(np.float32)})
+    assert ops(e) == ["Split", "Attention"]
+    declined = [r for r in e.reports["fusions"] if r["rule"] == "attention_reads_packed_qkv" and r["status"] == "declined"]
+    assert declined and "not along its last axis" in declined[0]["reason"]
