@@ -149,9 +149,7 @@ def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None
     their types."""
     if fallback not in HALF:
         return
-    trial = copy.copy(layer)
-    trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
-    trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
+    trial = _spec_copy(layer)
     _lower_activation(trial, STORAGE[fallback])
     if supports(trial, precision):
         _lower_activation(layer, STORAGE[fallback])
@@ -164,10 +162,16 @@ def _lower_activation(layer: Layer, dtype: str) -> None:
             spec.dtype = dtype
 
 
-def _lowered_copy(layer: Layer, dtype: str) -> Layer:
+def _spec_copy(layer: Layer) -> Layer:
+    """A copy of ``layer`` with specs of its own (retyping them leaves the layer as it is)."""
     trial = copy.copy(layer)
     trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
     trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
+    return trial
+
+
+def _lowered_copy(layer: Layer, dtype: str) -> Layer:
+    trial = _spec_copy(layer)
     _lower(trial, dtype)
     return trial
 
