@@ -351,3 +351,105 @@ def test_direct_fp8_form_applies_where_cublaslt_can_write_float16():
     assert case("fp8", out="float32") is None
     assert case("int8") is None
     assert case("fp8", q_weight_scale=np.ones(32, np.float32), q_weight_axis=1) is None
+
+
+def _quant_chain(fmt, scales=(0.05,), reader_zp=0):
+    """x -> [q1: quantized GEMM] -> h -> one quantized reader per scale -> y0, y1, ... (graph outputs)."""
+    first = _quant_gemm(fmt, (16, 64), (64, 64), op="FusedGemm", activation="Relu")
+    first.name, first.outputs, first.output_specs[0].name = "q1", ["h"], "h"
+    readers = []
+    for i, s in enumerate(scales):
+        r = _quant_gemm(fmt, (16, 64), (64, 32), zp=reader_zp, op="FusedGemm")
+        r.name, r.inputs, r.outputs = f"r{i}", ["h", f"w{i}"], [f"y{i}"]
+        r.input_specs[0].name, r.input_specs[1].name, r.output_specs[0].name = "h", f"w{i}", f"y{i}"
+        r.attrs["q_input_scale"] = s
+        readers.append(r)
+    layers = [first, *readers]
+    for layer in layers:
+        layer.precision = fmt
+        for spec in [layer.input_specs[0], layer.output_specs[0]]:
+            spec.dtype = "float16"
+    code = "int8" if fmt == "int8" else "float8e4m3fn"
+    consts = {n: np.ones((64, 64 if n == "w" else 32), np.int8 if fmt == "int8" else np.float32)
+              for n in ["w"] + [f"w{i}" for i in range(len(scales))]}
+    plan = Plan(inputs=[TensorSpec("x", "float16", [16, 64])],
+                outputs=[TensorSpec(f"y{i}", "float16", [16, 32]) for i in range(len(scales))],
+                layers=layers, constants=consts)
+    return plan, code
+
+
+def _cublaslt_quant_supports(layer, precision):
+    from workbench.kernels.cuda.cublaslt_quant import _problem
+
+    return isinstance(_problem(layer, precision), dict)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_quantized_boundary_writes_codes_between_quantized_layers(fmt):
+    """A quantized GEMM read only by quantized GEMMs of its format with one input scale writes the
+    codes: q_output_scale on the producer, the element type and scale on both sides' specs."""
+    from workbench.precision.assign import quantized_boundaries
+
+    plan, code = _quant_chain(fmt, scales=(0.07, 0.07))
+    rows = quantized_boundaries(plan, _cublaslt_quant_supports)
+    q1, r0, r1 = plan.layers
+    assert q1.attrs["q_output_scale"] == pytest.approx(0.07)
+    assert (q1.output_specs[0].dtype, r0.input_specs[0].dtype, r1.input_specs[0].dtype) == (code,) * 3
+    assert q1.output_specs[0].scale == r0.input_specs[0].scale == pytest.approx(0.07)
+    assert len(rows) == 1 and rows[0][0] == "q1" and "r0, r1" in rows[0][1] and code in rows[0][1]
+    assert "q_output_scale" not in r0.attrs and r0.output_specs[0].dtype == "float16"  # graph outputs stay float
+    # the tactic runs both sides so: no quantize pass on the reader, codes out of the producer
+    from workbench.kernels.cuda.cublaslt_quant import _problem
+
+    assert _problem(q1, fmt)["out_coded"] and _problem(r0, fmt)["in_coded"] and not _problem(q1, fmt)["in_coded"]
+
+
+@pytest.mark.parametrize("case", ["two_scales", "float_reader", "graph_output", "zero_point", "no_tactic"])
+def test_quantized_boundary_declines(case):
+    from workbench.precision.assign import quantized_boundaries
+
+    plan, _ = _quant_chain("int8", scales=(0.07, 0.08) if case == "two_scales" else (0.07,),
+                           reader_zp=3 if case == "zero_point" else 0)
+    if case == "float_reader":
+        plan.layers.append(Layer("relu", "Relu", inputs=["h"], outputs=["z"], precision="fp16",
+                                 input_specs=[TensorSpec("h", "float16", [16, 64])],
+                                 output_specs=[TensorSpec("z", "float16", [16, 64])]))
+    if case == "graph_output":
+        plan.outputs.append(TensorSpec("h", "float16", [16, 64]))
+    supports = (lambda l, p: False) if case == "no_tactic" else _cublaslt_quant_supports
+    assert quantized_boundaries(plan, supports) == []
+    assert "q_output_scale" not in plan.layers[0].attrs
+    assert plan.layers[0].output_specs[0].dtype == "float16" and plan.layers[0].output_specs[0].scale is None
+
+
+def test_coded_io_refusals_name_the_reason():
+    """cublaslt_quant reads codes only with its own input scale and writes them only with
+    q_output_scale on a coded output."""
+    from workbench.kernels.cuda.cublaslt_quant import _problem
+
+    lay = _quant_gemm("fp8", (16, 64), (64, 32))
+    lay.input_specs[0].dtype, lay.input_specs[0].scale = "float8e4m3fn", 0.5
+    assert "not the layer's input scale" in _problem(lay, "fp8")
+    lay.input_specs[0].scale = 0.05
+    assert _problem(lay, "fp8")["in_coded"]
+    lay.attrs["q_output_scale"] = 0.1
+    assert "q_output_scale on a float32 output" in _problem(lay, "fp8")
+    lay.output_specs[0].dtype, lay.output_specs[0].scale = "float8e4m3fn", 0.2
+    assert "is not the layer's q_output_scale" in _problem(lay, "fp8")
+    lay.output_specs[0].scale = 0.1
+    assert _problem(lay, "fp8")["out_coded"]
+    lay.input_specs[0].dtype = "int8"
+    assert "int8" in _problem(lay, "fp8")  # another format's codes
+
+
+def test_coded_epilogue_and_direct_sources():
+    """The epilogue of a coded output packs four codes per thread; the fp8 direct form applies."""
+    from workbench.kernels.cuda.cublaslt_quant import _direct_epilogue, _epilogue_source, _problem
+
+    for fmt, code in (("int8", "int8"), ("fp8", "float8e4m3fn")):
+        src = _epilogue_source(fmt, code, "Relu", {}, 1.0, 1.0, "k")
+        assert "unsigned int* __restrict__ y" in src and "y[i] = word;" in src and "__fdiv_rn(v, oscale)" in src
+        assert ("cvt.rn.satfinite.e4m3x2" in src) == (fmt == "fp8") and ("rintf" in src) == (fmt == "int8")
+    lay = _quant_gemm("fp8", (16, 64), (64, 32), op="FusedGemm", activation="Relu", q_output_scale=0.1)
+    lay.output_specs[0].dtype, lay.output_specs[0].scale = "float8e4m3fn", 0.1
+    assert _direct_epilogue(lay, "fp8", _problem(lay, "fp8")) == "RELU"

@@ -68,6 +68,10 @@ CASES = [
     (_set(["plan", "options", "max_elements"], 0), "out of range"),
     (_set(["plan", "arena", "bytes"], 2**70), "arena.bytes"),
     (_set(["plan", "arena", "alignment"], 3), "arena.alignment"),
+    # a scale (quantization codes) belongs to an int8 / float8e4m3fn spec only, and is positive
+    (lambda h: h["plan"]["inputs"][0].__setitem__("scale", 0.5), "a scale on a float32 tensor"),
+    (lambda h: h["plan"]["inputs"][0].update(dtype="int8", scale=-1.0), "positive finite number"),
+    (lambda h: h["plan"]["inputs"][0].update(dtype="int8", scale="x"), "positive finite number"),
 ]
 
 
@@ -105,3 +109,14 @@ def test_describe_and_report_of_loaded_engine_use_checked_values(tmp_path):
     engine = wb.Engine.load(path)
     d = engine.describe()
     assert d["nodes"]["before"] == 1 and isinstance(d["memory"]["arena_bytes"], int)
+
+
+def test_quantized_tensor_scale_round_trips():
+    """A spec of codes keeps its scale through the engine header; others carry no scale field."""
+    from workbench.core.plan import TensorSpec
+    from workbench.format import strict
+
+    spec = TensorSpec("h", "float8e4m3fn", [4, 8], 0.0125)
+    d = spec.to_dict()
+    assert d["scale"] == 0.0125 and TensorSpec.from_dict(d) == spec == strict.spec(d, "t")
+    assert "scale" not in TensorSpec("x", "float32", [2]).to_dict()

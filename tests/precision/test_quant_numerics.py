@@ -238,6 +238,35 @@ def test_gemm_transposes_alpha_beta_and_bias(fmt):
         assert rel_err(_run(tactic, layer, consts, [a, wq, c], config), want) < 1e-5, tactic.name
 
 
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_codes_between_layers_are_the_float32_path(fmt):
+    """A GPU plan's quantized tensor between two layers (core/quant.py): the producer's codes
+    (q_output_scale) read by the consumer as its operand give exactly the float32 path's result."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    w1 = rng.standard_normal((16, 24)).astype(np.float32)
+    w2 = rng.standard_normal((24, 8)).astype(np.float32)
+    s_x = quant.scale_from_amax(np.abs(x).max(), fmt)
+    q1, s1 = quant.quantize_weight(w1, fmt, 1 if fmt == "int8" else None)
+    q2, s2 = quant.quantize_weight(w2, fmt, 1 if fmt == "int8" else None)
+    relu = {"activation": "Relu"}
+    l1, c1 = _layer("FusedGemm", "workbench", x.shape, q1, relu, fmt, x_scale=s_x, w_scale=s1, w_axis=1,
+                    out_shape=[6, 24])
+    h = _run(REF[fmt], l1, c1, [x, q1])
+    s_h = float(quant.scale_from_amax(np.abs(h).max() * 0.7, fmt))  # some codes saturate
+    l2, c2 = _layer("MatMul", "", h.shape, q2, {}, fmt, x_scale=s_h, w_scale=s2, w_axis=1, out_shape=[6, 8])
+    want = _run(REF[fmt], l2, c2, [h, q2])
+    l1.attrs["q_output_scale"] = s_h
+    codes = _run(REF[fmt], l1, c1, [x, q1])
+    assert codes.dtype == (np.int8 if fmt == "int8" else E4M3)
+    np.testing.assert_array_equal(codes.view(np.uint8), quant.quantize(h, s_h, 0, fmt).view(np.uint8))
+    spec = TensorSpec("h", quant.ELEMENT[fmt], list(h.shape), s_h)
+    assert quant.is_coded(spec) and not quant.is_coded(TensorSpec("h", "float32", [6, 24]))
+    np.testing.assert_array_equal(quant.encode(h, spec).view(np.uint8), codes.view(np.uint8))
+    np.testing.assert_array_equal(quant.decode(codes, spec), quant.fake_quantize(h, s_h, 0, fmt))
+    np.testing.assert_array_equal(_run(REF[fmt], l2, c2, [codes, q2]), want)
+
+
 def test_matmul_of_two_activations_int8():
     """A Q/DQ model may quantize both MatMul operands: the second is quantized per tensor at run time."""
     rng = np.random.default_rng(6)

@@ -22,11 +22,16 @@ Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
 @dataclass
 class TensorSpec:
-    """Name, element type and shape of a tensor; ``shape is None`` means unknown rank."""
+    """Name, element type and shape of a tensor; ``shape is None`` means unknown rank.
+
+    ``scale`` (a GPU plan's int8 / float8e4m3fn activation between two quantized layers only): the
+    tensor holds quantization codes, and ``code * scale`` are its values (``core/quant.py``,
+    "Quantized tensors between layers"); None for every other tensor."""
 
     name: str
     dtype: str | None = None
     shape: list[Dim] | None = None
+    scale: float | None = None
 
     @property
     def is_static(self) -> bool:
@@ -44,11 +49,16 @@ class TensorSpec:
         return int(-(-n * itemsize(self.dtype) // 1))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
+        d = {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
+        if self.scale is not None:
+            d["scale"] = float(self.scale)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(d["name"], d.get("dtype"), None if d.get("shape") is None else list(d["shape"]))
+        scale = d.get("scale")
+        return cls(d["name"], d.get("dtype"), None if d.get("shape") is None else list(d["shape"]),
+                   None if scale is None else float(scale))
 
 
 @dataclass

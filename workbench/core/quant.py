@@ -66,8 +66,22 @@ writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m
 * ``q_weight_const`` (int, 1 / 0): whether the second operand is a quantized plan constant.
 * ``q_residual_scale`` / ``q_residual_zero_point``: the residual input of a FusedConv is
   quantized and dequantized (read as 8 bits) before it is added; absent: read in float32.
+* ``q_output_scale`` (GPU plans only): the layer writes its output as codes, ``quantize(y,
+  q_output_scale)`` of its float32 result (after bias, residual and activation), not as float
+  values; see below.
 * ``q_source``: where the activation scales came from ("calibration:<method>" or "qdq"), for
   people; never read to run.
+
+Quantized tensors between layers
+--------------------------------
+On the GPU, an int8 / fp8 GEMM layer whose output is read only by layers of the same format, each
+as its quantized first operand with the same scale (zero point 0), writes the codes themselves:
+its ``q_output_scale`` is that scale, and the tensor's spec has the element type
+(``ELEMENT``) and ``scale`` (``TensorSpec.scale``: values are ``code * scale``). The readers take
+the codes as their operand without a quantize pass. The numbers are exactly those of the float32
+path the CPU emulation takes: the reader would have quantized the same float32 result with the
+same scale (``__fdiv_rn``, the same rounding and saturation); only the bytes between the layers
+change, one per element instead of a float.
 """
 
 from __future__ import annotations
@@ -97,7 +111,7 @@ QUANT_OPS = {("", "Conv"): "conv", ("workbench", "FusedConv"): "conv", ("", "Con
              ("", "Gemm"): "gemm", ("workbench", "FusedGemm"): "gemm", ("", "MatMul"): "gemm"}
 
 ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q_weight_axis",
-         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_source")
+         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale", "q_source")
 
 
 def kind_of(layer) -> str | None:
@@ -246,6 +260,26 @@ def float_weight(layer_attrs: dict, q: np.ndarray) -> np.ndarray:
     s = np.asarray(layer_attrs["q_weight_scale"], dtype=F32)
     axis = int(layer_attrs.get("q_weight_axis", 0)) % q.ndim if s.size > 1 else None
     return dequantize(q, s, 0, axis)
+
+
+def is_coded(spec) -> bool:
+    """Whether a tensor spec holds quantization codes (``code * spec.scale`` are its values)."""
+    return spec is not None and getattr(spec, "scale", None) is not None and spec.dtype in ELEMENT.values()
+
+
+def format_of_element(dtype: str) -> str:
+    """The format ("int8" / "fp8") whose codes have element type ``dtype``."""
+    return next(f for f, e in ELEMENT.items() if e == dtype)
+
+
+def decode(q, spec) -> np.ndarray:
+    """The float32 values of a coded tensor (``is_coded(spec)``)."""
+    return dequantize(q, spec.scale)
+
+
+def encode(x, spec) -> np.ndarray:
+    """Float values as the codes of a coded tensor (``is_coded(spec)``): ``quantize`` with its scale."""
+    return quantize(x, spec.scale, 0, format_of_element(spec.dtype))
 
 
 def strip_attrs(attrs: dict) -> dict:

@@ -4,14 +4,18 @@ naming where in the plan the value sits. Engines come from strangers: nothing is
 
 from __future__ import annotations
 
+import math
+
 from workbench.core.plan import TensorSpec
 from workbench.dtypes import ONNX_CODES
+from workbench.core.quant import ELEMENT
 from workbench.errors import EngineFormatError
 
 MAX_DIM = 1 << 62  # a dim above this overflows int64 arithmetic in every consumer
 # a tensor spec (an input, an output, an intermediate) of more elements than this is refused: no
 # real engine has one, and a feed or random input of that shape could never be allocated
 MAX_SPEC_ELEMENTS = 1 << 40
+QUANTIZED_CODES = tuple(ELEMENT.values())  # element types a spec with a scale may have
 
 
 def fail(where: str, msg: str) -> EngineFormatError:
@@ -84,7 +88,8 @@ def strings(v, where: str) -> list[str]:
 
 
 def spec(d, where: str, extra: tuple[str, ...] = ()) -> TensorSpec:
-    d = fields(d, ("name", "dtype", "shape") + extra, where)
+    optional = ("scale",) if isinstance(d, dict) and "scale" in d else ()
+    d = fields(d, ("name", "dtype", "shape") + extra + optional, where)
     dtype = d["dtype"]
     if dtype is not None and string(dtype, f"{where}.dtype") not in ONNX_CODES:
         raise fail(f"{where}.dtype", f"unknown element type {dtype!r:.60}")
@@ -100,4 +105,11 @@ def spec(d, where: str, extra: tuple[str, ...] = ()) -> TensorSpec:
                 n *= dim
         if n > MAX_SPEC_ELEMENTS:
             raise fail(f"{where}.shape", f"{shape} has {n} elements, over the limit of {MAX_SPEC_ELEMENTS}")
-    return TensorSpec(string(d["name"], f"{where}.name"), dtype, None if shape is None else list(shape))
+    scale = d.get("scale")
+    if scale is not None:
+        if type(scale) not in (int, float) or not math.isfinite(scale) or scale <= 0:
+            raise fail(f"{where}.scale", f"expected a positive finite number, got {scale!r:.60}")
+        if dtype not in QUANTIZED_CODES:
+            raise fail(f"{where}.scale", f"a scale on a {dtype} tensor (only {' / '.join(QUANTIZED_CODES)} hold codes)")
+    return TensorSpec(string(d["name"], f"{where}.name"), dtype, None if shape is None else list(shape),
+                      None if scale is None else float(scale))

@@ -13,7 +13,8 @@ otherwise it stays fp32 and the precision table says why.
 
 The GPU target stores a layer's float32 tensors in the layer's precision (``STORAGE``: math stays
 fp32 inside the kernels; an int8 / fp8 layer's activations in the fallback's, fp16) and needs Cast layers where a producer's storage type differs from what a
-consumer or a graph output needs (``casts.py``). The CPU target emulates: tensors stay float32 and
+consumer or a graph output needs (``casts.py``); between two int8 / fp8 layers it stores the codes
+themselves where it can (``quantized_boundaries``). The CPU target emulates: tensors stay float32 and
 the layer's tactic rounds its inputs and outputs to the precision (``kernels/reference/tactics.py``).
 """
 
@@ -22,9 +23,12 @@ from __future__ import annotations
 import copy
 from typing import Callable, Iterator
 
-from ..core.liveness import subgraphs_of
+import numpy as np
+
+from ..core.liveness import layer_reads, subgraphs_of
 from ..core.plan import Layer, Plan, TensorSpec
 from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precisions
+from ..core.quant import ELEMENT as QUANT_ELEMENT
 from ..core.quant import FORMATS as QUANT_FORMATS
 from ..errors import BuildError
 from ..ops.schema import FLOAT32_INPUTS, HALF_SAFE, MATRIX_OPS
@@ -123,8 +127,68 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
         rows.append({"layer": layer.name, "op": layer.op, "requested": want, "precision": got, "reason": reason})
     rows += placement.finish()
     if not emulated:
+        notes = dict(quantized_boundaries(plan, supports))
+        for row in rows:
+            if row["layer"] in notes:
+                row["reason"] += f"; {notes[row['layer']]}"
         rows += insert_casts(plan)
     return rows
+
+
+def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
+    """On a storing target, a quantized layer whose output only quantized layers of its format read,
+    each as its first operand with one scale and no zero point, writes that output as codes
+    (``core/quant.py``, "Quantized tensors between layers"): the producer gets ``q_output_scale``,
+    the tensor the format's element type and the scale, and the readers lose their quantize pass.
+    Only where a tactic runs the producer and every reader so (``supports``). Returns (producer,
+    note) per such tensor, for the producer's row of the precision table."""
+    readers: dict[str, list[tuple[Layer, int]]] = {}
+    for layer in plan.layers:
+        for pos, name in enumerate(layer.inputs):
+            if name:
+                readers.setdefault(name, []).append((layer, pos))
+        if subgraphs_of(layer):  # a tensor a body captures is never coded
+            for name in set(layer_reads(layer)) - set(layer.inputs):
+                readers.setdefault(name, []).append((layer, -1))
+    graph_outputs = {s.name for s in plan.outputs}
+    notes = []
+    for layer in plan.layers:
+        fmt = layer.precision
+        if fmt not in QUANT_FORMATS or not layer.outputs or not layer.outputs[0] or layer.attrs.get("q_format") != fmt:
+            continue
+        name = layer.outputs[0]
+        users = readers.get(name, [])
+        if name in graph_outputs or not users:
+            continue
+        scales = {float(np.float32(u.attrs.get("q_input_scale", np.nan))) for u, _ in users}
+        if (len(scales) != 1 or any(pos != 0 or u.precision != fmt or u.attrs.get("q_format") != fmt
+                                    or int(u.attrs.get("q_input_zero_point", 0)) for u, pos in users)):
+            continue
+        scale = scales.pop()
+        if not np.isfinite(scale) or scale <= 0:
+            continue
+        code = QUANT_ELEMENT[fmt]
+        producer = _spec_copy(layer)
+        producer.attrs = {**layer.attrs, "q_output_scale": scale}
+        _code(producer.output_specs[0], code, scale)
+        trials = []
+        for u, _ in users:
+            t = _spec_copy(u)
+            _code(t.aligned_input_specs()[0], code, scale)
+            trials.append(t)
+        if not supports(producer, fmt) or not all(supports(t, fmt) for t in trials):
+            continue
+        layer.attrs = producer.attrs
+        _code(layer.output_specs[0], code, scale)
+        for u, _ in users:
+            _code(u.aligned_input_specs()[0], code, scale)
+        notes.append((layer.name, f"writes {name} as {code} codes (scale {scale:.6g}) for "
+                                  f"{', '.join(u.name for u, _ in users)}: no quantize pass between them"))
+    return notes
+
+
+def _code(spec: TensorSpec, dtype: str, scale: float) -> None:
+    spec.dtype, spec.scale = dtype, scale
 
 
 def _decide(layer: Layer, want: str, why: str, device: str, supports, emulated: bool) -> tuple[str, str]:
@@ -165,8 +229,8 @@ def _lower_activation(layer: Layer, dtype: str) -> None:
 def _spec_copy(layer: Layer) -> Layer:
     """A copy of ``layer`` with specs of its own (retyping them leaves the layer as it is)."""
     trial = copy.copy(layer)
-    trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.input_specs]
-    trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
+    trial.input_specs = [TensorSpec(s.name, s.dtype, s.shape, s.scale) for s in layer.input_specs]
+    trial.output_specs = [TensorSpec(s.name, s.dtype, s.shape, s.scale) for s in layer.output_specs]
     return trial
 
 

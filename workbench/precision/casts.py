@@ -25,7 +25,7 @@ def insert_casts(plan: Plan) -> list[dict]:
             if spec.name:
                 home[spec.name] = spec.dtype
                 producer[spec.name] = i
-                plan.tensors[spec.name] = TensorSpec(spec.name, spec.dtype, spec.shape)
+                plan.tensors[spec.name] = TensorSpec(spec.name, spec.dtype, spec.shape, spec.scale)
     declared_out = {s.name: s.dtype for s in plan.outputs}
     casts: dict[tuple[str, str], str] = {}  # (tensor, dtype) -> name of the cast result
     after: dict[int, list[Layer]] = {}  # producer index (-1: graph input) -> casts to place after it

@@ -68,6 +68,9 @@ def _reference_layer(layer: Layer) -> Layer:
     if store is not None:  # a storing target's lowered tensors: float32 in the reference
         ref.input_specs = [_widened(s, store) for s in layer.input_specs]
         ref.output_specs = [_widened(s, store) for s in layer.output_specs]
+    if any(quant.is_coded(s) for s in layer.input_specs + layer.output_specs):  # codes: float32 values
+        ref.input_specs = [_widened(s, s.dtype) if quant.is_coded(s) else s for s in ref.input_specs]
+        ref.output_specs = [_widened(s, s.dtype) if quant.is_coded(s) else s for s in ref.output_specs]
     if layer.op == "Cast" and layer.name.startswith(GPU_CAST_PREFIX):
         ref.op, ref.domain, ref.attrs = "Identity", "", {}
         ref.output_specs = [TensorSpec(s.name, "float32" if s.dtype in ("float16", "bfloat16") else s.dtype, s.shape)
@@ -201,7 +204,7 @@ class GpuSide:
         try:
             for pos, buf in acts:
                 nhwc = pos < len(layouts) and layouts[pos] == "nhwc"
-                _write(buf, args[pos], specs[pos].dtype if specs[pos] is not None else None, nhwc, stream)
+                _write(buf, args[pos], specs[pos], nhwc, stream)
             return self._run(i)
         finally:
             with stream:
@@ -215,11 +218,11 @@ class GpuSide:
             self.ctx._run_layer(i)
         self.ctx.stream.synchronize()
         layouts = layer.attrs.get("out_layouts") or []
-        dtypes = {s.name: s.dtype for s in layer.output_specs}
+        specs = {s.name: s for s in layer.output_specs}
         result = []
         for k, (name, buf) in enumerate(zip(layer.outputs, self.ctx._io[i][1])):
             nhwc = k < len(layouts) and layouts[k] == "nhwc"
-            result.append(None if buf is None else _read(buf, dtypes.get(name), nhwc, self.ctx.stream))
+            result.append(None if buf is None else _read(buf, specs.get(name), nhwc, self.ctx.stream))
         return result
 
     def free(self, name: str) -> None:
@@ -229,24 +232,32 @@ class GpuSide:
         self.host = {}
 
 
-def _read(buf, dtype: str | None, nhwc: bool, stream) -> np.ndarray:
-    """A device tensor on the host in its logical (NCHW) order and element type."""
+def _read(buf, spec: TensorSpec | None, nhwc: bool, stream) -> np.ndarray:
+    """A device tensor on the host in its logical (NCHW) order and element type; a tensor of
+    quantization codes as the float32 values they stand for."""
     from ..kernels.cuda.device import from_device_bits  # noqa: PLC0415 - GPU engines only
 
     host = buf.get(stream=stream)
     stream.synchronize()
+    dtype = spec.dtype if spec is not None else None
     host = from_device_bits(host, dtype) if dtype else host
+    if quant.is_coded(spec):
+        host = quant.decode(host, spec)
     if nhwc and host.ndim == 4:
         n, c, h, w = host.shape
         host = host.reshape(n, h, w, c).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(host)
 
 
-def _write(buf, value, dtype: str | None, nhwc: bool, stream) -> None:
-    """A host value into a device buffer, in the buffer's storage type and layout."""
+def _write(buf, value, spec: TensorSpec | None, nhwc: bool, stream) -> None:
+    """A host value into a device buffer, in the buffer's storage type and layout (a tensor of
+    quantization codes: the value's codes)."""
     from ..kernels.cuda.device import to_device_bits  # noqa: PLC0415 - GPU engines only
 
     host = np.asarray(value)
+    if quant.is_coded(spec):
+        host = quant.encode(host, spec)
+    dtype = spec.dtype if spec is not None else None
     host = to_device_bits(host, dtype) if dtype else host
     if nhwc and host.ndim == 4:
         host = host.transpose(0, 2, 3, 1)

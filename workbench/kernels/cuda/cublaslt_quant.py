@@ -23,6 +23,15 @@ capturable:
    ``__fadd_rn``: no contraction into FMAs), stored in the output's type (float16: rounded once,
    as the storage of the fp16 layer reading it rounds it in the CPU emulation).
 
+Quantized tensors between layers (``core/quant.py``): an input of codes (int8 / e4m3, its spec's
+scale the layer's input scale) is the GEMM's operand as it is, with no quantize launch; an output
+of codes (``q_output_scale``) is quantized by the epilogue as step 1 quantizes, four codes to a
+word. The direct fp8 form writes e4m3 codes itself: cuBLASLt's D scale is ``1 / q_output_scale``
+(one float32 rounding more than the division), its conversion saturating. The direct form is
+also timed with FAST_ACCUM on (the partial sums stay in the FP8 MMA's own precision: on an H100 it
+saves about 15% of a BERT GEMM with a bias epilogue), which moves it further from the float32 sums
+of the emulation (``tests/kernels/test_gpu_quant_gemm.py`` bounds both).
+
 So int8 layers match the CPU emulation bit for bit up to the activation function's last bits. fp8
 layers match to about 1e-4 relative: Hopper's FP8 MMA adds the products inside one instruction with
 fewer bits than float32 (FAST_ACCUM off promotes the partial sums to float32 between instructions),
@@ -83,8 +92,13 @@ def _problem(layer: Layer, precision: str) -> dict | str:
         return "needs static shapes"
     specs = layer.aligned_input_specs()
     in_dt, out_dt = specs[0].dtype, layer.output_specs[0].dtype
-    if in_dt not in IO_FLOATS or out_dt not in IO_FLOATS:
-        return f"quantized layers read and write {' or '.join(IO_FLOATS)} (input {in_dt}, output {out_dt})"
+    code = quant.ELEMENT[precision]
+    if in_dt not in IO_FLOATS + (code,) or out_dt not in IO_FLOATS + (code,):
+        return (f"quantized layers read and write {' or '.join(IO_FLOATS)}, or {code} codes "
+                f"(input {in_dt}, output {out_dt})")
+    why = _coded_io(layer, specs[0], layer.output_specs[0], code)
+    if why:
+        return why
     if len(x_shape) < 2 or len(w_shape) != 2:
         return "A of rank >= 2 and a 2-D weight only"
     trans_b = layer.op != "MatMul" and bool(int(a.get("transB", 0)))
@@ -108,21 +122,46 @@ def _problem(layer: Layer, precision: str) -> dict | str:
     if why:
         return why
     return {"m": m, "n": n, "k": k, "trans_b": trans_b, "bias": bias is not None,
-            "bias_n": int(np.prod(bias)) if bias is not None else 0, "in_dt": in_dt, "out_dt": out_dt}
+            "bias_n": int(np.prod(bias)) if bias is not None else 0, "in_dt": in_dt, "out_dt": out_dt,
+            "in_coded": in_dt == code, "out_coded": out_dt == code}
+
+
+def _coded_io(layer: Layer, x_spec, y_spec, code: str) -> str | None:
+    """Why the layer's codes in / out (``core/quant.py``, "Quantized tensors between layers") do
+    not fit it, or None: an input of codes must have the layer's own input scale (and no zero
+    point), an output of codes the layer's ``q_output_scale``."""
+    a = layer.attrs
+    if x_spec.dtype == code:
+        if not quant.is_coded(x_spec):
+            return f"a {code} input without a scale"
+        if np.float32(x_spec.scale) != np.float32(a["q_input_scale"]) or int(a.get("q_input_zero_point", 0)):
+            return f"an input of codes with scale {x_spec.scale}, not the layer's input scale {a['q_input_scale']}"
+    out_scale = a.get("q_output_scale")
+    if y_spec.dtype == code:
+        if out_scale is None or not quant.is_coded(y_spec) or np.float32(y_spec.scale) != np.float32(out_scale):
+            return f"an output of codes whose scale ({y_spec.scale}) is not the layer's q_output_scale ({out_scale})"
+    elif out_scale is not None:
+        return f"q_output_scale on a {y_spec.dtype} output"
+    return None
+
+
+def _encode_lines(precision: str, x: str, scale: str, zp: str) -> str:
+    """C lines putting the code of the float ``x`` (``quant.quantize`` with ``scale`` and ``zp``)
+    into byte ``j`` of ``word``."""
+    if precision == "int8":
+        return (f"      float v = __fdiv_rn({x}, {scale});\n"
+                f"      float t = v != v ? (float){zp} : fminf(fmaxf(rintf(v) + (float){zp}, -128.0f), 127.0f);\n"
+                "      word |= ((unsigned int)(unsigned char)(signed char)(int)t) << (8 * j);\n")
+    return (f"      float v = __fdiv_rn({x}, {scale});\n"
+            "      if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
+            "      unsigned short pair;\n"
+            '      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
+            "      word |= ((unsigned int)(pair & 0xff)) << (8 * j);\n")
 
 
 def _quantize_source(precision: str, in_dt: str, name: str) -> str:
     """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4)."""
-    if precision == "int8":
-        body = ("      float v = __fdiv_rn(xv, scale);\n"
-                "      float t = v != v ? (float)zp : fminf(fmaxf(rintf(v) + (float)zp, -128.0f), 127.0f);\n"
-                "      word |= ((unsigned int)(unsigned char)(signed char)(int)t) << (8 * j);\n")
-    else:
-        body = ("      float v = __fdiv_rn(xv, scale);\n"
-                "      if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
-                "      unsigned short pair;\n"
-                '      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
-                "      word |= ((unsigned int)(pair & 0xff)) << (8 * j);\n")
+    body = _encode_lines(precision, "xv", "scale", "zp")
     return (P.PRELUDE + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
             "unsigned int* __restrict__ q, float scale, int zp, long long n4) {\n"
             "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; "
@@ -156,16 +195,23 @@ def _epilogue_source(precision: str, out_dt: str, act: str, params: dict, gemm_a
     lines.append("      }")
     if act:
         lines.append(f"      v = {P.act_expr(act, params)};")
-    lines.append(f"      y[4 * i + j] = {P.store(out_dt, 'v')};")
+    coded = out_dt == quant.ELEMENT[precision]
+    if coded:  # the output's codes, four to a word (q_output_scale: oscale)
+        body = "\n".join(lines) + "\n" + _encode_lines(precision, "v", "oscale", "0").replace("float v =", "v =")
+        y_type, done = "unsigned int", "    y[i] = word;\n"
+    else:
+        body = "\n".join(lines + [f"      y[4 * i + j] = {P.store(out_dt, 'v')};"]) + "\n"
+        y_type, done = P.storage(out_dt), ""
     return (P.PRELUDE + f'extern "C" __global__ void {name}({acc} __restrict__ acc, const long long* __restrict__ corr, '
             "const float* __restrict__ alpha, int nalpha, const float* __restrict__ bias, int nbias, "
-            f"{P.storage(out_dt)}* __restrict__ y, long long total4, long long n) {{\n"
+            f"{y_type}* __restrict__ y, float oscale, long long total4, long long n) {{\n"
             "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total4; "
             "i += (long long)gridDim.x * blockDim.x) {\n"
             f"    const {vec} q = acc[i];\n"
             "    const int col0 = (int)((4 * i) % n);\n"
+            + ("    unsigned int word = 0;\n" if coded else "") +
             "#pragma unroll\n"
-            "    for (int j = 0; j < 4; ++j) {\n" + "\n".join(lines) + "\n    }\n  }\n}\n")
+            "    for (int j = 0; j < 4; ++j) {\n" + body + "    }\n" + done + "  }\n}\n")
 
 
 def _c_float(v: float) -> str:
@@ -177,9 +223,13 @@ class _Gemm:
     """The planned cuBLASLt GEMM of one problem: descriptor, layouts, the chosen algorithm."""
 
     def __init__(self, precision: str, m: int, n: int, k: int, record_hex: str | None = None,
-                 direct: str | None = None):
+                 direct: str | None = None, coded: bool = False, fast: bool = False):
         """``direct`` (fp8 only): the cuBLASLt epilogue ("DEFAULT", "BIAS", "RELU_BIAS", ...) of a
-        GEMM that writes float16 itself (D = alpha * acc [+ bias] [act]); None: the accumulator."""
+        GEMM that writes its output itself (D = alpha * acc [+ bias] [act]); None: the accumulator.
+        ``coded``: the direct form writes e4m3 codes, D = d_scale * (...) with ``d_scale`` (a device
+        float32, ``self.d_scale``) 1 / q_output_scale, saturated; else float16. ``fast`` (direct
+        form only): FAST_ACCUM on, the partial sums kept in the tensor cores' own precision."""
+        import cupy as cp  # noqa: PLC0415
         from nvmath import CudaDataType as DT  # noqa: PLC0415
         from nvmath.bindings import cublas  # noqa: PLC0415
 
@@ -190,24 +240,35 @@ class _Gemm:
         else:
             ab, d, compute, scale, sdt = (DT.CUDA_R_8F_E4M3, DT.CUDA_R_32F, cublas.ComputeType.COMPUTE_32F,
                                           DT.CUDA_R_32F, np.float32)
+        c = d
         if direct:
-            d = DT.CUDA_R_16F
+            c = DT.CUDA_R_16F  # beta is 0: C is never read, but its type is float16 for an e4m3 D
+            d = DT.CUDA_R_8F_E4M3 if coded else DT.CUDA_R_16F
         self.desc = lt.matmul_desc_create(compute, scale)
         self.layouts = []
         self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                   lt.MatmulDescAttribute.TRANSA, cublas.Operation.T)
         self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                   lt.MatmulDescAttribute.TRANSB, cublas.Operation.N)
+        if fast:
+            self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                      lt.MatmulDescAttribute.FAST_ACCUM, 1)
         if direct:
             self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                       lt.MatmulDescAttribute.EPILOGUE, getattr(lt.Epilogue, direct))
             if "BIAS" in direct:
                 self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
                           lt.MatmulDescAttribute.BIAS_DATA_TYPE, DT.CUDA_R_16F)
+        self.d_scale = None
+        if coded and direct:
+            self.d_scale = cp.ones(1, cp.float32)
+            self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
+                      lt.MatmulDescAttribute.D_SCALE_POINTER, self.d_scale.data.ptr)
         # column-major: A = W stored K x N (ld K) used transposed, B = Xq stored K x M (ld K), D = N x M (ld N)
         self.a_l = self._layout(ab, k, n, k)
         self.b_l = self._layout(ab, k, m, k)
         self.d_l = self._layout(d, n, m, n)
+        self.c_l = self._layout(c, n, m, n) if c != d else self.d_l
         self.alpha = np.ones(1, sdt)
         self.beta = np.zeros(1, sdt)
         if record_hex is None:
@@ -237,7 +298,7 @@ class _Gemm:
                       lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES, _WS_LIMIT)
             heur = np.zeros(MAX_ALGOS, dtype=lt.matmul_heuristic_result_dtype)  # cublasLtMatmulHeuristicResult_t[]
             count = np.zeros(1, np.int32)
-            lt.matmul_algo_get_heuristic(self.handle, self.desc, self.a_l, self.b_l, self.d_l, self.d_l, pref,
+            lt.matmul_algo_get_heuristic(self.handle, self.desc, self.a_l, self.b_l, self.c_l, self.d_l, pref,
                                          MAX_ALGOS, heur.ctypes.data, count.ctypes.data)
             n = int(count[0])
             if n == 0:
@@ -260,8 +321,8 @@ def _arch(gpu: GpuInfo) -> int:
     return int(digits or 0)
 
 
-def _signature(p: dict, precision: str, direct: str | None = None) -> tuple:
-    return (precision, p["m"], p["n"], p["k"], direct)
+def _signature(p: dict, precision: str, direct: str | None = None, fast: bool = False) -> tuple:
+    return (precision, p["m"], p["n"], p["k"], direct, bool(direct) and p["out_coded"], fast)
 
 
 # activations cuBLASLt's fp16 epilogue computes (GELU: its tanh approximation, below fp16 rounding
@@ -270,11 +331,11 @@ _DIRECT_ACTS = {"": "", "Relu": "RELU", "Gelu": "GELU", "GeluTanh": "GELU"}
 
 
 def _direct_epilogue(layer: Layer, precision: str, p: dict) -> str | None:
-    """The cuBLASLt epilogue of the direct form (fp8 GEMM writing float16 itself, no NVRTC
-    epilogue: alpha = scale_in * scale_w * Gemm alpha as one float32, the bias times beta as
+    """The cuBLASLt epilogue of the direct form (fp8 GEMM writing float16 or e4m3 codes itself, no
+    NVRTC epilogue: alpha = scale_in * scale_w * Gemm alpha as one float32, the bias times beta as
     float16), or None where it does not apply: int8 (cuBLASLt's int8 GEMM has no float output),
     a float32 output, per-channel weight scales, an activation cuBLASLt lacks, a runtime bias."""
-    if precision != "fp8" or p["out_dt"] != "float16":
+    if precision != "fp8" or p["out_dt"] not in ("float16", quant.ELEMENT["fp8"]):
         return None
     if np.asarray(layer.attrs["q_weight_scale"]).size != 1:
         return None
@@ -310,21 +371,20 @@ class CublasLtQuantGemm(TacticBase):
         """The heuristic's algorithms for the accumulator form, then (where it applies) for the
         direct form, which the autotuner times against them."""
         p = _problem(layer, precision)
+        direct = _direct_epilogue(layer, precision, p)
         out = []
-        for direct in (None, _direct_epilogue(layer, precision, p)):
-            if direct is None and out:
-                continue
-            sig = _signature(p, precision, direct)
+        for form, fast in [(None, False)] + ([(direct, False), (direct, True)] if direct else []):
+            sig = _signature(p, precision, form, fast)
             if sig not in _ALGOS:
                 try:
-                    plan = _Gemm(precision, p["m"], p["n"], p["k"], direct=direct)
+                    plan = _Gemm(precision, p["m"], p["n"], p["k"], direct=form, coded=p["out_coded"], fast=fast)
                     _ALGOS[sig] = [r.tobytes().hex() for r in plan.records]
                 except Exception:  # noqa: BLE001 - cuBLASLt offers no such GEMM: the other form stands
-                    if direct is None:
+                    if form is None:
                         raise
                     _ALGOS[sig] = []
-            out += [{"algo": i, "record": rec, **({"direct": direct} if direct else {})}
-                    for i, rec in enumerate(_ALGOS[sig])]
+            extra = ({"direct": form} if form else {}) | ({"fast_accum": 1} if fast else {})
+            out += [{"algo": i, "record": rec, **extra} for i, rec in enumerate(_ALGOS[sig])]
         return out
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
@@ -335,14 +395,16 @@ class CublasLtQuantGemm(TacticBase):
             raise ValueError(p)
         m, n, k = p["m"], p["n"], p["k"]
         direct = config.get("direct") or None
-        if direct and direct != _direct_epilogue(layer, precision, p):
+        fast = bool(config.get("fast_accum"))
+        if (direct and direct != _direct_epilogue(layer, precision, p)) or (fast and not direct):
             raise ValueError(f"config {config} does not fit this layer (its direct form is "
-                             f"{_direct_epilogue(layer, precision, p)})")
+                             f"{_direct_epilogue(layer, precision, p)}; fast accumulation is the direct form's)")
         rec = config.get("record")
         if not rec:
             rec = next(c for c in self.configs(layer, precision, gpu)
-                       if c["algo"] == int(config.get("algo", 0)) and c.get("direct") == direct)["record"]
-        gemm = _Gemm(precision, m, n, k, record_hex=rec, direct=direct)
+                       if c["algo"] == int(config.get("algo", 0)) and c.get("direct") == direct
+                       and bool(c.get("fast_accum")) == fast)["record"]
+        gemm = _Gemm(precision, m, n, k, record_hex=rec, direct=direct, coded=p["out_coded"], fast=fast)
         lt_ws = int(gemm.records[0]["workspace_size"])
         if direct:
             return self._build_direct(layer, precision, config, weights, gpu, binaries, p, gemm, lt_ws)
@@ -367,10 +429,14 @@ class CublasLtQuantGemm(TacticBase):
 
         out: dict[str, bytes] = {}
         qname, ename = f"wb_quant_{precision}", f"wb_qgemm_epi_{precision}"
-        qfn = get_function(_quantize_source(precision, p["in_dt"], qname), qname, gpu.arch, binaries, out)
+        qfn = None if p["in_coded"] else get_function(_quantize_source(precision, p["in_dt"], qname), qname,
+                                                        gpu.arch, binaries, out)
+        if p["out_coded"]:
+            ename += "_coded"
         efn = get_function(_epilogue_source(precision, p["out_dt"], act, params, gemm_alpha, beta, ename), ename,
                            gpu.arch, binaries, out)
-        qa_bytes = -(-m * k // _ALIGN) * _ALIGN
+        oscale = np.float32(a.get("q_output_scale", 1.0))
+        qa_bytes = 0 if p["in_coded"] else -(-m * k // _ALIGN) * _ALIGN
         acc_bytes = -(-m * n * 4 // _ALIGN) * _ALIGN
         block = 256
         grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
@@ -389,12 +455,15 @@ class CublasLtQuantGemm(TacticBase):
             x, y = inputs[0], outputs[0]
             base = -(-ptr(workspace) // _ALIGN) * _ALIGN  # the pieces start 256-byte aligned
             qa, acc = base, base + qa_bytes
-            qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            if qfn is None:  # the input holds the codes already
+                qa = ptr(x)
+            else:
+                qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
             lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, acc, gemm.d_l, acc,
                       gemm.d_l, algo_p, base + qa_bytes + acc_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
             b = bias if bias is not None else (inputs[2] if p["bias"] else None)
             efn((grid_e,), (block,), (np.uint64(acc), corr if corr is not None else null, alpha, nalpha,
-                                      b if b is not None else null, nbias, y, mn, n64), stream=stream)
+                                      b if b is not None else null, nbias, y, oscale, mn, n64), stream=stream)
 
         return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + acc_bytes + lt_ws, binaries=out,
                            info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws},
@@ -422,10 +491,16 @@ class CublasLtQuantGemm(TacticBase):
             b32 = np.asarray(cp.asnumpy(cp.asarray(weights[layer.inputs[2]])), np.float32).reshape(-1)
             bias = cp.asarray(np.broadcast_to(b32 * np.float32(beta), (n,)).astype(np.float16))
             gemm.set_bias(bias.data.ptr)
+        if gemm.d_scale is not None:  # e4m3 codes out: D = (1 / q_output_scale) * (...)
+            gemm.d_scale.set(np.array([np.float32(1.0) / np.float32(a["q_output_scale"])], np.float32))
+            cp.cuda.Device().synchronize()  # in place before any stream of the engine reads it
         out: dict[str, bytes] = {}
         qname = f"wb_quant_{precision}"
-        qfn = get_function(_quantize_source(precision, p["in_dt"], qname), qname, gpu.arch, binaries, out)
-        qa_bytes = -(-m * k // _ALIGN) * _ALIGN
+        qfn = None if p["in_coded"] else get_function(_quantize_source(precision, p["in_dt"], qname), qname,
+                                                        gpu.arch, binaries, out)
+        qa_bytes = 0 if p["in_coded"] else -(-m * k // _ALIGN) * _ALIGN
+        # C (float16, never read: beta is 0) apart from an e4m3 D: a place in the workspace
+        c_bytes = -(-m * n * 2 // _ALIGN) * _ALIGN if gemm.c_l is not gemm.d_l else 0
         block = 256
         grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
         scale, zp32, mk = np.float32(a["q_input_scale"]), np.int32(0), np.int64(m * k // 4)
@@ -434,14 +509,19 @@ class CublasLtQuantGemm(TacticBase):
 
         def run(inputs, outputs, workspace, stream):
             x, y = inputs[0], ptr(outputs[0])
-            qa = -(-ptr(workspace) // _ALIGN) * _ALIGN
-            qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
-            lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, y, gemm.d_l, y, gemm.d_l,
-                      algo_p, qa + qa_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
+            base = -(-ptr(workspace) // _ALIGN) * _ALIGN
+            qa, c = base, (base + qa_bytes if c_bytes else y)
+            if qfn is None:  # the input holds the codes already
+                qa = ptr(x)
+            else:
+                qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, c, gemm.c_l, y, gemm.d_l,
+                      algo_p, base + qa_bytes + c_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
 
-        return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + lt_ws, binaries=out,
+        return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + c_bytes + lt_ws, binaries=out,
                            info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws,
-                                 "epilogue": f"cuBLASLt {config['direct']}, float16 out"},
+                                 "epilogue": f"cuBLASLt {config['direct']}, {p['out_dt']} out"
+                                             + (", fast accumulation" if config.get("fast_accum") else "")},
                            keepalive=(gemm, wt, bias))
 
 

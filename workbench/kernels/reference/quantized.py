@@ -113,8 +113,11 @@ class QuantizedLayer:
         return np.ascontiguousarray(v)
 
     def operand(self, x: np.ndarray, scale, zp: int) -> np.ndarray:
-        """An activation as the exact values the product multiplies (``q - zp``, or e4m3 values)."""
-        q = quant.quantize(x, scale, zp, self.fmt)
+        """An activation as the exact values the product multiplies (``q - zp``, or e4m3 values);
+        an activation of codes (a GPU plan's quantized tensor between layers) is taken as it is."""
+        x = np.asarray(x)
+        code = np.dtype(quant.E4M3 if self.fmt == "fp8" else np.int8)
+        q = x if x.dtype == code else quant.quantize(x, scale, zp, self.fmt)
         return q.astype(F32) if self.fmt == "fp8" else quant.int_values(q, zp, self.dtype)
 
     def operands(self, inputs: list) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +169,11 @@ class QuantizedLayer:
 
     def __call__(self, ctx, inputs, attrs):
         a, b = self.operands(inputs)
-        return [self.epilogue(self.product(a, b), inputs)]
+        y = self.epilogue(self.product(a, b), inputs)
+        out_scale = self.attrs.get("q_output_scale")
+        if out_scale is not None:  # the output as codes (``core/quant.py``, quantized tensors between layers)
+            return [quant.quantize(y, out_scale, 0, self.fmt)]
+        return [y]
 
 
 class QuantizedReferenceTactic:
