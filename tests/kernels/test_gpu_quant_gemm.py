@@ -30,8 +30,9 @@ FP8_TOL = 5e-4
 # FP8_TOL plus float16 rounding of the bias and of the output, each within half an ulp (2**-11)
 DIRECT_TOL = 2e-3
 # the direct form with FAST_ACCUM on: the partial sums stay in the FP8 MMA's own precision (fewer
-# bits than float32) across the whole K, on top of DIRECT_TOL
-FAST_TOL = 1e-2
+# bits than float32) across the whole K, on top of DIRECT_TOL (measured on an H100, K up to 3072:
+# 8.2e-4, against 3.6e-4 with FAST_ACCUM off)
+FAST_TOL = 5e-3
 
 
 def _layer(op, fmt, x_shape, w_shape, n, *, trans_b=0, bias=None, act="", zp=0, per_channel=True, attrs=None,
@@ -287,11 +288,12 @@ def test_engine_matches_the_cpu_emulation(fmt):
     want = cpu.create_context().run(feeds)["y"]
     got = gpu.create_context().run(feeds)["y"]
     # the codes between the layers are the float32 path's codes: int8 products are exact, so only
-    # the float16 output differs from the CPU's float32 (half an fp16 ulp); fp8 adds its tensor
-    # cores' summation order (FP8_TOL, and a code one step off where a sum sits at a boundary)
+    # the float16 output differs from the CPU's float32 (half an fp16 ulp; measured on an H100:
+    # 2.1e-4); fp8 adds its tensor cores' summation order, which puts a code one e4m3 step (2**-3
+    # relative) off where a sum sits at a rounding boundary (measured: 4.9e-3)
     err = rel_err(got, want)
     print(f"{fmt} engine against the CPU emulation: {err:.2e}")
-    assert err < (1e-3 if fmt == "int8" else 5e-3)
+    assert err < (1e-3 if fmt == "int8" else 1.5e-2)
     # per-layer accuracy reads the codes as the values they stand for
     report = gpu.accuracy(feeds, impact=False)
     rows = {r["layer"]: r for r in report.layers}

@@ -59,6 +59,7 @@ MAX_ALGOS = 8
 IO_FLOATS = ("float32", "float16")  # the activations a quantized layer reads and writes
 _WS_LIMIT = 32 << 20  # the most workspace cuBLASLt's heuristic may ask for
 _ALIGN = 256  # offsets of the pieces of the layer's workspace
+_BLOCK = 256  # threads per block of the quantize and epilogue launches
 _HANDLE: list[int] = []  # one cuBLASLt handle per process (nvmath keeps one per thread the same way)
 _ALGOS: dict = {}  # problem signature -> heuristic records (hex), planning costs ~1 ms
 
@@ -405,16 +406,14 @@ class CublasLtQuantGemm(TacticBase):
                        if c["algo"] == int(config.get("algo", 0)) and c.get("direct") == direct
                        and bool(c.get("fast_accum")) == fast)["record"]
         gemm = _Gemm(precision, m, n, k, record_hex=rec, direct=direct, coded=p["out_coded"], fast=fast)
-        lt_ws = int(gemm.records[0]["workspace_size"])
+        out: dict[str, bytes] = {}
+        ops = _Operands(layer, precision, p, weights, gpu, binaries, out)
         if direct:
-            return self._build_direct(layer, precision, config, weights, gpu, binaries, p, gemm, lt_ws)
+            return self._build_direct(layer, config, p, gemm, ops, out)
 
         a = layer.attrs
-        w = weights[layer.inputs[1]]
-        w_bytes = w.view(cp.uint8) if w.dtype != cp.uint8 else w
-        wt = cp.ascontiguousarray(w_bytes if p["trans_b"] else w_bytes.T)  # [N, K], K contiguous
-        s_w = np.asarray(a["q_weight_scale"], np.float32).reshape(-1)
-        alpha = cp.asarray(quant.output_scale(a["q_input_scale"], s_w).reshape(-1))
+        wt = ops.wt
+        alpha = cp.asarray(quant.output_scale(a["q_input_scale"], ops.s_w).reshape(-1))
         zp = int(a.get("q_input_zero_point", 0))
         corr = None
         if precision == "int8" and zp:
@@ -423,26 +422,15 @@ class CublasLtQuantGemm(TacticBase):
         bias = None
         if p["bias"] and layer.inputs[2] in weights:
             bias = cp.ascontiguousarray(cp.asarray(weights[layer.inputs[2]], dtype=cp.float32).reshape(-1))
-        gemm_alpha = float(a.get("alpha", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
-        beta = float(a.get("beta", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
         act, params = activation_of(layer)
-
-        out: dict[str, bytes] = {}
-        qname, ename = f"wb_quant_{precision}", f"wb_qgemm_epi_{precision}"
-        qfn = None if p["in_coded"] else get_function(_quantize_source(precision, p["in_dt"], qname), qname,
-                                                        gpu.arch, binaries, out)
-        if p["out_coded"]:
-            ename += "_coded"
-        efn = get_function(_epilogue_source(precision, p["out_dt"], act, params, gemm_alpha, beta, ename), ename,
-                           gpu.arch, binaries, out)
+        ename = f"wb_qgemm_epi_{precision}" + ("_coded" if p["out_coded"] else "")
+        efn = get_function(_epilogue_source(precision, p["out_dt"], act, params, ops.gemm_alpha, ops.beta, ename),
+                           ename, gpu.arch, binaries, out)
         oscale = np.float32(a.get("q_output_scale", 1.0))
-        qa_bytes = 0 if p["in_coded"] else -(-m * k // _ALIGN) * _ALIGN
+        qa_bytes, lt_ws = ops.qa_bytes, int(gemm.records[0]["workspace_size"])
         acc_bytes = -(-m * n * 4 // _ALIGN) * _ALIGN
-        block = 256
-        grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
-        grid_e = max(1, min(-(-(m * n // 4) // block), gpu.sm_count * 16))
-        scale = np.float32(a["q_input_scale"])
-        zp32, mk, mn, n64 = np.int32(zp), np.int64(m * k // 4), np.int64(m * n // 4), np.int64(n)
+        grid_e = max(1, min(-(-(m * n // 4) // _BLOCK), gpu.sm_count * 16))
+        mn, n64 = np.int64(m * n // 4), np.int64(n)
         nalpha = np.int32(alpha.size)
         nbias = np.int32(p["bias_n"])
         lt, handle = gemm.lt, gemm.handle
@@ -454,67 +442,48 @@ class CublasLtQuantGemm(TacticBase):
         def run(inputs, outputs, workspace, stream):
             x, y = inputs[0], outputs[0]
             base = -(-ptr(workspace) // _ALIGN) * _ALIGN  # the pieces start 256-byte aligned
-            qa, acc = base, base + qa_bytes
-            if qfn is None:  # the input holds the codes already
-                qa = ptr(x)
-            else:
-                qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            acc = base + qa_bytes
+            qa = ops.operand(x, base, stream)
             lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, acc, gemm.d_l, acc,
                       gemm.d_l, algo_p, base + qa_bytes + acc_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
             b = bias if bias is not None else (inputs[2] if p["bias"] else None)
-            efn((grid_e,), (block,), (np.uint64(acc), corr if corr is not None else null, alpha, nalpha,
-                                      b if b is not None else null, nbias, y, oscale, mn, n64), stream=stream)
+            efn((grid_e,), (_BLOCK,), (np.uint64(acc), corr if corr is not None else null, alpha, nalpha,
+                                       b if b is not None else null, nbias, y, oscale, mn, n64), stream=stream)
 
         return BuiltKernel(run=run, workspace_bytes=_ALIGN + qa_bytes + acc_bytes + lt_ws, binaries=out,
                            info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws},
                            keepalive=(gemm, wt, alpha, corr, bias))
 
-    def _build_direct(self, layer, precision, config, weights, gpu, binaries, p, gemm, lt_ws) -> BuiltKernel:
-        """quantize (NVRTC) -> cuBLASLt FP8 GEMM writing float16 with its own epilogue."""
+    def _build_direct(self, layer, config, p, gemm, ops, out) -> BuiltKernel:
+        """quantize (NVRTC) -> cuBLASLt FP8 GEMM writing float16 or e4m3 codes with its own epilogue."""
         import cupy as cp  # noqa: PLC0415
 
-        m, n, k = p["m"], p["n"], p["k"]
+        m, n = p["m"], p["n"]
         a = layer.attrs
-        w = weights[layer.inputs[1]]
-        w_bytes = w.view(cp.uint8) if w.dtype != cp.uint8 else w
-        wt = cp.ascontiguousarray(w_bytes if p["trans_b"] else w_bytes.T)  # [N, K], K contiguous
-        s_w = np.asarray(a["q_weight_scale"], np.float32).reshape(-1)
-        gemm_alpha = float(a.get("alpha", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
-        beta = float(a.get("beta", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
         # one float32 alpha: the CPU's two roundings (scale product, then the Gemm's alpha) become one
-        gemm.alpha = np.array([np.float32(quant.output_scale(a["q_input_scale"], s_w).reshape(-1)[0])
-                               * np.float32(gemm_alpha)], np.float32)
+        gemm.alpha = np.array([np.float32(quant.output_scale(a["q_input_scale"], ops.s_w).reshape(-1)[0])
+                               * np.float32(ops.gemm_alpha)], np.float32)
         bias = None
         if p["bias"]:
-            if layer.inputs[2] not in weights:
+            if layer.inputs[2] not in ops.weights:
                 raise ValueError("the direct form takes a constant bias only")
-            b32 = np.asarray(cp.asnumpy(cp.asarray(weights[layer.inputs[2]])), np.float32).reshape(-1)
-            bias = cp.asarray(np.broadcast_to(b32 * np.float32(beta), (n,)).astype(np.float16))
+            b32 = np.asarray(cp.asnumpy(cp.asarray(ops.weights[layer.inputs[2]])), np.float32).reshape(-1)
+            bias = cp.asarray(np.broadcast_to(b32 * np.float32(ops.beta), (n,)).astype(np.float16))
             gemm.set_bias(bias.data.ptr)
         if gemm.d_scale is not None:  # e4m3 codes out: D = (1 / q_output_scale) * (...)
             gemm.d_scale.set(np.array([np.float32(1.0) / np.float32(a["q_output_scale"])], np.float32))
             cp.cuda.Device().synchronize()  # in place before any stream of the engine reads it
-        out: dict[str, bytes] = {}
-        qname = f"wb_quant_{precision}"
-        qfn = None if p["in_coded"] else get_function(_quantize_source(precision, p["in_dt"], qname), qname,
-                                                        gpu.arch, binaries, out)
-        qa_bytes = 0 if p["in_coded"] else -(-m * k // _ALIGN) * _ALIGN
+        qa_bytes, lt_ws = ops.qa_bytes, int(gemm.records[0]["workspace_size"])
         # C (float16, never read: beta is 0) apart from an e4m3 D: a place in the workspace
         c_bytes = -(-m * n * 2 // _ALIGN) * _ALIGN if gemm.c_l is not gemm.d_l else 0
-        block = 256
-        grid_q = max(1, min(-(-(m * k // 4) // block), gpu.sm_count * 16))
-        scale, zp32, mk = np.float32(a["q_input_scale"]), np.int32(0), np.int64(m * k // 4)
         lt, handle = gemm.lt, gemm.handle
-        alpha_p, beta_p, algo_p, wt_p = gemm.alpha.ctypes.data, gemm.beta.ctypes.data, gemm.records.ctypes.data, wt.data.ptr
+        alpha_p, beta_p, algo_p, wt_p = gemm.alpha.ctypes.data, gemm.beta.ctypes.data, gemm.records.ctypes.data, ops.wt.data.ptr
 
         def run(inputs, outputs, workspace, stream):
-            x, y = inputs[0], ptr(outputs[0])
+            y = ptr(outputs[0])
             base = -(-ptr(workspace) // _ALIGN) * _ALIGN
-            qa, c = base, (base + qa_bytes if c_bytes else y)
-            if qfn is None:  # the input holds the codes already
-                qa = ptr(x)
-            else:
-                qfn((grid_q,), (block,), (x, np.uint64(qa), scale, zp32, mk), stream=stream)
+            c = base + qa_bytes if c_bytes else y
+            qa = ops.operand(inputs[0], base, stream)
             lt.matmul(handle, gemm.desc, alpha_p, wt_p, gemm.a_l, qa, gemm.b_l, beta_p, c, gemm.c_l, y, gemm.d_l,
                       algo_p, base + qa_bytes + c_bytes if lt_ws else 0, lt_ws, stream_ptr(stream))
 
@@ -522,7 +491,44 @@ class CublasLtQuantGemm(TacticBase):
                            info={"algorithm": int(config.get("algo", 0)), "workspace_bytes": lt_ws,
                                  "epilogue": f"cuBLASLt {config['direct']}, {p['out_dt']} out"
                                              + (", fast accumulation" if config.get("fast_accum") else "")},
-                           keepalive=(gemm, wt, bias))
+                           keepalive=(gemm, ops.wt, bias))
+
+
+class _Operands:
+    """What both forms of a layer share: the weight as [N, K] (K contiguous, as the TN GEMM takes
+    it), the weight scales, the Gemm's alpha / beta, and the GEMM's activation operand -- the
+    input itself when it holds codes, else the quantize launch's codes at the workspace's start
+    (``qa_bytes`` of it)."""
+
+    def __init__(self, layer: Layer, precision: str, p: dict, weights, gpu: GpuInfo, binaries, out: dict):
+        import cupy as cp  # noqa: PLC0415
+
+        a = layer.attrs
+        self.weights = weights
+        w = weights[layer.inputs[1]]
+        w_bytes = w.view(cp.uint8) if w.dtype != cp.uint8 else w
+        self.wt = cp.ascontiguousarray(w_bytes if p["trans_b"] else w_bytes.T)
+        self.s_w = np.asarray(a["q_weight_scale"], np.float32).reshape(-1)
+        gemm_op = layer.op in ("Gemm", "FusedGemm")
+        self.gemm_alpha = float(a.get("alpha", 1.0)) if gemm_op else 1.0
+        self.beta = float(a.get("beta", 1.0)) if gemm_op else 1.0
+        m, k = p["m"], p["k"]
+        self.qa_bytes = 0
+        self._qfn = None
+        if not p["in_coded"]:
+            name = f"wb_quant_{precision}"
+            self._qfn = get_function(_quantize_source(precision, p["in_dt"], name), name, gpu.arch, binaries, out)
+            self.qa_bytes = -(-m * k // _ALIGN) * _ALIGN
+        self._grid = max(1, min(-(-(m * k // 4) // _BLOCK), gpu.sm_count * 16))
+        self._args = (np.float32(a["q_input_scale"]), np.int32(int(a.get("q_input_zero_point", 0))),
+                      np.int64(m * k // 4))
+
+    def operand(self, x, qa: int, stream) -> int:
+        """The device address of the GEMM's activation operand (quantizing ``x`` to ``qa`` first)."""
+        if self._qfn is None:  # the input holds the codes already
+            return ptr(x)
+        self._qfn((self._grid,), (_BLOCK,), (x, np.uint64(qa)) + self._args, stream=stream)
+        return qa
 
 
 TACTICS = [CublasLtQuantGemm("int8"), CublasLtQuantGemm("fp8")]
