@@ -213,18 +213,11 @@ def _first(nodes: list[ir.Node]) -> ir.Node:
 
 
 def _split_sizes(split: ir.Node) -> list[int] | None:
-    """The sizes of a Split's outputs along its axis, where they are known."""
-    if len(split.inputs) > 1 and split.inputs[1] is not None:
-        c = const(split.inputs[1])
-        return None if c is None else [int(x) for x in c.reshape(-1)]
-    if attr(split, "split") is not None:
-        return [int(x) for x in attr(split, "split")]
-    xs = dims(split.inputs[0])
-    if xs is None or not isinstance(xs[-1], int):
+    """The sizes of a Split's outputs along its last axis, as shape inference typed them."""
+    out = [dims(o) for o in split.outputs]
+    if any(d is None or not d or not isinstance(d[-1], int) for d in out):
         return None
-    n = len(split.outputs)
-    chunk = -(-xs[-1] // n)  # equal parts, the last one smaller (opset 18's num_outputs)
-    return [chunk] * (n - 1) + [xs[-1] - chunk * (n - 1)]
+    return [d[-1] for d in out]
 
 
 class AttentionReadsPackedQKV(Rule):
