@@ -231,6 +231,9 @@ def run_model(name, args, peak, rows, tmp):
                 if cal:
                     row["quantized"] = {p: n for p in ("int8", "fp8", "fp16", "fp32")
                                         if (n := sum(1 for l in engine.layers if l.precision == p and l.op != "Cast"))}
+                    # tensors written as codes for their quantized readers (no quantize pass there)
+                    row["quantized"]["codes"] = sum(1 for l in engine.layers for k in ("q_output_scale", "q_copy_scale")
+                                                    if l.attrs.get(k) is not None)
                 row["build_s"] = time.time() - t0
                 ctx = engine.create_context()
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}

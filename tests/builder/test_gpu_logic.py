@@ -448,8 +448,170 @@ def test_coded_epilogue_and_direct_sources():
 
     for fmt, code in (("int8", "int8"), ("fp8", "float8e4m3fn")):
         src = _epilogue_source(fmt, code, "Relu", {}, 1.0, 1.0, "k")
-        assert "unsigned int* __restrict__ y" in src and "y[i] = word;" in src and "__fdiv_rn(v, oscale)" in src
+        assert "unsigned int* __restrict__ y" in src and "y[i] = word;" in src and f"wb_code_{fmt}(v, oscale, 0)" in src
+        assert "__fdiv_rn(x, scale)" in src  # the prelude's code function: correctly rounded division
         assert ("cvt.rn.satfinite.e4m3x2" in src) == (fmt == "fp8") and ("rintf" in src) == (fmt == "int8")
     lay = _quant_gemm("fp8", (16, 64), (64, 32), op="FusedGemm", activation="Relu", q_output_scale=0.1)
     lay.output_specs[0].dtype, lay.output_specs[0].scale = "float8e4m3fn", 0.1
     assert _direct_epilogue(lay, "fp8", _problem(lay, "fp8")) == "RELU"
+
+
+def _norm_then_gemm(fmt, skip, float_reader):
+    """x [-> SkipLayerNorm(x, s) | LayerNorm(x)] -> h -> quantized GEMM r0 -> y0; ``float_reader``:
+    a float16 Relu reads h too (a residual's role)."""
+    ins = ["x", "s", "g", "b"] if skip else ["x", "g", "b"]
+    specs = [TensorSpec(n, "float16", [16, 64]) for n in ins[: 2 if skip else 1]]
+    specs += [TensorSpec("g", "float16", [64]), TensorSpec("b", "float16", [64])]
+    norm = Layer("ln", "SkipLayerNorm" if skip else "LayerNorm", domain="workbench", inputs=ins, outputs=["h"],
+                 precision="fp16", attrs={"epsilon": 1e-5}, input_specs=specs,
+                 output_specs=[TensorSpec("h", "float16", [16, 64])])
+    r = _quant_gemm(fmt, (16, 64), (64, 32), op="FusedGemm")
+    r.name, r.inputs, r.outputs, r.precision = "r0", ["h", "w0"], ["y0"], fmt
+    r.input_specs[0].name, r.input_specs[1].name, r.output_specs[0].name = "h", "w0", "y0"
+    r.input_specs[0].dtype = r.output_specs[0].dtype = "float16"
+    r.attrs["q_input_scale"] = 0.07
+    layers, outputs = [norm, r], [TensorSpec("y0", "float16", [16, 32])]
+    if float_reader:
+        layers.append(Layer("relu", "Relu", inputs=["h"], outputs=["z"], precision="fp16",
+                            input_specs=[TensorSpec("h", "float16", [16, 64])],
+                            output_specs=[TensorSpec("z", "float16", [16, 64])]))
+        outputs.append(TensorSpec("z", "float16", [16, 64]))
+    consts = {"w0": np.ones((64, 32), np.int8 if fmt == "int8" else np.float32)}
+    plan = Plan(inputs=[TensorSpec(n, "float16", [16, 64]) for n in ins[: 2 if skip else 1]], outputs=outputs,
+                layers=layers, constants=consts)
+    return plan, quant_element(fmt)
+
+
+def quant_element(fmt):
+    from workbench.core.quant import ELEMENT
+
+    return ELEMENT[fmt]
+
+
+def _gpu_supports(layer, precision):
+    """The GPU target's question for the two tactics involved, with ``contract_refusal`` first."""
+    from workbench.kernels.cuda.cublaslt_quant import CublasLtQuantGemm
+    from workbench.kernels.cuda.rowwise import RowwiseTactic
+    from workbench.kernels.cuda.tactic import GpuInfo, contract_refusal
+
+    gpu = GpuInfo("H100", "sm_90", 132)
+    for t in (RowwiseTactic(), CublasLtQuantGemm("int8"), CublasLtQuantGemm("fp8")):
+        if contract_refusal(t, layer, precision) is None:
+            why = _cublaslt_quant_supports(layer, precision) if t.formats else t.supports(layer, precision, gpu)
+            if why is True or why is None:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_normalization_read_only_by_a_quantized_layer_writes_codes(fmt, skip):
+    """GPT-2 / ViT's pre-norm LayerNorm -> Q/K/V: the norm's output is written as codes."""
+    from workbench.precision.assign import quantized_boundaries
+
+    plan, code = _norm_then_gemm(fmt, skip, float_reader=False)
+    rows = quantized_boundaries(plan, _gpu_supports)
+    ln, r0 = plan.layers
+    assert ln.attrs["q_output_scale"] == pytest.approx(0.07) and "q_copy_scale" not in ln.attrs
+    assert ln.outputs == ["h"] and (ln.output_specs[0].dtype, r0.input_specs[0].dtype) == (code, code)
+    assert rows == [("ln", f"writes h as {code} codes (scale 0.07) for r0: no quantize pass between them")]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_a_normalization_with_float_readers_writes_a_copy_of_codes(fmt):
+    """BERT's post-norm SkipLayerNorm: its output is the next residual (float) and the next GEMM's
+    input; the norm writes both, and the GEMM reads the copy."""
+    from workbench.core import quant
+    from workbench.kernels.cuda.rowwise import _has_sum
+    from workbench.precision.assign import quantized_boundaries
+
+    plan, code = _norm_then_gemm(fmt, True, float_reader=True)
+    rows = quantized_boundaries(plan, _gpu_supports)
+    ln, r0, relu = plan.layers
+    copy = f"h/{code}"
+    assert ln.attrs["q_copy_scale"] == pytest.approx(0.07) and ln.outputs == ["h", copy]
+    assert [(s.name, s.dtype, s.scale) for s in ln.output_specs] == [("h", "float16", None), (copy, code, pytest.approx(0.07))]
+    assert r0.inputs[0] == copy and (r0.input_specs[0].name, r0.input_specs[0].dtype) == (copy, code)
+    assert relu.inputs == ["h"] and relu.input_specs[0].dtype == "float16"
+    assert quant.op_outputs(ln) == ["h"] and not _has_sum(ln)  # the copy is not SkipLayerNorm's sum
+    assert quant.coded_outputs(ln) == {"output": None, "copy": fmt, "scale": pytest.approx(0.07)}
+    assert "also writes h" in rows[0][1]
+    # a graph output is a float reader too
+    plan, _ = _norm_then_gemm(fmt, False, float_reader=False)
+    plan.outputs.append(TensorSpec("h", "float16", [16, 64]))
+    quantized_boundaries(plan, _gpu_supports)
+    assert plan.layers[0].attrs["q_copy_scale"] == pytest.approx(0.07)
+
+
+def test_codes_from_layers_without_a_tactic_that_writes_them_are_declined():
+    """A producer no tactic writes codes for (a Relu: nvrtc.pointwise declares none) keeps its
+    float output, and every tactic that does not declare codes refuses a layer that asks."""
+    from workbench.kernels.cuda.pointwise import PointwiseTactic
+    from workbench.kernels.cuda.rowwise import RowwiseTactic
+    from workbench.kernels.cuda.tactic import contract_refusal
+    from workbench.precision.assign import quantized_boundaries
+
+    plan, _ = _norm_then_gemm("fp8", False, float_reader=False)
+    relu = Layer("relu", "Relu", inputs=["x"], outputs=["h"], precision="fp16",
+                 input_specs=[TensorSpec("x", "float16", [16, 64])], output_specs=[TensorSpec("h", "float16", [16, 64])])
+    plan.layers[0] = relu
+    assert quantized_boundaries(plan, _gpu_supports) == []
+    assert "q_output_scale" not in relu.attrs and relu.output_specs[0].dtype == "float16"
+    relu.attrs["q_output_scale"] = 0.07
+    assert "writes no output of codes" in contract_refusal(PointwiseTactic(), relu, "fp16")
+    relu.attrs = {"q_copy_scale": 0.07}
+    assert "writes no copy of codes" in contract_refusal(RowwiseTactic.__mro__[1](), relu, "fp16")
+    assert contract_refusal(RowwiseTactic(), relu, "fp16") is None
+
+
+def test_rowwise_codes_sources_and_refusals():
+    """The norm kernel writes Y as codes or Y and a copy; the codes are of the float32 result."""
+    from workbench.kernels.cuda.rowwise import RowwiseTactic, _norm_source
+    from workbench.kernels.cuda.tactic import GpuInfo
+    from workbench.precision.assign import quantized_boundaries
+
+    gpu = GpuInfo("H100", "sm_90", 132)
+    plan, _ = _norm_then_gemm("fp8", True, float_reader=True)
+    quantized_boundaries(plan, _gpu_supports)
+    ln = plan.layers[0]
+    dt = {"y": "float16", "x": "float16", "skip": "float16", "scale": "float16", "bias": "float16"}
+    src = _norm_source(ln, dt, "k", 1, {"output": None, "copy": "fp8"})
+    assert "unsigned char* __restrict__ yq" in src and "yq[r * cols + c] = wb_code_fp8(o, oscale, 0)" in src
+    assert "y[r * cols + c] = wb_f2h(o)" in src and "cvt.rn.satfinite.e4m3x2" in src
+    whole = _norm_source(ln, dt, "k", 0, {"output": "int8", "copy": None})
+    assert "unsigned char* __restrict__ y," in whole and "y[r * cols + c] = wb_code_int8((v - mean)" in whole
+    assert "e4m3" not in whole
+    assert RowwiseTactic().supports(ln, "fp16", gpu) is None
+    assert "sm_89" in RowwiseTactic().supports(ln, "fp16", GpuInfo("A100", "sm_80", 108))
+    ln.output_specs[-1].scale = 0.5
+    assert "without a tensor of codes of that scale" in RowwiseTactic().supports(ln, "fp16", gpu)
+    ln.output_specs[-1].scale, ln.output_specs[-1].shape = 0.07, [16, 32]
+    assert "has shape" in RowwiseTactic().supports(ln, "fp16", gpu)
+
+
+def test_the_cpu_runtime_writes_the_copy_of_codes():
+    """A plan layer with q_copy_scale run by the CPU executor (the accuracy report's reference
+    side): the op's outputs, then the copy, as codes where its spec holds codes."""
+    from workbench.core import quant
+    from workbench.runtime.cpu import PlanExecutor
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    g, b = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    for coded in (True, False):
+        spec = TensorSpec("hq", "float8e4m3fn" if coded else "float32", [4, 8], 0.01 if coded else None)
+        ln = Layer("ln", "SkipLayerNorm", domain="workbench", opset=1, inputs=["x", "s", "g", "b"], outputs=["h", "hq"],
+                   attrs={"epsilon": 1e-5, "q_copy_scale": 0.01}, tactic="cpu.numpy",
+                   input_specs=[TensorSpec(n, "float32", s) for n, s in (("x", [4, 8]), ("s", [4, 8]), ("g", [8]), ("b", [8]))],
+                   output_specs=[TensorSpec("h", "float32", [4, 8]), spec])
+        plan = Plan(inputs=[TensorSpec("x", "float32", [4, 8]), TensorSpec("s", "float32", [4, 8])],
+                    outputs=[TensorSpec("h", "float32", [4, 8]), TensorSpec("hq", spec.dtype, [4, 8])],
+                    layers=[ln], constants={"g": g, "b": b})
+        h, hq = PlanExecutor(plan).run({"x": x, "s": x[::-1].copy()})
+        ref = x + x[::-1]
+        ref = (ref - ref.mean(-1, keepdims=True)) / np.sqrt(ref.var(-1, keepdims=True) + 1e-5) * g + b
+        np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-5)
+        if coded:
+            assert hq.dtype == quant.E4M3 and np.array_equal(hq.view(np.uint8), quant.encode(h, spec).view(np.uint8))
+        else:
+            np.testing.assert_array_equal(hq, h)

@@ -274,3 +274,92 @@ def test_nvrtc_split_kernel():
     k.run([cp.asarray(x)], ys, None, cp.cuda.get_current_stream())
     for y, r in zip(ys, np.split(x, [2, 6], axis=-1)):
         np.testing.assert_array_equal(cp.asnumpy(y), r)
+
+
+NORM_CASES = [  # (op, dtype, rows, cols, extras)
+    ("LayerNorm", "float16", 64, 768, {}),
+    ("LayerNorm", "float32", 33, 100, {}),
+    ("LayerNorm", "bfloat16", 16, 512, {"bias": False}),
+    ("RMSNorm", "float16", 16, 4096, {"bias": False}),
+    ("SkipLayerNorm", "float16", 64, 768, {"sum": True, "add_bias": True}),
+    ("SkipLayerNorm", "float16", 64, 768, {"codes": ("copy", "fp8")}),
+    ("SkipLayerNorm", "float16", 40, 96, {"codes": ("output", "int8"), "sum": True}),
+    ("LayerNorm", "float16", 64, 768, {"codes": ("output", "fp8")}),
+    ("LayerNorm", "float32", 24, 256, {"codes": ("copy", "int8")}),
+]
+
+
+def _norm_case(op, dtype, rows, cols, extras):
+    """A row-wise norm layer, its device constants, host inputs and the float64 reference."""
+    from workbench.core import quant
+    from workbench.core.plan import Layer, TensorSpec
+    from workbench.kernels.cuda.device import from_device_bits, to_device_bits
+
+    bias = extras.get("bias", True) and op != "RMSNorm"
+    names = ["x"] + (["skip"] if op == "SkipLayerNorm" else []) + ["scale"] + (["bias"] if bias else [])
+    if extras.get("add_bias"):
+        names += ["add_bias"]
+    vals = {n: R(rows, cols) if n in ("x", "skip") else (1 + 0.1 * R(cols) if n == "scale" else R(cols)) for n in names}
+    vals = {n: to_device_bits(v, dtype) for n, v in vals.items()}  # the values the kernel reads
+    f = {n: from_device_bits(v, dtype).astype(np.float64) for n, v in vals.items()}
+    s = f["x"] + f.get("skip", 0) + f.get("add_bias", 0)
+    mean = 0 if op == "RMSNorm" else s.mean(-1, keepdims=True)
+    ref = (s - mean) / np.sqrt(((s - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * f["scale"] + f.get("bias", 0)
+    outs = [TensorSpec("y", dtype, [rows, cols])]
+    if extras.get("sum"):
+        outs.append(TensorSpec("sum", dtype, [rows, cols]))
+    attrs = {"epsilon": 1e-5}
+    mode = extras.get("codes")
+    if mode:
+        how, fmt = mode
+        scale = float(quant.scale_from_amax(np.abs(ref).max(), fmt))
+        code = TensorSpec("yq", quant.ELEMENT[fmt], [rows, cols], scale)
+        if how == "output":
+            outs[0] = TensorSpec("y", code.dtype, [rows, cols], scale)
+        else:
+            outs.append(code)
+        attrs["q_output_scale" if how == "output" else "q_copy_scale"] = scale
+    layer = Layer("norm", op, domain="workbench", opset=1, inputs=names, outputs=[s.name for s in outs], attrs=attrs,
+                  precision="fp16" if dtype == "float16" else "bf16" if dtype == "bfloat16" else "fp32",
+                  input_specs=[TensorSpec(n, dtype, list(vals[n].shape)) for n in names], output_specs=outs)
+    return layer, vals, ref, s
+
+
+@pytest.mark.parametrize("case", NORM_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}-{c[4]}")
+def test_rowwise_norm_every_config(case):
+    """nvrtc.rowwise's normalizations, every config (scalar and vector widths), against float64:
+    float outputs within their type's rounding, codes (Y as codes, or a copy) at most one step
+    from the codes of the float64 result, on rare rounding boundaries only; outputs poisoned."""
+    import cupy as cp
+
+    from workbench.core import quant
+    from workbench.kernels.cuda.device import from_device_bits, gpu_info
+    from workbench.kernels.cuda.rowwise import RowwiseTactic
+
+    op, dtype, rows, cols, extras = case
+    layer, vals, ref, s = _norm_case(*case)
+    t, gpu = RowwiseTactic(), gpu_info()
+    assert t.supports(layer, layer.precision, gpu) is None, t.supports(layer, layer.precision, gpu)
+    cfgs = t.configs(layer, layer.precision, gpu)
+    assert any(c.get("vec") for c in cfgs) == (cols % 2 == 0)
+    tol = {"float32": 2e-6, "float16": 1e-3, "bfloat16": 8e-3}[dtype]
+    for cfg in cfgs:
+        k = t.build(layer, layer.precision, cfg, {}, gpu)
+        outs = [cp.full(tuple(sp.shape), 0xFF, np.uint8 if quant.is_coded(sp) else np.uint16 if sp.dtype != "float32"
+                        else np.uint32) for sp in layer.output_specs]  # NaN / 0xFF bytes: unwritten fails
+        k.run([cp.asarray(vals[n]) for n in layer.inputs], outs, None, cp.cuda.get_current_stream())
+        cp.cuda.get_current_stream().synchronize()
+        for sp, buf in zip(layer.output_specs, outs):
+            got = cp.asnumpy(buf)
+            if quant.is_coded(sp):
+                want = quant.encode(ref, sp).view(np.uint8).astype(np.int64)
+                got = got.view(np.uint8).astype(np.int64)
+                if sp.dtype == "int8":
+                    want, got = (want + 128) % 256, (got + 128) % 256  # two's complement -> ordered
+                off = got != want
+                assert np.abs(got - want).max() <= 1 and off.mean() < 1e-3, (cfg, sp.name, off.sum())
+            else:
+                want = s if sp.name == "sum" else ref
+                host = got.view(np.float32 if sp.dtype == "float32" else np.float16 if sp.dtype == "float16" else np.uint16)
+                err = rel_err(from_device_bits(host, sp.dtype).astype(np.float64), want)
+                assert err < tol, (cfg, sp.name, err)

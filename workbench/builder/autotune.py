@@ -19,7 +19,7 @@ from ..core.numerics import random_array
 from ..core.plan import Layer, Plan
 from ..errors import BuildError
 from ..kernels.cuda.device import cupy, storage_dtype, to_device_bits
-from ..kernels.cuda.tactic import format_refusal
+from ..kernels.cuda.tactic import contract_refusal
 from ..kernels.cuda.events import time_launches
 from .timing_cache import TimingCache, layer_signature
 
@@ -83,7 +83,7 @@ class Autotuner:
         for group in (self.primary, self.fallback):
             for t in group:
                 try:
-                    reason = format_refusal(t, layer.precision) or t.supports(layer, layer.precision, self.gpu)
+                    reason = contract_refusal(t, layer, layer.precision) or t.supports(layer, layer.precision, self.gpu)
                 except Exception as exc:
                     reason = f"supports() failed: {type(exc).__name__}: {exc}"
                 if reason:

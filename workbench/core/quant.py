@@ -68,7 +68,10 @@ writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m
   quantized and dequantized (read as 8 bits) before it is added; absent: read in float32.
 * ``q_output_scale`` (GPU plans only): the layer writes its output as codes, ``quantize(y,
   q_output_scale)`` of its float32 result (after bias, residual and activation), not as float
-  values; see below.
+  values; see below. A float layer may carry it too (a normalization whose output only quantized
+  layers read).
+* ``q_copy_scale`` (GPU plans only, float layers): the layer writes its first output as it is and,
+  as its last output, that output's codes with this scale; see below.
 * ``q_source``: where the activation scales came from ("calibration:<method>" or "qdq"), for
   people; never read to run.
 
@@ -82,6 +85,14 @@ the codes as their operand without a quantize pass. The numbers are exactly thos
 path the CPU emulation takes: the reader would have quantized the same float32 result with the
 same scale (``__fdiv_rn``, the same rounding and saturation); only the bytes between the layers
 change, one per element instead of a float.
+
+A float layer whose tactic writes codes (the row-wise normalizations) takes part the same way. Its
+output read only by such readers is written as codes (``q_output_scale``: GPT-2's and ViT's
+pre-norm LayerNorms feeding Q/K/V and FC1). Where float readers need it too (BERT's post-norm
+SkipLayerNorm output is the next residual), the layer also writes a copy of codes as an extra,
+last output (``q_copy_scale``; ``op_outputs`` gives the outputs without it) and the quantized
+readers read the copy. Either way the codes are those of the float32 result, as the reader's
+quantize of the float32 tensor of the CPU emulation gives them.
 """
 
 from __future__ import annotations
@@ -111,7 +122,8 @@ QUANT_OPS = {("", "Conv"): "conv", ("workbench", "FusedConv"): "conv", ("", "Con
              ("", "Gemm"): "gemm", ("workbench", "FusedGemm"): "gemm", ("", "MatMul"): "gemm"}
 
 ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q_weight_axis",
-         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale", "q_source")
+         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale", "q_copy_scale",
+         "q_source")
 
 
 def kind_of(layer) -> str | None:
@@ -280,6 +292,40 @@ def decode(q, spec) -> np.ndarray:
 def encode(x, spec) -> np.ndarray:
     """Float values as the codes of a coded tensor (``is_coded(spec)``): ``quantize`` with its scale."""
     return quantize(x, spec.scale, 0, format_of_element(spec.dtype))
+
+
+def op_outputs(layer) -> list[str]:
+    """The outputs the layer's op defines: ``layer.outputs`` without the copy of codes a
+    ``q_copy_scale`` layer writes last."""
+    return layer.outputs[:-1] if layer.attrs.get("q_copy_scale") is not None else layer.outputs
+
+
+def coded_outputs(layer) -> dict | str:
+    """How a layer writes codes: {"output": its first output's format or None (``q_output_scale``),
+    "copy": the format of the copy it writes last or None (``q_copy_scale``), "scale"}; or why its
+    attributes and output specs disagree."""
+    a, specs = layer.attrs, layer.output_specs
+    out, cp = a.get("q_output_scale"), a.get("q_copy_scale")
+    if out is not None and cp is not None:
+        return "q_output_scale and q_copy_scale together"
+    found = {"output": None, "copy": None, "scale": None}
+    coded_at = [i for i, s in enumerate(specs) if s is not None and s.dtype in ELEMENT.values() and s.scale is not None]
+    for key, scale, pos in (("output", out, 0), ("copy", cp, len(specs) - 1)):
+        if scale is None:
+            continue
+        if key == "copy" and len(specs) < 2:
+            return "q_copy_scale on a layer with one output"
+        spec = specs[pos] if specs else None
+        if not is_coded(spec) or np.float32(spec.scale) != np.float32(scale):
+            return (f"{key} scale {scale} without a tensor of codes of that scale "
+                    f"({spec.dtype if spec else None}, scale {spec.scale if spec else None})")
+        if key == "copy" and spec.shape != specs[0].shape:
+            return f"the copy of codes has shape {spec.shape}, the output {specs[0].shape}"
+        found[key], found["scale"] = format_of_element(spec.dtype), float(scale)
+        coded_at.remove(pos)
+    if coded_at:
+        return f"output {coded_at[0]} holds codes without q_output_scale / q_copy_scale"
+    return found
 
 
 def strip_attrs(attrs: dict) -> dict:

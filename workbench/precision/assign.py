@@ -13,8 +13,8 @@ otherwise it stays fp32 and the precision table says why.
 
 The GPU target stores a layer's float32 tensors in the layer's precision (``STORAGE``: math stays
 fp32 inside the kernels; an int8 / fp8 layer's activations in the fallback's, fp16) and needs Cast layers where a producer's storage type differs from what a
-consumer or a graph output needs (``casts.py``); between two int8 / fp8 layers it stores the codes
-themselves where it can (``quantized_boundaries``). The CPU target emulates: tensors stay float32 and
+consumer or a graph output needs (``casts.py``); where int8 / fp8 layers read a tensor it stores the
+codes themselves where it can (``quantized_boundaries``). The CPU target emulates: tensors stay float32 and
 the layer's tactic rounds its inputs and outputs to the precision (``kernels/reference/tactics.py``).
 """
 
@@ -136,10 +136,17 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
 
 
 def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
-    """On a storing target, a quantized layer whose output only quantized layers of its format read,
-    each as its first operand with one scale and no zero point, writes that output as codes
-    (``core/quant.py``, "Quantized tensors between layers"): the producer gets ``q_output_scale``,
-    the tensor the format's element type and the scale, and the readers lose their quantize pass.
+    """On a storing target, layers write codes for the int8 / fp8 layers that read their output
+    (``core/quant.py``, "Quantized tensors between layers"), so the readers lose their quantize
+    pass. The readers: quantized layers of one format, each reading the tensor as its first operand
+    with one scale and no zero point.
+
+    * Only such readers, and not a graph output: the producer writes the tensor as codes
+      (``q_output_scale``; a quantized producer only when it is of the readers' format).
+    * Float readers too (or a graph output): a float producer also writes a copy of codes, its
+      new last output ``<tensor>/<element type>`` (``q_copy_scale``), which the quantized readers
+      read instead.
+
     Only where a tactic runs the producer and every reader so (``supports``). Returns (producer,
     note) per such tensor, for the producer's row of the precision table."""
     readers: dict[str, list[tuple[Layer, int]]] = {}
@@ -153,37 +160,50 @@ def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
     graph_outputs = {s.name for s in plan.outputs}
     notes = []
     for layer in plan.layers:
-        fmt = layer.precision
-        if fmt not in QUANT_FORMATS or not layer.outputs or not layer.outputs[0] or layer.attrs.get("q_format") != fmt:
+        if not layer.outputs or not layer.outputs[0] or any(k in layer.attrs for k in ("q_output_scale", "q_copy_scale")):
             continue
         name = layer.outputs[0]
         users = readers.get(name, [])
-        if name in graph_outputs or not users:
+        quantized = [(u, pos) for u, pos in users if pos == 0 and u.precision in QUANT_FORMATS
+                     and u.attrs.get("q_format") == u.precision and not int(u.attrs.get("q_input_zero_point", 0))]
+        if not quantized:
             continue
-        scales = {float(np.float32(u.attrs.get("q_input_scale", np.nan))) for u, _ in users}
-        if (len(scales) != 1 or any(pos != 0 or u.precision != fmt or u.attrs.get("q_format") != fmt
-                                    or int(u.attrs.get("q_input_zero_point", 0)) for u, pos in users)):
+        fmt = quantized[0][0].precision
+        scales = {float(np.float32(u.attrs.get("q_input_scale", np.nan))) for u, _ in quantized}
+        if len(scales) != 1 or any(u.precision != fmt for u, _ in quantized):
             continue
         scale = scales.pop()
+        whole = len(quantized) == len(users) and name not in graph_outputs
         if not np.isfinite(scale) or scale <= 0:
             continue
+        if layer.precision in QUANT_FORMATS and (layer.attrs.get("q_format") != fmt or not whole):
+            continue  # a quantized layer writes codes of its own format, and no copy
         code = QUANT_ELEMENT[fmt]
+        target = name if whole else f"{name}/{code}"
         producer = _spec_copy(layer)
-        producer.attrs = {**layer.attrs, "q_output_scale": scale}
-        _code(producer.output_specs[0], code, scale)
+        if whole:
+            producer.attrs = {**layer.attrs, "q_output_scale": scale}
+            _code(producer.output_specs[0], code, scale)
+        else:
+            producer.attrs = {**layer.attrs, "q_copy_scale": scale}
+            producer.outputs = [*layer.outputs, target]
+            y = layer.output_specs[0]
+            producer.output_specs.append(TensorSpec(target, code, None if y.shape is None else list(y.shape), scale))
         trials = []
-        for u, _ in users:
+        for u, _ in quantized:
             t = _spec_copy(u)
             _code(t.aligned_input_specs()[0], code, scale)
+            t.aligned_input_specs()[0].name = target
+            t.inputs = [target, *u.inputs[1:]]
             trials.append(t)
-        if not supports(producer, fmt) or not all(supports(t, fmt) for t in trials):
+        if not supports(producer, producer.precision) or not all(supports(t, fmt) for t in trials):
             continue
-        layer.attrs = producer.attrs
-        _code(layer.output_specs[0], code, scale)
-        for u, _ in users:
-            _code(u.aligned_input_specs()[0], code, scale)
-        notes.append((layer.name, f"writes {name} as {code} codes (scale {scale:.6g}) for "
-                                  f"{', '.join(u.name for u, _ in users)}: no quantize pass between them"))
+        layer.attrs, layer.outputs, layer.output_specs = producer.attrs, producer.outputs, producer.output_specs
+        for (u, _), t in zip(quantized, trials):
+            u.inputs, u.input_specs = t.inputs, t.input_specs
+        how = f"writes {name} as {code} codes" if whole else f"also writes {name} as {code} codes ({target})"
+        notes.append((layer.name, f"{how} (scale {scale:.6g}) for {', '.join(u.name for u, _ in quantized)}: "
+                                  "no quantize pass between them"))
     return notes
 
 

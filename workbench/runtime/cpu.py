@@ -9,6 +9,7 @@ through nested executors, bound at load like the top level, that read enclosing 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core import quant
 from ..core.liveness import last_uses_of, subgraphs_of
 from ..core.plan import Layer, Plan, Subgraph, TensorSpec
 from ..dtypes import from_numpy
@@ -194,7 +196,8 @@ def bind_kernel(layer: Layer, constants: dict | None = None, reuse: bool = True)
             f"layer {layer.name!r} uses tactic {layer.tactic!r}, which this workbench's CPU runtime does not have "
             f"(it has {', '.join(BY_NAME)}) — rebuild the engine")
     try:
-        return tactic.build(layer, layer.precision, layer.tactic_config, constants, reuse)
+        kernel = tactic.build(layer, layer.precision, layer.tactic_config, constants, reuse)
+        return kernel if layer.attrs.get("q_copy_scale") is None else _with_copy(kernel, layer)
     except KernelError as exc:
         raise LayerError(str(exc)) from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -203,6 +206,22 @@ def bind_kernel(layer: Layer, constants: dict | None = None, reuse: bool = True)
         raise EngineFormatError(f"layer {layer.name!r:.80} ({layer.op}, tactic {layer.tactic!r:.40}) cannot be "
                                 f"set up from the engine: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
                                 " — the engine is corrupt or was not written by this workbench") from None
+
+
+def _with_copy(kernel: Callable, layer: Layer) -> Callable:
+    """The kernel of a layer that also writes a copy of its first output as its last
+    (``q_copy_scale``, ``core/quant.py``): the op's kernel, then that copy, as codes where the
+    copy's spec holds codes (else the float values: a reference plan's widened copy)."""
+    spec = layer.output_specs[-1]
+    coded = quant.is_coded(spec)
+
+    def run(ctx, inputs, attrs):
+        own = dataclasses.replace(ctx, n_outputs=ctx.n_outputs - 1)
+        outs = list(kernel(own, inputs, attrs))[:own.n_outputs]
+        outs += [None] * (own.n_outputs - len(outs))
+        return outs + [quant.encode(outs[0], spec) if coded else np.array(outs[0], copy=True)]
+
+    return run
 
 
 class Scope:

@@ -23,7 +23,7 @@ from ...core.precisions import supported_precisions
 from ...errors import BuildError
 from ...kernels.cuda import nvrtc, sources
 from ...kernels.cuda.device import gpu_info
-from ...kernels.cuda.tactic import format_refusal
+from ...kernels.cuda.tactic import contract_refusal
 from ...precision import assign_precisions
 from ..autotune import Autotuner
 from ..layout import assign_layouts
@@ -61,7 +61,7 @@ class GpuTarget:
         # runs stays fp32. Cheap checks first: sources whose supports() validates a cuDNN graph last
         for t in sorted(self.primary, key=lambda t: t.supports_cost):
             try:
-                if format_refusal(t, precision) is None and t.supports(layer, precision, self.gpu) is None:
+                if contract_refusal(t, layer, precision) is None and t.supports(layer, precision, self.gpu) is None:
                     return True
             except Exception:
                 continue

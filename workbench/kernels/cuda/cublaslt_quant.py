@@ -149,21 +149,13 @@ def _coded_io(layer: Layer, x_spec, y_spec, code: str) -> str | None:
 def _encode_lines(precision: str, x: str, scale: str, zp: str) -> str:
     """C lines putting the code of the float ``x`` (``quant.quantize`` with ``scale`` and ``zp``)
     into byte ``j`` of ``word``."""
-    if precision == "int8":
-        return (f"      float v = __fdiv_rn({x}, {scale});\n"
-                f"      float t = v != v ? (float){zp} : fminf(fmaxf(rintf(v) + (float){zp}, -128.0f), 127.0f);\n"
-                "      word |= ((unsigned int)(unsigned char)(signed char)(int)t) << (8 * j);\n")
-    return (f"      float v = __fdiv_rn({x}, {scale});\n"
-            "      if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);\n"
-            "      unsigned short pair;\n"
-            '      asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));\n'
-            "      word |= ((unsigned int)(pair & 0xff)) << (8 * j);\n")
+    return f"      word |= ((unsigned int){P.encode(precision, x, scale, zp)}) << (8 * j);\n"
 
 
 def _quantize_source(precision: str, in_dt: str, name: str) -> str:
     """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4)."""
     body = _encode_lines(precision, "xv", "scale", "zp")
-    return (P.PRELUDE + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
+    return (P.PRELUDE + P.codes(precision) + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
             "unsigned int* __restrict__ q, float scale, int zp, long long n4) {\n"
             "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n4; "
             "i += (long long)gridDim.x * blockDim.x) {\n"
@@ -198,12 +190,13 @@ def _epilogue_source(precision: str, out_dt: str, act: str, params: dict, gemm_a
         lines.append(f"      v = {P.act_expr(act, params)};")
     coded = out_dt == quant.ELEMENT[precision]
     if coded:  # the output's codes, four to a word (q_output_scale: oscale)
-        body = "\n".join(lines) + "\n" + _encode_lines(precision, "v", "oscale", "0").replace("float v =", "v =")
+        body = "\n".join(lines) + "\n" + _encode_lines(precision, "v", "oscale", "0")
         y_type, done = "unsigned int", "    y[i] = word;\n"
     else:
         body = "\n".join(lines + [f"      y[4 * i + j] = {P.store(out_dt, 'v')};"]) + "\n"
         y_type, done = P.storage(out_dt), ""
-    return (P.PRELUDE + f'extern "C" __global__ void {name}({acc} __restrict__ acc, const long long* __restrict__ corr, '
+    return (P.PRELUDE + (P.codes(precision) if coded else "")
+            + f'extern "C" __global__ void {name}({acc} __restrict__ acc, const long long* __restrict__ corr, '
             "const float* __restrict__ alpha, int nalpha, const float* __restrict__ bias, int nbias, "
             f"{y_type}* __restrict__ y, float oscale, long long total4, long long n) {{\n"
             "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total4; "
@@ -351,6 +344,8 @@ def _direct_epilogue(layer: Layer, precision: str, p: dict) -> str | None:
 
 class CublasLtQuantGemm(TacticBase):
     """``cublaslt_quant.int8`` / ``cublaslt_quant.fp8``: see the module doc."""
+
+    writes_codes = ("output",)
 
     def __init__(self, fmt: str):
         self.fmt = fmt

@@ -33,6 +33,41 @@ __device__ __forceinline__ float wb_fmax(float a, float b) { return (a != a || a
 __device__ __forceinline__ float wb_fmin(float a, float b) { return (a != a || a < b) ? a : b; }
 """
 
+# the one byte code of a float under ``core/quant.py``'s quantize: the division correctly rounded
+# (never a multiplication by a rounded reciprocal), then int8: round half to even, the zero point,
+# saturation to [-128, 127], NaN to the zero point; fp8: clipped to +-448 and rounded to nearest
+# even by the saturating e4m3 convert (NaN stays NaN). Separate texts, since the e4m3 convert
+# exists on sm_89+ only.
+_CODES = {
+    "int8": r"""
+__device__ __forceinline__ unsigned char wb_code_int8(float x, float scale, int zp) {
+  float v = __fdiv_rn(x, scale);
+  float t = v != v ? (float)zp : fminf(fmaxf(rintf(v) + (float)zp, -128.0f), 127.0f);
+  return (unsigned char)(signed char)(int)t;
+}
+""",
+    "fp8": r"""
+__device__ __forceinline__ unsigned char wb_code_fp8(float x, float scale, int zp) {
+  float v = __fdiv_rn(x, scale);
+  if (v == v) v = fminf(fmaxf(v, -448.0f), 448.0f);
+  unsigned short pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+  return (unsigned char)(pair & 0xff);
+}
+""",
+}
+
+
+def codes(fmt: str) -> str:
+    """The device function ``encode`` calls for the int8 / fp8 format ``fmt`` (after ``PRELUDE``)."""
+    return _CODES[fmt]
+
+
+def encode(fmt: str, x: str, scale: str, zp: str = "0") -> str:
+    """C expression: the code (an unsigned char holding the int8 / e4m3 bits) of the float ``x``."""
+    return f"wb_code_{fmt}({x}, {scale}, {zp})"
+
+
 # canonical dtype -> (storage C type, compute C type, load expr template, store expr template)
 TYPES: dict[str, tuple[str, str, str, str]] = {
     "float32": ("float", "float", "{}", "{}"),

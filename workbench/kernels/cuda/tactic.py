@@ -61,6 +61,9 @@ class TacticBase:
 
     supports_cost = 0
     formats: tuple[str, ...] = ()  # the int8 / fp8 layer precisions this tactic runs (core/quant.py)
+    # how it writes codes (core/quant.py, "Quantized tensors between layers"): "output"
+    # (q_output_scale), "copy" (q_copy_scale); a tactic without them writes neither
+    writes_codes: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:
@@ -76,6 +79,20 @@ def format_refusal(tactic, precision: str) -> str | None:
     return None
 
 
+def contract_refusal(tactic, layer: Layer, precision: str) -> str | None:
+    """``format_refusal``, and why ``tactic`` may not run a layer that writes codes
+    (``q_output_scale`` / ``q_copy_scale``) it does not declare in ``writes_codes``: a tactic that
+    knew nothing of them would write floats where the readers take codes."""
+    why = format_refusal(tactic, precision)
+    if why:
+        return why
+    have = getattr(tactic, "writes_codes", ())
+    for key, attr in (("output", "q_output_scale"), ("copy", "q_copy_scale")):
+        if layer.attrs.get(attr) is not None and key not in have:
+            return f"writes no {'output of codes' if key == 'output' else 'copy of codes'} ({attr})"
+    return None
+
+
 class Tactic(Protocol):
     name: str  # unique, "source.kernel", e.g. "cublaslt.gemm", "cudnn.conv", "nvrtc.pointwise"
     source: str  # the module of this package that defines it (a key of sources.PRIMARY / FALLBACK)
@@ -83,6 +100,7 @@ class Tactic(Protocol):
     # the precision assigner asks the cheap sources first
     supports_cost: int
     formats: tuple[str, ...]  # int8 / fp8 layer precisions it runs (empty: float precisions only)
+    writes_codes: tuple[str, ...]  # "output" / "copy": the codes it writes (TacticBase.writes_codes)
 
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         """None if this tactic can run ``layer`` at ``precision``; otherwise the reason it cannot."""
