@@ -102,3 +102,33 @@ def test_context_threads_limit_blas_only_while_running(built):
     with cpu_threads(1):
         assert all(lib.get_num_threads() == 1 for lib in libs)
     assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_unread_optional_outputs_are_left_out_at_lowering():
+    """A post-norm SkipLayerNorm's residual sum that nothing reads (BERT), and LayerNormalization's
+    unread mean / inv_std_dev, are not outputs of their layers: no kernel computes or stores them.
+    A sum the next block reads (GPT-2's pre-norm residual) or a graph output stays."""
+    from tests.support.paths import MODELS
+
+    def layers(name):
+        path = os.path.join(MODELS, f"{name}.onnx")
+        data = np.load(path[:-5] + ".npz")
+        feeds = {k: data[k] for k in data.files if not k.startswith("output:")}
+        eng = wb.build(wb.load_onnx(path), wb.BuilderConfig(device="cpu", shapes={k: v.shape for k, v in feeds.items()}))
+        out = eng.create_context().run(feeds)
+        want = {k[len("output:"):]: data[k] for k in data.files if k.startswith("output:")}
+        for k, v in want.items():
+            assert rel_err(out[k], v) < 1e-4, k
+        return [l for l in eng.layers if l.op == "SkipLayerNorm"]
+
+    bert = layers("bert_sdpa_dynamo")
+    assert bert and all(len(l.outputs) == 1 and len(l.output_specs) == 1 for l in bert)
+    gpt2 = layers("gpt2_dynamo")
+    assert any(len(l.outputs) == 2 and l.outputs[1] for l in gpt2)  # the residual stream reads the sum
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    ln = helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean", "inv"], axis=-1)
+    g = helper.make_graph([ln], "ln", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])],
+                          [onnx.numpy_helper.from_array(np.ones(8, np.float32), "g")])
+    eng = wb.build(wb.load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()),
+                   wb.BuilderConfig(device="cpu", optimize=False))
+    assert eng.layers[0].outputs == ["y"]

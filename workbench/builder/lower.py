@@ -18,6 +18,27 @@ from ..ir.types import spec_of
 _DEFAULT_OPSETS = {"": 1, "ai.onnx.ml": 1, "ai.onnx.preview.training": 1, "ai.onnx.preview": 1, "workbench": 1}
 
 
+# ops whose outputs from this index on are optional (ONNX: an absent optional output): at the top
+# level, trailing ones nothing reads are left out, so that no kernel computes or stores them (the
+# residual sum of a post-norm SkipLayerNorm, LayerNormalization's mean / inv_std_dev, ...)
+OPTIONAL_TAIL = {("workbench", "SkipLayerNorm"): 1, ("", "LayerNormalization"): 1, ("", "Dropout"): 1,
+                 ("", "MaxPool"): 1}
+
+
+def _unread_tail(node: ir.Node) -> int:
+    """How many trailing outputs of ``node`` may be left out: optional, unread, not graph outputs."""
+    first = OPTIONAL_TAIL.get((_domain(node.domain), node.op_type))
+    n = 0
+    if first is None:
+        return 0
+    for i in range(len(node.outputs) - 1, first - 1, -1):
+        v = node.outputs[i]
+        if v.uses() or v.is_graph_output():
+            break
+        n += 1
+    return n
+
+
 def _domain(d: str) -> str:
     return "" if d in ("", "ai.onnx") else d
 
@@ -67,10 +88,15 @@ def lower_model(model: ir.Model) -> Plan:
     graph = model.graph
     opsets = {_domain(k): v for k, v in model.opset_imports.items()}
     inits = set(graph.initializers)
-    layers = [lower_node(n, opsets) for n in graph]
+    layers = []
     tensors = {}
     for node in graph:
-        for v in node.outputs:
+        layer = lower_node(node, opsets)
+        drop = _unread_tail(node)
+        if drop:
+            layer.outputs, layer.output_specs = layer.outputs[:-drop], layer.output_specs[:-drop]
+        layers.append(layer)
+        for v in node.outputs[:len(node.outputs) - drop]:
             if v.name:
                 tensors[v.name] = spec_of(v)
     return Plan(
