@@ -225,8 +225,9 @@ def test_channels_first_layernorm_declined_is_logged():
     assert declined and "not only by Transpose" in declined[0]["reason"]
 
 
-def _attention_nodes(gqa=False):
-    """BERT-style: [b, s, h*d] projections split into heads, scaled, masked, merged back."""
+def _attention_nodes(gqa=False, mask_const=None):
+    """BERT-style: [b, s, h*d] projections split into heads, scaled, masked, merged back
+    (``mask_const``: the additive mask as a constant, not an input)."""
     kvh = 1 if gqa else 2
     nodes = [helper.make_node("Reshape", ["q3", "s4"], ["q4"]), helper.make_node("Transpose", ["q4"], ["q"], perm=[0, 2, 1, 3]),
              helper.make_node("Reshape", ["k3", "s4kv"], ["k4"]), helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
@@ -247,9 +248,14 @@ def _attention_nodes(gqa=False):
     inits = [i64("s4", [2, 6, 2, 4]), i64("s4kv", [2, 6, kvh, 4]), i64("s3", [2, 6, 8]), init("scale", np.float32(0.5)),
              i64("ax2", [2]), i64("e5", [2, 1, 2, 6, 4]), i64("s4h", [2, 2, 6, 4])]
     kv = 4 * kvh
-    net = model(nodes, [("q3", [2, 6, 8]), ("k3", [2, 6, kv]), ("v3", [2, 6, kv]), ("mask", [2, 1, 1, 6])], ["y"], inits)
-    feeds = {"q3": RNG.standard_normal((2, 6, 8)), "k3": RNG.standard_normal((2, 6, kv)), "v3": RNG.standard_normal((2, 6, kv)),
-             "mask": np.where(RNG.random((2, 1, 1, 6)) < 0.3, -1e9, 0.0)}
+    inputs = [("q3", [2, 6, 8]), ("k3", [2, 6, kv]), ("v3", [2, 6, kv])]
+    feeds = {"q3": RNG.standard_normal((2, 6, 8)), "k3": RNG.standard_normal((2, 6, kv)), "v3": RNG.standard_normal((2, 6, kv))}
+    if mask_const is None:
+        inputs.append(("mask", [2, 1, 1, 6]))
+        feeds["mask"] = np.where(RNG.random((2, 1, 1, 6)) < 0.3, -1e9, 0.0)
+    else:
+        inits.append(init("mask", mask_const))
+    net = model(nodes, inputs, ["y"], inits)
     return net, {k: v.astype(np.float32) for k, v in feeds.items()}
 
 
@@ -259,6 +265,19 @@ def test_attention_with_additive_mask():
     assert ops(e) == ["Attention"]
     a = e.layers[0].attrs
     assert (a["q_layout"], a["k_layout"], a["out_layout"], a["mask_kind"], a["num_heads"]) == ("bsd", "bsd", "bsd", "additive", 2)
+
+
+def test_attention_drops_a_constant_mask_of_zeros():
+    """A constant additive mask of zeros (ViT's dynamo export) masks nothing: the Attention reads no
+    mask. A constant mask that does mask stays."""
+    net, feeds = _attention_nodes(mask_const=np.zeros((2, 1, 6, 6), np.float32))
+    e = build_both(net, feeds)
+    assert ops(e) == ["Attention"] and len(e.layers[0].inputs) == 3 and e.layers[0].attrs["mask_kind"] == ""
+    masked = np.zeros((2, 1, 6, 6), np.float32)
+    masked[..., 2] = -1e9
+    net, feeds = _attention_nodes(mask_const=masked)
+    e = build_both(net, feeds)
+    assert ops(e) == ["Attention"] and len(e.layers[0].inputs) == 4 and e.layers[0].attrs["mask_kind"] == "additive"
 
 
 def test_attention_gqa_repeat_absorbed():
@@ -418,3 +437,44 @@ def test_attention_reads_packed_qkv_declines_with_a_reason():
     assert ops(e) == ["Split", "Attention"]
     declined = [r for r in e.reports["fusions"] if r["rule"] == "attention_reads_packed_qkv" and r["status"] == "declined"]
     assert declined and "not along its last axis" in declined[0]["reason"]
+
+
+def _patch_net(kernel=4, stride=4, pads=(0, 0, 0, 0), shape=(2, 3, 16, 16), k=8, flat_to=None):
+    """A ViT stem: Conv(kernel, stride) -> Reshape [N, K, L] -> Transpose(0, 2, 1)."""
+    n, c, h, w = shape
+    oh = (h + pads[0] + pads[2] - kernel) // stride + 1
+    ow = (w + pads[1] + pads[3] - kernel) // stride + 1
+    target = np.array(flat_to or [n, k, oh * ow], np.int64)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[kernel, kernel], strides=[stride, stride],
+                              pads=list(pads)),
+             helper.make_node("Reshape", ["c", "t"], ["f"]), helper.make_node("Transpose", ["f"], ["y"], perm=[0, 2, 1])]
+    inits = [init("w", RNG.standard_normal((k, c, kernel, kernel))), init("b", RNG.standard_normal(k)),
+             numpy_helper.from_array(target, "t")]
+    return model(nodes, [("x", list(shape))], ["y"], inits)
+
+
+def test_patch_embedding_conv_becomes_one_gemm_over_patches():
+    """kernel == stride, no padding: the image is cut into patches (Reshape / Transpose / Reshape)
+    and one FusedGemm with the bias writes the tokens; no Conv and no Transpose of its output."""
+    x = {"x": RNG.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    e = build_both(_patch_net(), x)
+    assert fired(e, "patch_embedding") == 1
+    assert ops(e) == ["Reshape", "Transpose", "Reshape", "FusedGemm"], ops(e)
+    gemm = e.layers[-1]
+    assert e.layers[1].attrs["perm"] == [0, 2, 4, 1, 3, 5] and gemm.output_specs[0].shape == [2, 16, 8]
+    assert set(gemm.onnx_ops) == {"Conv", "Reshape", "Transpose"}  # provenance: the nodes it replaced
+
+
+@pytest.mark.parametrize("case, reason", [
+    (dict(kernel=4, stride=2), "are not the kernel size"),
+    (dict(pads=(1, 1, 1, 1), shape=(2, 3, 14, 14)), "pads its input"),
+    (dict(shape=(2, 3, 18, 18)), "not a whole number of 4x4 patches"),
+    (dict(flat_to=[2, 4, 32]), "not the patches"),
+])
+def test_patch_embedding_declines_with_a_reason(case, reason):
+    shape = case.get("shape", (2, 3, 16, 16))
+    x = {"x": RNG.standard_normal(shape).astype(np.float32)}
+    e = build_both(_patch_net(**case), x)
+    logged = [f for f in e.reports["fusions"] if f["rule"] == "patch_embedding"]
+    assert logged and logged[0]["status"] == "declined" and reason in logged[0]["reason"], logged
+    assert "Conv" in ops(e) or "FusedConv" in ops(e)

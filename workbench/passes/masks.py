@@ -199,7 +199,51 @@ def plan_masks(found: dict, sq: int | None, sk: int | None, scale: float = 1.0) 
     """Split the masks found around the scores (``additive``: value; ``boolean``: (cond, fill,
     fill value)) against scores [..., sq, sk]; ``scale``: a factor applied to the scores after
     the masks (folded into them, see ``scale_masks``). A scaled constant additive mask is a NumPy
-    array in ``additive``."""
+    array in ``additive``. Masks that mask nothing are left out: an additive term known to be all
+    zeros (a vision transformer exported with an all-zero [B, 1, S, S] mask, a constant in a static
+    build, a Where over an Expand of True in a symbolic one) or a condition known to be all True;
+    adding 0 to a score changes nothing, and the kernel then reads no mask at all."""
+    plan = _plan_masks(found, sq, sk, scale)
+    plan.additive = [t for t in plan.additive if not _known_all(t, _zeros)]
+    if plan.boolean is not None and _known_all(plan.boolean, _trues):
+        plan.boolean = None
+    return plan
+
+
+def _zeros(a: np.ndarray) -> bool:
+    return bool(np.all(a == 0))
+
+
+def _trues(a: np.ndarray) -> bool:
+    return bool(np.all(a.astype(bool)))
+
+
+def _known_all(term, test, depth: int = 0) -> bool:
+    """Whether every element of a mask term passes ``test``, known at build time: a constant (an
+    array, or a value with one), or one broadcast or reshaped at run time (Expand / Reshape /
+    Unsqueeze / Squeeze), or a Where whose condition is known all True or all False and whose
+    chosen branch passes (a symbolic build's ``Where(Expand(True, [batch, 1, S, S]), 0, -inf)``)."""
+    if isinstance(term, np.ndarray):
+        return term.size > 0 and test(term)
+    if not isinstance(term, ir.Value):
+        return False
+    c = const(term)
+    if c is not None:
+        return c.size > 0 and test(np.asarray(c))
+    p = term.producer()
+    if p is None or p.domain not in ("", "ai.onnx") or depth > 6 or not p.inputs:
+        return False
+    if p.op_type in ("Expand", "Reshape", "Unsqueeze", "Squeeze", "Identity"):
+        return _known_all(p.inputs[0], test, depth + 1)
+    if p.op_type == "Where" and len(p.inputs) == 3:
+        if _known_all(p.inputs[0], _trues, depth + 1):
+            return _known_all(p.inputs[1], test, depth + 1)
+        if _known_all(p.inputs[0], lambda a: not np.any(a), depth + 1):
+            return _known_all(p.inputs[2], test, depth + 1)
+    return False
+
+
+def _plan_masks(found: dict, sq: int | None, sk: int | None, scale: float = 1.0) -> MaskPlan:
     if scale != 1.0 and found:
         found, why = scale_masks(found, scale)
         if why:

@@ -15,6 +15,7 @@ import onnx_ir as ir
 from . import qdq, simplify
 from .epilogues import BATCHNORM_RULES, EPILOGUE_RULES
 from .norms import NORM_RULES, SKIP_RULES
+from .patches import PATCH_RULES
 from .attention import ATTENTION_RULES
 from .pointwise import POINTWISE_RULES
 from .projections import PACKED_QKV_RULES, PARALLEL_GEMM_RULES, QKV_RULES
@@ -56,6 +57,7 @@ PASSES = [
     ("simplify", simplify_graph),                      # simplify.RULES, folding again after each sweep
     ("eliminate_common_subexpressions", eliminate_common_subexpressions),
     ("fold_batchnorm", rule_pass(BATCHNORM_RULES)),
+    ("patch_embeddings", rule_pass(PATCH_RULES)),      # a ViT stem Conv -> patches -> one GEMM
     ("fuse_norms", rule_pass(NORM_RULES + SKIP_RULES)),
     ("fuse_attention", rule_pass(ATTENTION_RULES)),
     ("fuse_epilogues", rule_pass(EPILOGUE_RULES)),
@@ -71,6 +73,7 @@ RULES = {
     "fold_qdq": qdq.PAIR_RULES,
     "simplify": simplify.RULES,
     "fold_batchnorm": BATCHNORM_RULES,
+    "patch_embeddings": PATCH_RULES,
     "fuse_norms": NORM_RULES + SKIP_RULES,
     "fuse_attention": ATTENTION_RULES,
     "fuse_epilogues": EPILOGUE_RULES,
