@@ -67,19 +67,14 @@ def _rows_cols(layer: Layer) -> tuple[int, int] | None:
     return math.prod(shape[:axis]), cols
 
 
-def _norm_source(layer: Layer, dt: dict, name: str, vpt: int = 0, codes: dict | None = None) -> str:
-    """``codes`` (``quant.coded_outputs``): Y written as codes ("output"), or Y and a copy of codes
-    ("copy", parameter ``yq``), both with scale ``oscale``: the codes of the float32 result."""
-    op = layer.op
-    skip = op == "SkipLayerNorm"
-    rms = op in ("RMSNorm", "RMSNormalization")
-    n_in = [bool(n) for n in layer.inputs]
+def _norm_params(layer: Layer, dt: dict, codes: dict | None):
+    """What both norm kernels take: (skip, rms, have: input name -> present, has_sum, the codes'
+    format of Y ("output") and of the copy ("copy"), the kernel's parameter list)."""
+    skip = layer.op == "SkipLayerNorm"
+    rms = layer.op in ("RMSNorm", "RMSNormalization")
     # input positions: X, [skip], scale, [bias], [add_bias]
-    if skip:
-        names = ["x", "skip", "scale", "bias", "add_bias"]
-    else:
-        names = ["x", "scale", "bias"]
-    have = {nm: (i < len(n_in) and n_in[i]) for i, nm in enumerate(names)}
+    names = ["x", "skip", "scale", "bias", "add_bias"] if skip else ["x", "scale", "bias"]
+    have = {nm: i < len(layer.inputs) and bool(layer.inputs[i]) for i, nm in enumerate(names)}
     has_sum = _has_sum(layer)
     coded, copy = (codes or {}).get("output"), (codes or {}).get("copy")
     params = [f"{'unsigned char' if coded else P.storage(dt['y'])}* __restrict__ y"]
@@ -87,10 +82,15 @@ def _norm_source(layer: Layer, dt: dict, name: str, vpt: int = 0, codes: dict | 
         params.append(f"{P.storage(dt['sum'])}* __restrict__ ysum")
     if copy:
         params.append("unsigned char* __restrict__ yq")
-    for nm in names:
-        if have[nm]:
-            params.append(f"const {P.storage(dt[nm])}* __restrict__ {nm}")
+    params += [f"const {P.storage(dt[nm])}* __restrict__ {nm}" for nm in names if have[nm]]
     params += ["int cols", "float eps", "float oscale"]
+    return skip, rms, have, has_sum, coded, copy, params
+
+
+def _norm_source(layer: Layer, dt: dict, name: str, vpt: int = 0, codes: dict | None = None) -> str:
+    """``codes`` (``quant.coded_outputs``): Y written as codes ("output"), or Y and a copy of codes
+    ("copy", parameter ``yq``), both with scale ``oscale``: the codes of the float32 result."""
+    skip, rms, have, has_sum, coded, copy, params = _norm_params(layer, dt, codes)
 
     def ld(nm, idx):
         return P.load(dt[nm], f"{nm}[{idx}]")
@@ -191,20 +191,8 @@ def _vec_codes(fmt: str, vec: int) -> str:
 def _norm_source_vec(layer: Layer, dt: dict, name: str, vpt: int, vec: int, codes: dict | None = None) -> str:
     """``_norm_source``'s one-pass kernel with vector loads and stores: each thread takes ``vpt``
     runs of ``vec`` consecutive values (``cols`` a multiple of ``vec``)."""
-    skip = layer.op == "SkipLayerNorm"
-    rms = layer.op in ("RMSNorm", "RMSNormalization")
-    names = ["x", "skip", "scale", "bias", "add_bias"] if skip else ["x", "scale", "bias"]
-    have = {nm: i < len(layer.inputs) and bool(layer.inputs[i]) for i, nm in enumerate(names)}
-    has_sum = _has_sum(layer)
-    coded, copy = (codes or {}).get("output"), (codes or {}).get("copy")
-    params = [f"{'unsigned char' if coded else P.storage(dt['y'])}* __restrict__ y"]
-    if has_sum:
-        params.append(f"{P.storage(dt['sum'])}* __restrict__ ysum")
-    if copy:
-        params.append("unsigned char* __restrict__ yq")
-    params += [f"const {P.storage(dt[nm])}* __restrict__ {nm}" for nm in names if have[nm]]
-    params += ["int cols", "float eps", "float oscale"]
-    types = {dt[nm] for nm in names if have[nm]} | ({dt["y"]} if not coded else set()) | ({dt["sum"]} if has_sum else set())
+    skip, rms, have, has_sum, coded, copy, params = _norm_params(layer, dt, codes)
+    types = {dt[nm] for nm, on in have.items() if on} | ({dt["y"]} if not coded else set()) | ({dt["sum"]} if has_sum else set())
     head = P.PRELUDE + (P.codes(coded or copy) + _vec_codes(coded or copy, vec) if coded or copy else "") + _REDUCE
     head += "".join(_vec_io(t, vec) for t in sorted(types))
 
