@@ -28,9 +28,9 @@ OPTIONAL_TAIL = {("workbench", "SkipLayerNorm"): 1, ("", "LayerNormalization"): 
 def _unread_tail(node: ir.Node) -> int:
     """How many trailing outputs of ``node`` may be left out: optional, unread, not graph outputs."""
     first = OPTIONAL_TAIL.get((_domain(node.domain), node.op_type))
-    n = 0
     if first is None:
         return 0
+    n = 0
     for i in range(len(node.outputs) - 1, first - 1, -1):
         v = node.outputs[i]
         if v.uses() or v.is_graph_output():

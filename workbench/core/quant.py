@@ -122,8 +122,8 @@ QUANT_OPS = {("", "Conv"): "conv", ("workbench", "FusedConv"): "conv", ("", "Con
              ("", "Gemm"): "gemm", ("workbench", "FusedGemm"): "gemm", ("", "MatMul"): "gemm"}
 
 ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q_weight_axis",
-         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale", "q_copy_scale",
-         "q_source")
+         "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale",
+         "q_copy_scale", "q_source")
 
 
 def kind_of(layer) -> str | None:
@@ -309,7 +309,7 @@ def coded_outputs(layer) -> dict | str:
     if out is not None and cp is not None:
         return "q_output_scale and q_copy_scale together"
     found = {"output": None, "copy": None, "scale": None}
-    coded_at = [i for i, s in enumerate(specs) if s is not None and s.dtype in ELEMENT.values() and s.scale is not None]
+    coded_at = [i for i, s in enumerate(specs) if is_coded(s)]
     for key, scale, pos in (("output", out, 0), ("copy", cp, len(specs) - 1)):
         if scale is None:
             continue

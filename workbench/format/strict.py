@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 from workbench.core.plan import TensorSpec
-from workbench.dtypes import ONNX_CODES
 from workbench.core.quant import ELEMENT
+from workbench.dtypes import ONNX_CODES
 from workbench.errors import EngineFormatError
 
 MAX_DIM = 1 << 62  # a dim above this overflows int64 arithmetic in every consumer
