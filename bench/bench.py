@@ -163,6 +163,43 @@ def flops_of(w, args):
     return fc.get_total_flops()
 
 
+def time_torch_peers(name, model, names, feeds, half, args):
+    """torch eager and torch.compile (reduce-overhead; max-autotune if asked) ms of ``model`` at
+    fp16 (``half``) or fp32 with TF32 allowed, on ``feeds``."""
+    import copy
+
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    m = copy.deepcopy(model)
+    if half:
+        m = m.half()
+    if name == "resnet50":
+        m = m.to(memory_format=torch.channels_last)
+    tw = Wrap(m, names)
+    targs = [v.half() if (half and v.is_floating_point()) else v for v in feeds.values()]
+    if name == "resnet50":
+        targs = [targs[0].contiguous(memory_format=torch.channels_last)]
+    out = {}
+    with torch.inference_mode():
+        out["eager"] = time_torch(lambda: tw(*targs), args.runs)
+        modes = ([] if args.skip_compile else ["reduce-overhead"]) + (["max-autotune"] if args.max_autotune else [])
+        for mode in modes:
+            try:
+                f = torch.compile(tw, mode=mode)
+                f(*targs)
+                out[mode] = time_torch(lambda: f(*targs), args.runs)
+            except Exception as e:
+                print(f"[{name} b{len(targs[0])} {'fp16' if half else 'fp32'}] torch.compile {mode} failed: {e}",
+                      flush=True)
+            torch._dynamo.reset()
+    del m, tw
+    torch.cuda.empty_cache()
+    return out
+
+
 def run_model(name, args, peak, rows, tmp):
     import cupy as cp
     import torch
@@ -173,9 +210,10 @@ def run_model(name, args, peak, rows, tmp):
     torch.manual_seed(0)
     model = make().eval().cuda()
     onnx_path = Path(tmp) / f"{name}.onnx"
-    t0 = time.time()
-    export(name, model, inputs(1), onnx_path)
-    print(f"[{name}] exported to ONNX in {time.time() - t0:.0f}s", flush=True)
+    if not onnx_path.exists():  # a --workdir keeps the exports of earlier runs (same seed, same weights)
+        t0 = time.time()
+        export(name, model, inputs(1), onnx_path)
+        print(f"[{name}] exported to ONNX in {time.time() - t0:.0f}s", flush=True)
     for b in args.batches:
         torch.manual_seed(1)
         feeds = inputs(b)
@@ -187,36 +225,13 @@ def run_model(name, args, peak, rows, tmp):
             ref = w32(*feeds.values()).float().cpu().numpy()
             flops = flops_of(w32, list(feeds.values()))
         floor = flops / (peak * 1e9)
+        torch_ms: dict[bool, dict] = {}  # torch at fp32 / fp16, timed once per batch and shared by its rows
         for prec in args.precisions:
             row = {"model": name, "batch": b, "precision": prec, "floor": floor}
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
-            half = prec in ("fp16", "int8", "fp8")  # low-precision rows are set against torch at fp16
-            import copy
-
-            m = copy.deepcopy(model)
-            if half:
-                m = m.half()
-            if name == "resnet50":
-                m = m.to(memory_format=torch.channels_last)
-            tw = Wrap(m, names)
-            targs = [v.half() if (half and v.is_floating_point()) else v for v in feeds.values()]
-            if name == "resnet50":
-                targs = [targs[0].contiguous(memory_format=torch.channels_last)]
-            with torch.inference_mode():
-                row["eager"] = time_torch(lambda: tw(*targs), args.runs)
-                modes = ([] if args.skip_compile else ["reduce-overhead"]) + (["max-autotune"] if args.max_autotune else [])
-                for mode in modes:
-                    try:
-                        f = torch.compile(tw, mode=mode)
-                        f(*targs)
-                        row[mode] = time_torch(lambda: f(*targs), args.runs)
-                    except Exception as e:
-                        print(f"[{name} b{b} {prec}] torch.compile {mode} failed: {e}", flush=True)
-                    torch._dynamo.reset()
-            del m, tw
-            torch.cuda.empty_cache()
+            half = prec in ("fp16", "int8", "fp8", "best")  # reduced-precision rows are set against torch at fp16
+            if half not in torch_ms:
+                torch_ms[half] = time_torch_peers(name, model, names, feeds, half, args)
+            row.update(torch_ms[half])
             try:
                 t0 = time.time()
                 shapes = {n: tuple(v.shape) for n, v in feeds.items()}

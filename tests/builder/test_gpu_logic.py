@@ -217,7 +217,8 @@ def test_only_the_quantized_tactics_take_int8_and_fp8_layers():
     for t in primary + fallback:
         for fmt in ("int8", "fp8"):
             refused = format_refusal(t, fmt)
-            assert (refused is None) == (t.name == f"cublaslt_quant.{fmt}"), (t.name, fmt, refused)
+            takes = {f"cublaslt_quant.{fmt}"} | ({"cudnn.conv_fp8"} if fmt == "fp8" else set())
+            assert (refused is None) == (t.name in takes), (t.name, fmt, refused)
         assert format_refusal(t, "fp16") is None
 
 
@@ -260,12 +261,12 @@ def test_quantized_gemm_problem_and_refusals():
 def test_quantized_gemm_kernels_round_as_the_cpu_does():
     """The generated quantize / epilogue sources: correctly rounded division, round-half-even,
     NaN to the zero point, saturation; no FMA contraction in the epilogue."""
-    from workbench.kernels.cuda.cublaslt_quant import _epilogue_source, _quantize_source
+    from workbench.kernels.cuda.cublaslt_quant import _epilogue_source, quantize_source
 
-    q8 = _quantize_source("int8", "float32", "q")
+    q8 = quantize_source("int8", "float32", "q")
     assert "__fdiv_rn" in q8 and "rintf" in q8 and "v != v ? (float)zp" in q8 and "-128.0f), 127.0f" in q8
     assert "const float* __restrict__ x" in q8
-    q8f = _quantize_source("fp8", "float16", "q")
+    q8f = quantize_source("fp8", "float16", "q")
     assert "cvt.rn.satfinite.e4m3x2.f32" in q8f and "448.0f" in q8f and "wb_h2f(x[4 * i + j])" in q8f
     epi = _epilogue_source("int8", "float32", "Relu", {}, 0.75, 1.5, "e")
     assert "__fmul_rn(v, 0.75f)" in epi and "__fmul_rn(c, 1.5f)" in epi and "__fadd_rn(v, c)" in epi
@@ -379,9 +380,12 @@ def _quant_chain(fmt, scales=(0.05,), reader_zp=0):
 
 
 def _cublaslt_quant_supports(layer, precision):
-    from workbench.kernels.cuda.cublaslt_quant import _problem
+    from workbench.kernels.cuda.cublaslt_quant import CublasLtQuantGemm, _problem
+    from workbench.kernels.cuda.tactic import contract_refusal
 
-    return isinstance(_problem(layer, precision), dict)
+    # as the GPU target asks: the tactic's declared codes first (it writes no copy), then its checks
+    return contract_refusal(CublasLtQuantGemm(precision), layer, precision) is None and \
+        isinstance(_problem(layer, precision), dict)
 
 
 @pytest.mark.parametrize("fmt", ["int8", "fp8"])
@@ -615,3 +619,195 @@ def test_the_cpu_runtime_writes_the_copy_of_codes():
             assert hq.dtype == quant.E4M3 and np.array_equal(hq.view(np.uint8), quant.encode(h, spec).view(np.uint8))
         else:
             np.testing.assert_array_equal(hq, h)
+
+
+def _fp8_conv(x="float16", y="float16", z=None, **attrs):
+    a = {"q_format": "fp8", "q_input_scale": 0.05, "q_input_zero_point": 0, "q_weight_scale": np.ones(1, np.float32),
+         "q_weight_axis": -1, "q_weight_zero_point": 0, "q_weight_const": 1, "kernel_shape": [3, 3],
+         "pads": [1, 1, 1, 1], "strides": [1, 1], "dilations": [1, 1], "group": 1, "activation": "Relu", **attrs}
+    specs = [TensorSpec("x", x, [2, 32, 8, 8], 0.05 if x == "float8e4m3fn" else None),
+             TensorSpec("w", "float8e4m3fn", [64, 32, 3, 3]), TensorSpec("b", "float32", [64])]
+    names = ["x", "w", "b"]
+    if z is not None:
+        specs.append(TensorSpec("z", z, [2, 64, 8, 8], a.get("q_residual_scale") if z == "float8e4m3fn" else None))
+        names.append("z")
+    out = TensorSpec("y", y, [2, 64, 8, 8], a.get("q_output_scale") if y == "float8e4m3fn" else None)
+    layer = Layer("c", "FusedConv", domain="workbench", inputs=names, outputs=["y"], attrs=a, input_specs=specs,
+                  output_specs=[out])
+    layer.precision = "fp8"
+    return layer
+
+
+def test_fp8_conv_problem_and_refusals():
+    """What cudnn.conv_fp8 reads of a layer, decided without a GPU: how X and the residual are read
+    (quantized first, codes, or floats), the output's type, the layouts, and the reasons."""
+    from workbench.kernels.cuda.cudnn_conv import _fp8_problem
+
+    p = _fp8_problem(_fp8_conv())
+    assert (p["x"], p["z"], p["y"], p["bias"]) == (("quantize", "float16"), None, "float16", True)
+    assert p["layouts"] == ("nhwc", "nhwc", "nhwc")  # before the layout pass: checked channels-last
+    p = _fp8_problem(_fp8_conv(x="float8e4m3fn", y="float8e4m3fn", q_output_scale=0.1))
+    assert (p["x"], p["y"]) == (("codes", "float8e4m3fn"), "float8e4m3fn")
+    assert _fp8_problem(_fp8_conv(z="float16"))["z"] == ("float", "float16")
+    assert _fp8_problem(_fp8_conv(z="float32", q_residual_scale=0.2))["z"] == ("quantize", "float32")
+    assert _fp8_problem(_fp8_conv(z="float8e4m3fn", q_residual_scale=0.2))["z"] == ("codes", "float8e4m3fn")
+    laid = _fp8_conv(in_layouts=["nchw", "", ""], out_layouts=["nhwc"])
+    assert _fp8_problem(laid)["layouts"] == ("nchw", "nchw", "nhwc")
+    wrong = _fp8_conv(x="float8e4m3fn")
+    wrong.input_specs[0].scale = 0.07
+    assert "not the layer's input scale" in _fp8_problem(wrong)
+    assert "not the layer's residual scale" in _fp8_problem(_fp8_conv(z="float8e4m3fn"))
+    assert _fp8_problem(_fp8_conv(y="float16", q_output_scale=0.1)) == "q_output_scale on a float16 output"
+    assert "not the layer's q_output_scale" in _fp8_problem(_fp8_conv(y="float8e4m3fn"))
+    assert _fp8_problem(_fp8_conv(q_input_zero_point=2)) == "fp8 has no zero point"
+    assert "read float16 or float32" in _fp8_problem(_fp8_conv(x="bfloat16"))
+    assert "carries no fp8" in _fp8_problem(_fp8_conv(q_format="int8"))
+    gemm = _quant_gemm("fp8", (16, 64), (64, 32))
+    assert "is not a convolution" in _fp8_problem(gemm)
+
+
+def test_fp8_convolutions_join_the_channels_last_layout():
+    """The layout pass asks an fp8 convolution's own tactic (cudnn.conv_fp8) about channels-last
+    tensors; fp32 convolutions stay out of it."""
+    from workbench.builder.layout import _conv_tactic, _kind
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def supports(self, layer, precision, gpu):
+            return None
+
+    by_name = {"cudnn.conv": Fake("cudnn.conv"), "cudnn.conv_fp8": Fake("cudnn.conv_fp8")}
+    conv = _fp8_conv()
+    assert _conv_tactic(conv, by_name).name == "cudnn.conv_fp8" and _kind(conv, by_name, None) == "conv"
+    conv.precision = "fp16"
+    assert _conv_tactic(conv, by_name).name == "cudnn.conv" and _kind(conv, by_name, None) == "conv"
+    conv.precision = "fp32"
+    assert _kind(conv, by_name, None) is None
+
+
+def _bottleneck():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = lambda ks: numpy_helper.from_array((rng.standard_normal((16, 16, ks, ks)) / 12).astype(np.float32))  # noqa: E731
+    inits = []
+    for name, ks in (("w1", 1), ("w2", 3), ("w3", 1)):
+        t = w(ks)
+        t.name = name
+        inits.append(t)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"]), helper.make_node("Add", ["c3", "x"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    g = helper.make_graph(nodes, "b", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_calibration_quantizes_the_residual_of_int8_convolutions_only(fmt):
+    """TensorRT's int8 residual add reads the residual as 8 bits; a calibrated fp8 convolution adds
+    its float residual (cuDNN's fp8 graph reads it as it is). Both match their emulation."""
+    from workbench.precision.calibration import Calibration
+
+    rng = np.random.default_rng(6)
+    data = [{"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)} for _ in range(3)]
+    engine = wb.build(wb.load_onnx(_bottleneck().SerializeToString()),
+                      wb.BuilderConfig(device="cpu", precision=fmt, calibration=Calibration(data)))
+    convs = [l for l in engine.layers if "Conv" in l.op]
+    assert len(convs) == 3 and all(l.precision == fmt for l in convs)
+    last = next(l for l in convs if len(l.inputs) > 3 and l.inputs[3])
+    assert ("q_residual_scale" in last.attrs) == (fmt == "int8"), last.attrs
+
+
+def test_fp8_bottlenecks_plan_codes_copies_and_channels_last(tmp_path):
+    """The GPU target's plan logic for two calibrated fp8 ResNet bottlenecks, without a GPU (the
+    tactics' own checks stand in for cuDNN): the convolutions inside a block hand codes on, the
+    first block's output is written as floats and as a copy of codes, and every conv tensor --
+    the copy included -- is stored channels-last."""
+    import onnx
+
+    from workbench.builder.layout import assign_layouts
+    from workbench.kernels.cuda.cudnn_conv import _fp8_problem
+    from workbench.kernels.cuda.pool import PoolTactic
+    from workbench.kernels.cuda.tactic import contract_refusal
+    from workbench.kernels.cuda.cudnn_conv import CudnnConvFp8
+    from workbench.precision.calibration import Calibration
+    from workbench.precision.quantize import prepare_quantization
+
+    model = _bottleneck()
+    # a second block on the first one's output
+    graph = model.graph
+    for node in list(graph.node):
+        clone = onnx.helper.make_node(node.op_type, [("o" if n == "x" else n + "_b") if n not in ("w1", "w2", "w3") else n
+                                                     for n in node.input], [o + "_b" for o in node.output],
+                                      **{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+        graph.node.append(clone)
+    graph.node[6].output[0] = "o"  # the first block's Relu writes o, the second block's input
+    graph.node[13].output[0] = "o_b"
+    graph.node.append(onnx.helper.make_node("GlobalAveragePool", ["o_b"], ["y"]))  # as ResNet's head reads it
+    graph.output[0].type.tensor_type.shape.dim[2].dim_value = 1
+    graph.output[0].type.tensor_type.shape.dim[3].dim_value = 1
+    path = tmp_path / "blocks.onnx"
+    onnx.save(model, path)
+    plan = _lowered(str(path), {"x": (2, 16, 8, 8)})
+    rng = np.random.default_rng(7)
+    cfg = wb.BuilderConfig(device="gpu", precision="fp8", calibration=Calibration(
+        [{"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)} for _ in range(3)]))
+
+    def supports(layer, precision):
+        if layer.key in {("workbench", "FusedConv"), ("", "Conv")} and precision == "fp8":
+            # as if cuDNN planned float16 activations only: placement asks with float32 ones first
+            floats = [s for s in layer.input_specs + layer.output_specs if s is not None and s.dtype == "float32"]
+            return contract_refusal(CudnnConvFp8(), layer, precision) is None and \
+                isinstance(_fp8_problem(layer), dict) and floats == [layer.aligned_input_specs()[2]]
+        return precision != "fp8" and not any(layer.attrs.get(k) is not None for k in ("q_output_scale", "q_copy_scale"))
+
+    assign_precisions(plan, cfg, "gpu", supports, quant=prepare_quantization(plan, cfg, "gpu"))
+    convs = [l for l in plan.layers if "Conv" in l.op]
+    assert [l.precision for l in convs] == ["fp8"] * 6
+    assert [i for i, l in enumerate(convs) if l.attrs.get("q_output_scale") is not None] == [0, 1, 3, 4]
+    copy = convs[2]
+    assert copy.attrs.get("q_copy_scale") is not None and len(copy.outputs) == 2
+    assert convs[3].inputs[0] == copy.outputs[1] and convs[5].inputs[3] == copy.outputs[0]
+    assert all(isinstance(_fp8_problem(l), dict) for l in convs)
+    assert all(s.dtype != "float32" for l in convs for s in [l.input_specs[0], l.output_specs[0]])
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def supports(self, layer, precision, gpu):
+            return None
+
+    by_name = {"cudnn.conv": Fake("cudnn.conv"), "cudnn.conv_fp8": Fake("cudnn.conv_fp8"), "nvrtc.pool": PoolTactic(),
+               "nvrtc.pointwise": pointwise.PointwiseTactic()}
+    assign_layouts(plan, by_name, None)
+    for layer in convs:
+        assert layer.attrs["in_layouts"][0] == "nhwc", (layer.name, layer.attrs["in_layouts"])
+        assert set(layer.attrs["out_layouts"]) == {"nhwc"}, (layer.name, layer.attrs["out_layouts"])
+
+
+def test_the_reference_of_a_quantized_layer_writes_its_copy_of_codes():
+    """engine.accuracy on a GPU plan: the reference of an fp8 convolution that writes a copy of
+    codes (a block output) writes that copy as float32 values, so the next block's reference layer
+    finds its input."""
+    from workbench.core import quant
+    from workbench.runtime.accuracy_sides import reference_plan
+
+    conv = _fp8_conv()
+    conv.attrs["q_copy_scale"] = 0.1
+    conv.outputs = ["y", "y/float8e4m3fn"]
+    conv.output_specs.append(TensorSpec("y/float8e4m3fn", "float8e4m3fn", [2, 64, 8, 8], 0.1))
+    plan = Plan(inputs=[conv.input_specs[0]], outputs=[conv.output_specs[0]], layers=[conv],
+                constants={"w": np.zeros((64, 32, 3, 3), quant.E4M3), "b": np.zeros(64, np.float32)})
+    (ref,) = reference_plan(plan).layers
+    assert ref.outputs == ["y", "y/float8e4m3fn"] and ref.attrs["q_copy_scale"] == 0.1
+    assert ref.output_specs[1].dtype == "float32" and ref.precision == "fp32"
+    assert not any(k.startswith("q_") and k != "q_copy_scale" for k in ref.attrs)
+    plain = _fp8_conv()
+    (ref,) = reference_plan(Plan(inputs=[plain.input_specs[0]], outputs=[plain.output_specs[0]], layers=[plain],
+                                 constants=plan.constants)).layers
+    assert ref.outputs == ["y"] and "q_copy_scale" not in ref.attrs

@@ -5,7 +5,8 @@ a 4-D half-precision activation is stored NHWC when its producer and every consu
 on it channels-last:
 
 * FusedConv / Conv (2-D, run by ``cudnn.conv``): X, the residual Z and Y each in its own layout
-  (cuDNN reads strides), so the stem conv reads the NCHW graph input and writes NHWC;
+  (cuDNN reads strides), so the stem conv reads the NCHW graph input and writes NHWC; an fp8
+  conv's copy of codes (``q_copy_scale``) in Y's;
 * MaxPool / AveragePool / GlobalAveragePool / GlobalMaxPool (``nvrtc.pool``: input and output
   layouts independent);
 * elementwise layers (``nvrtc.pointwise``: Pointwise programs, Add, Relu, Cast, ...) whose inputs
@@ -19,7 +20,8 @@ one pixel (1x1 spatial: both orders are the same bytes) and anything read by ano
 layers at a boundary convert while they compute (a conv writing NHWC from an NCHW input, a pool
 or global pool reading NHWC and writing NCHW, and a one-input elementwise layer that reads a graph
 input -- the fp16 engine's input Cast -- writing NHWC, so the stem conv reads channels-last). Only groups that touch a convolution are converted,
-and only fp16/bf16 layers (fp32/tf32 engines stay NCHW). Each conv so marked is checked against
+and only fp16/bf16 layers and fp8 convolutions (``cudnn.conv_fp8``, float16 or codes around
+it; fp32/tf32 engines stay NCHW). Each conv so marked is checked against
 cuDNN (a validated graph with those strides); a conv cuDNN refuses puts its tensors back to NCHW.
 
 Result: layers that touch an NHWC tensor get attrs ``channels_last = 1``, ``in_layouts`` and
@@ -43,12 +45,18 @@ def _rank4(spec) -> bool:
     return spec is not None and spec.is_static and spec.shape is not None and len(spec.shape) == 4
 
 
+def _conv_tactic(layer, by_name):
+    """The cuDNN tactic that runs this conv layer: ``cudnn.conv_fp8`` for fp8 layers (float16 or
+    codes in and out), else ``cudnn.conv``."""
+    return by_name.get("cudnn.conv_fp8" if layer.precision == "fp8" else "cudnn.conv")
+
+
 def _kind(layer, by_name, gpu) -> str | None:
-    if layer.precision not in HALF:
+    if layer.precision not in HALF and not (layer.precision == "fp8" and layer.key in CONV):
         return None
     specs = layer.aligned_input_specs()
     if layer.key in CONV:
-        conv = by_name.get("cudnn.conv")
+        conv = _conv_tactic(layer, by_name)
         if conv is None or not specs or not _rank4(specs[0]) or not _rank4(layer.output_specs[0]):
             return None
         return "conv"
@@ -115,7 +123,8 @@ def _candidates(plan, kinds) -> tuple[set[str], _DSU, dict]:
             role = kind == "pw" or (kind == "conv" and pos in (0, 3)) or (kind == "pool" and pos == 0)
             see(name, spec, kind, role)
         for pos, spec in enumerate(layer.output_specs):
-            see(spec.name, spec, kind, pos == 0 or kind == "pw")
+            # a conv's second output is its copy of codes (q_copy_scale): stored as Y is
+            see(spec.name, spec, kind, pos == 0 or kind == "pw" or (kind == "conv" and pos == 1))
         # tensors a layer needs in one layout: a pointwise layer's full-size operands; conv Z and Y
         if kind == "pw":
             pairs = [(n, s) for n, s in zip(list(layer.inputs) + [o.name for o in layer.output_specs],
@@ -132,6 +141,8 @@ def _candidates(plan, kinds) -> tuple[set[str], _DSU, dict]:
                     ok[n] = False
         if kind == "conv" and len(layer.inputs) > 3 and layer.inputs[3] in ok and layer.output_specs[0].name in ok:
             dsu.union(layer.inputs[3], layer.output_specs[0].name)
+        if kind == "conv" and len(layer.output_specs) > 1 and all(s.name in ok for s in layer.output_specs[:2]):
+            dsu.union(layer.output_specs[0].name, layer.output_specs[1].name)
     return ok, dsu, conv_touch
 
 
@@ -181,7 +192,6 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
         return []
     ok, dsu, conv_touch = _candidates(plan, kinds)
     banned: set[str] = set()
-    conv = by_name.get("cudnn.conv")
     nhwc: set[str] = set()
     for _ in range(8):  # a conv cuDNN refuses in these layouts sends its groups back to NCHW
         nhwc = _nhwc_set(ok, dsu, conv_touch, banned)
@@ -190,7 +200,7 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
             marked = _mark(layer, nhwc, plan.constants)
             if kind == "conv" and marked:
                 try:
-                    why = conv.supports(layer, layer.precision, gpu)
+                    why = _conv_tactic(layer, by_name).supports(layer, layer.precision, gpu)
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}"
                 if why is not None:

@@ -66,12 +66,14 @@ writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m
 * ``q_weight_const`` (int, 1 / 0): whether the second operand is a quantized plan constant.
 * ``q_residual_scale`` / ``q_residual_zero_point``: the residual input of a FusedConv is
   quantized and dequantized (read as 8 bits) before it is added; absent: read in float32.
+  Calibration sets them on int8 layers (TensorRT's int8 residual add); an fp8 layer adds its
+  float residual unless a Q/DQ model quantizes it.
 * ``q_output_scale`` (GPU plans only): the layer writes its output as codes, ``quantize(y,
   q_output_scale)`` of its float32 result (after bias, residual and activation), not as float
   values; see below. A float layer may carry it too (a normalization whose output only quantized
   layers read).
-* ``q_copy_scale`` (GPU plans only, float layers): the layer writes its first output as it is and,
-  as its last output, that output's codes with this scale; see below.
+* ``q_copy_scale`` (GPU plans only: float layers, and fp8 convolutions): the layer writes its
+  first output as it is and, as its last output, that output's codes with this scale; see below.
 * ``q_source``: where the activation scales came from ("calibration:<method>" or "qdq"), for
   people; never read to run.
 
@@ -91,7 +93,9 @@ output read only by such readers is written as codes (``q_output_scale``: GPT-2'
 pre-norm LayerNorms feeding Q/K/V and FC1). Where float readers need it too (BERT's post-norm
 SkipLayerNorm output is the next residual), the layer also writes a copy of codes as an extra,
 last output (``q_copy_scale``; ``op_outputs`` gives the outputs without it) and the quantized
-readers read the copy. Either way the codes are those of the float32 result, as the reader's
+readers read the copy. A quantized producer does the same where its tactic writes both
+(``cudnn.conv_fp8``: a ResNet block's output, read as codes by the next block's convolutions
+and as floats by its residual add). Either way the codes are those of the float32 result, as the reader's
 quantize of the float32 tensor of the CPU emulation gives them.
 """
 

@@ -115,9 +115,10 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
             layer.output_specs = [TensorSpec(s.name, s.dtype, s.shape) for s in layer.output_specs]
     rows: list[dict] = []
     placement = Placement(plan, quant, device)
+    place_supports = supports if emulated else _or_stored(supports, placement.fallback)
     for layer in layers:
         want, why = requested_precision(layer, config, device)
-        ask, ask_why, placed = placement.decide(layer, want, why, supports)
+        ask, ask_why, placed = placement.decide(layer, want, why, place_supports)
         got, reason = (ask, ask_why) if placed else _decide(layer, ask, ask_why, device, supports, emulated)
         if got in HALF and not emulated:
             _lower(layer, STORAGE[got])
@@ -143,9 +144,10 @@ def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
 
     * Only such readers, and not a graph output: the producer writes the tensor as codes
       (``q_output_scale``; a quantized producer only when it is of the readers' format).
-    * Float readers too (or a graph output): a float producer also writes a copy of codes, its
-      new last output ``<tensor>/<element type>`` (``q_copy_scale``), which the quantized readers
-      read instead.
+    * Float readers too (or a graph output): the producer also writes a copy of codes, its new
+      last output ``<tensor>/<element type>`` (``q_copy_scale``), which the quantized readers
+      read instead (a float producer, or a quantized one of the readers' format: an fp8
+      convolution whose block output the next block reads both ways).
 
     Only where a tactic runs the producer and every reader so (``supports``). Returns (producer,
     note) per such tensor, for the producer's row of the precision table."""
@@ -176,8 +178,8 @@ def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
         whole = len(quantized) == len(users) and name not in graph_outputs
         if not np.isfinite(scale) or scale <= 0:
             continue
-        if layer.precision in QUANT_FORMATS and (layer.attrs.get("q_format") != fmt or not whole):
-            continue  # a quantized layer writes codes of its own format, and no copy
+        if layer.precision in QUANT_FORMATS and layer.attrs.get("q_format") != fmt:
+            continue  # a quantized layer writes codes of its own format
         code = QUANT_ELEMENT[fmt]
         target = name if whole else f"{name}/{code}"
         producer = _spec_copy(layer)
@@ -226,9 +228,28 @@ def _decide(layer: Layer, want: str, why: str, device: str, supports, emulated: 
     return want, why
 
 
+def _or_stored(supports, fallback: str):
+    """``supports`` for int8 / fp8 placement on a storing target: a tactic runs the layer with its
+    float32 activations, or with them in the fallback's storage, which ``_quantized_io`` then
+    gives them (cuDNN's fp8 convolution writes float16, not necessarily float32)."""
+    if fallback not in HALF:
+        return supports
+
+    def ask(layer: Layer, precision: str) -> bool:
+        if supports(layer, precision):
+            return True
+        if precision not in QUANT_FORMATS:
+            return False
+        trial = _spec_copy(layer)
+        _lower_activation(trial, STORAGE[fallback])
+        return supports(trial, precision)
+
+    return ask
+
+
 def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None:
-    """On a storing target an int8 / fp8 layer reads its input activation and writes its output in
-    the storage of the layers around it (``fallback``: fp16 on the GPU) where a tactic runs it so:
+    """On a storing target an int8 / fp8 layer reads its input activations (a FusedConv's residual
+    too) and writes its output in the storage of the layers around it (``fallback``: fp16 on the GPU) where a tactic runs it so:
     the Cast layers a float32 boundary would need are not there. Weights, scales and bias keep
     their types."""
     if fallback not in HALF:
@@ -240,8 +261,10 @@ def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None
 
 
 def _lower_activation(layer: Layer, dtype: str) -> None:
-    first = layer.aligned_input_specs()[0]
-    for spec in ([first] if first is not None else []) + list(layer.output_specs[:1]):
+    """The activations: the first input, a FusedConv's residual (input 3), the output."""
+    specs = layer.aligned_input_specs()
+    acts = [0, 3] if layer.op == "FusedConv" else [0]
+    for spec in [specs[i] for i in acts if i < len(specs) and specs[i] is not None] + list(layer.output_specs[:1]):
         if _is_f32(spec):
             spec.dtype = dtype
 

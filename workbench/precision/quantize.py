@@ -300,7 +300,9 @@ class Placement:
                           "q_weight_zero_point": b["zero_point"], "q_weight_const": 0})
             b_max = quant.value_range(fmt, b["zero_point"])
             wtext = f"second input scale {b['scale']:.4g} ({b['from']})"
-        if layer.op == "FusedConv" and len(inputs) > 3 and inputs[3]:
+        # the residual: int8 adds it as 8 bits (TensorRT's int8 residual add); a calibrated fp8
+        # layer adds its float value (only a Q/DQ model quantizes an fp8 residual)
+        if layer.op == "FusedConv" and len(inputs) > 3 and inputs[3] and (fmt == "int8" or explicit):
             z, _ = self._activation(layer, 3, fmt, explicit, "residual")
             if z is not None:
                 attrs.update({"q_residual_scale": z["scale"], "q_residual_zero_point": z["zero_point"]})

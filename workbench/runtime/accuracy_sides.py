@@ -35,14 +35,28 @@ def reference_plan(plan: Plan, weights: Plan | None = None) -> Plan:
     same = weights is not None and [l.name for l in weights.layers] == [l.name for l in plan.layers]
     layers = []
     for i, layer in enumerate(plan.layers):
+        own = layer
         if layer.precision in quant.FORMATS:
             if same:
                 layer = weights.layers[i]
                 ref.constants.update((n, weights.constants[n]) for n in layer.inputs if n in weights.constants)
             else:
                 layer = _dequantized(layer, ref.constants)
-        layers.append(_reference_layer(layer))
+        layers.append(_with_copy_of(_reference_layer(layer), own))
     ref.layers = layers
+    return ref
+
+
+def _with_copy_of(ref: Layer, own: Layer) -> Layer:
+    """The reference of a quantized layer that also writes a copy of codes (``q_copy_scale``: an
+    fp8 convolution's block output) writes that copy too, as float32 values (``runtime.cpu``)."""
+    scale = own.attrs.get("q_copy_scale")
+    if own.precision not in quant.FORMATS or scale is None:
+        return ref
+    copy_spec = own.output_specs[-1]
+    ref.attrs = {**ref.attrs, "q_copy_scale": scale}
+    ref.outputs = list(ref.outputs[:1]) + [own.outputs[-1]]
+    ref.output_specs = list(ref.output_specs[:1]) + [_widened(copy_spec, copy_spec.dtype)]
     return ref
 
 

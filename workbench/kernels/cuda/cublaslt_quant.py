@@ -152,7 +152,7 @@ def _encode_lines(precision: str, x: str, scale: str, zp: str) -> str:
     return f"      word |= ((unsigned int){P.encode(precision, x, scale, zp)}) << (8 * j);\n"
 
 
-def _quantize_source(precision: str, in_dt: str, name: str) -> str:
+def quantize_source(precision: str, in_dt: str, name: str) -> str:
     """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4)."""
     body = _encode_lines(precision, "xv", "scale", "zp")
     return (P.PRELUDE + P.codes(precision) + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
@@ -310,10 +310,6 @@ class _Gemm:
             pass
 
 
-def _arch(gpu: GpuInfo) -> int:
-    digits = "".join(ch for ch in str(gpu.arch) if ch.isdigit())
-    return int(digits or 0)
-
 
 def _signature(p: dict, precision: str, direct: str | None = None, fast: bool = False) -> tuple:
     return (precision, p["m"], p["n"], p["k"], direct, bool(direct) and p["out_coded"], fast)
@@ -355,7 +351,7 @@ class CublasLtQuantGemm(TacticBase):
     def supports(self, layer: Layer, precision: str, gpu: GpuInfo) -> str | None:
         if precision != self.fmt:
             return f"runs {self.fmt} layers only"
-        if self.fmt == "fp8" and gpu is not None and _arch(gpu) < 89:
+        if self.fmt == "fp8" and gpu is not None and gpu.sm < 89:
             return f"FP8 tensor cores need sm_89 or newer ({gpu.arch})"
         why = _require_nvmath()
         if why:
@@ -507,23 +503,35 @@ class _Operands:
         gemm_op = layer.op in ("Gemm", "FusedGemm")
         self.gemm_alpha = float(a.get("alpha", 1.0)) if gemm_op else 1.0
         self.beta = float(a.get("beta", 1.0)) if gemm_op else 1.0
-        m, k = p["m"], p["k"]
-        self.qa_bytes = 0
-        self._qfn = None
+        self._quantize = None
         if not p["in_coded"]:
-            name = f"wb_quant_{precision}"
-            self._qfn = get_function(_quantize_source(precision, p["in_dt"], name), name, gpu.arch, binaries, out)
-            self.qa_bytes = -(-m * k // _ALIGN) * _ALIGN
-        self._grid = max(1, min(-(-(m * k // 4) // _BLOCK), gpu.sm_count * 16))
-        self._args = (np.float32(a["q_input_scale"]), np.int32(int(a.get("q_input_zero_point", 0))),
-                      np.int64(m * k // 4))
+            self._quantize = QuantizeLaunch(precision, p["in_dt"], p["m"] * p["k"], a["q_input_scale"],
+                                            int(a.get("q_input_zero_point", 0)), gpu, binaries, out)
+        self.qa_bytes = self._quantize.bytes if self._quantize else 0
 
     def operand(self, x, qa: int, stream) -> int:
         """The device address of the GEMM's activation operand (quantizing ``x`` to ``qa`` first)."""
-        if self._qfn is None:  # the input holds the codes already
+        if self._quantize is None:  # the input holds the codes already
             return ptr(x)
-        self._qfn((self._grid,), (_BLOCK,), (x, np.uint64(qa)) + self._args, stream=stream)
+        self._quantize(x, qa, stream)
         return qa
+
+
+class QuantizeLaunch:
+    """One layer's quantize launch (``quantize_source``): ``n`` float16 / float32 elements (a
+    multiple of four) to codes with one scale and zero point, written at a device address (a
+    piece of the layer's workspace, ``bytes`` long)."""
+
+    def __init__(self, precision: str, in_dt: str, n: int, scale, zp: int, gpu: GpuInfo, binaries, out: dict,
+                 name: str | None = None):
+        name = name or f"wb_quant_{precision}"
+        self.fn = get_function(quantize_source(precision, in_dt, name), name, gpu.arch, binaries, out)
+        self.grid = max(1, min(-(-(n // 4) // _BLOCK), gpu.sm_count * 16))
+        self.args = (np.float32(scale), np.int32(zp), np.int64(n // 4))
+        self.bytes = -(-n // _ALIGN) * _ALIGN
+
+    def __call__(self, x, dst: int, stream) -> None:
+        self.fn((self.grid,), (_BLOCK,), (x, np.uint64(dst)) + self.args, stream=stream)
 
 
 TACTICS = [CublasLtQuantGemm("int8"), CublasLtQuantGemm("fp8")]

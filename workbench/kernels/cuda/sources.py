@@ -19,7 +19,7 @@ PRIMARY = [
     "cublaslt",         # cuBLASLt through nvmath-python: GEMM + bias/activation epilogues, and GEMM +
                         # an NVRTC activation kernel for activations it has no epilogue for
     "cublaslt_quant",   # cuBLASLt int8 / fp8 GEMM between NVRTC quantize and dequantize-epilogue kernels
-    "cudnn_conv",       # cuDNN graph API through cudnn-frontend: conv + bias/act/residual
+    "cudnn_conv",       # cuDNN graph API through cudnn-frontend: conv + bias/act/residual (fp16/bf16/fp32, fp8)
     "cudnn_sdpa",       # cuDNN SDPA flash attention (fp16/bf16)
     "cublas",           # cuBLAS through CuPy: plain and batched GEMM, im2col convolution
     "nvrtc_attention",  # NVRTC flash-style attention (every precision, layout, mask; capturable)
@@ -37,7 +37,7 @@ FALLBACK = [
 PROVIDES = {
     "cublaslt": ("cublaslt.gemm", "cublaslt.gemm_act"),
     "cublaslt_quant": ("cublaslt_quant.int8", "cublaslt_quant.fp8"),
-    "cudnn_conv": ("cudnn.conv",),
+    "cudnn_conv": ("cudnn.conv", "cudnn.conv_fp8"),
     "cudnn_sdpa": ("cudnn.sdpa",),
     "cublas": ("cublas.gemm", "cublas.im2col_conv"),
     "nvrtc_attention": ("nvrtc.attention",),

@@ -28,6 +28,12 @@ class GpuInfo:
     sm_count: int
     libraries: dict[str, str] = field(default_factory=dict)  # {"cuda": "13.0", "cudnn": "9.19.0", "cublas": ..., "nvmath": ...}
 
+    @property
+    def sm(self) -> int:
+        """The compute capability as one number (``sm_90`` -> 90; 0 when unknown)."""
+        digits = "".join(ch for ch in str(self.arch) if ch.isdigit())
+        return int(digits or 0)
+
 
 @dataclass
 class BuiltKernel:

@@ -162,7 +162,10 @@ class QuantizedLayer:
                 y += bias.reshape((-1,) + (1,) * (y.ndim - 2))
         z = inputs[3] if self.kind == "conv" and len(inputs) > 3 else None
         if z is not None:
-            if self.res_scale is not None:
+            code = np.dtype(quant.E4M3 if self.fmt == "fp8" else np.int8)
+            if np.asarray(z).dtype == code:  # a residual of codes (a GPU plan's quantized tensor)
+                z = quant.dequantize(z, self.res_scale, self.res_zp)
+            elif self.res_scale is not None:
                 z = quant.fake_quantize(z, self.res_scale, self.res_zp, self.fmt)
             y += np.asarray(z, dtype=F32)
         return np.asarray(activate(y, self.attrs), dtype=F32)
