@@ -811,3 +811,65 @@ def test_the_reference_of_a_quantized_layer_writes_its_copy_of_codes():
     (ref,) = reference_plan(Plan(inputs=[plain.input_specs[0]], outputs=[plain.output_specs[0]], layers=[plain],
                                  constants=plan.constants)).layers
     assert ref.outputs == ["y"] and "q_copy_scale" not in ref.attrs
+
+
+def test_an_fp8_convolution_refused_in_its_layouts_is_planned_again_at_fp16(tmp_path):
+    """cuDNN plans an fp8 convolution only with a channels-last output and residual (probed on an
+    H100). A bottleneck whose output is the graph output keeps its last convolution's Y and Z NCHW,
+    so that convolution is planned again at fp16, with the reason in the precision table; the
+    others stay fp8 and every fp8 convolution is one its tactic runs."""
+    import onnx
+
+    from workbench.builder.layout import layout_refusals
+    from workbench.builder.targets.gpu import assign_with_layouts
+    from workbench.kernels.cuda.cudnn_conv import CudnnConvFp8, _fp8_problem
+    from workbench.kernels.cuda.pool import PoolTactic
+    from workbench.kernels.cuda.tactic import contract_refusal
+    from workbench.precision.calibration import Calibration
+    from workbench.precision.quantize import prepare_quantization
+
+    path = tmp_path / "block.onnx"
+    onnx.save(_bottleneck(), path)
+    plan = _lowered(str(path), {"x": (2, 16, 8, 8)})
+    rng = np.random.default_rng(8)
+    cfg = wb.BuilderConfig(device="gpu", precision="fp8", calibration=Calibration(
+        [{"x": rng.standard_normal((2, 16, 8, 8)).astype(np.float32)} for _ in range(3)]))
+
+    def cudnn_fp8(layer):  # what cuDNN 9.19 answered: X in either layout, Z and Y channels-last only
+        p = _fp8_problem(layer)
+        if isinstance(p, str):
+            return p
+        x_l, z_l, y_l = p["layouts"]
+        return "No valid engine configs" if y_l != "nhwc" or (p["z"] is not None and z_l != "nhwc") else None
+
+    class Fp8:
+        name = "cudnn.conv_fp8"
+
+        def supports(self, layer, precision, gpu):
+            return cudnn_fp8(layer)
+
+    class Any:
+        def __init__(self, name):
+            self.name = name
+
+        def supports(self, layer, precision, gpu):
+            return None
+
+    def supports(layer, precision):
+        if layer.key in {("workbench", "FusedConv"), ("", "Conv")} and precision == "fp8":
+            return contract_refusal(CudnnConvFp8(), layer, precision) is None and cudnn_fp8(layer) is None
+        return precision != "fp8" and not any(layer.attrs.get(k) is not None for k in ("q_output_scale", "q_copy_scale"))
+
+    by_name = {"cudnn.conv": Any("cudnn.conv"), "cudnn.conv_fp8": Fp8(), "nvrtc.pool": PoolTactic(),
+               "nvrtc.pointwise": pointwise.PointwiseTactic()}
+    rows, _ = assign_with_layouts(plan, cfg, supports, by_name, None, prepare_quantization(plan, cfg, "gpu"))
+    convs = [l for l in plan.layers if "Conv" in l.op]
+    assert [l.precision for l in convs] == ["fp8", "fp8", "fp16"], [(l.name, l.precision) for l in convs]
+    row = next(r for r in rows if r["layer"] == convs[2].name)
+    assert row["requested"] == "fp8" and "fp8 refused in its layouts: No valid engine configs" in row["reason"]
+    assert layout_refusals(plan, by_name, None) == {}
+    assert sum(l.op == "Cast" for l in plan.layers) == 2  # the graph input's and output's, no others
+    # nothing asks for fp8: one round, nothing re-planned
+    plan16 = _lowered(str(path), {"x": (2, 16, 8, 8)})
+    rows16, _ = assign_with_layouts(plan16, wb.BuilderConfig(device="gpu", precision="fp16"), supports, by_name, None)
+    assert all("refused" not in r["reason"] for r in rows16)

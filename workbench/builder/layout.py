@@ -22,7 +22,10 @@ or global pool reading NHWC and writing NCHW, and a one-input elementwise layer 
 input -- the fp16 engine's input Cast -- writing NHWC, so the stem conv reads channels-last). Only groups that touch a convolution are converted,
 and only fp16/bf16 layers and fp8 convolutions (``cudnn.conv_fp8``, float16 or codes around
 it; fp32/tf32 engines stay NCHW). Each conv so marked is checked against
-cuDNN (a validated graph with those strides); a conv cuDNN refuses puts its tensors back to NCHW.
+cuDNN (a validated graph with those strides); a conv cuDNN refuses puts its tensors back to NCHW,
+except an fp8 conv: cuDNN plans those with a channels-last output only, so one refused keeps the
+layouts it has (NCHW stated explicitly) and the GPU target plans it again at fp16
+(``layout_refusals``, ``targets/gpu.assign_with_layouts``).
 
 Result: layers that touch an NHWC tensor get attrs ``channels_last = 1``, ``in_layouts`` and
 ``out_layouts`` (one entry per input / output: "nhwc", "nchw", or "" for non-4-D or absent), which
@@ -203,16 +206,43 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
                     why = _conv_tactic(layer, by_name).supports(layer, layer.precision, gpu)
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}"
-                if why is not None:
+                if why is not None and layer.precision != "fp8":  # (an fp8 conv is re-planned: layout_refusals)
                     for n in list(layer.inputs) + [s.name for s in layer.output_specs]:
                         if n in nhwc:
                             banned.add(dsu.find(n))
                     refused = True
         if not refused:
             break
+    for layer in plan.layers:  # an fp8 conv says NCHW explicitly: no layouts means "not assigned yet" to it
+        if layer.key in CONV and layer.precision == "fp8" and not layer.attrs.get("channels_last"):
+            specs = layer.aligned_input_specs()
+            layer.attrs["in_layouts"] = ["nchw" if _rank4(s) and n not in plan.constants else ""
+                                         for n, s in zip(layer.inputs, specs)]
+            layer.attrs["out_layouts"] = ["nchw" if _rank4(s) else "" for s in layer.output_specs]
     rows = []
     for layer in plan.layers:
         if layer.attrs.get("channels_last"):
             rows.append({"layer": layer.name, "op": layer.op, "in_layouts": list(layer.attrs["in_layouts"]),
                          "out_layouts": list(layer.attrs["out_layouts"])})
     return rows
+
+
+def layout_refusals(plan, by_name: dict, gpu) -> dict[str, str]:
+    """fp8 convolutions whose tactic (``cudnn.conv_fp8``) refuses the layouts they ended with, by
+    layer name -> reason. Precision placement checks an fp8 convolution channels-last, the layout
+    it is given wherever its tensors can be; one whose output chain must stay NCHW (it reaches a
+    graph output, or a layer that reads NCHW only) has no fp8 plan in cuDNN and is re-planned at
+    the fallback precision by the GPU target."""
+    out = {}
+    tactic = by_name.get("cudnn.conv_fp8")
+    for layer in plan.layers:
+        if tactic is None or layer.key not in CONV or layer.precision != "fp8":
+            continue
+        try:
+            why = tactic.supports(layer, layer.precision, gpu)
+        except Exception as exc:  # noqa: BLE001 - the reason is what matters here
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            ins, outs = layer.attrs.get("in_layouts") or [], layer.attrs.get("out_layouts") or []
+            out[layer.name] = f"{why} (layouts in {ins or 'nchw'}, out {outs or 'nchw'})"
+    return out

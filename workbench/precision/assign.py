@@ -249,9 +249,9 @@ def _or_stored(supports, fallback: str):
 
 def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None:
     """On a storing target an int8 / fp8 layer reads its input activations (a FusedConv's residual
-    too) and writes its output in the storage of the layers around it (``fallback``: fp16 on the GPU) where a tactic runs it so:
-    the Cast layers a float32 boundary would need are not there. Weights, scales and bias keep
-    their types."""
+    too) and writes its output in the storage of the layers around it (``fallback``: fp16 on the
+    GPU) where a tactic runs it so: the Cast layers a float32 boundary would need are not there.
+    Weights, scales and bias keep their types."""
     if fallback not in HALF:
         return
     trial = _spec_copy(layer)

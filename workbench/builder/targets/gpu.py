@@ -2,7 +2,9 @@
 
 1. precision (``precision.assign``): each layer's precision and storage types, Cast layers at the
    boundaries; half precision only where a primary tactic runs the layer so;
-2. layout (``builder/layout.py``): which 4-D activations are stored channels-last;
+2. layout (``builder/layout.py``): which 4-D activations are stored channels-last; an fp8
+   convolution whose tactic refuses the layouts it ended with is planned again at fp16
+   (``assign_with_layouts``);
 3. autotune (``builder/autotune.py``): a tactic and config per layer, timed with CUDA events, with
    the timing cache;
 4. finish: the chosen kernels' cubins into the engine (loading compiles nothing), run options and
@@ -14,6 +16,8 @@ layer was already evaluated by the constant folder, which a GPU build runs witho
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import time
 
@@ -25,8 +29,9 @@ from ...kernels.cuda import nvrtc, sources
 from ...kernels.cuda.device import gpu_info
 from ...kernels.cuda.tactic import contract_refusal
 from ...precision import assign_precisions
+from ...precision.quantize import FALLBACK, requested_formats
 from ..autotune import Autotuner
-from ..layout import assign_layouts
+from ..layout import assign_layouts, layout_refusals
 from ..timing_cache import TimingCache
 
 
@@ -51,8 +56,8 @@ class GpuTarget:
     def assign(self, plan: Plan, config, quant=None) -> None:
         t0 = time.perf_counter()
         _check_static(plan)
-        self.precision_rows = assign_precisions(plan, config, "gpu", self._supports, quant=quant)
-        self.layout_rows = assign_layouts(plan, self.by_name, self.gpu)
+        self.precision_rows, self.layout_rows = assign_with_layouts(plan, config, self._supports, self.by_name,
+                                                                    self.gpu, quant)
         self._autotune(plan, config)
         self.build_stats["tactics_ms"] = (time.perf_counter() - t0) * 1e3
 
@@ -98,6 +103,50 @@ class GpuTarget:
         engine.reports["layouts"] = self.layout_rows
         engine.reports.setdefault("memory", {})["weights_device_bytes"] = self.tuner.weights_bytes()
         self.tuner.weights_device.clear()
+
+
+def assign_with_layouts(plan: Plan, config, supports, by_name: dict, gpu, quant=None,
+                        rounds: int = 3) -> tuple[list[dict], list[dict]]:
+    """Precision, then layout assignment (stages 1 and 2), returning their report rows. An fp8
+    convolution that its tactic refuses in the layouts it ended with (``layout.layout_refusals``)
+    is planned again from the start at the fallback precision (fp16), with the reason in its row
+    of the precision table."""
+    if "fp8" not in requested_formats(config):  # only fp8 convolutions are re-planned
+        return assign_precisions(plan, config, "gpu", supports, quant=quant), assign_layouts(plan, by_name, gpu)
+    original = _snapshot(plan)
+    demoted: dict[str, str] = {}
+    for attempt in range(rounds + 1):
+        rows = assign_precisions(plan, config, "gpu", supports, quant=quant)
+        layout_rows = assign_layouts(plan, by_name, gpu)
+        refused = {n: why for n, why in layout_refusals(plan, by_name, gpu).items() if n not in demoted}
+        if not refused or attempt == rounds:
+            break  # (still refused after the last round: the autotuner names the layer and why)
+        demoted.update(refused)
+        _restore(plan, original)
+        config = dataclasses.replace(config, layer_precisions={**dict(config.layer_precisions),
+                                                               **{n: FALLBACK["gpu"] for n in demoted}})
+    for row in rows:
+        if row["layer"] in demoted:
+            row["requested"] = "fp8"
+            row["reason"] = f"fp8 refused in its layouts: {demoted[row['layer']]}; planned at {row['precision']}"
+    return rows, layout_rows
+
+
+def _snapshot(plan: Plan) -> Plan:
+    """What precision and layout assignment change in a plan, copied (constants are replaced,
+    never changed in place, so the dict is copied and the arrays shared)."""
+    snap = copy.copy(plan)
+    snap.layers = copy.deepcopy(plan.layers)
+    snap.constants = dict(plan.constants)
+    snap.tensors = dict(plan.tensors)
+    snap.inputs, snap.outputs = copy.deepcopy(plan.inputs), copy.deepcopy(plan.outputs)
+    return snap
+
+
+def _restore(plan: Plan, snap: Plan) -> None:
+    fresh = _snapshot(snap)
+    plan.layers, plan.constants, plan.tensors = fresh.layers, fresh.constants, fresh.tensors
+    plan.inputs, plan.outputs = fresh.inputs, fresh.outputs
 
 
 def _check_static(plan: Plan) -> None:
