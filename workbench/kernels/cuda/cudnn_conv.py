@@ -495,6 +495,7 @@ class CudnnConvFp8(TacticBase):
 
     def configs(self, layer: Layer, precision: str, gpu: GpuInfo) -> list[dict]:
         pr = _fp8_problem(layer)
+        layout = "nhwc" if "nhwc" in pr["layouts"] else "nchw"  # the report's name; the graph uses the three
         out, names = [], set()
         for mode, cap in FP8_MODE_PLANS:
             res = _fp8_graph(layer, pr, mode)
@@ -502,7 +503,7 @@ class CudnnConvFp8(TacticBase):
                 continue
             for i, name in res.plans(limit=cap, skip=frozenset(names)):
                 names.add(name)
-                out.append({"layout": "nhwc", "mode": mode, "plan": name, "index": i})
+                out.append({"layout": layout, "mode": mode, "plan": name, "index": i})
         return out
 
     def build(self, layer, precision, config, weights, gpu, binaries=None) -> BuiltKernel:
