@@ -172,7 +172,9 @@ def _nhwc_set(ok, dsu, conv_touch, banned_groups) -> set[str]:
     return out
 
 
-def _mark(layer, nhwc: set[str], constants) -> bool:
+def _mark(layer, nhwc: set[str], constants, explicit: bool = False) -> bool:
+    """Set the layer's layout attrs (none where it touches no NHWC tensor, unless ``explicit``:
+    an fp8 conv, whose tactic reads no layouts as "not assigned yet"); True if it touches one."""
     specs = layer.aligned_input_specs()
     ins = ["nhwc" if n in nhwc else ("nchw" if _rank4(s) and n not in constants else "")
            for n, s in zip(layer.inputs, specs)]
@@ -180,6 +182,8 @@ def _mark(layer, nhwc: set[str], constants) -> bool:
     for key in ("channels_last", "in_layouts", "out_layouts"):
         layer.attrs.pop(key, None)
     if "nhwc" not in ins + outs:
+        if explicit:
+            layer.attrs["in_layouts"], layer.attrs["out_layouts"] = ins, outs
         return False
     layer.attrs["channels_last"] = 1
     layer.attrs["in_layouts"] = ins
@@ -200,7 +204,7 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
         nhwc = _nhwc_set(ok, dsu, conv_touch, banned)
         refused = False
         for layer, kind in zip(plan.layers, kinds):
-            marked = _mark(layer, nhwc, plan.constants)
+            marked = _mark(layer, nhwc, plan.constants, explicit=layer.key in CONV and layer.precision == "fp8")
             if kind == "conv" and marked:
                 try:
                     why = _conv_tactic(layer, by_name).supports(layer, layer.precision, gpu)
@@ -213,12 +217,6 @@ def assign_layouts(plan, by_name: dict, gpu) -> list[dict]:
                     refused = True
         if not refused:
             break
-    for layer in plan.layers:  # an fp8 conv says NCHW explicitly: no layouts means "not assigned yet" to it
-        if layer.key in CONV and layer.precision == "fp8" and not layer.attrs.get("channels_last"):
-            specs = layer.aligned_input_specs()
-            layer.attrs["in_layouts"] = ["nchw" if _rank4(s) and n not in plan.constants else ""
-                                         for n, s in zip(layer.inputs, specs)]
-            layer.attrs["out_layouts"] = ["nchw" if _rank4(s) else "" for s in layer.output_specs]
     rows = []
     for layer in plan.layers:
         if layer.attrs.get("channels_last"):

@@ -238,11 +238,7 @@ def _or_stored(supports, fallback: str):
     def ask(layer: Layer, precision: str) -> bool:
         if supports(layer, precision):
             return True
-        if precision not in QUANT_FORMATS:
-            return False
-        trial = _spec_copy(layer)
-        _lower_activation(trial, STORAGE[fallback])
-        return supports(trial, precision)
+        return precision in QUANT_FORMATS and supports(_stored(layer, fallback), precision)
 
     return ask
 
@@ -254,10 +250,15 @@ def _quantized_io(layer: Layer, precision: str, fallback: str, supports) -> None
     Weights, scales and bias keep their types."""
     if fallback not in HALF:
         return
+    if supports(_stored(layer, fallback), precision):
+        _lower_activation(layer, STORAGE[fallback])
+
+
+def _stored(layer: Layer, fallback: str) -> Layer:
+    """A copy of a quantized layer with its activations in the fallback's storage."""
     trial = _spec_copy(layer)
     _lower_activation(trial, STORAGE[fallback])
-    if supports(trial, precision):
-        _lower_activation(layer, STORAGE[fallback])
+    return trial
 
 
 def _lower_activation(layer: Layer, dtype: str) -> None:

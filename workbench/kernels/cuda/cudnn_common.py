@@ -33,7 +33,7 @@ def cudnn_dtype(name: str):
     import cudnn  # noqa: PLC0415
 
     return {"float16": cudnn.data_type.HALF, "bfloat16": cudnn.data_type.BFLOAT16,
-            "float32": cudnn.data_type.FLOAT}[name]
+            "float32": cudnn.data_type.FLOAT, "float8e4m3fn": cudnn.data_type.FP8_E4M3}[name]
 
 
 def plan_index(plans: list, config: dict, layer: Layer) -> int:

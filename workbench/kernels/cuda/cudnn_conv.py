@@ -389,18 +389,20 @@ def _fp8_problem(layer: Layer) -> dict | str:
         return f"the output is {y.dtype}: fp8 convolutions write {' or '.join(_FP8_FLOATS)} or {_CODE} codes"
     elif out_scale is not None:
         return f"q_output_scale on a {y.dtype} output"
-    copy_scale = a.get("q_copy_scale")
-    if copy_scale is not None:  # Y as it is and, as the last output, its codes
-        c = layer.output_specs[-1]
-        if len(layer.output_specs) != 2 or y.dtype == _CODE or not quant.is_coded(c) or c.dtype != _CODE \
-                or not _same_scale(c.scale, copy_scale):
-            return f"a copy of codes must be a second, {_CODE} output of scale q_copy_scale ({copy_scale})"
+    codes = quant.coded_outputs(layer)  # (the copy: Y as it is and, as the last output, its codes)
+    if isinstance(codes, str):
+        return codes
+    if codes["copy"] not in (None, "fp8"):
+        return f"a copy of {codes['copy']} codes"
     ins, outs = layer.attrs.get("in_layouts"), layer.attrs.get("out_layouts")
-    # before the layout pass (precision assignment asks first) the graph is checked channels-last,
-    # the layout the pass gives a convolution's tensors
-    layouts = _layouts(layer, {}) if (ins or outs) else ("nhwc", "nhwc", "nhwc")
+    # before the layout pass (precision assignment asks first) a 2-D convolution's graph is checked
+    # channels-last, the layout the pass gives its tensors (it stores only 4-D tensors so)
+    if ins or outs or len(x.shape or ()) != 4:
+        layouts = _layouts(layer, {})
+    else:
+        layouts = ("nhwc", "nhwc", "nhwc")
     return {"g": g, "x": reads["input"], "z": reads.get("residual"), "y": y.dtype, "bias": has_input(layer, 2),
-            "copy": copy_scale is not None, "layouts": layouts}
+            "copy": codes["copy"] is not None, "layouts": layouts}
 
 
 def _fp8_graph(layer: Layer, pr: dict, mode: str):
@@ -440,8 +442,7 @@ def _fp8_graph(layer: Layer, pr: dict, mode: str):
             t["B"] = gr.tensor(name="B", dim=cd, stride=cs, data_type=D.FLOAT)
             y = gr.add(a=y, b=t["B"], compute_data_type=D.FLOAT)
         if z_dt:
-            dt = {_CODE: D.FP8_E4M3, "float16": D.HALF, "float32": D.FLOAT}
-            t["Z"] = gr.tensor(name="Z", dim=yd, stride=strides(yd, zl), data_type=dt[z_dt])
+            t["Z"] = gr.tensor(name="Z", dim=yd, stride=strides(yd, zl), data_type=cudnn_dtype(z_dt))
             z = t["Z"]
             if z_dt == _CODE:
                 t["SZ"] = gr.tensor(name="SZ", dim=one, stride=one, data_type=D.FLOAT)
@@ -458,8 +459,7 @@ def _fp8_graph(layer: Layer, pr: dict, mode: str):
                             upper_clip=_FP8_MAX)
             if pr["y"] == _CODE:
                 y, codes = codes, None
-        y.set_output(True).set_dim(yd).set_stride(strides(yd, yl)).set_data_type(
-            {_CODE: D.FP8_E4M3, "float16": D.HALF, "float32": D.FLOAT}[pr["y"]])
+        y.set_output(True).set_dim(yd).set_stride(strides(yd, yl)).set_data_type(cudnn_dtype(pr["y"]))
         t["Y"] = y
         if codes is not None:
             codes.set_output(True).set_dim(yd).set_stride(strides(yd, yl)).set_data_type(D.FP8_E4M3)

@@ -281,7 +281,7 @@ class RowwiseTactic(TacticBase):
             return codes
         if (codes["output"] or codes["copy"]) and layer.key not in NORMS:
             return "writes codes from the normalizations only"
-        if (codes["output"] or codes["copy"]) == "fp8" and gpu is not None and int(gpu.arch.split("_")[-1]) < 89:
+        if (codes["output"] or codes["copy"]) == "fp8" and gpu is not None and gpu.sm < 89:
             return f"e4m3 codes need sm_89 or newer ({gpu.arch})"
         floats = layer.input_specs + [s for s in layer.output_specs if s.name and not quant.is_coded(s)]
         if not all(s.is_static and s.dtype in ("float32", "float16", "bfloat16") for s in floats):

@@ -73,6 +73,7 @@ class QuantizedLayer:
         self.beta = float(a.get("beta", 1.0)) if layer.op in ("Gemm", "FusedGemm") else 1.0
         self.res_scale = a.get("q_residual_scale")
         self.res_zp = int(a.get("q_residual_zero_point", 0))
+        self.code = np.dtype(quant.E4M3 if self.fmt == "fp8" else np.int8)  # element type of its codes
         self.fast = fast
         self.w_q = None
         if self.w_const:
@@ -116,8 +117,7 @@ class QuantizedLayer:
         """An activation as the exact values the product multiplies (``q - zp``, or e4m3 values);
         an activation of codes (a GPU plan's quantized tensor between layers) is taken as it is."""
         x = np.asarray(x)
-        code = np.dtype(quant.E4M3 if self.fmt == "fp8" else np.int8)
-        q = x if x.dtype == code else quant.quantize(x, scale, zp, self.fmt)
+        q = x if x.dtype == self.code else quant.quantize(x, scale, zp, self.fmt)
         return q.astype(F32) if self.fmt == "fp8" else quant.int_values(q, zp, self.dtype)
 
     def operands(self, inputs: list) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +162,7 @@ class QuantizedLayer:
                 y += bias.reshape((-1,) + (1,) * (y.ndim - 2))
         z = inputs[3] if self.kind == "conv" and len(inputs) > 3 else None
         if z is not None:
-            code = np.dtype(quant.E4M3 if self.fmt == "fp8" else np.int8)
-            if np.asarray(z).dtype == code:  # a residual of codes (a GPU plan's quantized tensor)
+            if np.asarray(z).dtype == self.code:  # a residual of codes (a GPU plan's quantized tensor)
                 z = quant.dequantize(z, self.res_scale, self.res_zp)
             elif self.res_scale is not None:
                 z = quant.fake_quantize(z, self.res_scale, self.res_zp, self.fmt)
