@@ -242,7 +242,8 @@ def run_model(name, args, peak, rows, tmp):
                 engine = wb.build(wb.load_onnx(str(onnx_path)),
                                   wb.BuilderConfig(device="gpu", precision=prec, shapes=shapes,
                                                    timing_cache=args.timing_cache, calibration=cal,
-                                                   accuracy_budget=args.budget if prec == "best" else None))
+                                                   accuracy_budget=args.budget if prec == "best" else None,
+                                                   progress=prec == "best"))  # (the search's steps, to the log)
                 if cal:
                     row["quantized"] = {p: n for p in ("int8", "fp8", "fp16", "fp32")
                                         if (n := sum(1 for l in engine.layers if l.precision == p and l.op != "Cast"))}
@@ -250,6 +251,13 @@ def run_model(name, args, peak, rows, tmp):
                     row["quantized"]["codes"] = sum(1 for l in engine.layers for k in ("q_output_scale", "q_copy_scale")
                                                     if l.attrs.get(k) is not None)
                 row["build_s"] = time.time() - t0
+                mp = engine.reports.get("mixed_precision")
+                if mp:  # what the budgeted search chose, and by which latencies
+                    err = mp["error"]
+                    print(f"[{name} b{b} best] budget {mp['budget']:g}: search error {err['search']:.3g}, held-out "
+                          f"{err['held_out']:.3g}; {mp['below_fp32']}/{mp['layers']} layers below fp32 "
+                          f"({mp['strategy']}); {mp['latency_ms']:.4g} ms vs fp32 {mp['fp32_latency_ms']:.4g} ms "
+                          f"({mp['latency_source']}); {len(mp['candidates'])} candidates", flush=True)
                 ctx = engine.create_context()
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
                 out = ctx.run(dfeeds)

@@ -6,6 +6,7 @@ the ones whose fp32 removes the error."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import ml_dtypes
@@ -106,6 +107,37 @@ def test_several_feeds_pool_and_an_iterator_works():
         num = sum((p.layers[i]["rel_err"] ** 2) * d for p, d in zip(parts, dens))
         assert row["rel_err"] == pytest.approx((num / sum(dens)) ** 0.5, rel=1e-6)
         assert row["max_abs_err"] == pytest.approx(max(p.layers[i]["max_abs_err"] for p in parts))
+
+
+def test_impact_runs_within_a_time_budget(monkeypatch):
+    engine = engine_of(M.mlp(), "fp16")
+    feeds = M.feeds(2)
+    full = measure(engine, feeds)
+    assert full.engine["impact"] == "measured"
+    roomy = measure(engine, feeds, impact=1e6)
+    assert roomy.engine["impact"] == "measured"
+    assert [r["output_err"] for r in roomy.layers] == pytest.approx([r["output_err"] for r in full.layers])
+    # the estimate from the first feed's reference pass: a clock that says each reference call took
+    # 0.5 s. Three layers in a chain, each with local outputs: the second runs again for the first,
+    # the third for both, so the downstream runs would take 0.5 * (0 + 1 + 2) = 1.5 s per feed
+    import workbench.runtime.accuracy as acc
+
+    ticks = iter(np.arange(0.0, 1e4, 0.5))
+    monkeypatch.setattr(acc, "_clock", lambda: float(next(ticks)))
+    over = measure(engine, feeds, impact=1.4)
+    assert over.engine["impact"].startswith("skipped") and "about 1.5 s per feed" in over.engine["impact"]
+    assert "1.4 s budget" in over.engine["impact"]
+    assert all(math.isnan(r["output_err"]) for r in over.layers) and over.sort_column == "added_err"
+    # everything else is as measured without a budget
+    for a, b in zip(over.layers, full.layers):
+        assert a["added_err"] == pytest.approx(b["added_err"]) and a["rel_err"] == pytest.approx(b["rel_err"])
+    within = measure(engine, feeds, impact=1.6)
+    assert within.engine["impact"] == "measured"
+    assert [r["output_err"] for r in within.layers] == pytest.approx([r["output_err"] for r in full.layers])
+    assert measure(engine, feeds, impact=False).engine["impact"] == "not asked"
+    for bad in (0, -1.0):
+        with pytest.raises(InputError, match="time budget in seconds must be positive"):
+            measure(engine, feeds, impact=bad)
 
 
 def test_measuring_leaves_the_engine_as_it_was():

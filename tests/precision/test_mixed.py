@@ -94,6 +94,31 @@ def test_layers_past_fp16_range_are_kept_wider_with_that_reason():
                        held_out(feeds)) <= 1e-2
 
 
+def test_sensitivities_fall_back_to_the_added_error_where_impact_runs_cost_too_much(monkeypatch):
+    """A model whose downstream reference runs would be over the time budget (a budget no run
+    meets, here) is searched with each layer's own added error as its sensitivity, says so, and
+    still meets the budget on the held-out batches (the candidates are measured for real)."""
+    feeds = M.feeds(8)
+    seen = []
+    real = mixed.measure
+
+    def spy(*args, **kw):
+        report = real(*args, **kw)
+        seen.append((kw.get("impact"), report))
+        return report
+
+    monkeypatch.setattr(mixed, "IMPACT_BUDGET_S", 1e-12)
+    monkeypatch.setattr(mixed, "measure", spy)
+    net, engine = budgeted(M.mlp(), 4.5e-4, feeds)
+    rep = engine.reports["mixed_precision"]
+    assert seen and all(imp == 1e-12 and r.engine["impact"].startswith("skipped") for imp, r in seen)
+    assert any("added error, not the outputs' error" in n and "skipped" in n for n in rep["notes"])
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))
+    got = max_rel_err(engine, fp32, held_out(feeds))
+    assert got <= 4.5e-4 and rep["error"]["held_out"] == pytest.approx(got, rel=1e-6)
+    assert 0 < rep["below_fp32"] < len(engine.layers)  # (uniform fp16 breaks this budget: a mix)
+
+
 def test_a_user_metric_replaces_the_default():
     calls = []
 

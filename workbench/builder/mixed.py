@@ -62,6 +62,9 @@ HELD_OUT_EVERY = 4
 MAX_FEEDS = 64
 RANDOM_FEEDS = 8
 SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
+# seconds per feed the sensitivity's downstream reference runs may take (runtime/accuracy.py);
+# over it, a layer's sensitivity is its own added error instead (BERT-base at batch 32: minutes)
+IMPACT_BUDGET_S = 60.0
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0
@@ -152,9 +155,14 @@ class _Search:
                     self.notes.append(f"{p} not tried: {str(exc).splitlines()[0]}")
                     continue
                 self.engines[p] = engine
-                report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32)
+                report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32,
+                                 impact=IMPACT_BUDGET_S)
                 self._tick()
                 rows = {r["layer"]: r for r in report.layers}
+                impact = report.engine.get("impact") == "measured"
+                if not impact:
+                    self.notes.append(f"{p}: sensitivities are each layer's added error, not the outputs' error "
+                                      f"(impact runs {report.engine.get('impact')})")
             else:
                 rows = {}
             why = {r["layer"]: r.get("reason", "") for r in engine.reports.get("precision", [])}
@@ -165,7 +173,7 @@ class _Search:
                     self.refusals[layer.name][p] = why.get(layer.name) or f"the target keeps it {layer.precision}"
                     continue
                 row = rows.get(layer.name, {})
-                sens = 0.0 if p == "fp32" else _finite_or_inf(row.get("output_err"))
+                sens = 0.0 if p == "fp32" else _finite_or_inf(row.get("output_err" if impact else "added_err"))
                 self.facts[layer.name][p] = Rung(p, engine_layer_ms(layer, self.backend), sens)
                 self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
             uniform = {l.name: l.precision for l in engine.layers if l.name in self.facts}

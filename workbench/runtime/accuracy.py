@@ -26,10 +26,17 @@ over the graph outputs. Layers of If / Loop / Scan bodies are reported as their 
 Cost: three kernel calls per layer (reference, engine, engine on reference inputs) plus, for
 ``output_err``, a run of the layers downstream of each layer (about n^2/2 layer calls per feed;
 ``impact=False`` skips it). The reference keeps every activation of one feed while ``impact`` is on.
+Those downstream runs are reference (CPU) kernels: on a large model at a large batch they cost
+minutes per feed (BERT-base at batch 32: about n/2 = 100 reference passes of a second each). So
+``impact`` may be a time budget in seconds: after the first feed's ordinary pass, the downstream
+runs' cost is estimated from that pass's measured reference times (layer ``j`` runs once for every
+changed layer before it that it depends on), and where the estimate is over the budget no feed
+gets them: ``output_err`` is NaN and the report's ``engine["impact"]`` says why.
 """
 
 from __future__ import annotations
 
+import time
 from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
@@ -44,13 +51,16 @@ from .validate import check_feeds
 
 __all__ = ["AccuracyReport", "measure"]
 
+_clock = time.perf_counter  # times the reference calls (the impact estimate)
+
 
 def measure(engine, feeds, *, local: bool = True, impact: bool = True, reference=None, seed: int = 0,
             progress: bool = False, memory_budget: int | None = None) -> AccuracyReport:
     """Per-layer accuracy of ``engine`` on ``feeds`` (a feed dict or an iterable of them, each
     checked like ``run``'s) against an fp32 reference of its plan (see the module doc).
     ``local=False`` skips the layer-alone runs (no ``added_err`` / ``output_err``); ``impact=False``
-    skips only ``output_err``. ``reference``: an fp32 engine of the same model with the same layers
+    skips only ``output_err``; ``impact=<seconds>`` runs it only where the first feed's estimate of
+    its cost per feed is within that budget (module doc). ``reference``: an fp32 engine of the same model with the same layers
     (e.g. its fp32 build), whose float weights the reference of int8 / fp8 layers uses (without
     it their stored weights are dequantized). ``progress``: a tqdm bar over the feeds."""
     plan = engine.plan
@@ -59,14 +69,20 @@ def measure(engine, feeds, *, local: bool = True, impact: bool = True, reference
                              "build one with fixed shapes (--shapes) to measure it")
     ref_step = Stepper(reference_plan(plan, reference.plan if reference is not None else None), seed)
     side = GpuSide(engine) if engine.backend == "gpu" else CpuSide(engine, seed)
-    walk = _Walk(plan, ref_step, side, local, impact and local)
+    if isinstance(impact, bool) or impact is None:
+        budget = None
+    else:
+        budget, impact = float(impact), True
+        if not budget > 0:
+            raise InputError(f"impact: a time budget in seconds must be positive, got {budget}")
+    walk = _Walk(plan, ref_step, side, local, bool(impact) and local, budget)
     bar = _bar(progress)
     # overflow to inf / NaN is what the report counts and locates, not a warning to print
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         count = _feed_all(engine, feeds, walk, bar, side, memory_budget)
     if count == 0:
         raise InputError("no feeds given: pass a feed dict or an iterable of at least one")
-    return _report(engine, walk, count, local, impact and local)
+    return _report(engine, walk, count, local, walk.impact)
 
 
 def _feed_all(engine, feeds, walk, bar, side, memory_budget) -> int:
@@ -89,8 +105,10 @@ def _feed_all(engine, feeds, walk, bar, side, memory_budget) -> int:
 class _Walk:
     """The per-layer statistics of one engine, fed one feed at a time."""
 
-    def __init__(self, plan, ref_step: Stepper, side, local: bool, impact: bool):
+    def __init__(self, plan, ref_step: Stepper, side, local: bool, impact: bool, budget: float | None = None):
         self.plan, self.ref_step, self.side, self.local, self.impact = plan, ref_step, side, local, impact
+        self.budget = budget  # seconds per feed the downstream runs may take (None: no limit)
+        self.impact_note = "measured" if impact else "not asked"
         self.layers = plan.layers
         outputs = [s.name for s in plan.outputs]
         self.stats = [LayerStats(outputs) for _ in self.layers]
@@ -110,10 +128,13 @@ class _Walk:
         ref.update(feeds)
         side.start(feeds)
         local_outs: list[list | None] = [None] * len(self.layers)
+        ref_s = [0.0] * len(self.layers)  # each reference call's seconds (the impact estimate)
         for i, layer in enumerate(self.layers):
             st = self.stats[i]
             ref_in = [ref[n] if n else None for n in ref_layers[i].inputs]
+            t0 = _clock()
             ref_out = self.ref_step.call(i, ref_in, ref)
+            ref_s[i] = _clock() - t0
             for name, v in zip(layer.outputs, ref_out):
                 if name:
                     ref[name] = v
@@ -141,10 +162,35 @@ class _Walk:
                     ref.pop(name, None)
         for spec in plan.outputs:
             self.out_stats[spec.name].add(side.value(spec.name), ref.get(spec.name))
+        if self.impact and self.budget is not None and index == 0:
+            cost = self._impact_cost(ref_s, local_outs)
+            if cost > self.budget:
+                self.impact = False
+                self.impact_note = (f"skipped: the downstream reference runs would take about {cost:.3g} s per feed "
+                                    f"(from this feed's reference pass of {sum(ref_s):.3g} s), over the "
+                                    f"{self.budget:g} s budget")
         if self.impact:
             for i, loc in enumerate(local_outs):
                 if loc is not None:
                     self._impact(i, loc, ref)
+
+    def _impact_cost(self, ref_s: list[float], local_outs: list) -> float:
+        """Seconds the downstream runs of this feed would take: layer ``j`` runs once for every
+        earlier layer with local outputs whose values can reach it (an upper bound: a layer whose
+        local output equals the reference changes nothing)."""
+        reach: list[int] = []  # bit k: layer k (with local outputs) reaches this layer
+        made: dict[str, int] = {}
+        for j, layer in enumerate(self.ref_step.ex.layers):
+            deps = 0
+            for name in self.reads[j]:
+                k = made.get(name)
+                if k is not None:
+                    deps |= reach[k] | ((1 << k) if local_outs[k] is not None else 0)
+            reach.append(deps)
+            for name in layer.outputs:
+                if name:
+                    made[name] = j
+        return sum(ref_s[j] * bin(reach[j]).count("1") for j in range(len(reach)))
 
     def _impact(self, i: int, loc: list, ref: dict) -> None:
         """The graph outputs with layer ``i``'s local outputs fed to the reference downstream."""
@@ -203,7 +249,7 @@ def _report(engine, walk: _Walk, feeds: int, local: bool, impact: bool) -> Accur
     outs = {name: {"rel_err": d.rel, "max_abs_err": d.max_abs_err, "cosine": d.cosine, "nonfinite": d.nonfinite}
             for name, d in walk.out_stats.items()}
     info = {"backend": engine.backend, "layers": len(engine.plan.layers),
-            "precision": engine.build_info.get("precision"), "path": engine.path}
+            "precision": engine.build_info.get("precision"), "path": engine.path, "impact": walk.impact_note}
     return AccuracyReport(rows, outs, first, feeds, info)
 
 
