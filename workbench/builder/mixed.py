@@ -64,7 +64,7 @@ RANDOM_FEEDS = 8
 SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
 # seconds per feed the sensitivity's downstream reference runs may take (runtime/accuracy.py);
 # over it, a layer's sensitivity is its own added error instead (BERT-base at batch 32: minutes)
-IMPACT_BUDGET_S = 60.0
+IMPACT_BUDGET_S = 20.0
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0
