@@ -72,7 +72,21 @@ def test_random_inputs_without_inputs(work, capsys):
     assert "over 1 feed" in out
 
 
+def test_impact_runs_over_a_time_budget_are_skipped_and_said(work, capsys):
+    code, out, err = cli(capsys, "accuracy", work / "e16.wbe", "--inputs", work / "x.npz", "--impact-seconds", "1e-12")
+    assert code == 0, err
+    assert "error at the outputs per layer: skipped" in out and "1e-12 s budget" in out
+    assert "layers by the error they add at their own output" in out
+    code, out, err = cli(capsys, "accuracy", work / "e16.wbe", "--inputs", work / "x.npz", "--impact-seconds", "1e6",
+                         "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["engine"]["impact"] == "measured" and all(r["output_err"] is not None for r in d["layers"])
+
+
 @pytest.mark.parametrize("args,words", [
+    (["accuracy", "{w}/e16.wbe", "--impact-seconds", "0"], ["--impact-seconds"]),
+    (["accuracy", "{w}/e16.wbe", "--impact-seconds", "5", "--no-impact"], ["--no-impact", "--impact-seconds"]),
     (["accuracy", "{w}/nope.wbe"], ["does not exist"]),
     (["accuracy", "{w}/notanengine.wbe"], ["not a workbench engine"]),
     (["accuracy", "{w}/e16.wbe", "--inputs", "{w}/missing.npz"], ["missing.npz", "not exist"]),

@@ -43,8 +43,12 @@ def add_command(sub, positive, add_threads, add_budget) -> None:
     a.add_argument("--reference", metavar="ENGINE",
                    help="an fp32 engine of the same model (the same layers), whose weights the reference of int8 / "
                         "fp8 layers uses (default: their stored weights, dequantized)")
-    a.add_argument("--no-impact", action="store_true",
-                   help="skip each layer's error at the outputs (quadratic in the number of layers)")
+    how = a.add_mutually_exclusive_group()
+    how.add_argument("--no-impact", action="store_true",
+                     help="skip each layer's error at the outputs (quadratic in the number of layers)")
+    how.add_argument("--impact-seconds", type=_budget, metavar="S",
+                     help="measure each layer's error at the outputs only where the first feed's estimate of those "
+                          "runs is within S seconds per feed (they run the reference downstream of every layer)")
     a.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
     add_threads(a)
     add_budget(a)
@@ -80,7 +84,8 @@ def cmd_accuracy(args) -> int:
     from ..runtime.cpu import cpu_threads, default_threads
 
     with cpu_threads(args.threads or default_threads()):
-        report = measure(engine, feeds, impact=not args.no_impact, reference=reference,
+        impact = False if args.no_impact else (args.impact_seconds or True)
+        report = measure(engine, feeds, impact=impact, reference=reference,
                          memory_budget=args.memory_budget)
     if args.json:
         print_json(report.to_dict())

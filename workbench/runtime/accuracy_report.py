@@ -221,6 +221,8 @@ class AccuracyReport:
         lines.append("  first non-finite value: " + ("none" if bad is None else
                      f"layer {bad['layer']!r} (tensor {bad['tensor']!r}, feed {bad['feed']}; ONNX nodes: "
                      f"{', '.join(bad['onnx_nodes'][:4]) or '-'})"))
+        if str(e.get("impact", "")).startswith("skipped"):
+            lines.append(f"  error at the outputs per layer: {e['impact']}")
         rows = self.top(top)
         if not rows:
             return "\n".join(lines)
