@@ -52,6 +52,17 @@ def test_bars_next_to_the_dropdowns_and_remeasure_on_change(app):
     assert {l.name: l.precision for l in app.engine.layers}[names[1]] == "fp16"
 
 
+def test_measure_on_a_model_whose_impact_runs_are_too_long_ranks_by_the_added_error(app, monkeypatch):
+    import workbench.ui.precision_tab as pt
+
+    monkeypatch.setattr(pt, "IMPACT_SECONDS", 1e-12)
+    tab = app.precision_tab
+    tab.measure_button.click()
+    assert tab.report.sort_column == "added_err" and tab.report.engine["impact"].startswith("skipped")
+    assert "ranked by the error they add at their own output" in tab.accuracy.value
+    assert tab.layer_errors() == {r["layer"]: r["added_err"] for r in tab.report.layers}
+
+
 def test_auto_under_budget_shows_the_tradeoff(app):
     tab = app.precision_tab
     tab.budget.value = 1e-3

@@ -52,7 +52,7 @@ from ..dtypes import itemsize
 from ..errors import BuildError, WorkbenchError
 from ..precision.assign import EMULATED
 from ..precision.calibration import Calibration, CalibrationTable, calibrate, from_path
-from ..runtime.accuracy import measure
+from ..runtime.accuracy import IMPACT_SECONDS, measure
 from ..runtime.accuracy_report import Diff
 from ..runtime.engine import Engine
 from ..runtime.feeds import random_feeds
@@ -64,7 +64,7 @@ RANDOM_FEEDS = 8
 SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
 # seconds per feed the sensitivity's downstream reference runs may take (runtime/accuracy.py);
 # over it, a layer's sensitivity is its own added error instead (BERT-base at batch 32: minutes)
-IMPACT_BUDGET_S = 20.0
+IMPACT_BUDGET_S = IMPACT_SECONDS
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0

@@ -52,6 +52,9 @@ from .validate import check_feeds
 __all__ = ["AccuracyReport", "measure"]
 
 _clock = time.perf_counter  # times the reference calls (the impact estimate)
+# the budget the interactive callers (the precision search, the notebook's Measure) give the
+# downstream runs, in seconds per feed
+IMPACT_SECONDS = 20.0
 
 
 def measure(engine, feeds, *, local: bool = True, impact: bool = True, reference=None, seed: int = 0,

@@ -19,6 +19,7 @@ import pandas as pd
 import workbench as wb
 
 from ..core.precisions import supported_precisions
+from ..runtime.accuracy import IMPACT_SECONDS
 from ..runtime.profile import latency_ms
 from .charts import chart_html
 from .html import df_html, error_html, esc, note_html
@@ -217,7 +218,8 @@ class PrecisionTab:
                 label = "preview"
             else:
                 engine, label = app.engine, app.label
-            report = engine.accuracy(app.feeds(engine))
+            # the error at the outputs where it takes seconds, not minutes (else the added error ranks)
+            report = engine.accuracy(app.feeds(engine), impact=IMPACT_SECONDS)
         except Exception as exc:  # an override the target cannot run is reported, not raised
             self.accuracy.value = error_html(exc)
             return None
@@ -236,6 +238,9 @@ class PrecisionTab:
         parts = [f"error vs an fp32 reference of {what}: {outs}",
                  "first non-finite value: " + (f"{bad['layer']} ({bad['tensor']})" if bad else "none"),
                  f"largest contributors: {top}"]
+        skipped = str(report.engine.get("impact", ""))
+        if skipped.startswith("skipped"):
+            parts.append(f"layers ranked by the error they add at their own output: the error at the outputs was {skipped}")
         if stale:
             parts.append("(the overrides are not measured: this session holds a saved engine, which cannot be rebuilt)")
         return "".join(note_html(p) for p in parts)
