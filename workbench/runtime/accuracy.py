@@ -57,15 +57,16 @@ _clock = time.perf_counter  # times the reference calls (the impact estimate)
 IMPACT_SECONDS = 20.0
 
 
-def measure(engine, feeds, *, local: bool = True, impact: bool = True, reference=None, seed: int = 0,
+def measure(engine, feeds, *, local: bool = True, impact: bool | float = True, reference=None, seed: int = 0,
             progress: bool = False, memory_budget: int | None = None) -> AccuracyReport:
     """Per-layer accuracy of ``engine`` on ``feeds`` (a feed dict or an iterable of them, each
     checked like ``run``'s) against an fp32 reference of its plan (see the module doc).
     ``local=False`` skips the layer-alone runs (no ``added_err`` / ``output_err``); ``impact=False``
-    skips only ``output_err``; ``impact=<seconds>`` runs it only where the first feed's estimate of
-    its cost per feed is within that budget (module doc). ``reference``: an fp32 engine of the same model with the same layers
-    (e.g. its fp32 build), whose float weights the reference of int8 / fp8 layers uses (without
-    it their stored weights are dequantized). ``progress``: a tqdm bar over the feeds."""
+    skips only ``output_err``; ``impact=<seconds>`` (a number) runs it only where the first feed's
+    estimate of its cost per feed is within that budget (module doc). ``reference``: an fp32 engine
+    of the same model with the same layers (e.g. its fp32 build), whose float weights the reference
+    of int8 / fp8 layers uses (without it their stored weights are dequantized). ``progress``: a
+    tqdm bar over the feeds."""
     plan = engine.plan
     if getattr(plan, "buckets", None):
         raise WorkbenchError("per-layer accuracy of an engine built for shape ranges (buckets) is not supported; "
