@@ -7,6 +7,7 @@ markdown table to bench/RESULTS.md.
 
     python3 bench/bench.py --models resnet50,bert --batches 1,32 --precisions fp16
     python3 bench/bench.py --build-cache-demo
+    python3 bench/bench.py --models resnet50 --batches 32 --precisions fp8 --layers 15   # + the slowest layers
 """
 
 from __future__ import annotations
@@ -270,7 +271,9 @@ def run_model(name, args, peak, rows, tmp):
                     for n, v in dfeeds.items():
                         ctx.input_buffer(n)[...] = v
                     row["bound"] = time_cupy(lambda: ctx.execute(), args.runs)
-                row["top"], row["graph_ms"], row["segments"] = profile_top(ctx, dfeeds)
+                row["top"], row["graph_ms"], row["segments"], slowest = profile_top(ctx, dfeeds, layers=args.layers)
+                for line in slowest:  # printed at once: a run cut short keeps them
+                    print(f"  [{name} b{b} {prec}] {line}", flush=True)
                 del ctx, engine
             except Exception as e:
                 traceback.print_exc(limit=4)
@@ -282,20 +285,33 @@ def run_model(name, args, peak, rows, tmp):
         del feeds
 
 
-def profile_top(ctx, feeds, n=6):
-    """(top layers of the per-layer CUDA-event profile, end-to-end graph replay ms, segments)."""
+def profile_top(ctx, feeds, n=6, layers=0):
+    """(top layers of the per-layer CUDA-event profile, end-to-end graph replay ms, segments, the
+    ``layers`` slowest single layers, each with its tactic config and shapes)."""
     try:
         df = ctx.profile(feeds, runs=20)
     except Exception as e:  # the benchmark row stands without it
-        return [f"profile failed: {type(e).__name__}: {e}"], None, ""
+        return [f"profile failed: {type(e).__name__}: {e}"], None, "", []
     segs = ctx._segments or []
     seg = f"{sum(k == 'graph' for k, _ in segs)} graph / {sum(k == 'eager' for k, _ in segs)} eager segments"
     top = []
     by_type = df.groupby(["type", "tactic"])["median_ms"].agg(["sum", "count"]).sort_values("sum", ascending=False)
     for (typ, tac), r in by_type.head(n).iterrows():
         top.append(f"{typ} x{int(r['count'])} via {tac}: {r['sum']:.3f} ms")
+    by_name, slowest = {l.name: l for l in ctx.engine.layers}, []
+    consts = ctx.engine.plan.constants
+    for _, r in df.sort_values("median_ms", ascending=False).head(layers).iterrows():
+        lay = by_name.get(r["layer"])
+        if lay is None:
+            continue
+        acts = [s for name, s in zip(lay.inputs, lay.aligned_input_specs()) if name and name not in consts and s]
+        io = lambda specs: ",".join(f"{s.dtype}{list(s.shape or [])}" for s in specs)  # noqa: E731
+        cfg = {k: v for k, v in (lay.tactic_config or {}).items() if k != "record"}
+        gbs = r["bytes"] / r["median_ms"] / 1e6 if r["median_ms"] else 0.0
+        slowest.append(f"{r['median_ms'] * 1e3:7.1f} us  {lay.op} {lay.precision} via {lay.tactic} {cfg} "
+                       f"in {io(acts)} out {io(lay.output_specs)} ({gbs:.0f} GB/s) {lay.name}")
     top.append(f"sum of layers {df.attrs['sum_of_layers_ms']:.3f} ms vs graph replay {df.attrs['end_to_end_ms']:.3f} ms; {seg}")
-    return top, df.attrs["end_to_end_ms"], seg
+    return top, df.attrs["end_to_end_ms"], seg, slowest
 
 
 def fmt(v, nd=3):
@@ -364,6 +380,8 @@ def main(argv=None):
     ap.add_argument("--build-cache-demo", action="store_true")
     ap.add_argument("--skip-compile", action="store_true", help="no torch.compile peer (quick workbench-only runs)")
     ap.add_argument("--timing-cache", default=None)
+    ap.add_argument("--layers", type=int, default=0, metavar="N",
+                    help="also list each row's N slowest layers (tactic config, shapes, GB/s)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--workdir", default=None, help="where the ONNX files go (default: a temp dir)")
     args = ap.parse_args(argv)
