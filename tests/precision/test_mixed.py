@@ -107,7 +107,7 @@ def test_sensitivities_fall_back_to_the_added_error_where_impact_runs_cost_too_m
         seen.append((kw.get("impact"), report))
         return report
 
-    monkeypatch.setattr(mixed, "IMPACT_BUDGET_S", 1e-12)
+    monkeypatch.setattr(mixed, "IMPACT_SECONDS", 1e-12)
     monkeypatch.setattr(mixed, "measure", spy)
     net, engine = budgeted(M.mlp(), 4.5e-4, feeds)
     rep = engine.reports["mixed_precision"]

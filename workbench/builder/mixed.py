@@ -62,9 +62,6 @@ HELD_OUT_EVERY = 4
 MAX_FEEDS = 64
 RANDOM_FEEDS = 8
 SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
-# seconds per feed the sensitivity's downstream reference runs may take (runtime/accuracy.py);
-# over it, a layer's sensitivity is its own added error instead (BERT-base at batch 32: minutes)
-IMPACT_BUDGET_S = IMPACT_SECONDS
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0
@@ -156,7 +153,7 @@ class _Search:
                     continue
                 self.engines[p] = engine
                 report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32,
-                                 impact=IMPACT_BUDGET_S)
+                                 impact=IMPACT_SECONDS)  # over it: each layer's added error
                 self._tick()
                 rows = {r["layer"]: r for r in report.layers}
                 impact = report.engine.get("impact") == "measured"

@@ -310,7 +310,6 @@ class _Gemm:
             pass
 
 
-
 def _signature(p: dict, precision: str, direct: str | None = None, fast: bool = False) -> tuple:
     return (precision, p["m"], p["n"], p["k"], direct, bool(direct) and p["out_coded"], fast)
 

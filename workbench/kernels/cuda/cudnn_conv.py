@@ -52,8 +52,9 @@ from .tactic import BuiltKernel, GpuInfo, TacticBase
 # cuDNN's plan name): mode A's top plans, then B's (a different heuristic ranking), then the fallback
 # list. Building a runtime-fusion plan compiles a kernel, so these caps bound the cold build time.
 MODE_PLANS = (("A", 5), ("B", 3))  # FALLBACK too cost 88 s cold at b32 (H100, 2026-11-26)
-# the fp8 graphs: fewer (each plan is a runtime-fusion kernel compiled at build; on an H100 the
-# plans of one ResNet-50 fp8 layer were within a few percent of each other)
+# the fp8 graphs: fewer (each plan is a runtime-fusion kernel compiled at build, about 2.5 s on an
+# H100). Mode B ranks the first plans as A does, so this times A's first five; on ResNet-50 shapes
+# they held the fastest plan, often not the first (bench/probe_conv_epilogue.py, RESULTS 2026-12-07)
 FP8_MODE_PLANS = (("A", 3), ("B", 2))
 _GRAPHS: dict = {}  # (signature, mode) -> (graph, tensors, plan names) or a reason
 
