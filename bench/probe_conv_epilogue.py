@@ -11,6 +11,13 @@ replays.
 
     python3 bench/probe_conv_epilogue.py [--n 32] [--plans 8] [--shapes 0,1,2,6] [--variants a,b] [--detail]
 
+The ``gemm ...`` variants time a 1x1 stride-1 convolution as what it is on channels-last
+buffers, an [N*H*W, C] x [C, K] GEMM: cuBLASLt's FP8 GEMM (``cublaslt_quant._Gemm``, FAST_ACCUM
+on, each algorithm of its heuristic) with its RELU_BIAS epilogue, a float16 residual as C (beta
+1), writing float16 or e4m3 codes; ``gemm f16 addmm`` is torch's float16 addmm (cuBLAS, bias only)
+for scale. Each GEMM's output is checked against float32 on the same codes (``--detail`` prints
+the relative error), so a wrong epilogue order shows.
+
 Prints one table of microseconds per launch (the fastest plan; in brackets the plan ranked first,
 where slower), then the fastest plan's engine per cell.
 """
@@ -20,10 +27,13 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import numpy as np
+
 # (C, H, W, K, kernel, stride): the distinct conv shapes of ResNet-50's four stages
 SHAPES = [(64, 56, 56, 64, 3, 1), (256, 56, 56, 64, 1, 1), (64, 56, 56, 256, 1, 1), (128, 28, 28, 128, 3, 1),
           (512, 28, 28, 128, 1, 1), (256, 14, 14, 256, 3, 1), (1024, 14, 14, 256, 1, 1), (512, 7, 7, 512, 3, 1),
-          (128, 56, 56, 128, 3, 2)]
+          (128, 56, 56, 128, 3, 2), (64, 56, 56, 64, 1, 1), (128, 28, 28, 512, 1, 1), (256, 14, 14, 1024, 1, 1),
+          (512, 7, 7, 2048, 1, 1), (2048, 7, 7, 512, 1, 1)]
 LAUNCHES = 20
 FP8_MAX = 448.0
 # name -> (io, residual: None / "f16" / "f8", output: "f16" / "f8" / "f8 noclamp" / "f16+f8")
@@ -37,6 +47,14 @@ VARIANTS = {
     "fp8 res16 ->f16": ("f8", "f16", "f16"),
     "fp8 res8 ->f16": ("f8", "f8", "f16"),
     "fp8 res16 ->f16+f8": ("f8", "f16", "f16+f8"),
+}
+# name -> (residual, output) of the 1x1 convolution as a cuBLASLt FP8 GEMM; "addmm": torch float16
+GEMM_VARIANTS = {
+    "gemm fp8 ->f16": (False, "f16"),
+    "gemm fp8 ->f8": (False, "f8"),
+    "gemm fp8 res16 ->f16": (True, "f16"),
+    "gemm fp8 res16 ->f8": (True, "f8"),
+    "gemm f16 addmm": (False, "addmm"),
 }
 
 
@@ -104,26 +122,15 @@ def build(cudnn, handle, n, shape, variant, max_plans, modes=("A", "B")):
     return gr, t, yd, plans
 
 
-def time_plan(torch, cudnn, handle, gr, t, index, stream) -> float:
-    """Median us per launch of plan ``index`` as a CUDA-graph replay of LAUNCHES launches."""
-    dev = "cuda"
-    pack = {}
-    for key, tens in t.items():
-        dims = list(tens.get_dim())
-        dt = {cudnn.data_type.HALF: torch.float16, cudnn.data_type.FLOAT: torch.float32,
-              cudnn.data_type.FP8_E4M3: torch.float8_e4m3fn}[tens.get_data_type()]
-        v = torch.randn(dims, device=dev) * (0.01 if key in ("S", "SZ", "SY", "B") else 1.0)
-        pack[tens] = v.to(dt).contiguous(memory_format=torch.channels_last) if len(dims) == 4 and dims[1] > 1 \
-            else v.to(dt)
-    ws = torch.empty(max(1, gr.get_workspace_size_plan_at_index(index)), dtype=torch.uint8, device=dev)
+def replay_us(torch, launch, stream) -> float:
+    """Median us per launch of ``launch()`` as a CUDA-graph replay of LAUNCHES launches."""
     with torch.cuda.stream(stream):
-        cudnn.set_stream(handle, stream.cuda_stream)
-        gr.execute_plan_at_index(pack, ws, index, handle=handle)
+        launch()
         stream.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, stream=stream):
             for _ in range(LAUNCHES):
-                gr.execute_plan_at_index(pack, ws, index, handle=handle)
+                launch()
         g.replay()
         stream.synchronize()
         out = []
@@ -137,12 +144,79 @@ def time_plan(torch, cudnn, handle, gr, t, index, stream) -> float:
     return statistics.median(out)
 
 
+def time_gemm(torch, n, shape, variant, stream, max_algos) -> tuple[list, float]:
+    """([(us, algorithm name)] per algorithm, relative error of the first) of a 1x1 convolution as
+    a GEMM (``GEMM_VARIANTS``)."""
+    c, h, w, k, r, s = shape
+    if (r, s) != (1, 1):
+        raise ValueError("a GEMM stands for 1x1 stride-1 convolutions only")
+    m = n * h * w
+    res, out = GEMM_VARIANTS[variant]
+    dev = "cuda"
+    x = torch.randn(m, c, device=dev)
+    wt = torch.randn(k, c, device=dev) / c ** 0.5
+    bias = (torch.randn(k, device=dev) * 0.1).half()
+    if out == "addmm":
+        x16, w16 = x.half(), wt.half().t()
+        y = torch.empty(m, k, device=dev, dtype=torch.float16)
+        return [(replay_us(torch, lambda: torch.addmm(bias, x16, w16, out=y), stream), "cuBLAS")], 0.0
+    from workbench.kernels.cuda import cublaslt_quant as Q
+
+    xq, wq = x.to(torch.float8_e4m3fn), wt.mul(16).to(torch.float8_e4m3fn)
+    cres = torch.randn(m, k, device=dev).half()
+    coded = out == "f8"
+    d = torch.empty(m, k, device=dev, dtype=torch.float8_e4m3fn if coded else torch.float16)
+    gm = Q._Gemm("fp8", m, k, c, direct="RELU_BIAS", coded=coded, fast=True, residual=res)
+    gm.alpha = np.array([1 / 16], np.float32)
+    gm.set_bias(bias.data_ptr())
+    d_scale = 0.5
+    if coded:
+        gm.d_scale.fill(d_scale)
+    ws = torch.empty(32 << 20, dtype=torch.uint8, device=dev)
+    lt, hd = gm.lt, gm.handle
+    cptr = cres.data_ptr() if res else d.data_ptr()
+    times, err = [], float("nan")
+    for i in range(min(max_algos, len(gm.records))):
+        algo = gm.records.ctypes.data + i * gm.records.itemsize
+        wsz = int(gm.records[i]["workspace_size"])
+
+        def launch(algo=algo, wsz=wsz):
+            lt.matmul(hd, gm.desc, gm.alpha.ctypes.data, wq.data_ptr(), gm.a_l, xq.data_ptr(), gm.b_l,
+                      gm.beta.ctypes.data, cptr, gm.c_l, d.data_ptr(), gm.d_l, algo, ws.data_ptr() if wsz else 0,
+                      wsz, stream.cuda_stream)
+        times.append((replay_us(torch, launch, stream), f"algo #{i}"))
+        if i == 0:
+            want = torch.relu(xq.float() @ wq.float().t() / 16 + (cres.float() if res else 0) + bias.float())
+            got = d.float() / d_scale if coded else d.float()
+            err = float((got - want).norm() / want.norm())
+    return times, err
+
+
+def time_plan(torch, cudnn, handle, gr, t, index, stream) -> float:
+    """Median us per launch of plan ``index`` as a CUDA-graph replay of LAUNCHES launches."""
+    dev = "cuda"
+    pack = {}
+    for key, tens in t.items():
+        dims = list(tens.get_dim())
+        dt = {cudnn.data_type.HALF: torch.float16, cudnn.data_type.FLOAT: torch.float32,
+              cudnn.data_type.FP8_E4M3: torch.float8_e4m3fn}[tens.get_data_type()]
+        v = torch.randn(dims, device=dev) * (0.01 if key in ("S", "SZ", "SY", "B") else 1.0)
+        pack[tens] = v.to(dt).contiguous(memory_format=torch.channels_last) if len(dims) == 4 and dims[1] > 1 \
+            else v.to(dt)
+    ws = torch.empty(max(1, gr.get_workspace_size_plan_at_index(index)), dtype=torch.uint8, device=dev)
+
+    def launch():
+        cudnn.set_stream(handle, stream.cuda_stream)
+        gr.execute_plan_at_index(pack, ws, index, handle=handle)
+    return replay_us(torch, launch, stream)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--plans", type=int, default=8, help="plans timed per graph (heuristic order)")
     ap.add_argument("--shapes", default="0,1,2,6", help="indices into SHAPES")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="of " + ", ".join(list(VARIANTS) + list(GEMM_VARIANTS)))
     ap.add_argument("--modes", default="A,B", help="cuDNN heuristic modes whose plans are timed, in order")
     ap.add_argument("--detail", action="store_true", help="also print every plan's time, in heuristic order")
     args = ap.parse_args(argv)
@@ -162,6 +236,20 @@ def main(argv=None) -> None:
         cells, eng = [], []
         for name in names:
             try:
+                if name in GEMM_VARIANTS:
+                    if shape[4:] != (1, 1):
+                        cells.append("-")
+                        eng.append("-")
+                        continue
+                    times, err = time_gemm(torch, args.n, shape, name, stream, args.plans)
+                    if args.detail:
+                        print(f"  {shape} {name}: rel err {err:.2e}; " + ", ".join(
+                            f"#{r} {n} {us:.1f}" for r, (us, n) in enumerate(times)), flush=True)
+                    best = min(times)
+                    cells.append(f"{best[0]:.1f}" + (f" [{times[0][0]:.1f}]" if times[0][0] > best[0] * 1.02 else "")
+                                 + f" ({len(times)})")
+                    eng.append(best[1])
+                    continue
                 gr, t, _, plans = build(cudnn, handle, args.n, shape, name, args.plans, args.modes.split(","))
                 times = []
                 for i, pname in plans:

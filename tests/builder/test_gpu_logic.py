@@ -217,7 +217,7 @@ def test_only_the_quantized_tactics_take_int8_and_fp8_layers():
     for t in primary + fallback:
         for fmt in ("int8", "fp8"):
             refused = format_refusal(t, fmt)
-            takes = {f"cublaslt_quant.{fmt}"} | ({"cudnn.conv_fp8"} if fmt == "fp8" else set())
+            takes = {f"cublaslt_quant.{fmt}"} | ({"cudnn.conv_fp8", "cublaslt.conv1x1_fp8"} if fmt == "fp8" else set())
             assert (refused is None) == (t.name in takes), (t.name, fmt, refused)
         assert format_refusal(t, "fp16") is None
 
@@ -258,6 +258,55 @@ def test_quantized_gemm_problem_and_refusals():
     assert "quantized Gemm / FusedGemm / MatMul only" in _problem(conv, "int8")
 
 
+def _conv1x1(prec="fp16", k=1, stride=1, pads=0, group=1, act="Relu", residual=True, layouts="nhwc", c=64, m=256,
+             hw=8, n=2, **q):
+    dt = "float16"
+    specs = [TensorSpec("x", dt, [n, c, hw, hw]), TensorSpec("w", "float8e4m3fn" if prec == "fp8" else dt,
+                                                               [m, c // group, k, k]), TensorSpec("b", "float32", [m])]
+    out = (hw + 2 * pads - k) // stride + 1
+    names = ["x", "w", "b"]
+    if residual:
+        specs.append(TensorSpec("z", dt, [n, m, out, out]))
+        names.append("z")
+    a = {"kernel_shape": [k, k], "strides": [stride] * 2, "pads": [pads] * 4, "dilations": [1, 1], "group": group,
+         "activation": act, "residual": int(residual)}
+    if layouts:
+        a.update({"in_layouts": [layouts, "", "", layouts][:len(names)], "out_layouts": [layouts]})
+    if prec == "fp8":
+        a.update({"q_format": "fp8", "q_input_scale": 0.05, "q_input_zero_point": 0,
+                  "q_weight_scale": np.array([0.01], np.float32), "q_weight_axis": -1, "q_weight_zero_point": 0,
+                  "q_weight_const": 1})
+    a.update(q)
+    lay = Layer("conv", "FusedConv", domain="workbench", inputs=names, outputs=["y"], attrs=a, input_specs=specs,
+                output_specs=[TensorSpec("y", dt, [n, m, out, out])])
+    lay.precision = prec
+    return lay
+
+
+def test_conv1x1_gemm_problem_and_refusals():
+    """What cublaslt_conv reads of a convolution, decided without a GPU: 1x1 / stride 1 / no pad /
+    one group on channels-last tensors is a GEMM over the pixels, the residual its C."""
+    from workbench.kernels.cuda.cublaslt_conv import CublasLtConv1x1, _fp8_problem, _geometry
+
+    g = _geometry(_conv1x1())
+    assert (g["m"], g["n"], g["k"], g["epilogue"], g["residual"]) == (128, 256, 64, "RELU_BIAS", True)
+    assert _geometry(_conv1x1(act="", residual=False))["epilogue"] == "BIAS"
+    assert _geometry(_conv1x1(layouts=None))["m"] == 128  # before the layout pass: taken channels-last
+    assert "1x1 kernels with stride 1 and no padding" in _geometry(_conv1x1(k=3, pads=1))
+    assert "1x1 kernels with stride 1" in _geometry(_conv1x1(stride=2))
+    assert "grouped" in _geometry(_conv1x1(group=2))
+    assert "channels-last tensors only (X nchw" in _geometry(_conv1x1(layouts="nchw"))
+    assert "no cuBLASLt epilogue for activation 'LeakyRelu'" in _geometry(_conv1x1(act="LeakyRelu"))
+    assert "runs fp16 / bf16 layers only" in CublasLtConv1x1()._problem(_conv1x1(), "fp32")
+    p = _fp8_problem(_conv1x1("fp8"))
+    assert not p["x_coded"] and not p["y_coded"] and not p["copy"] and p["x_dt"] == "float16"
+    assert "one weight scale" in _fp8_problem(_conv1x1("fp8", q_weight_scale=np.ones(256, np.float32)))
+    assert "q_residual_scale" in _fp8_problem(_conv1x1("fp8", q_residual_scale=0.1))
+    assert "multiples of 16 (K=8)" in _fp8_problem(_conv1x1("fp8", c=8))
+    assert _fp8_problem(_conv1x1("fp8", q_input_zero_point=2)) == "fp8 has no zero point"
+    assert "carries no fp8" in _fp8_problem(_conv1x1("fp16"))
+
+
 def test_quantized_gemm_kernels_round_as_the_cpu_does():
     """The generated quantize / epilogue sources: correctly rounded division, round-half-even,
     NaN to the zero point, saturation; no FMA contraction in the epilogue."""
@@ -268,6 +317,9 @@ def test_quantized_gemm_kernels_round_as_the_cpu_does():
     assert "const float* __restrict__ x" in q8
     q8f = quantize_source("fp8", "float16", "q")
     assert "cvt.rn.satfinite.e4m3x2.f32" in q8f and "448.0f" in q8f and "wb_h2f(x[4 * i + j])" in q8f
+    wide = quantize_source("fp8", "float16", "q", wide=True)  # eight per thread, one 16-byte load
+    assert "uint4 raw[1]" in wide and "wb_h2f(v[4 + j])" in wide and "q[i] = make_uint2(w0, w1)" in wide
+    assert wide.count("wb_code_fp8(xv, scale, zp)") == 2 and "uint4 raw[2]" in quantize_source("int8", "float32", "q", True)
     epi = _epilogue_source("int8", "float32", "Relu", {}, 0.75, 1.5, "e")
     assert "__fmul_rn(v, 0.75f)" in epi and "__fmul_rn(c, 1.5f)" in epi and "__fadd_rn(v, c)" in epi
     assert "corr[col]" in epi and "const int4*" in epi and "y[4 * i + j] = v;" in epi
@@ -664,6 +716,9 @@ def test_fp8_conv_problem_and_refusals():
     assert "carries no fp8" in _fp8_problem(_fp8_conv(q_format="int8"))
     gemm = _quant_gemm("fp8", (16, 64), (64, 32))
     assert "is not a convolution" in _fp8_problem(gemm)
+    stem = _fp8_conv()  # a 3-channel stem stays at fp16: cuDNN's fp8 plans for it are slow
+    stem.input_specs[0].shape[1], stem.input_specs[1].shape[1] = 3, 3
+    assert "3 input channels per group, not a multiple of 16" in _fp8_problem(stem)
 
 
 def test_fp8_convolutions_join_the_channels_last_layout():

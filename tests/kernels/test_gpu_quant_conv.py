@@ -170,6 +170,107 @@ def test_fp8_conv_matches_the_emulation(residual, coded_in, coded_out, copy, ksi
             assert off < CODES_OFF, cfg
 
 
+@pytest.mark.parametrize("residual,coded_in,coded_out,copy", [
+    (None, False, False, False),
+    ("float16", False, False, False),
+    (None, True, True, False),
+    ("float16", True, True, False),
+    ("float16", True, False, True),
+])
+def test_fp8_conv1x1_gemm_matches_the_emulation(residual, coded_in, coded_out, copy):
+    """``cublaslt.conv1x1_fp8``: a 1x1 fp8 convolution as cuBLASLt's FP8 GEMM over the pixels
+    (the residual as C), every algorithm and both accumulation modes, against the emulation."""
+    import cupy as cp
+
+    from workbench.kernels.cuda.cublaslt_conv import CublasLtConv1x1Fp8
+    from workbench.kernels.cuda.device import gpu_info, to_device_bits
+
+    lay, consts, feeds = _conv(residual=residual, coded_in=coded_in, coded_out=coded_out, copy=copy, ksize=1)
+    want = QuantizedLayer(lay, consts)(KernelContext(), _host_inputs(lay, consts, feeds), lay.attrs)[0]
+    out_spec = lay.output_specs[0]
+    want_v = quant.decode(want, out_spec) if coded_out else want.astype(np.float16).astype(np.float32)
+    gpu, tactic = gpu_info(), CublasLtConv1x1Fp8()
+    why = tactic.supports(lay, "fp8", gpu)
+    assert why is None, why
+    specs = {s.name: s for s in lay.input_specs}
+    dw = {"w": cp.asarray(to_device_bits(consts["w"], CODE)), "b": cp.asarray(consts["b"])}
+    ins = [_device(feeds["x"], specs["x"]), dw["w"], dw["b"]] + ([_device(feeds["z"], specs["z"])] if residual else [])
+    cfgs = tactic.configs(lay, "fp8", gpu)
+    assert cfgs and any(c.get("fast_accum") for c in cfgs) and any(not c.get("fast_accum") for c in cfgs)
+    n, k, h, w = out_spec.shape
+    for cfg in cfgs:
+        kern = tactic.build(lay, "fp8", cfg, dw, gpu)
+        y = cp.full((n, h, w, k), 0x7F if coded_out else np.nan, np.uint8 if coded_out else np.float16)
+        yc = cp.full((n, h, w, k), 0x7F, np.uint8)
+        ws = cp.full(max(kern.workspace_bytes, 1), 0xFF, cp.uint8)
+        stream = cp.cuda.Stream(non_blocking=True)
+        kern.run(ins, [y, yc] if copy else [y], ws, stream)
+        stream.synchronize()
+        got = cp.asnumpy(y).transpose(0, 3, 1, 2)
+        got = quant.decode(np.ascontiguousarray(got).view(quant.E4M3), out_spec) if coded_out else got.astype(np.float32)
+        err, off = rel_err(got, want_v), float(np.mean(got != want_v))
+        print(f"gemm residual={residual} codes in={coded_in} out={coded_out} copy={copy} {cfg['algo']}"
+              f"{' fast' if cfg.get('fast_accum') else ''}: {err:.2e}, {off:.4f} differ")
+        assert err < (CODES_TOL if coded_out else FP16_TOL), (cfg["algo"], err)
+        if coded_out:
+            assert off < CODES_OFF, cfg["algo"]
+        if copy:  # codes of the float16 output: the emulation's codes of the float32 result, up to that rounding
+            spec = lay.output_specs[-1]
+            got_c = quant.decode(np.ascontiguousarray(cp.asnumpy(yc).transpose(0, 3, 1, 2)).view(quant.E4M3), spec)
+            want_c = quant.decode(quant.encode(want, spec), spec)
+            err_c, off_c = rel_err(got_c, want_c), float(np.mean(got_c != want_c))
+            assert err_c < CODES_TOL and off_c < CODES_OFF, (cfg["algo"], err_c, off_c)
+
+
+@pytest.mark.parametrize("residual,act", [(True, "Relu"), (False, ""), (True, "")])
+def test_fp16_conv1x1_gemm_matches_numpy(residual, act):
+    """``cublaslt.conv1x1``: a float16 1x1 convolution with bias, residual and ReLU as one cuBLASLt
+    GEMM, every algorithm, against NumPy float64 on the same float16 values."""
+    import cupy as cp
+
+    from workbench.kernels.cuda.cublaslt_conv import CublasLtConv1x1
+    from workbench.kernels.cuda.device import gpu_info
+
+    n, c, k, hw = 4, 48, 80, 12
+    x = RNG.standard_normal((n, hw, hw, c)).astype(np.float16)
+    w = (RNG.standard_normal((k, c, 1, 1)) / np.sqrt(c)).astype(np.float16)
+    b = RNG.standard_normal(k).astype(np.float16)
+    z = RNG.standard_normal((n, hw, hw, k)).astype(np.float16)
+    want = x.astype(np.float64).reshape(-1, c) @ w.astype(np.float64).reshape(k, c).T + b
+    if residual:
+        want = want + z.reshape(-1, k)
+    if act:
+        want = np.maximum(want, 0)
+    names, specs = ["x", "w", "b"], [TensorSpec("x", "float16", [n, c, hw, hw]), TensorSpec("w", "float16", [k, c, 1, 1]),
+                                      TensorSpec("b", "float16", [k])]
+    if residual:
+        names.append("z")
+        specs.append(TensorSpec("z", "float16", [n, k, hw, hw]))
+    a = {"kernel_shape": [1, 1], "pads": [0] * 4, "strides": [1, 1], "dilations": [1, 1], "group": 1,
+         "in_layouts": ["nhwc", "", "", "nhwc"][:len(names)], "out_layouts": ["nhwc"]}
+    if act:
+        a["activation"] = act
+    if residual:
+        a["residual"] = 1
+    lay = Layer(name="conv1x1", op="FusedConv", domain="workbench", inputs=names, outputs=["y"], attrs=a,
+                input_specs=specs, output_specs=[TensorSpec("y", "float16", [n, k, hw, hw])])
+    gpu, tactic = gpu_info(), CublasLtConv1x1()
+    assert tactic.supports(lay, "fp16", gpu) is None
+    weights = {"w": cp.asarray(w), "b": cp.asarray(b)}
+    ins = [cp.asarray(x), weights["w"], weights["b"]] + ([cp.asarray(z)] if residual else [])
+    cfgs = tactic.configs(lay, "fp16", gpu)
+    assert cfgs
+    for cfg in cfgs:
+        kern = tactic.build(lay, "fp16", cfg, weights, gpu)
+        y = cp.full((n, hw, hw, k), np.nan, np.float16)
+        ws = cp.empty(max(kern.workspace_bytes, 1), cp.uint8)
+        stream = cp.cuda.Stream(non_blocking=True)
+        kern.run(ins, [y], ws, stream)
+        stream.synchronize()
+        err = rel_err(cp.asnumpy(y).reshape(-1, k).astype(np.float64), want)
+        assert err < 2e-3, (cfg["algo"], err)
+
+
 def test_fp8_conv_refusals_name_the_reason():
     from workbench.kernels.cuda.cudnn_conv import CudnnConv, CudnnConvFp8
     from workbench.kernels.cuda.device import gpu_info
@@ -221,7 +322,13 @@ def test_fp8_conv_engine_matches_the_cpu_emulation(tmp_path):
     cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision="fp8", calibration=Calibration(data)))
     gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision="fp8", calibration=Calibration(data)))
     convs = [l for l in gpu.layers if "Conv" in l.op]
-    assert len(convs) == 6 and all(l.precision == "fp8" and l.tactic == "cudnn.conv_fp8" for l in convs), gpu.layers
+    # the 3x3 convolutions are cuDNN's; each 1x1 one is cuDNN's or a cuBLASLt GEMM, whichever ran faster
+    gemm_ok = {"cudnn.conv_fp8", "cublaslt.conv1x1_fp8"}
+    assert len(convs) == 6 and all(l.precision == "fp8" and l.tactic in gemm_ok for l in convs), gpu.layers
+    assert all(convs[i].tactic == "cudnn.conv_fp8" for i in (1, 4)), [l.tactic for l in convs]
+    for i in (0, 2, 3, 5):  # both sources timed
+        timed = {r["tactic"] for r in convs[i].tactic_table if r.get("ms") is not None}
+        assert timed == gemm_ok, (i, convs[i].tactic_table)
     assert all(l.attrs.get("in_layouts", [""])[0] == "nhwc" for l in convs), [l.attrs.get("in_layouts") for l in convs]
     coded = [i for i, l in enumerate(convs) if l.attrs.get("q_output_scale") is not None]
     assert coded == [0, 1, 3, 4], coded

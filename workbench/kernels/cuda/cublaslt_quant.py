@@ -152,8 +152,26 @@ def _encode_lines(precision: str, x: str, scale: str, zp: str) -> str:
     return f"      word |= ((unsigned int){P.encode(precision, x, scale, zp)}) << (8 * j);\n"
 
 
-def quantize_source(precision: str, in_dt: str, name: str) -> str:
-    """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4)."""
+def quantize_source(precision: str, in_dt: str, name: str, wide: bool = False) -> str:
+    """x (float32 / float16) -> the 8-bit operand, four elements per thread (K is a multiple of 4);
+    ``wide``: eight per thread, read as 16-byte vectors and written as 8 bytes (n a multiple of 8,
+    x 16-byte aligned, as arena tensors and workspace pieces are), the same operations per element."""
+    if wide:
+        vecs = {"float16": 1, "bfloat16": 1, "float32": 2}[in_dt]  # uint4 loads per eight elements
+        words = []
+        for half in range(2):
+            words.append("    word = 0;\n#pragma unroll\n    for (int j = 0; j < 4; ++j) {\n"
+                         f"      float xv = {P.load(in_dt, f'v[{4 * half} + j]')};\n"
+                         + _encode_lines(precision, "xv", "scale", "zp") + f"    }}\n    w{half} = word;\n")
+        return (P.PRELUDE + P.codes(precision) + f'extern "C" __global__ void {name}(const uint4* __restrict__ x, '
+                "uint2* __restrict__ q, float scale, int zp, long long n8) {\n"
+                "  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n8; "
+                "i += (long long)gridDim.x * blockDim.x) {\n"
+                f"    uint4 raw[{vecs}];\n"
+                "#pragma unroll\n"
+                f"    for (int r = 0; r < {vecs}; ++r) raw[r] = x[{vecs} * i + r];\n"
+                f"    const {P.storage(in_dt)}* v = reinterpret_cast<const {P.storage(in_dt)}*>(raw);\n"
+                "    unsigned int word, w0, w1;\n" + "".join(words) + "    q[i] = make_uint2(w0, w1);\n  }\n}\n")
     body = _encode_lines(precision, "xv", "scale", "zp")
     return (P.PRELUDE + P.codes(precision) + f'extern "C" __global__ void {name}(const {P.storage(in_dt)}* __restrict__ x, '
             "unsigned int* __restrict__ q, float scale, int zp, long long n4) {\n"
@@ -217,26 +235,35 @@ class _Gemm:
     """The planned cuBLASLt GEMM of one problem: descriptor, layouts, the chosen algorithm."""
 
     def __init__(self, precision: str, m: int, n: int, k: int, record_hex: str | None = None,
-                 direct: str | None = None, coded: bool = False, fast: bool = False):
-        """``direct`` (fp8 only): the cuBLASLt epilogue ("DEFAULT", "BIAS", "RELU_BIAS", ...) of a
-        GEMM that writes its output itself (D = alpha * acc [+ bias] [act]); None: the accumulator.
-        ``coded``: the direct form writes e4m3 codes, D = d_scale * (...) with ``d_scale`` (a device
-        float32, ``self.d_scale``) 1 / q_output_scale, saturated; else float16. ``fast`` (direct
-        form only): FAST_ACCUM on, the partial sums kept in the tensor cores' own precision."""
+                 direct: str | None = None, coded: bool = False, fast: bool = False, residual: bool = False):
+        """``precision``: "int8", "fp8", or "fp16" / "bf16" (direct form only: A, B, C, D and the
+        bias in that type, float32 compute). ``direct``: the cuBLASLt epilogue ("DEFAULT", "BIAS",
+        "RELU_BIAS", ...) of a GEMM that writes its output itself (D = alpha * acc [+ bias] [act]);
+        None: the accumulator. ``coded``: the direct fp8 form writes e4m3 codes, D = d_scale *
+        (...) with ``d_scale`` (a device float32, ``self.d_scale``) 1 / q_output_scale, saturated;
+        else float16. ``fast`` (direct form only): FAST_ACCUM on, the partial sums kept in the
+        tensor cores' own precision. ``residual`` (direct form only): C (float16 for fp8, else the
+        D type) is an operand, added before the epilogue's bias and activation (beta 1):
+        D = act(alpha * acc + C + bias)."""
         import cupy as cp  # noqa: PLC0415
         from nvmath import CudaDataType as DT  # noqa: PLC0415
         from nvmath.bindings import cublas  # noqa: PLC0415
 
         lt, self.handle = _lt()
         self.lt = lt
+        half = {"fp16": DT.CUDA_R_16F, "bf16": DT.CUDA_R_16BF}.get(precision)
         if precision == "int8":
             ab, d, compute, scale, sdt = DT.CUDA_R_8I, DT.CUDA_R_32I, cublas.ComputeType.COMPUTE_32I, DT.CUDA_R_32I, np.int32
+        elif half is not None:  # the float GEMM, direct form only (``cublaslt_conv``)
+            if not direct or coded:
+                raise ValueError(f"a {precision} GEMM writes its output itself ({precision} D)")
+            ab, d, compute, scale, sdt = half, half, cublas.ComputeType.COMPUTE_32F, DT.CUDA_R_32F, np.float32
         else:
             ab, d, compute, scale, sdt = (DT.CUDA_R_8F_E4M3, DT.CUDA_R_32F, cublas.ComputeType.COMPUTE_32F,
                                           DT.CUDA_R_32F, np.float32)
         c = d
-        if direct:
-            c = DT.CUDA_R_16F  # beta is 0: C is never read, but its type is float16 for an e4m3 D
+        if direct and half is None:
+            c = DT.CUDA_R_16F  # float16 for an e4m3 D; read only with ``residual`` (beta 1)
             d = DT.CUDA_R_8F_E4M3 if coded else DT.CUDA_R_16F
         self.desc = lt.matmul_desc_create(compute, scale)
         self.layouts = []
@@ -252,7 +279,7 @@ class _Gemm:
                       lt.MatmulDescAttribute.EPILOGUE, getattr(lt.Epilogue, direct))
             if "BIAS" in direct:
                 self._set(lt.matmul_desc_set_attribute, lt.get_matmul_desc_attribute_dtype, self.desc,
-                          lt.MatmulDescAttribute.BIAS_DATA_TYPE, DT.CUDA_R_16F)
+                          lt.MatmulDescAttribute.BIAS_DATA_TYPE, half or DT.CUDA_R_16F)
         self.d_scale = None
         if coded and direct:
             self.d_scale = cp.ones(1, cp.float32)
@@ -264,7 +291,7 @@ class _Gemm:
         self.d_l = self._layout(d, n, m, n)
         self.c_l = self._layout(c, n, m, n) if c != d else self.d_l
         self.alpha = np.ones(1, sdt)
-        self.beta = np.zeros(1, sdt)
+        self.beta = np.ones(1, sdt) if (residual and direct) else np.zeros(1, sdt)
         if record_hex is None:
             self.records = self._heuristic()
         else:
@@ -518,18 +545,24 @@ class _Operands:
 
 class QuantizeLaunch:
     """One layer's quantize launch (``quantize_source``): ``n`` float16 / float32 elements (a
-    multiple of four) to codes with one scale and zero point, written at a device address (a
-    piece of the layer's workspace, ``bytes`` long)."""
+    multiple of four; of eight: the wide kernel) to codes with one scale and zero point, written at
+    a device address (a piece of the layer's workspace, ``bytes`` long)."""
 
     def __init__(self, precision: str, in_dt: str, n: int, scale, zp: int, gpu: GpuInfo, binaries, out: dict,
                  name: str | None = None):
         name = name or f"wb_quant_{precision}"
-        self.fn = get_function(quantize_source(precision, in_dt, name), name, gpu.arch, binaries, out)
-        self.grid = max(1, min(-(-(n // 4) // _BLOCK), gpu.sm_count * 16))
-        self.args = (np.float32(scale), np.int32(zp), np.int64(n // 4))
+        per = 8 if n % 8 == 0 else 4
+        if per == 8:
+            name += "_x8"
+        self.fn = get_function(quantize_source(precision, in_dt, name, wide=per == 8), name, gpu.arch, binaries, out)
+        self.grid = max(1, min(-(-(n // per) // _BLOCK), gpu.sm_count * 16))
+        self.args = (np.float32(scale), np.int32(zp), np.int64(n // per))
         self.bytes = -(-n // _ALIGN) * _ALIGN
+        self.wide = per == 8
 
     def __call__(self, x, dst: int, stream) -> None:
+        if self.wide and ptr(x) % 16:  # arena tensors and workspace pieces are 256-byte aligned
+            raise RuntimeError(f"the quantize launch reads 16-byte vectors; its input at {ptr(x):#x} is not aligned")
         self.fn((self.grid,), (_BLOCK,), (x, np.uint64(dst)) + self.args, stream=stream)
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib
 
-from . import cublaslt, cudnn_conv, cudnn_sdpa, nvrtc
+from . import cublaslt, cublaslt_conv, cudnn_conv, cudnn_sdpa, nvrtc
 
 PRIMARY = [
     "cublaslt",         # cuBLASLt through nvmath-python: GEMM + bias/activation epilogues, and GEMM +
                         # an NVRTC activation kernel for activations it has no epilogue for
     "cublaslt_quant",   # cuBLASLt int8 / fp8 GEMM between NVRTC quantize and dequantize-epilogue kernels
     "cudnn_conv",       # cuDNN graph API through cudnn-frontend: conv + bias/act/residual (fp16/bf16/fp32, fp8)
+    "cublaslt_conv",    # cuBLASLt: 1x1 channels-last convolutions as GEMMs, the residual as C (fp16/bf16, fp8)
     "cudnn_sdpa",       # cuDNN SDPA flash attention (fp16/bf16)
     "cublas",           # cuBLAS through CuPy: plain and batched GEMM, im2col convolution
     "nvrtc_attention",  # NVRTC flash-style attention (every precision, layout, mask; capturable)
@@ -38,6 +39,7 @@ PROVIDES = {
     "cublaslt": ("cublaslt.gemm", "cublaslt.gemm_act"),
     "cublaslt_quant": ("cublaslt_quant.int8", "cublaslt_quant.fp8"),
     "cudnn_conv": ("cudnn.conv", "cudnn.conv_fp8"),
+    "cublaslt_conv": ("cublaslt.conv1x1", "cublaslt.conv1x1_fp8"),
     "cudnn_sdpa": ("cudnn.sdpa",),
     "cublas": ("cublas.gemm", "cublas.im2col_conv"),
     "nvrtc_attention": ("nvrtc.attention",),
@@ -90,5 +92,5 @@ def clear_caches() -> None:
     """Forget what earlier builds in this process planned or compiled (cuDNN graphs, cuBLASLt
     heuristics, NVRTC cubins), so that a build costs what it would in a new process (the
     benchmark's cold / warm timing-cache comparison)."""
-    for cache in (cudnn_conv._GRAPHS, cudnn_sdpa._GRAPHS, cublaslt._NALGOS, nvrtc._CUBINS):
+    for cache in (cudnn_conv._GRAPHS, cudnn_sdpa._GRAPHS, cublaslt._NALGOS, cublaslt_conv._ALGOS, nvrtc._CUBINS):
         cache.clear()
