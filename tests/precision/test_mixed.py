@@ -119,6 +119,23 @@ def test_sensitivities_fall_back_to_the_added_error_where_impact_runs_cost_too_m
     assert 0 < rep["below_fp32"] < len(engine.layers)  # (uniform fp16 breaks this budget: a mix)
 
 
+@pytest.mark.parametrize("scale,tried", [(1.0, False), (8000, True)])
+def test_wide_halves_are_built_only_where_fp16_range_falls_short(monkeypatch, scale, tried):
+    """On a storing target (the GPU; the CPU stands in with ``EMULATED`` emptied) bf16, which runs
+    no faster than fp16 and keeps fewer bits, gets no uniform build (no sensitivity runs) unless
+    some layer's values reach past fp16's range; then it is built and may carry those layers."""
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    feeds = M.feeds(8)
+    _, engine = budgeted(M.mlp(scale=scale), 1e-2, feeds)
+    rep = engine.reports["mixed_precision"]
+    labels = {c["label"] for c in rep["candidates"]}
+    assert {"uniform fp32", "uniform fp16"} <= labels
+    skipped = [n for n in rep["notes"] if n.startswith("bf16 not tried")]
+    assert ("uniform bf16" in labels) == tried and bool(skipped) != tried, (labels, rep["notes"])
+    if not tried:
+        assert "past fp16's range" in skipped[0]
+
+
 def test_a_user_metric_replaces_the_default():
     calls = []
 

@@ -10,7 +10,9 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    only a calibration table) the feeds are ``RANDOM_FEEDS`` seeded random inputs of the model's
    shapes, split the same way. The reference is the fp32 engine's outputs on the same feeds.
 2. **Per-layer facts** from one uniform build per precision the target offers
-   (``supported_precisions``: int8 / fp8 join by themselves once the CPU runs them): whether the
+   (``supported_precisions``: int8 / fp8 join by themselves once the CPU runs them; on the GPU
+   tf32 and bf16, no faster than fp16 and with no more mantissa bits, only when some layer's
+   values reach past fp16's range, since each build's sensitivities cost reference runs): whether the
    layer took that precision (and why not), its latency there -- on the GPU the autotuner's
    measured time of the chosen tactic; on the CPU, which only emulates reduced precision, a roofline
    estimate (``layer_ms``) -- and its sensitivity, the ``output_err`` of the accuracy report
@@ -65,6 +67,9 @@ SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on 
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0
+# precisions with fp16's mantissa or less and fp32's range: on the GPU (no faster than fp16) only
+# worth a uniform build when some layer's values rule fp16 out
+WIDE_HALVES = ("tf32", "bf16")
 # the roofline behind the CPU's latency estimate: nominal peaks, fixed so that the same build makes
 # the same choice (they rank candidates; they do not predict this machine's times)
 NOMINAL_GBPS = 100.0
@@ -132,9 +137,9 @@ class _Search:
         self.facts: dict[str, dict] = {n: {} for n in self.names}
         self.refusals: dict[str, dict[str, str]] = {n: {} for n in self.names}
         self.ranges = {n: 0.0 for n in self.names}
-        self._uniform_builds()
         # the values each layer must hold: the calibration table given, else minmax over the search part
         self._apply_ranges(table if table is not None else calibrate(self.fp32.plan, Calibration(self.search_feeds)))
+        self._uniform_builds()
         self.ladders = self._ladders()
         self._cache: dict[tuple, tuple[float, float]] = {}
         self.assemble = self.backend in EMULATED and all(
@@ -143,7 +148,13 @@ class _Search:
         return self._finish(chosen, engine, held)
 
     def _uniform_builds(self) -> None:
-        for p in supported_precisions(self.backend):
+        offered = supported_precisions(self.backend)
+        wide = [n for n, r in self.ranges.items() if r > FP16_MAX / FP16_MARGIN]
+        for p in offered:
+            if p in WIDE_HALVES and self.backend not in EMULATED and "fp16" in offered and not wide:
+                self.notes.append(f"{p} not tried: on the GPU it runs no faster than fp16 and rounds to no more "
+                                  "bits, and no layer's values reach past fp16's range")
+                continue
             engine = self.fp32
             if p != "fp32":
                 try:
