@@ -136,6 +136,24 @@ def test_wide_halves_are_built_only_where_fp16_range_falls_short(monkeypatch, sc
         assert "past fp16's range" in skipped[0]
 
 
+def test_the_progress_bar_says_what_each_step_was(capsys, monkeypatch):
+    """A search takes minutes on a large model: its bar names each step (builds, sensitivity
+    runs, candidates) as it goes. (Drawn at every step here: this model's steps are faster than
+    tqdm's refresh interval.)"""
+    real = mixed._bar
+
+    def every_step(on):
+        bar = real(on)
+        bar.mininterval, bar.miniters = 0, 1
+        return bar
+
+    monkeypatch.setattr(mixed, "_bar", every_step)
+    budgeted(M.mlp(), 4.5e-4, M.feeds(8), progress=True)
+    err = capsys.readouterr().err
+    assert "precision search" in err and "built fp16" in err and "measured fp16 sensitivities" in err
+    assert "evaluated promote" in err and "built best with per-layer precisions" in err
+
+
 def test_a_user_metric_replaces_the_default():
     calls = []
 

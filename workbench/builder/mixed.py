@@ -101,11 +101,14 @@ class _Search:
 
     def build(self, **changes) -> Engine:
         engine = self._build(dataclasses.replace(self.base, **changes))
-        self._tick()
+        what = changes.get("precision") or "fp32"
+        self._tick(f"built {what}" + (" with per-layer precisions" if changes.get("layer_precisions") else ""))
         return engine
 
-    def _tick(self) -> None:
+    def _tick(self, what: str) -> None:
+        """One step of the progress bar, which shows what the step was (a search can take minutes)."""
         if self.bar is not None:
+            self.bar.set_postfix_str(what, refresh=False)
             self.bar.update(1)
 
     # ---- the steps -------------------------------------------------------------------------
@@ -165,7 +168,7 @@ class _Search:
                 self.engines[p] = engine
                 report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32,
                                  impact=IMPACT_SECONDS)  # over it: each layer's added error
-                self._tick()
+                self._tick(f"measured {p} sensitivities")
                 rows = {r["layer"]: r for r in report.layers}
                 impact = report.engine.get("impact") == "measured"
                 if not impact:
@@ -222,7 +225,7 @@ class _Search:
             error = _error(_outputs(engine, self.eval_feeds), self.ref_search, self.metric)
             self._cache[key] = (error, engine_ms(engine))
             self._record(label, engine, precs, error=error)
-            self._tick()
+            self._tick(f"evaluated {label}")
         return self._cache[key]
 
     def _assembled(self, precs: dict[str, str]) -> Engine:
