@@ -136,6 +136,33 @@ def test_wide_halves_are_built_only_where_fp16_range_falls_short(monkeypatch, sc
         assert "past fp16's range" in skipped[0]
 
 
+def test_the_search_calibrates_once_however_many_candidates_it_builds(monkeypatch):
+    """On a target where every candidate is built (the GPU; the CPU stands in with ``EMULATED``
+    emptied) each build quantizes with the search part's ranges: they are computed once and the
+    later builds load the table, instead of a reference pass over the feeds per build."""
+    from workbench.precision import calibration as C
+
+    calls = []
+    real = C._calibrate
+
+    def counted(plan, cal, progress):
+        calls.append(cal.method)
+        return real(plan, cal, progress)
+
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    monkeypatch.setattr(C, "_calibrate", counted)
+    feeds = M.feeds(8)
+    net, engine = budgeted(M.mlp(), 4.5e-4, feeds)
+    rep = engine.reports["mixed_precision"]
+    built = [c for c in rep["candidates"] if c["label"] not in ("uniform fp32",)]
+    assert len(built) > 4  # uniform builds and candidates, each a build here
+    # one minmax pass for the value ranges, one for the quantization scales
+    assert len(calls) == 2, calls
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))
+    got = max_rel_err(engine, fp32, held_out(feeds))
+    assert got <= 4.5e-4 and rep["error"]["held_out"] == pytest.approx(got, rel=1e-6)
+
+
 def test_the_progress_bar_says_what_each_step_was(capsys, monkeypatch):
     """A search takes minutes on a large model: its bar names each step (builds, sensitivity
     runs, candidates) as it goes. (Drawn at every step here: this model's steps are faster than

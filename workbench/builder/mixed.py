@@ -86,13 +86,14 @@ def search(network, cfg, build) -> Engine:
         base = dataclasses.replace(cfg, precision="fp32", accuracy_budget=None, accuracy_metric=None,
                                    layer_precisions={}, progress=False,
                                    timing_cache=cfg.timing_cache or os.path.join(tmp, "timing.json"))
-        engine = _Search(cfg, base, build).run()
+        engine = _Search(cfg, base, build, tmp).run()
     engine.build_stats["build_ms"] = (time.perf_counter() - t0) * 1e3  # the whole search, every build in it
     return engine
 
 
 class _Search:
-    def __init__(self, cfg, base, build):
+    def __init__(self, cfg, base, build, tmp: str):
+        self.tmp = tmp  # the search's own files (timing cache, calibration table)
         self.cfg, self.budget, self.metric = cfg, float(cfg.accuracy_budget), cfg.accuracy_metric
         self.base, self._build = base, build
         self.candidates: list[dict] = []
@@ -127,7 +128,10 @@ class _Search:
         self.backend = self.fp32.backend
         self.search_feeds, self.held_feeds, self.split = _split(data, self.fp32, self.notes)
         if data is not None and len(self.search_feeds):
-            self.base = dataclasses.replace(self.base, calibration=_part(data, self.search_feeds))
+            # every build of the search calibrates the same plan on the same feeds: the first one
+            # that quantizes saves the table, the others load it (not a reference pass per build)
+            part = _part(data, self.search_feeds, cache=os.path.join(self.tmp, "search-calibration.json"))
+            self.base = dataclasses.replace(self.base, calibration=part)
         elif table is not None:
             self.base = dataclasses.replace(self.base, calibration=table)
         self.eval_feeds = self.search_feeds[:EVAL_FEEDS]
@@ -402,9 +406,10 @@ def _split(cal: Calibration | None, fp32: Engine, notes: list[str]) -> tuple[lis
     return [feeds[i] for i in search], [feeds[i] for i in held], split
 
 
-def _part(data: Calibration, feeds: list) -> Calibration:
-    """Calibration with the search part only (held-out batches never calibrate)."""
-    return Calibration(feeds, method=data.method, percentile=data.percentile, num_bins=data.num_bins)
+def _part(data: Calibration, feeds: list, cache: str | None = None) -> Calibration:
+    """Calibration with the search part only (held-out batches never calibrate), its table kept in
+    ``cache``."""
+    return Calibration(feeds, method=data.method, percentile=data.percentile, num_bins=data.num_bins, cache=cache)
 
 
 def _outputs(engine: Engine, feeds: list[dict]) -> list[dict]:
