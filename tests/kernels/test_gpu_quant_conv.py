@@ -1,7 +1,8 @@
-"""The fp8 convolution tactic (``cudnn.conv_fp8``) against the CPU emulation of the same layer
-(``kernels/reference/quantized.py``), every plan cuDNN offers, outputs poisoned before each run;
-and an fp8 GPU engine of a small calibrated residual block against the CPU engine built with the
-same calibration.
+"""The fp8 convolution tactics (``cudnn.conv_fp8``; ``cublaslt.conv1x1_fp8``, a 1x1 convolution
+as cuBLASLt's FP8 GEMM) against the CPU emulation of the same layer
+(``kernels/reference/quantized.py``), every plan / algorithm offered, outputs poisoned before each
+run; the float16 GEMM form (``cublaslt.conv1x1``) against NumPy float64; and an fp8 GPU engine of
+a small calibrated residual block against the CPU engine built with the same calibration.
 
 The GPU buffers are channels-last (the layout pass stores a convolution's tensors so); the
 emulation runs NCHW, so inputs are transposed on the way in and outputs on the way out."""
