@@ -275,3 +275,38 @@ def test_quantized_layers_against_the_fp32_weights(fmt):
     assert dequantized.error < own.error
     fp16 = engine_of(M.mlp(), "fp16").accuracy(feeds[3])
     assert all(q["added_err"] > 3 * h["added_err"] for q, h in zip(own.layers, fp16.layers))
+
+
+def test_diff_statistics_with_and_without_nonfinite_values():
+    """``Diff`` pools relative error, cosine and max |error| in float64 over every pair added;
+    finite arrays take a shorter path (no masks), which must give the same numbers, and non-finite
+    values are counted and flag a mismatch only where the reference disagrees."""
+    from workbench.runtime.accuracy_report import Diff
+
+    rng = np.random.default_rng(5)
+    pairs = []
+    for n in (1000, 37):
+        want = rng.standard_normal(n).astype(np.float32)
+        pairs.append((want + 1e-3 * rng.standard_normal(n).astype(np.float32), want))
+    d = Diff()
+    for got, want in pairs:
+        d.add(got, want)
+    g = np.concatenate([p[0] for p in pairs]).astype(np.float64)
+    w = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+    assert d.rel == pytest.approx(np.linalg.norm(g - w) / np.linalg.norm(w), rel=1e-12)
+    assert d.cosine == pytest.approx(g @ w / (np.linalg.norm(g) * np.linalg.norm(w)), rel=1e-12)
+    assert d.max_abs_err == np.max(np.abs(g - w)) and d.nonfinite == 0 and not d.mismatch
+    # the same values with a NaN both sides agree on: same statistics over the finite ones
+    got, want = pairs[0][0].copy(), pairs[0][1].copy()
+    got[3] = want[3] = np.nan
+    both = Diff()
+    both.add(got, want)
+    keep = np.isfinite(want)
+    ref = Diff()
+    ref.add(got[keep], want[keep])
+    assert both.rel == pytest.approx(ref.rel, rel=1e-12) and both.nonfinite == both.ref_nonfinite == 1
+    assert not both.mismatch
+    got[4] = np.inf  # a value the reference has finite
+    bad = Diff()
+    bad.add(got, want)
+    assert bad.mismatch and bad.rel == float("inf") and bad.nonfinite == 2
