@@ -41,16 +41,13 @@ from ..reference.quantized import check_layer
 from .common import CONV_OPS, activation_of, as_device, check_io, conv_geometry, has_input, ptr, require_activation, \
     require_op, stream_ptr
 from .cublaslt import _require_nvmath
-from .cublaslt_quant import _ALIGN, _DIRECT_ACTS, QuantizeLaunch, _Gemm
+from .cudnn_conv import _layouts
+from .cublaslt_quant import _ALIGN, _DIRECT_ACTS, QuantizeLaunch, _coded_io, _Gemm
 from .tactic import BuiltKernel, GpuInfo, TacticBase
 
 _CODE = quant.ELEMENT["fp8"]
 _ALGOS: dict = {}  # problem signature -> heuristic records (hex)
 _HALF = {"fp16": "float16", "bf16": "bfloat16"}
-
-
-def _layout(lst, i: int) -> str:
-    return str(lst[i]) if lst and i < len(lst) and lst[i] else "nchw"
 
 
 def _geometry(layer: Layer) -> dict | str:
@@ -68,9 +65,8 @@ def _geometry(layer: Layer) -> dict | str:
                 f"{g['strides']}, pads {g['begin'] + g['end']})")
     a = layer.attrs
     ins, outs = a.get("in_layouts"), a.get("out_layouts")
-    lays = {"X": _layout(ins, 0), "Y": _layout(outs, 0)}
-    if has_input(layer, 3):
-        lays["the residual"] = _layout(ins, 3)
+    xl, zl, yl = _layouts(layer, {})
+    lays = {"X": xl, "Y": yl} | ({"the residual": zl} if has_input(layer, 3) else {})
     # before the layout pass (precision assignment asks first) a 2-D convolution is taken
     # channels-last, the layout the pass gives its tensors, as ``cudnn.conv_fp8`` takes it
     if not ins and not outs and len(g["sp"]) == 2:
@@ -113,23 +109,17 @@ def _fp8_problem(layer: Layer) -> dict | str:
         return f"cuBLASLt's fp8 GEMM needs M, N, K multiples of 16 ({', '.join(odd)})"
     specs = layer.aligned_input_specs()
     x, y = specs[0], layer.output_specs[0]
-    if x.dtype == _CODE:
-        if not quant.is_coded(x) or np.float32(x.scale) != np.float32(a["q_input_scale"]):
-            return f"an input of codes with scale {x.scale}, not the layer's input scale {a['q_input_scale']}"
-    elif x.dtype not in ("float16", "float32"):
+    why = _coded_io(layer, x, y, _CODE)  # codes in / out with the layer's own scales
+    if why:
+        return why
+    if x.dtype not in ("float16", "float32", _CODE):
         return f"the input is {x.dtype}: float16, float32 or {_CODE} codes"
     if g["residual"] and specs[3].dtype != "float16":
         return f"the residual is {specs[3].dtype}: cuBLASLt's C is float16 for an FP8 GEMM"
     if g["bias"] and specs[2].dtype != "float32":
         return "float32 bias only"
-    out_scale = a.get("q_output_scale")
-    if y.dtype == _CODE:
-        if out_scale is None or not quant.is_coded(y) or np.float32(y.scale) != np.float32(out_scale):
-            return f"an output of codes whose scale ({y.scale}) is not the layer's q_output_scale ({out_scale})"
-    elif y.dtype != "float16":
+    if y.dtype not in ("float16", _CODE):
         return f"the output is {y.dtype}: the GEMM writes float16 or {_CODE} codes"
-    elif out_scale is not None:
-        return "q_output_scale on a float16 output"
     codes = quant.coded_outputs(layer)
     if isinstance(codes, str):
         return codes
@@ -169,8 +159,6 @@ class _Conv1x1(TacticBase):
     def _launch(self, layer, precision, config, p, w, alpha, bias, quantize, copy) -> BuiltKernel:
         """The GEMM (after ``quantize``, the input's quantize launch, if any; before ``copy``, the
         copy of codes' quantize launch, if any) as one capturable closure."""
-        import cupy as cp  # noqa: PLC0415
-
         m, n = p["m"], p["n"]
         coded = p.get("y_coded", False)
         gemm = _Gemm(precision, m, n, p["k"], record_hex=config["record"], direct=p["epilogue"], coded=coded,
@@ -179,8 +167,7 @@ class _Conv1x1(TacticBase):
         if bias is not None:
             gemm.set_bias(bias.data.ptr)
         if coded:
-            gemm.d_scale.set(np.array([np.float32(1.0) / np.float32(layer.attrs["q_output_scale"])], np.float32))
-            cp.cuda.Device().synchronize()  # in place before any stream of the engine reads it
+            gemm.set_output_scale(layer.attrs["q_output_scale"])
         qa_bytes = quantize.bytes if quantize is not None else 0
         # an e4m3 D without a residual: C (float16, never read: beta 0) in the workspace
         c_bytes = -(-m * n * 2 // _ALIGN) * _ALIGN if coded and not p["residual"] else 0

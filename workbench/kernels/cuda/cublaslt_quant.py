@@ -297,6 +297,14 @@ class _Gemm:
         else:
             self.records = np.frombuffer(bytes.fromhex(record_hex), dtype=lt.matmul_heuristic_result_dtype).copy()
 
+    def set_output_scale(self, q_output_scale) -> None:
+        """An e4m3 D's scale: ``d_scale`` = 1 / q_output_scale (float32), in place on the device
+        before any stream of the engine reads it."""
+        import cupy as cp  # noqa: PLC0415
+
+        self.d_scale.set(np.array([np.float32(1.0) / np.float32(q_output_scale)], np.float32))
+        cp.cuda.Device().synchronize()
+
     def set_bias(self, device_ptr: int) -> None:
         self._set(self.lt.matmul_desc_set_attribute, self.lt.get_matmul_desc_attribute_dtype, self.desc,
                   self.lt.MatmulDescAttribute.BIAS_POINTER, device_ptr)
@@ -488,8 +496,7 @@ class CublasLtQuantGemm(TacticBase):
             bias = cp.asarray(np.broadcast_to(b32 * np.float32(ops.beta), (n,)).astype(np.float16))
             gemm.set_bias(bias.data.ptr)
         if gemm.d_scale is not None:  # e4m3 codes out: D = (1 / q_output_scale) * (...)
-            gemm.d_scale.set(np.array([np.float32(1.0) / np.float32(a["q_output_scale"])], np.float32))
-            cp.cuda.Device().synchronize()  # in place before any stream of the engine reads it
+            gemm.set_output_scale(a["q_output_scale"])
         qa_bytes, lt_ws = ops.qa_bytes, int(gemm.records[0]["workspace_size"])
         # C (float16, never read: beta is 0) apart from an e4m3 D: a place in the workspace
         c_bytes = -(-m * n * 2 // _ALIGN) * _ALIGN if gemm.c_l is not gemm.d_l else 0
