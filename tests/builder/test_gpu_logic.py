@@ -217,7 +217,8 @@ def test_only_the_quantized_tactics_take_int8_and_fp8_layers():
     for t in primary + fallback:
         for fmt in ("int8", "fp8"):
             refused = format_refusal(t, fmt)
-            takes = {f"cublaslt_quant.{fmt}"} | ({"cudnn.conv_fp8", "cublaslt.conv1x1_fp8"} if fmt == "fp8" else set())
+            takes = {f"cublaslt_quant.{fmt}"} | ({"cudnn.conv_fp8", "cublaslt.conv1x1_fp8", "cudnn.sdpa_fp8"}
+                                                if fmt == "fp8" else set())
             assert (refused is None) == (t.name in takes), (t.name, fmt, refused)
         assert format_refusal(t, "fp16") is None
 
@@ -928,3 +929,85 @@ def test_an_fp8_convolution_refused_in_its_layouts_is_planned_again_at_fp16(tmp_
     plan16 = _lowered(str(path), {"x": (2, 16, 8, 8)})
     rows16, _ = assign_with_layouts(plan16, wb.BuilderConfig(device="gpu", precision="fp16"), supports, by_name, None)
     assert all("refused" not in r["reason"] for r in rows16)
+
+
+def _attention_chain():
+    """x -> [qkv: fp8 GEMM] -> packed Q/K/V -> [att: fp8 attention] -> o -> [proj: fp8 GEMM] -> y."""
+    qkv = _quant_gemm("fp8", (2, 64, 128), (128, 3 * 128), op="FusedGemm")
+    qkv.name, qkv.outputs, qkv.output_specs[0].name = "qkv", ["h"], "h"
+    a = {"scale": 0.125, "num_heads": 2, "kv_heads": 2, "q_layout": "bsd", "k_layout": "bsd", "v_layout": "bsd",
+         "out_layout": "bsd", "causal": 0, "qkv_columns": [0, 128, 128, 256, 256, 384], "q_format": "fp8",
+         "q_input_scale": 0.07, "q_input_zero_point": 0, "q_key_scale": 0.07, "q_value_scale": 0.07,
+         "q_result_scale": 0.03}
+    att = Layer("att", "Attention", domain="workbench", inputs=["h"] * 3, outputs=["o"], attrs=a,
+                input_specs=[TensorSpec("h", "float16", [2, 64, 384]) for _ in range(3)],
+                output_specs=[TensorSpec("o", "float16", [2, 64, 128])])
+    proj = _quant_gemm("fp8", (2, 64, 128), (128, 128), op="FusedGemm")
+    proj.name, proj.inputs, proj.input_specs[0].name, proj.input_specs[1].name = "proj", ["o", "w2"], "o", "w2"
+    proj.attrs["q_input_scale"] = 0.03
+    for layer in (qkv, att, proj):
+        layer.precision = "fp8"
+    for spec in (qkv.input_specs[0], qkv.output_specs[0], proj.input_specs[0], proj.output_specs[0]):
+        spec.dtype = "float16"
+    consts = {"w": np.ones((128, 384), np.float32), "w2": np.ones((128, 128), np.float32)}
+    return Plan(inputs=[TensorSpec("x", "float16", [2, 64, 128])], outputs=[TensorSpec("y", "float16", [2, 64, 128])],
+                layers=[qkv, att, proj], constants=consts)
+
+
+def _attention_supports(layer, precision):
+    from workbench.kernels.cuda.cudnn_sdpa import CudnnSdpaFp8, _fp8_problem
+    from workbench.kernels.cuda.tactic import contract_refusal
+
+    if layer.op == "Attention":
+        return contract_refusal(CudnnSdpaFp8(), layer, precision) is None and isinstance(_fp8_problem(layer), dict)
+    return _cublaslt_quant_supports(layer, precision)
+
+
+def test_fp8_attention_reads_and_writes_codes():
+    """The Q/K/V GEMM writes its packed output as codes for the fp8 attention, which reads them at
+    all three positions; the attention writes O as codes for the out-projection (its result scale
+    is the projection's input scale): no quantize pass on either side."""
+    from workbench.kernels.cuda.cudnn_sdpa import _fp8_problem
+    from workbench.precision.assign import quantized_boundaries
+
+    plan = _attention_chain()
+    rows = quantized_boundaries(plan, _attention_supports)
+    qkv, att, proj = plan.layers
+    code = "float8e4m3fn"
+    assert qkv.attrs["q_output_scale"] == pytest.approx(0.07) and att.attrs["q_output_scale"] == pytest.approx(0.03)
+    assert att.inputs == ["h"] * 3 and all(s.dtype == code and s.scale == pytest.approx(0.07) for s in att.input_specs)
+    assert proj.input_specs[0].dtype == code and proj.input_specs[0].scale == pytest.approx(0.03)
+    assert [r[0] for r in rows] == ["qkv", "att"]
+    p = _fp8_problem(att)
+    assert p["reads"] == ("codes",) * 3 and p["out"] == "codes" and p["off"] == (0, 128, 256)
+
+
+def test_fp8_attention_declines_codes_of_another_scale():
+    """An out-projection that quantizes with another scale than the attention's result: the
+    attention writes float16 (dequantized) and the projection quantizes it itself."""
+    from workbench.kernels.cuda.cudnn_sdpa import _fp8_problem
+    from workbench.precision.assign import quantized_boundaries
+
+    plan = _attention_chain()
+    plan.layers[2].attrs["q_input_scale"] = 0.05
+    quantized_boundaries(plan, _attention_supports)
+    att = plan.layers[1]
+    assert "q_output_scale" not in att.attrs and _fp8_problem(att)["out"] == "float16"
+
+
+def test_fp8_attention_refusals_name_the_reason():
+    from workbench.kernels.cuda.cudnn_sdpa import _fp8_problem
+
+    att = _attention_chain().layers[1]
+    att.attrs["q_output_scale"] = 0.5
+    assert "q_output_scale on a float16 output" in _fp8_problem(att)
+    del att.attrs["q_output_scale"]
+    att.input_specs[0] = TensorSpec("h", "float8e4m3fn", [2, 64, 384], 3.0)
+    assert "not the layer's" in _fp8_problem(att)
+    att = _attention_chain().layers[1]
+    att.inputs, att.input_specs = att.inputs + ["m"], att.input_specs + [TensorSpec("m", "float16", [2, 1, 1, 64])]
+    assert "mask" in str(_fp8_problem(att))
+    att = _attention_chain().layers[1]
+    att.attrs["qkv_columns"] = [0, 128, 136, 264, 264, 392]
+    att.input_specs = [TensorSpec("h", "float16", [2, 64, 392]) for _ in range(3)]
+    assert "16-byte aligned" in str(_fp8_problem(att))

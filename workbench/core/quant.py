@@ -45,6 +45,17 @@ fp8 GEMM / convolution: inputs rounded to e4m3 with their scales, products (exac
 4-bit significands) summed in float32, then the same ``* alpha_c`` and float32 epilogue. Float32
 sums depend on their order, so a GPU matches fp8 to float32 summation round-off, not bit for bit.
 
+fp8 attention (``attention_fp8``; the fused ``Attention`` op at fp8, cuDNN's fp8 SDPA on the
+GPU): Q, K and V rounded to e4m3 with their per-tensor scales (``q_input_scale``, ``q_key_scale``,
+``q_value_scale``); scores ``S = (Q K^T) * scale`` in float32; an online softmax over blocks of
+``ATTENTION_BLOCK`` keys in order: ``m`` the running row maximum, a block's ``p = exp(S - m)``
+(float32) summed unrounded into the row sum ``l`` and rounded to e4m3 as ``p / P_SCALE`` (p <= 1:
+codes up to 256); ``o = o * exp(m_old - m) + (p codes . V codes) * P_SCALE * q_value_scale``;
+then ``O = o / l``, rounded to e4m3 with ``q_result_scale`` (cuDNN's fp8 SDPA writes e4m3 on
+Hopper): the layer's float32 result is that code's value. The GPU's block order and float32 sums
+may differ, so it matches to float32 round-off, and a code one step off where a value sits on a
+rounding boundary.
+
 Asymmetric activations (onnxruntime's default QUInt8 Q/DQ) are kept, not converted: a uint8 value
 ``u`` with zero point ``zu`` is the int8 value ``u - 128`` with zero point ``zu - 128`` (same
 ``q - zero_point``, same result), so every zero point here is in the int8 domain [-128, 127].
@@ -127,12 +138,74 @@ QUANT_OPS = {("", "Conv"): "conv", ("workbench", "FusedConv"): "conv", ("", "Con
 
 ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q_weight_axis",
          "q_weight_zero_point", "q_weight_const", "q_residual_scale", "q_residual_zero_point", "q_output_scale",
-         "q_copy_scale", "q_source")
+         "q_copy_scale", "q_source", "q_key_scale", "q_value_scale", "q_result_scale")
+# fp8 attention (``attention_fp8``): the value of one code of the softmax's unnormalized
+# probabilities (p <= 1 is stored as p / P_SCALE <= 256, inside e4m3's 448), and the keys per
+# block of the online softmax (cuDNN's fp8 SDPA reference computes in blocks of 128 keys)
+P_SCALE = 1.0 / 256.0
+ATTENTION_BLOCK = 128
+ATTENTION_OPS = frozenset({"Attention"})
 
 
 def kind_of(layer) -> str | None:
     """"conv", "conv_transpose" or "gemm" for a layer that may be quantized, else None."""
     return QUANT_OPS.get((layer.domain if layer.domain != "ai.onnx" else "", layer.op))
+
+
+def operand_scale(layer, pos: int) -> float | None:
+    """The scale with which a quantized layer rounds its input ``pos`` (no zero point), or None
+    where that input is not a quantized operand: Conv X / Gemm A (input 0, ``q_input_scale``); an
+    fp8 attention's Q, K and V (inputs 0 to 2)."""
+    a = layer.attrs
+    if layer.precision not in FORMATS or a.get("q_format") != layer.precision or int(a.get("q_input_zero_point", 0)):
+        return None
+    key = {0: "q_input_scale"}
+    if is_attention(layer):
+        key.update({1: "q_key_scale", 2: "q_value_scale"})
+    s = a.get(key[pos]) if pos in key else None
+    return None if s is None else float(np.float32(s))
+
+
+def is_attention(layer) -> bool:
+    """Whether ``layer`` is a quantized (fp8) fused attention (``attention_fp8``)."""
+    return layer.op in ATTENTION_OPS and layer.attrs.get("q_format") == "fp8" and "q_result_scale" in layer.attrs
+
+
+def attention_fp8(q, k, v, *, scale: float, scales: tuple, result_scale: float, causal: bool = False,
+                  coded: tuple = (False, False, False)) -> np.ndarray:
+    """fp8 attention (see the module doc) of ``q`` [B, H, Sq, D] and ``k`` / ``v`` [B, H, Skv, D]
+    (key / value heads already repeated for grouped queries): float32 values (``coded``: that
+    operand already holds its codes' values), ``scales`` those of Q, K and V. ``causal``: query i
+    sees keys j <= i (Sq == Skv). Returns the float32 values of the e4m3 result [B, H, Sq, Dv]."""
+    f32 = F32.type
+    ops = []
+    for x, s, done in zip((q, k, v), scales, coded):
+        x = np.asarray(x, dtype=F32)
+        ops.append(x if done else fake_quantize(x, s, 0, "fp8"))
+    qv, kv, vv = ops
+    vcodes = quantize(vv, scales[2], 0, "fp8").astype(F32)
+    sq, skv = qv.shape[-2], kv.shape[-2]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        s_all = np.matmul(qv, np.swapaxes(kv, -1, -2)) * f32(scale)
+        if causal:
+            s_all = np.where(np.tril(np.ones((sq, skv), dtype=bool)), s_all, f32(-np.inf))
+        shape = qv.shape[:-1]
+        m = np.full(shape + (1,), -np.inf, F32)
+        l = np.zeros(shape + (1,), F32)
+        o = np.zeros(shape + (vv.shape[-1],), F32)
+        pv_scale = f32(f32(P_SCALE) * f32(scales[2]))
+        for b0 in range(0, skv, ATTENTION_BLOCK):
+            blk = s_all[..., b0:b0 + ATTENTION_BLOCK]
+            m_new = np.maximum(m, blk.max(axis=-1, keepdims=True))
+            safe = np.where(np.isfinite(m_new), m_new, f32(0))  # a row with no visible key yet
+            p = np.exp(blk - safe).astype(F32)
+            corr = np.exp(np.where(np.isfinite(m), m - safe, -np.inf)).astype(F32)
+            l = l * corr + p.sum(axis=-1, keepdims=True, dtype=F32)
+            pc = quantize(p, P_SCALE, 0, "fp8").astype(F32)
+            o = o * corr + np.matmul(pc, vcodes[..., b0:b0 + ATTENTION_BLOCK, :]) * pv_scale
+            m = m_new
+        out = (o / l).astype(F32)
+    return fake_quantize(out, result_scale, 0, "fp8")
 
 
 def weight_axis(layer, w_ndim: int) -> int | None:

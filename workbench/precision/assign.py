@@ -28,6 +28,7 @@ import numpy as np
 from ..core.liveness import layer_reads, subgraphs_of
 from ..core.plan import Layer, Plan, TensorSpec
 from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precisions
+from ..core.quant import ATTENTION_OPS, operand_scale
 from ..core.quant import ELEMENT as QUANT_ELEMENT
 from ..core.quant import FORMATS as QUANT_FORMATS
 from ..errors import BuildError
@@ -166,12 +167,11 @@ def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
             continue
         name = layer.outputs[0]
         users = readers.get(name, [])
-        quantized = [(u, pos) for u, pos in users if pos == 0 and u.precision in QUANT_FORMATS
-                     and u.attrs.get("q_format") == u.precision and not int(u.attrs.get("q_input_zero_point", 0))]
+        quantized = [(u, pos) for u, pos in users if pos >= 0 and operand_scale(u, pos) is not None]
         if not quantized:
             continue
         fmt = quantized[0][0].precision
-        scales = {float(np.float32(u.attrs.get("q_input_scale", np.nan))) for u, _ in quantized}
+        scales = {operand_scale(u, pos) for u, pos in quantized}
         if len(scales) != 1 or any(u.precision != fmt for u, _ in quantized):
             continue
         scale = scales.pop()
@@ -191,20 +191,25 @@ def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
             producer.outputs = [*layer.outputs, target]
             y = layer.output_specs[0]
             producer.output_specs.append(TensorSpec(target, code, None if y.shape is None else list(y.shape), scale))
+        at: dict[int, tuple[Layer, list[int]]] = {}  # reader -> the positions it reads the codes at
+        for u, pos in quantized:
+            at.setdefault(id(u), (u, []))[1].append(pos)
         trials = []
-        for u, _ in quantized:
+        for u, positions in at.values():
             t = _spec_copy(u)
-            _code(t.aligned_input_specs()[0], code, scale)
-            t.aligned_input_specs()[0].name = target
-            t.inputs = [target, *u.inputs[1:]]
+            specs = t.aligned_input_specs()
+            for pos in positions:
+                _code(specs[pos], code, scale)
+                specs[pos].name = target
+            t.inputs = [target if pos in positions else n for pos, n in enumerate(u.inputs)]
             trials.append(t)
         if not supports(producer, producer.precision) or not all(supports(t, fmt) for t in trials):
             continue
         layer.attrs, layer.outputs, layer.output_specs = producer.attrs, producer.outputs, producer.output_specs
-        for (u, _), t in zip(quantized, trials):
+        for (u, _), t in zip(at.values(), trials):
             u.inputs, u.input_specs = t.inputs, t.input_specs
         how = f"writes {name} as {code} codes" if whole else f"also writes {name} as {code} codes ({target})"
-        notes.append((layer.name, f"{how} (scale {scale:.6g}) for {', '.join(u.name for u, _ in quantized)}: "
+        notes.append((layer.name, f"{how} (scale {scale:.6g}) for {', '.join(u.name for u, _ in at.values())}: "
                                   "no quantize pass between them"))
     return notes
 
@@ -264,7 +269,7 @@ def _stored(layer: Layer, fallback: str) -> Layer:
 def _lower_activation(layer: Layer, dtype: str) -> None:
     """The activations: the first input, a FusedConv's residual (input 3), the output."""
     specs = layer.aligned_input_specs()
-    acts = [0, 3] if layer.op == "FusedConv" else [0]
+    acts = [0, 3] if layer.op == "FusedConv" else [0, 1, 2] if layer.op in ATTENTION_OPS else [0]
     for spec in [specs[i] for i in acts if i < len(specs) and specs[i] is not None] + list(layer.output_specs[:1]):
         if _is_f32(spec):
             spec.dtype = dtype

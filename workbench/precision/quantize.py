@@ -147,10 +147,14 @@ class Placement:
             return want, why, False
         if want not in self.allowed:
             return want, why, False  # the assigner refuses it with the target's list
-        if kind is None:
+        attention = layer.op in quant.ATTENTION_OPS and want == "fp8"
+        if kind is None and not attention:
             return self.fallback, self._rule_reason(layer, want), False
         if self.sources.calibration is None:
             return self.fallback, f"no calibration ranges: {want} needs calibration data (pass --calib)", False
+        if attention:
+            ok, text = self._attention(layer, supports)
+            return (want, text, True) if ok else (self.fallback, text, False)
         if kind == "gemm" and not self._const(layer, 1):
             return (self.fallback, f"{layer.op} of two activations (attention-style) stays in {self.fallback} by rule",
                     False)
@@ -180,6 +184,8 @@ class Placement:
             return f"{layer.op} kept in {fb} by rule"
         if layer.op in NORMS:
             return f"{layer.op} kept in {fb} by rule: norms stay in higher precision"
+        if layer.op in quant.ATTENTION_OPS:
+            return f"{layer.op} runs in {fb}: attention has an fp8 form (Q, K, V and the softmax in e4m3), no {want} one"
         if layer.op in ATTENTION:
             return f"{layer.op} kept in {fb} by rule: attention internals stay in higher precision"
         return f"{layer.op} runs in {fb}: {want} is placed on the inputs of Conv / ConvTranspose / Gemm / MatMul only"
@@ -323,6 +329,43 @@ class Placement:
         extra = "; residual quantized" if "q_residual_scale" in attrs else ""
         return True, (f"{fmt} ({src}): input {inputs[0]!r} scale {x['scale']:.4g}, {wtext}{extra}")
 
+    def _attention(self, layer: Layer, supports) -> tuple[bool, str]:
+        """The fused Attention at fp8 (``core.quant.attention_fp8``) if it can be: Q, K and V per
+        tensor with their calibrated scales, its result rounded with its output's; no mask (cuDNN's
+        fp8 SDPA has no bias input) and a causal mask only over square scores."""
+        a = layer.attrs
+        if len(layer.inputs) > 3 and layer.inputs[3]:
+            return False, "fp8 attention takes no mask input (cuDNN's fp8 SDPA has no bias)"
+        specs = layer.aligned_input_specs()
+        if int(a.get("causal", 0)):
+            shapes = [s.shape if s is not None else None for s in specs[:3]]
+            lay = [str(a.get(f"{n}_layout", "bhsd")) for n in "qk"]
+            seq = [_seq_len(sh, ly) for sh, ly in zip(shapes[:2], lay)]
+            if None in seq or seq[0] != seq[1]:
+                return False, "fp8 attention is causal only over as many queries as keys"
+        got = []
+        for pos, what in enumerate(("Q", "K", "V")):
+            if self._const(layer, pos):
+                return False, f"{what} {layer.inputs[pos]!r} is a constant"
+            x, why = self._activation(layer, pos, "fp8", {}, what)
+            if x is None:
+                return False, why
+            got.append(x)
+        amax = _amax_of(self.sources.calibration, layer.outputs[0] if layer.outputs else "")
+        if amax is None:
+            return False, f"no calibration range for the output {layer.outputs[0] if layer.outputs else ''!r}"
+        out = float(quant.scale_from_amax(amax, "fp8"))
+        trial = copy.copy(layer)
+        trial.attrs = {**a, "q_format": "fp8", "q_input_scale": got[0]["scale"], "q_input_zero_point": 0,
+                       "q_key_scale": got[1]["scale"], "q_value_scale": got[2]["scale"], "q_result_scale": out,
+                       "q_source": f"calibration:{self.method or 'unknown'}"}
+        if not supports(trial, "fp8"):
+            return False, f"no {self.device.upper()} tactic runs {layer.op} at fp8"
+        layer.attrs = trial.attrs
+        return True, (f"fp8 ({self.method or 'calibration'} calibration): Q/K/V scales "
+                      f"{got[0]['scale']:.4g}/{got[1]['scale']:.4g}/{got[2]['scale']:.4g}, softmax in e4m3, "
+                      f"result scale {out:.4g} (amax {amax:.4g})")
+
     def _specs(self, layer: Layer, inputs: list[str], fmt: str) -> list[TensorSpec]:
         specs = []
         for pos, spec in enumerate(layer.aligned_input_specs()):
@@ -392,6 +435,15 @@ class Placement:
         for name in self.replaced:
             if name not in read:
                 self.plan.constants.pop(name, None)
+
+
+def _seq_len(shape, layout: str):
+    """The sequence length of an attention operand of ``shape`` stored in ``layout`` (None: unknown)."""
+    if shape is None:
+        return None
+    pos = {"bhsd": 2, "bshd": 1, "bsd": 1, "bhds": 3}.get(layout)
+    d = shape[pos] if pos is not None and len(shape) > pos else None
+    return d if isinstance(d, int) else None
 
 
 def _rename_input(layer: Layer, pos: int, name: str) -> None:

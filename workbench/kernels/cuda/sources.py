@@ -21,7 +21,7 @@ PRIMARY = [
     "cublaslt_quant",   # cuBLASLt int8 / fp8 GEMM between NVRTC quantize and dequantize-epilogue kernels
     "cudnn_conv",       # cuDNN graph API through cudnn-frontend: conv + bias/act/residual (fp16/bf16/fp32, fp8)
     "cublaslt_conv",    # cuBLASLt: 1x1 channels-last convolutions as GEMMs, the residual as C (fp16/bf16, fp8)
-    "cudnn_sdpa",       # cuDNN SDPA flash attention (fp16/bf16)
+    "cudnn_sdpa",       # cuDNN SDPA flash attention (fp16/bf16), and fp8 (sdpa_fp8, e4m3 Q/K/V/softmax/O)
     "cublas",           # cuBLAS through CuPy: plain and batched GEMM, im2col convolution
     "nvrtc_attention",  # NVRTC flash-style attention (every precision, layout, mask; capturable)
     "cupy_attention",   # CuPy batched-GEMM attention (eager)
@@ -40,7 +40,7 @@ PROVIDES = {
     "cublaslt_quant": ("cublaslt_quant.int8", "cublaslt_quant.fp8"),
     "cudnn_conv": ("cudnn.conv", "cudnn.conv_fp8"),
     "cublaslt_conv": ("cublaslt.conv1x1", "cublaslt.conv1x1_fp8"),
-    "cudnn_sdpa": ("cudnn.sdpa",),
+    "cudnn_sdpa": ("cudnn.sdpa", "cudnn.sdpa_fp8"),
     "cublas": ("cublas.gemm", "cublas.im2col_conv"),
     "nvrtc_attention": ("nvrtc.attention",),
     "cupy_attention": ("cupy.attention",),

@@ -146,17 +146,34 @@ def to_bhsd(t: np.ndarray, layout: str, heads: int) -> np.ndarray:
     raise KernelError(f"unknown attention layout {layout!r}")
 
 
-def _attention(ctx, inputs, attrs):
+def attention_bhsd(inputs, attrs):
+    """Q, K, V of an Attention layer as [B, H, S, D] arrays, K / V heads repeated for grouped
+    queries (each K/V head serves a block of consecutive query heads)."""
     heads = attrs.get("num_heads", 0)
     kv_heads = attrs.get("kv_heads", 0) or heads
     qi, ki, vi = qkv_operands(inputs, attrs)
     q = to_bhsd(qi, attrs.get("q_layout", "bhsd"), heads)
     k = to_bhsd(ki, attrs.get("k_layout", "bhsd"), kv_heads)
     v = to_bhsd(vi, attrs.get("v_layout", "bhsd"), kv_heads)
-    mask = inputs[3] if len(inputs) > 3 else None
-    if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a block of consecutive query heads
+    if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    return q, k, v
+
+
+def attention_out(out, attrs):
+    """An attention result [B, H, Sq, Dv] in the layer's ``out_layout``."""
+    layout = attrs.get("out_layout", "bhsd")
+    if layout in ("bshd", "bsd"):
+        out = out.transpose(0, 2, 1, 3)
+    if layout == "bsd":
+        out = out.reshape(out.shape[0], out.shape[1], -1)
+    return np.ascontiguousarray(out)
+
+
+def _attention(ctx, inputs, attrs):
+    q, k, v = attention_bhsd(inputs, attrs)
+    mask = inputs[3] if len(inputs) > 3 else None
     raw = matmul(q, np.swapaxes(k, -1, -2))
     scale = attrs.get("scale", 1.0)
     if scale != 1.0:
@@ -177,13 +194,7 @@ def _attention(ctx, inputs, attrs):
     p = softmax(scores, -1).astype(scores.dtype, copy=False)
     if attrs.get("nan_to_zero", 0):
         p = np.where(np.isnan(p), np.asarray(0, p.dtype), p)
-    out = matmul(p, v)
-    layout = attrs.get("out_layout", "bhsd")
-    if layout in ("bshd", "bsd"):
-        out = out.transpose(0, 2, 1, 3)
-    if layout == "bsd":
-        out = out.reshape(out.shape[0], out.shape[1], -1)
-    return [np.ascontiguousarray(out)]
+    return [attention_out(matmul(p, v), attrs)]
 
 
 def _pointwise(ctx, inputs, attrs):

@@ -1,5 +1,6 @@
 """Reference kernels of quantized layers: Conv, ConvTranspose, Gemm, MatMul, FusedConv and FusedGemm
-at int8 or fp8, computing exactly what ``core/quant.py`` specifies (and the GPU tactics must match).
+at int8 or fp8, and the fused Attention at fp8 (``core.quant.attention_fp8``), computing exactly
+what ``core/quant.py`` specifies (and the GPU tactics must match).
 
 int8: the float32 activation is quantized with the layer's ``q_input_scale`` / zero point, the
 product of ``q - zero_point`` with the stored int8 weights is taken in float64 (integers below
@@ -178,6 +179,41 @@ class QuantizedLayer:
         return [y]
 
 
+def check_attention(layer: Layer, precision: str) -> str | None:
+    """None if ``layer`` is an fp8 attention (``core.quant.attention_fp8``) these kernels run."""
+    if precision != "fp8":
+        return f"attention has no {precision} form"
+    if not quant.is_attention(layer):
+        return "layer carries no fp8 attention parameters"
+    missing = [k for k in ("q_input_scale", "q_key_scale", "q_value_scale") if k not in layer.attrs]
+    if missing:
+        return f"missing {missing[0]}"
+    if len(layer.inputs) > 3 and layer.inputs[3]:
+        return "fp8 attention takes no mask"
+    return None
+
+
+class QuantizedAttention:
+    """An fp8 attention layer's kernel: ``core.quant.attention_fp8`` on the layer's layouts."""
+
+    def __init__(self, layer: Layer):
+        a = layer.attrs
+        self.scales = tuple(float(np.float32(a[k])) for k in ("q_input_scale", "q_key_scale", "q_value_scale"))
+        self.result = float(np.float32(a["q_result_scale"]))
+        self.out_scale = a.get("q_output_scale")
+
+    def __call__(self, ctx, inputs, attrs):
+        from .fused import attention_bhsd, attention_out  # noqa: PLC0415
+
+        q, k, v = attention_bhsd([np.asarray(x, dtype=F32) for x in inputs[:3]], attrs)
+        y = quant.attention_fp8(q, k, v, scale=float(attrs.get("scale", 1.0)), scales=self.scales,
+                                result_scale=self.result, causal=bool(int(attrs.get("causal", 0))))
+        y = attention_out(y, attrs)
+        if self.out_scale is not None:
+            return [quant.quantize(y, self.out_scale, 0, "fp8")]
+        return [y]
+
+
 class QuantizedReferenceTactic:
     """``cpu.numpy.int8`` / ``cpu.numpy.fp8``: the kernels above, float64 products for int8."""
 
@@ -190,12 +226,16 @@ class QuantizedReferenceTactic:
     def supports(self, layer: Layer, precision: str, constants=None) -> str | None:
         if precision != self.precision:
             return f"runs {self.precision} layers only"
+        if layer.op in quant.ATTENTION_OPS:
+            return check_attention(layer, precision)
         return check_layer(layer, precision, constants)
 
     def configs(self, layer: Layer, precision: str) -> list[dict]:
         return [{}]
 
     def build(self, layer: Layer, precision: str, config: dict, constants=None, reuse: bool = True):
+        if layer.op in quant.ATTENTION_OPS:
+            return QuantizedAttention(layer)
         return QuantizedLayer(layer, constants, fast=False)
 
     def __repr__(self) -> str:
