@@ -163,6 +163,23 @@ def test_the_search_calibrates_once_however_many_candidates_it_builds(monkeypatc
     assert got <= 4.5e-4 and rep["error"]["held_out"] == pytest.approx(got, rel=1e-6)
 
 
+@pytest.mark.parametrize("batch,measured_on", [(4, 2), (8, 1)])
+def test_a_large_batch_measures_the_sensitivities_on_its_own(monkeypatch, batch, measured_on):
+    """Each search feed costs the sensitivity measure a reference pass per layer and precision: a
+    feed of SENSITIVITY_SAMPLES samples or more is measured alone, smaller ones two at a time."""
+    seen = []
+    real = mixed.measure
+
+    def counted(engine, feeds, **kw):
+        seen.append(len(feeds))
+        return real(engine, feeds, **kw)
+
+    monkeypatch.setattr(mixed, "measure", counted)
+    _, engine = budgeted(M.mlp(batch=batch), 4.5e-4, M.feeds(8, batch=batch))
+    assert seen and set(seen) == {measured_on}
+    assert engine.reports["mixed_precision"]["feeds"]["sensitivity_measured_on"] == measured_on
+
+
 def test_the_progress_bar_says_what_each_step_was(capsys, monkeypatch):
     """A search takes minutes on a large model: its bar names each step (builds, sensitivity
     runs, candidates) as it goes. (Drawn at every step here: this model's steps are faster than

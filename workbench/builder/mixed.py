@@ -17,8 +17,9 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    measured time of the chosen tactic; on the CPU, which only emulates reduced precision, a roofline
    estimate (``layer_ms``) -- and its sensitivity, the ``output_err`` of the accuracy report
    (``runtime.accuracy``) of that build on the search feeds: the outputs' error with only this
-   layer at that precision. fp16 is ruled out for a layer whose tensors reach past ``FP16_MAX /
-   FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
+   layer at that precision, measured on ``SENSITIVITY_FEEDS`` search batches (one when it holds
+   ``SENSITIVITY_SAMPLES`` samples or more). fp16 is ruled out for a layer whose tensors reach
+   past ``FP16_MAX / FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
    the search part; weights included). Layers with subgraphs stay fp32.
 3. **Search** (``mixed_search.py``): start every layer at its cheapest precision; promote the most
    sensitive layers until the error on the search feeds meets the target; when the evaluations
@@ -64,6 +65,9 @@ HELD_OUT_EVERY = 4
 MAX_FEEDS = 64
 RANDOM_FEEDS = 8
 SENSITIVITY_FEEDS = 2  # search batches each layer's sensitivity is measured on (~n^2/2 layer runs each)
+# ... or one, when it holds this many samples (its leading dim) or more: a batch of 8 sequences or
+# images already ranks the layers, and each feed costs a reference pass per layer and precision
+SENSITIVITY_SAMPLES = 8
 EVAL_FEEDS = 4  # search batches each candidate is evaluated on (the held-out check uses all held-out ones)
 MAX_ROUNDS = 3
 FP16_MAX, FP16_MARGIN = 65504.0, 4.0
@@ -135,8 +139,10 @@ class _Search:
         elif table is not None:
             self.base = dataclasses.replace(self.base, calibration=table)
         self.eval_feeds = self.search_feeds[:EVAL_FEEDS]
+        self.sens_feeds = self.search_feeds[:1 if _samples(self.search_feeds[0]) >= SENSITIVITY_SAMPLES
+                                            else SENSITIVITY_FEEDS]
         self.split.update({"candidates_evaluated_on": len(self.eval_feeds),
-                           "sensitivity_measured_on": min(len(self.search_feeds), SENSITIVITY_FEEDS)})
+                           "sensitivity_measured_on": len(self.sens_feeds)})
         self.ref_search = _outputs(self.fp32, self.eval_feeds)
         self.ref_held = _outputs(self.fp32, self.held_feeds)
         self.names = [l.name for l in self.fp32.layers]
@@ -170,7 +176,7 @@ class _Search:
                     self.notes.append(f"{p} not tried: {str(exc).splitlines()[0]}")
                     continue
                 self.engines[p] = engine
-                report = measure(engine, self.search_feeds[:SENSITIVITY_FEEDS], reference=self.fp32,
+                report = measure(engine, self.sens_feeds, reference=self.fp32,
                                  impact=IMPACT_SECONDS)  # over it: each layer's added error
                 self._tick(f"measured {p} sensitivities")
                 rows = {r["layer"]: r for r in report.layers}
@@ -435,6 +441,11 @@ def _error(outs: list[dict], refs: list[dict], metric) -> float:
             diffs.setdefault(name, Diff()).add(out[name], want)
     errs = [d.rel for d in diffs.values() if d.pairs and not math.isnan(d.rel)]
     return max(errs) if errs else 0.0
+
+
+def _samples(feed: dict) -> int:
+    """The samples in a feed: the largest leading dim of its inputs (0 when every input is a scalar)."""
+    return max((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v) > 0), default=0)
 
 
 def _finite_or_inf(x) -> float:
