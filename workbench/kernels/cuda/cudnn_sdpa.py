@@ -361,9 +361,11 @@ class CudnnSdpaFp8(TacticBase):
         a = layer.attrs
         f32 = np.float32
         result = f32(a["q_result_scale"])
-        dev = cp.asarray(np.array([a["q_input_scale"], a["q_key_scale"], a["q_value_scale"], quant.P_SCALE,
-                                   f32(1.0) / f32(quant.P_SCALE), f32(1.0) / result, 0.0, 0.0], np.float32))
-        fixed = [dev.data.ptr + 4 * i for i in range(8)]  # the six scales, then the two amax outputs
+        vals = np.zeros((8, 4), np.float32)  # one 16-byte slot each (cuDNN's default tensor alignment)
+        vals[:6, 0] = [a["q_input_scale"], a["q_key_scale"], a["q_value_scale"], quant.P_SCALE,
+                       f32(1.0) / f32(quant.P_SCALE), f32(1.0) / result]
+        dev = cp.asarray(vals)
+        fixed = [dev.data.ptr + 16 * i for i in range(8)]  # the six scales, then the two amax outputs
         out: dict[str, bytes] = {}
         align, offset = 256, 0
         quantize = {}  # input name -> (launch, workspace offset)
