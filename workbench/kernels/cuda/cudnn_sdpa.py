@@ -108,17 +108,25 @@ def _graph(p: dict, mode: str = "A"):
         o, _ = gr.sdpa(name="sdpa", q=t["q"], k=t["k"], v=t["v"], is_inference=True, attn_scale=p["scale"], **kw)
         o.set_output(True).set_dim(list(p["o"])).set_stride(list(p["st"]["o"])).set_data_type(io)
         t["o"] = o
-        gr.validate()
-        gr.build_operation_graph()
-        gr.create_execution_plans([getattr(cudnn.heur_mode, mode)])
-        gr.check_support()
-        res = (gr, t, buildable_plans(gr, MAX_PLANS + 1))
-        if not res[2]:
-            res = "cuDNN sdpa: none of the offered plans builds"
+        res = _planned(gr, t, [getattr(cudnn.heur_mode, mode)], "cuDNN sdpa")
     except Exception as e:
-        res = f"cuDNN sdpa: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        res = _failed("cuDNN sdpa", e)
     _GRAPHS[key] = res
     return res
+
+
+def _planned(gr, t: dict, modes: list, what: str):
+    """(graph, tensors, buildable plans) of a defined graph, or why none builds."""
+    gr.validate()
+    gr.build_operation_graph()
+    gr.create_execution_plans(modes)
+    gr.check_support()
+    plans = buildable_plans(gr, MAX_PLANS + 1)
+    return (gr, t, plans) if plans else f"{what}: none of the offered plans builds"
+
+
+def _failed(what: str, e: Exception) -> str:
+    return f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
 class CudnnSdpa(TacticBase):
@@ -289,15 +297,9 @@ def _fp8_graph(p: dict):
         for n, x in (("AS", amax_s), ("AO", amax_o)):
             x.set_output(True).set_dim(one).set_stride(one).set_data_type(D.FLOAT)
             t[n] = x
-        gr.validate()
-        gr.build_operation_graph()
-        gr.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        gr.check_support()
-        res = (gr, t, buildable_plans(gr, MAX_PLANS + 1))
-        if not res[2]:
-            res = "cuDNN sdpa_fp8: none of the offered plans builds"
+        res = _planned(gr, t, [cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK], "cuDNN sdpa_fp8")
     except Exception as e:
-        res = f"cuDNN sdpa_fp8: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        res = _failed("cuDNN sdpa_fp8", e)
     _GRAPHS[key] = res
     return res
 
