@@ -91,7 +91,8 @@ writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m
 Quantized tensors between layers
 --------------------------------
 On the GPU, an int8 / fp8 GEMM layer whose output is read only by layers of the same format, each
-as its quantized first operand with the same scale (zero point 0), writes the codes themselves:
+as a quantized operand with the same scale (zero point 0; ``operand_scale``: the first operand, or
+an fp8 attention's Q, K and V), writes the codes themselves:
 its ``q_output_scale`` is that scale, and the tensor's spec has the element type
 (``ELEMENT``) and ``scale`` (``TensorSpec.scale``: values are ``code * scale``). The readers take
 the codes as their operand without a quantize pass. The numbers are exactly those of the float32

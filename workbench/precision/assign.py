@@ -140,8 +140,9 @@ def assign_precisions(plan: Plan, config, device: str, supports: Callable[[Layer
 def quantized_boundaries(plan: Plan, supports) -> list[tuple[str, str]]:
     """On a storing target, layers write codes for the int8 / fp8 layers that read their output
     (``core/quant.py``, "Quantized tensors between layers"), so the readers lose their quantize
-    pass. The readers: quantized layers of one format, each reading the tensor as its first operand
-    with one scale and no zero point.
+    pass. The readers: quantized layers of one format, each reading the tensor as a quantized
+    operand (``core.quant.operand_scale``: the first; an fp8 attention's Q, K and V, the packed
+    tensor at all three) with one scale and no zero point.
 
     * Only such readers, and not a graph output: the producer writes the tensor as codes
       (``q_output_scale``; a quantized producer only when it is of the readers' format).
@@ -267,7 +268,8 @@ def _stored(layer: Layer, fallback: str) -> Layer:
 
 
 def _lower_activation(layer: Layer, dtype: str) -> None:
-    """The activations: the first input, a FusedConv's residual (input 3), the output."""
+    """The activations: the first input, a FusedConv's residual (input 3), an attention's Q, K and
+    V (inputs 0 to 2), the output."""
     specs = layer.aligned_input_specs()
     acts = [0, 3] if layer.op == "FusedConv" else [0, 1, 2] if layer.op in ATTENTION_OPS else [0]
     for spec in [specs[i] for i in acts if i < len(specs) and specs[i] is not None] + list(layer.output_specs[:1]):
