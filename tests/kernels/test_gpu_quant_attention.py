@@ -3,11 +3,14 @@
 rounded to e4m3), outputs poisoned before each run, every plan the heuristic offers; Q / K / V read
 as codes or quantized first, O written as codes or dequantized into float16.
 
-The GPU sums in its own order, evaluates exp with its own approximation and may block the keys
-differently, so a probability or an output sits on the other side of an e4m3 rounding boundary now
-and then: the bound is a few hundredths relative (``TOL``), most codes equal (``SAME``). The
-emulation itself stays within fp8's error of float64 attention (checked on the CPU in
-tests/precision/test_quant_attention.py)."""
+The GPU sums in its own order and evaluates exp with its own approximation, so a probability or
+an output sits on the other side of an e4m3 rounding boundary now and then; past one block of keys
+(``quant.ATTENTION_BLOCK``) its blocks also differ from the emulation's, and a probability is
+rounded against another running maximum. Measured on an H100 (cuDNN 9.19): up to 128 keys 6e-3 to
+8e-3 relative with 97-98% of the values equal, over 197 and 384 keys 1.6e-2 to 1.7e-2 with 86-89%
+equal. The bounds: ``TOL`` relative, ``SAME`` (``SAME_BLOCKS`` past one block) equal, and the GPU
+no further from float64 attention than the emulation is (both about 7e-2: e4m3 throughout; the
+emulation's own bound against float64 is checked on the CPU in tests/precision/test_quant_attention.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.gpu
 
 RNG = np.random.default_rng(5)
 TOL = 3e-2
-SAME = 0.9
+SAME, SAME_BLOCKS = 0.95, 0.8
 CODE = quant.ELEMENT["fp8"]
 
 
@@ -98,7 +101,8 @@ def _run(shape, **kw):
         print(f"{shape} {kw} {cfg['plan']}: vs emulation {err:.2e} ({same:.3f} equal), emulation vs float64 "
               f"{rel_err(want_v, exact):.2e}, GPU vs float64 {rel_err(got, exact):.2e}")
         assert np.all(np.isfinite(got))
-        assert err < TOL and same > SAME, (cfg, err, same)
+        assert err < TOL and same > (SAME if shape[1] <= quant.ATTENTION_BLOCK else SAME_BLOCKS), (cfg, err, same)
+        assert rel_err(got, exact) < 1.05 * rel_err(want_v, exact), cfg
 
 
 def _float64_attention(x, lay):

@@ -407,5 +407,6 @@ def coded_outputs(layer) -> dict | str:
 
 
 def strip_attrs(attrs: dict) -> dict:
-    """A layer's attributes without the ``q_`` keys."""
-    return {k: v for k, v in attrs.items() if not k.startswith("q_")}
+    """A layer's attributes without the quantization keys (``ATTRS``; an attention's ``q_layout``
+    is not one of them)."""
+    return {k: v for k, v in attrs.items() if k not in ATTRS}
