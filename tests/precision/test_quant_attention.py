@@ -124,3 +124,16 @@ def test_attention_stays_float_where_fp8_cannot_or_int8_is_asked():
                                          calibration=Calibration(vit_feeds[:2])))
     rows = [r for r in eng.reports["precision"] if r["op"] == "Attention"]
     assert rows and all(r["precision"] == "fp32" and "no int8 one" in r["reason"] for r in rows)
+
+
+def test_only_the_fused_attention_has_quantized_operands():
+    """ONNX's own Attention (domain "") has other attributes: neither placed at fp8 nor read as codes."""
+    from workbench.core.plan import Layer
+
+    a = {"q_format": "fp8", "q_input_scale": 0.1, "q_key_scale": 0.2, "q_value_scale": 0.3, "q_result_scale": 0.1}
+    fused = Layer("a", "Attention", domain="workbench", inputs=["q", "k", "v"], outputs=["o"], attrs=dict(a),
+                  precision="fp8")
+    onnx_op = Layer("b", "Attention", domain="", inputs=["q", "k", "v"], outputs=["o"], attrs=dict(a), precision="fp8")
+    assert [quant.operand_scale(fused, p) for p in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert quant.is_attention(fused) and not quant.is_attention(onnx_op)
+    assert quant.operand_scale(onnx_op, 0) == pytest.approx(0.1) and quant.operand_scale(onnx_op, 1) is None

@@ -145,7 +145,7 @@ ATTRS = ("q_format", "q_input_scale", "q_input_zero_point", "q_weight_scale", "q
 # block of the online softmax (cuDNN's fp8 SDPA reference computes in blocks of 128 keys)
 P_SCALE = 1.0 / 256.0
 ATTENTION_BLOCK = 128
-ATTENTION_OPS = frozenset({"Attention"})
+ATTENTION_OPS = frozenset({("workbench", "Attention")})  # the fused op, not ONNX's own Attention
 
 
 def kind_of(layer) -> str | None:
@@ -169,7 +169,12 @@ def operand_scale(layer, pos: int) -> float | None:
 
 def is_attention(layer) -> bool:
     """Whether ``layer`` is a quantized (fp8) fused attention (``attention_fp8``)."""
-    return layer.op in ATTENTION_OPS and layer.attrs.get("q_format") == "fp8" and "q_result_scale" in layer.attrs
+    return fused_attention(layer) and layer.attrs.get("q_format") == "fp8" and "q_result_scale" in layer.attrs
+
+
+def fused_attention(layer) -> bool:
+    """Whether ``layer`` is the fused ``workbench`` Attention op (FUSED_OPS.md), the one fp8 runs."""
+    return (layer.domain, layer.op) in ATTENTION_OPS
 
 
 def attention_fp8(q, k, v, *, scale: float, scales: tuple, result_scale: float, causal: bool = False,

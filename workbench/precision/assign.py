@@ -28,7 +28,7 @@ import numpy as np
 from ..core.liveness import layer_reads, subgraphs_of
 from ..core.plan import Layer, Plan, TensorSpec
 from ..core.precisions import HALF, STORAGE, TARGET_PRECISIONS, supported_precisions
-from ..core.quant import ATTENTION_OPS, operand_scale
+from ..core.quant import fused_attention, operand_scale
 from ..core.quant import ELEMENT as QUANT_ELEMENT
 from ..core.quant import FORMATS as QUANT_FORMATS
 from ..errors import BuildError
@@ -271,7 +271,7 @@ def _lower_activation(layer: Layer, dtype: str) -> None:
     """The activations: the first input, a FusedConv's residual (input 3), an attention's Q, K and
     V (inputs 0 to 2), the output."""
     specs = layer.aligned_input_specs()
-    acts = [0, 3] if layer.op == "FusedConv" else [0, 1, 2] if layer.op in ATTENTION_OPS else [0]
+    acts = [0, 3] if layer.op == "FusedConv" else [0, 1, 2] if fused_attention(layer) else [0]
     for spec in [specs[i] for i in acts if i < len(specs) and specs[i] is not None] + list(layer.output_specs[:1]):
         if _is_f32(spec):
             spec.dtype = dtype

@@ -147,7 +147,7 @@ class Placement:
             return want, why, False
         if want not in self.allowed:
             return want, why, False  # the assigner refuses it with the target's list
-        attention = layer.op in quant.ATTENTION_OPS and want == "fp8"
+        attention = quant.fused_attention(layer) and want == "fp8"
         if kind is None and not attention:
             return self.fallback, self._rule_reason(layer, want), False
         if self.sources.calibration is None:
@@ -184,7 +184,7 @@ class Placement:
             return f"{layer.op} kept in {fb} by rule"
         if layer.op in NORMS:
             return f"{layer.op} kept in {fb} by rule: norms stay in higher precision"
-        if layer.op in quant.ATTENTION_OPS:
+        if quant.fused_attention(layer):
             return f"{layer.op} runs in {fb}: attention has an fp8 form (Q, K, V and the softmax in e4m3), no {want} one"
         if layer.op in ATTENTION:
             return f"{layer.op} kept in {fb} by rule: attention internals stay in higher precision"

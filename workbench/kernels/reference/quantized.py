@@ -226,7 +226,7 @@ class QuantizedReferenceTactic:
     def supports(self, layer: Layer, precision: str, constants=None) -> str | None:
         if precision != self.precision:
             return f"runs {self.precision} layers only"
-        if layer.op in quant.ATTENTION_OPS:
+        if quant.fused_attention(layer):
             return check_attention(layer, precision)
         return check_layer(layer, precision, constants)
 
@@ -234,7 +234,7 @@ class QuantizedReferenceTactic:
         return [{}]
 
     def build(self, layer: Layer, precision: str, config: dict, constants=None, reuse: bool = True):
-        if layer.op in quant.ATTENTION_OPS:
+        if quant.fused_attention(layer):
             return QuantizedAttention(layer)
         return QuantizedLayer(layer, constants, fast=False)
 
