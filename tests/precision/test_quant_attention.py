@@ -137,3 +137,39 @@ def test_only_the_fused_attention_has_quantized_operands():
     assert [quant.operand_scale(fused, p) for p in range(3)] == pytest.approx([0.1, 0.2, 0.3])
     assert quant.is_attention(fused) and not quant.is_attention(onnx_op)
     assert quant.operand_scale(onnx_op, 0) == pytest.approx(0.1) and quant.operand_scale(onnx_op, 1) is None
+
+
+def _packed_layer(b=2, s=16, h=2, d=8, causal=0, kv_seq=None):
+    from workbench.core.plan import Layer, TensorSpec
+
+    a = {"scale": 0.35, "num_heads": h, "kv_heads": h, "q_layout": "bsd", "k_layout": "bsd", "v_layout": "bsd",
+         "out_layout": "bsd", "causal": causal, "q_format": "fp8", "q_input_scale": 0.02, "q_input_zero_point": 0,
+         "q_key_scale": 0.02, "q_value_scale": 0.02, "q_result_scale": 0.01}
+    shapes = [[b, s, h * d], [b, kv_seq or s, h * d], [b, kv_seq or s, h * d]]
+    lay = Layer("att", "Attention", domain="workbench", inputs=["q", "k", "v"], outputs=["o"], attrs=a,
+                input_specs=[TensorSpec(n, "float32", sh) for n, sh in zip("qkv", shapes)],
+                output_specs=[TensorSpec("o", "float32", [b, s, h * d])], precision="fp8")
+    return lay
+
+
+def test_codes_in_are_read_as_the_values_they_stand_for():
+    """An input of codes (a GPU plan's Q/K/V written by their GEMM) gives the result of its values."""
+    from workbench.core.plan import TensorSpec
+    from workbench.kernels.reference import KernelContext
+    from workbench.kernels.reference.quantized import QuantizedAttention
+
+    lay = _packed_layer()
+    xs = [(RNG.standard_normal(s.shape) * 1.5).astype(np.float32) for s in lay.input_specs]
+    want = QuantizedAttention(lay)(KernelContext(), xs, lay.attrs)[0]
+    codes = [quant.quantize(x, 0.02, 0, "fp8") for x in xs]
+    lay.input_specs = [TensorSpec(s.name, quant.ELEMENT["fp8"], s.shape, 0.02) for s in lay.input_specs]
+    np.testing.assert_array_equal(QuantizedAttention(lay)(KernelContext(), codes, lay.attrs)[0], want)
+
+
+def test_causal_fp8_attention_needs_square_scores():
+    from workbench.kernels.reference.quantized import check_attention
+
+    assert check_attention(_packed_layer(causal=1), "fp8") is None
+    assert "as many queries as keys" in check_attention(_packed_layer(causal=1, kv_seq=24), "fp8")
+    assert check_attention(_packed_layer(causal=0, kv_seq=24), "fp8") is None
+    assert "no int8 form" in check_attention(_packed_layer(), "int8")

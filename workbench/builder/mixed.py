@@ -444,8 +444,9 @@ def _error(outs: list[dict], refs: list[dict], metric) -> float:
 
 
 def _samples(feed: dict) -> int:
-    """The samples in a feed: the largest leading dim of its inputs (0 when every input is a scalar)."""
-    return max((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v) > 0), default=0)
+    """The samples in a feed: the largest leading (batch) dim of its inputs of rank 2 or more (0
+    when there are none)."""
+    return max((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v) > 1), default=0)
 
 
 def _finite_or_inf(x) -> float:

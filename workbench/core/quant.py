@@ -85,6 +85,8 @@ writes float32 outputs; its weights are plan constants of dtype int8 / float8e4m
   layers read).
 * ``q_copy_scale`` (GPU plans only: float layers, and fp8 convolutions): the layer writes its
   first output as it is and, as its last output, that output's codes with this scale; see below.
+* ``q_key_scale``, ``q_value_scale``, ``q_result_scale`` (fp8 attention only): the scales of K
+  and V (Q's is ``q_input_scale``) and of the result's rounding (``attention_fp8``).
 * ``q_source``: where the activation scales came from ("calibration:<method>" or "qdq"), for
   people; never read to run.
 
@@ -170,6 +172,18 @@ def operand_scale(layer, pos: int) -> float | None:
 def is_attention(layer) -> bool:
     """Whether ``layer`` is a quantized (fp8) fused attention (``attention_fp8``)."""
     return fused_attention(layer) and layer.attrs.get("q_format") == "fp8" and "q_result_scale" in layer.attrs
+
+
+def square_scores(layer) -> bool:
+    """Whether an attention layer's Q and K have one known sequence length (``attention_fp8``'s
+    causal mask is top-left, which is the op's end-aligned one only then)."""
+    seq = []
+    for spec, n in zip(layer.aligned_input_specs()[:2], "qk"):
+        shape = spec.shape if spec is not None else None
+        pos = {"bhsd": 2, "bshd": 1, "bsd": 1, "bhds": 3}.get(str(layer.attrs.get(f"{n}_layout", "bhsd")))
+        d = shape[pos] if shape is not None and pos is not None and len(shape) > pos else None
+        seq.append(d if isinstance(d, int) else None)
+    return None not in seq and seq[0] == seq[1]
 
 
 def fused_attention(layer) -> bool:

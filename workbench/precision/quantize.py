@@ -86,7 +86,9 @@ def prepare_quantization(plan: Plan, config, device: str, explicit: dict | None 
     formats = requested_formats(config) & set(supported_precisions(device))
     if not formats:
         return sources if sources.explicit else None
-    if not any(quant.kind_of(l) and not _covered(l, sources) for l in plan.layers):
+    attention = "fp8" in formats  # the fused attention is quantized at fp8 from calibration only
+    if not any((quant.kind_of(l) or (attention and quant.fused_attention(l))) and not _covered(l, sources)
+               for l in plan.layers):
         return sources
     cal = getattr(config, "calibration", None)
     if cal is None:
@@ -336,13 +338,8 @@ class Placement:
         a = layer.attrs
         if len(layer.inputs) > 3 and layer.inputs[3]:
             return False, "fp8 attention takes no mask input (cuDNN's fp8 SDPA has no bias)"
-        specs = layer.aligned_input_specs()
-        if int(a.get("causal", 0)):
-            shapes = [s.shape if s is not None else None for s in specs[:3]]
-            lay = [str(a.get(f"{n}_layout", "bhsd")) for n in "qk"]
-            seq = [_seq_len(sh, ly) for sh, ly in zip(shapes[:2], lay)]
-            if None in seq or seq[0] != seq[1]:
-                return False, "fp8 attention is causal only over as many queries as keys"
+        if int(a.get("causal", 0)) and not quant.square_scores(layer):
+            return False, "fp8 attention is causal only over as many queries as keys"
         got = []
         for pos, what in enumerate(("Q", "K", "V")):
             if self._const(layer, pos):
@@ -435,15 +432,6 @@ class Placement:
         for name in self.replaced:
             if name not in read:
                 self.plan.constants.pop(name, None)
-
-
-def _seq_len(shape, layout: str):
-    """The sequence length of an attention operand of ``shape`` stored in ``layout`` (None: unknown)."""
-    if shape is None:
-        return None
-    pos = {"bhsd": 2, "bshd": 1, "bsd": 1, "bhds": 3}.get(layout)
-    d = shape[pos] if pos is not None and len(shape) > pos else None
-    return d if isinstance(d, int) else None
 
 
 def _rename_input(layer: Layer, pos: int, name: str) -> None:

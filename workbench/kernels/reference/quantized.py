@@ -190,6 +190,8 @@ def check_attention(layer: Layer, precision: str) -> str | None:
         return f"missing {missing[0]}"
     if len(layer.inputs) > 3 and layer.inputs[3]:
         return "fp8 attention takes no mask"
+    if int(layer.attrs.get("causal", 0)) and not quant.square_scores(layer):
+        return "fp8 attention is causal only over as many queries as keys"
     return None
 
 
@@ -201,11 +203,15 @@ class QuantizedAttention:
         self.scales = tuple(float(np.float32(a[k])) for k in ("q_input_scale", "q_key_scale", "q_value_scale"))
         self.result = float(np.float32(a["q_result_scale"]))
         self.out_scale = a.get("q_output_scale")
+        specs = layer.aligned_input_specs()
+        # inputs held as codes (core/quant.py, "Quantized tensors between layers"): their values
+        self.coded = [s.scale if quant.is_coded(s) else None for s in specs[:3]]
 
     def __call__(self, ctx, inputs, attrs):
         from .fused import attention_bhsd, attention_out  # noqa: PLC0415
 
-        q, k, v = attention_bhsd([np.asarray(x, dtype=F32) for x in inputs[:3]], attrs)
+        xs = [np.asarray(x, dtype=F32) if s is None else quant.dequantize(x, s) for x, s in zip(inputs[:3], self.coded)]
+        q, k, v = attention_bhsd(xs, attrs)
         y = quant.attention_fp8(q, k, v, scale=float(attrs.get("scale", 1.0)), scales=self.scales,
                                 result_scale=self.result, causal=bool(int(attrs.get("causal", 0))))
         y = attention_out(y, attrs)
