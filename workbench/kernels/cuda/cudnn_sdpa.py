@@ -370,15 +370,19 @@ class CudnnSdpaFp8(TacticBase):
         fixed = [dev.data.ptr + 16 * i for i in range(8)]  # the six scales, then the two amax outputs
         out: dict[str, bytes] = {}
         align, offset = 256, 0
-        quantize = {}  # input name -> (launch, workspace offset)
+        launches = []  # (input position, quantize launch, workspace offset): once per tensor
+        where: list[int | None] = []  # per Q / K / V: the workspace offset of its codes, None: read in place
+        placed: dict[str, int] = {}
         for pos, read in enumerate(p["reads"]):
             name = layer.inputs[pos]
-            if read != "codes" and name not in quantize:
+            if read != "codes" and name not in placed:
                 n = int(np.prod(static_shape(layer, pos)))
                 q = QuantizeLaunch("fp8", read, n, a[("q_input_scale", "q_key_scale", "q_value_scale")[pos]], 0, gpu,
                                    binaries, out, name=f"wb_quant_fp8_{read}")
-                quantize[name] = (q, offset)
+                launches.append((pos, q, offset))
+                placed[name] = offset
                 offset += -(-q.bytes // align) * align
+            where.append(None if read == "codes" else placed[name])
         dequant = None
         if p["out"] != "codes":
             n_out = int(np.prod(static_shape(layer, 0, out=True)))
@@ -390,19 +394,12 @@ class CudnnSdpaFp8(TacticBase):
         h = handle()
         order = ["q", "k", "v", *_SCALES, "o", "AS", "AO"]
         launch = Launcher(gr, index, {n: t[n] for n in order})
-        names = list(layer.inputs[:3])
 
         def run(inputs, outputs, workspace, stream):
             base = -(-ptr(workspace) // align) * align
-            srcs = []
-            for i in range(3):
-                got = quantize.get(names[i])
-                if got is None:
-                    srcs.append(ptr(inputs[i]))
-                else:
-                    if i == names.index(names[i]):  # a packed tensor is quantized once
-                        got[0](inputs[i], base + got[1], stream)
-                    srcs.append(base + got[1])
+            for pos, q, off in launches:
+                q(inputs[pos], base + off, stream)
+            srcs = [ptr(inputs[i]) if where[i] is None else base + where[i] for i in range(3)]
             o_ptr = ptr(outputs[0]) if dequant is None else base + dequant[2]
             cudnn.set_stream(h, stream_ptr(stream))
             launch([srcs[i] + p["off"][i] for i in range(3)] + fixed[:6] + [o_ptr] + fixed[6:], base + offset, h)
@@ -411,7 +408,7 @@ class CudnnSdpaFp8(TacticBase):
                 fn((grid,), (256,), (np.uint64(base + off), outputs[0], result, np.int64(n)), stream=stream)
 
         return BuiltKernel(run=run, workspace_bytes=align + offset + ws, binaries=out,
-                           info={"fast_launch": launch.raw is not None, "quantize_launches": len(quantize),
+                           info={"fast_launch": launch.raw is not None, "quantize_launches": len(launches),
                                  "dequantize": dequant is not None},
                            keepalive=(gr, dev, launch))
 
