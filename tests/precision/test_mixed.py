@@ -372,3 +372,33 @@ def test_mobilenetv2_search_on_cpu():
           f"{rep['below_fp32']}/{rep['layers']} layers below fp32 ({rep['fraction_below_fp32']:.0%}), "
           f"{dict((p, list(rep['precisions'].values()).count(p)) for p in set(rep['precisions'].values()))}")
     assert uniform > budget >= got and rep["fraction_below_fp32"] > 0.5
+
+
+def test_bisection_stops_at_its_cap_and_keeps_what_passed():
+    # every layer fails alone at fp8 but passes at fp16: uncapped, bisection tries each one's middle
+    # rung; capped, it stops, the layers it did not reach stay fp32, and the result still meets the
+    # target (every accepted step was measured)
+    names = [f"L{i}" for i in range(16)]
+    ladders = [make_ladder(n, [Rung("fp8", 1.0, 1e-2), Rung("fp16", 2.0, 1e-4), Rung("fp32", 3.0, 0.0)], {})
+               for n in names]
+    calls = []
+
+    def evaluate(a, label):
+        calls.append(label)
+        err = sum(1e-2 if a[n] == 0 else (1e-4 if a[n] == 1 else 0.0) for n in names)
+        return err, sum(1.0 + a[n] for n in names)
+
+    full = bisect(ladders, evaluate, target=5e-3)
+    assert not full.stopped and all(r == 1 for r in full.assignment.values())
+    uncapped = len(calls)
+    calls.clear()
+    cap = uncapped - 9  # every segment, then half of the middle rungs
+    capped = bisect(ladders, evaluate, target=5e-3, max_evals=cap)
+    assert len(calls) == cap + 1  # the cap, then the result's own evaluation
+    assert capped.error <= 5e-3 and "cap" in capped.stopped
+    assert sorted(capped.assignment.values()) == [1] * 8 + [2] * 8 and "8 layer(s)" in capped.stopped
+    assert capped.latency_ms > full.latency_ms
+    # a cap reached inside the segments leaves whole segments at the top rung
+    calls.clear()
+    early = bisect(ladders, evaluate, target=5e-3, max_evals=3)
+    assert len(calls) == 4 and set(early.assignment.values()) == {2} and "16 layer(s)" in early.stopped

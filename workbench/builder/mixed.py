@@ -24,8 +24,8 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
 3. **Search** (``mixed_search.py``): start every layer at its cheapest precision; promote the most
    sensitive layers until the error on the search feeds meets the target; when the evaluations
    contradict the additive assumption behind that ordering (promoting more made the error worse)
-   or it needed more than half the moves, auto_mixed_precision-style segment bisection runs too,
-   and the faster result wins.
+   or promotion finds nothing, auto_mixed_precision-style segment bisection runs too (at most
+   ``BISECT_EVALS`` evaluations: on the GPU each is a build), and the faster result wins.
 4. **Check.** The chosen assignment is built for real (per-layer overrides) and its error on the
    held-out feeds must meet B; if not, the search target is tightened and the search repeated
    (``MAX_ROUNDS``); failing that, every layer stays fp32.
@@ -293,6 +293,8 @@ class _Search:
         why = "promotion found nothing" if found is None else "promoting more made the error worse"
         self.notes.append(f"segment bisection ran too: {why}")
         other = bisect(self.ladders, self.evaluate, target)
+        if other is not None and other.stopped:
+            self.notes.append(other.stopped)
         options = [o for o in (found, other) if o is not None]
         return min(options, key=lambda o: (o.latency_ms, o.error)) if options else None
 
@@ -336,6 +338,8 @@ class _Search:
             return (f"accuracy budget: promoted from {first.precision} to {p} (outputs' error with only this layer "
                     f"at {first.precision}: {first.sensitivity:.2e}; promotion {outcome.order[lad.layer]} in "
                     f"sensitivity order){tail}")
+        if outcome.strategy == "bisect" and lad.layer not in outcome.failed:
+            return f"accuracy budget: {p}; segment bisection reached its evaluation cap before trying this layer{tail}"
         return f"accuracy budget: {p}; {first.precision} on this layer broke the budget (segment bisection){tail}"
 
 

@@ -16,7 +16,10 @@ is where the search starts; the top rung is fp32 (sensitivity 0).
 * ``bisect``: onnxconverter-common's auto_mixed_precision segment bisection over the layers in plan
   order: everything starts at its top rung; the largest untested segment is moved to rung 0 on top
   of what already passed; a segment that fails is halved, a single layer that fails stays up (its
-  middle rungs, if any, are then tried one by one). It assumes nothing about additivity.
+  middle rungs, if any, are then tried one by one). It assumes nothing about additivity. Every
+  assignment it has accepted meets the target, so it can stop at any point: after
+  ``BISECT_EVALS`` evaluations it keeps what has passed so far (the untested layers stay at their
+  top rung) and says so in ``Outcome.stopped``.
 
 ``evaluate(assignment) -> (error, latency_ms)``; an assignment maps layer name -> rung index.
 """
@@ -29,6 +32,7 @@ from typing import Callable
 
 
 UNDO_TRIES = 16  # evaluations spent stepping spare promotions back down
+BISECT_EVALS = 64  # evaluations segment bisection may spend (on the GPU each is a build)
 DOMINATED = "no faster than a more accurate precision of this layer"
 
 
@@ -82,6 +86,7 @@ class Outcome:
     order: dict[str, int] = field(default_factory=dict)  # layer -> rank of its first promotion (promote)
     failed: set[str] = field(default_factory=set)  # layers whose rung 0 broke the budget (bisect)
     additive: bool = True
+    stopped: str = ""  # why the search ended before it had tried everything (bisect's evaluation cap)
 
 
 Evaluate = Callable[[dict[str, int], str], tuple[float, float]]
@@ -181,22 +186,29 @@ def _monotone(seen: dict[int, float]) -> bool:
     return True
 
 
-def bisect(ladders: list[Ladder], evaluate: Evaluate, target: float) -> Outcome | None:
+def bisect(ladders: list[Ladder], evaluate: Evaluate, target: float,
+           max_evals: int = BISECT_EVALS) -> Outcome | None:
     """Segment bisection (see the module doc); None if the all-top assignment fails."""
     names = [lad.layer for lad in ladders]
     top = {lad.layer: len(lad.rungs) - 1 for lad in ladders}
     low: set[str] = set()
     failed: set[str] = set()
+    spent = 0
 
     def trial(extra) -> dict[str, int]:
         return {n: 0 if (n in low or n in extra) else top[n] for n in names}
 
+    def passes(assignment: dict[str, int], label: str) -> bool:
+        nonlocal spent
+        spent += 1
+        return within(evaluate(assignment, label)[0], target)
+
     segments = [(0, len(names))] if names else []
-    while segments:
+    while segments and spent < max_evals:
         segments.sort(key=lambda s: (-(s[1] - s[0]), s[0]))
         a, b = segments.pop(0)
         seg = set(names[a:b])
-        if within(evaluate(trial(seg), f"bisect {b - a} layer(s) from #{a}")[0], target):
+        if passes(trial(seg), f"bisect {b - a} layer(s) from #{a}"):
             low |= seg
         elif b - a == 1:
             failed |= seg
@@ -205,14 +217,22 @@ def bisect(ladders: list[Ladder], evaluate: Evaluate, target: float) -> Outcome 
             segments += [(a, m), (m, b)]
     assignment = trial(set())
     by_name = {lad.layer: lad for lad in ladders}
-    for name in names:  # a layer whose cheapest rung failed may still take a middle one
-        if name in failed:
-            for r in range(1, len(by_name[name].rungs) - 1):
-                t = dict(assignment, **{name: r})
-                if within(evaluate(t, f"bisect {name} at rung {r}")[0], target):
-                    assignment = t
-                    break
+    middle = [(name, r) for name in names if name in failed for r in range(1, len(by_name[name].rungs) - 1)]
+    done: set[str] = set()
+    skipped = sum(b - a for a, b in segments)  # layers of segments never tried (the cap)
+    for name, r in middle:  # a layer whose cheapest rung failed may still take a middle one
+        if name in done:
+            continue
+        if spent >= max_evals:
+            skipped += 1
+            continue
+        t = dict(assignment, **{name: r})
+        if passes(t, f"bisect {name} at rung {r}"):
+            assignment = t
+            done.add(name)
     error, latency = evaluate(assignment, "bisect result")
     if not within(error, target):
         return None
-    return Outcome(assignment, error, latency, "bisect", failed=failed)
+    stopped = (f"segment bisection stopped at its cap of {max_evals} evaluations: {skipped} layer(s) or rung(s) "
+               "left untried kept their more accurate precision") if skipped else ""
+    return Outcome(assignment, error, latency, "bisect", failed=failed, stopped=stopped)
