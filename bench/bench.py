@@ -206,6 +206,7 @@ def run_model(name, args, peak, rows, tmp):
     import torch
 
     import workbench as wb
+    from workbench.builder.fallback import fallback_text
 
     make, inputs = models()[name]
     torch.manual_seed(0)
@@ -244,6 +245,7 @@ def run_model(name, args, peak, rows, tmp):
                                   wb.BuilderConfig(device="gpu", precision=prec, shapes=shapes,
                                                    timing_cache=args.timing_cache, calibration=cal,
                                                    accuracy_budget=args.budget if prec == "best" else None,
+                                                   strict_precision=args.strict_precision,
                                                    progress=prec == "best"))  # (the search's steps, to the log)
                 if cal:
                     row["quantized"] = {p: n for p in ("int8", "fp8", "fp16", "fp32")
@@ -252,6 +254,9 @@ def run_model(name, args, peak, rows, tmp):
                     row["quantized"]["codes"] = sum(1 for l in engine.layers for k in ("q_output_scale", "q_copy_scale")
                                                     if l.attrs.get(k) is not None)
                 row["build_s"] = time.time() - t0
+                fb = engine.reports.get("precision_fallback")
+                if fb:  # int8 / fp8 allowed: which layers measured faster at fp16 (builder/fallback.py)
+                    print(f"[{name} b{b} {prec}] {fallback_text(fb)}", flush=True)
                 mp = engine.reports.get("mixed_precision")
                 if mp:  # what the budgeted search chose, and by which latencies
                     err = mp["error"]
@@ -375,6 +380,9 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--precisions", default="fp16,tf32")
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--strict-precision", action="store_true",
+                    help="int8 / fp8 rows: every layer that can take the precision keeps it (default: fp16 where "
+                         "the autotuner measured it faster)")
     ap.add_argument("--budget", type=float, default=1e-2, help="accuracy budget of the 'best' rows (vs fp32)")
     ap.add_argument("--max-autotune", action="store_true", help="also time torch.compile max-autotune (slow)")
     ap.add_argument("--build-cache-demo", action="store_true")

@@ -321,7 +321,8 @@ def test_fp8_conv_engine_matches_the_cpu_emulation(tmp_path):
     feeds = {"x": RNG.standard_normal((4, 32, 16, 16)).astype(np.float16).astype(np.float32)}
     net = wb.load_onnx(_blocks().SerializeToString())
     cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision="fp8", calibration=Calibration(data)))
-    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision="fp8", calibration=Calibration(data)))
+    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision="fp8", calibration=Calibration(data),
+                                         strict_precision=True))
     convs = [l for l in gpu.layers if "Conv" in l.op]
     # the 3x3 convolutions are cuDNN's; each 1x1 one is cuDNN's or a cuBLASLt GEMM, whichever ran faster
     gemm_ok = {"cudnn.conv_fp8", "cublaslt.conv1x1_fp8"}

@@ -272,7 +272,8 @@ def test_engine_matches_the_cpu_emulation(fmt):
     feeds = {"x": RNG.standard_normal((32, 64)).astype(np.float16).astype(np.float32)}
     net = wb.load_onnx(net.SerializeToString())
     cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision=fmt, calibration=Calibration(data)))
-    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data)))
+    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data),
+                                         strict_precision=True))
     quantized = [l for l in gpu.layers if l.precision == fmt]
     assert len(quantized) == 2, [(l.name, l.precision) for l in gpu.layers]
     assert all(l.tactic == f"cublaslt_quant.{fmt}" for l in quantized)
@@ -300,6 +301,36 @@ def test_engine_matches_the_cpu_emulation(fmt):
     assert rows[quantized[0].name]["rel_err"] < 0.1, rows[quantized[0].name]
     assert rows[quantized[1].name]["added_err"] < 0.1, rows[quantized[1].name]
     assert report.error < 0.1
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_a_layer_keeps_the_low_precision_only_where_it_is_faster(fmt):
+    """Without strict_precision a quantized layer the autotuner timed slower than its fp16 form is
+    moved to fp16 where that lowers the layers' summed time, each moved layer says why, and the
+    engine stays accurate."""
+    from workbench.precision.calibration import Calibration
+
+    net = wb.load_onnx(_mlp().SerializeToString())
+    data = [{"x": RNG.standard_normal((32, 64)).astype(np.float32)} for _ in range(4)]
+    feeds = {"x": RNG.standard_normal((32, 64)).astype(np.float16).astype(np.float32)}
+    eng = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data)))
+    rep = eng.reports["precision_fallback"]
+    print(f"{fmt} fallback: {rep}")
+    assert rep["precision"] == fmt and rep["kept"] in ("placed", "with_fallback")
+    for row in rep["layers"]:  # each one compared was measured faster at fp16
+        assert row["fp16_ms"] < row[f"{fmt}_ms"]
+    if rep["kept"] == "with_fallback":
+        assert rep["total_ms"]["with_fallback"] < rep["total_ms"]["placed"]
+        moved = {r["layer"] for r in rep["layers"]}
+        reasons = {r["layer"]: r["reason"] for r in eng.reports["precision"]}
+        for layer in eng.layers:
+            if layer.name in moved:
+                assert layer.precision == "fp16" and "measured faster" in reasons[layer.name]
+    else:
+        assert sum(l.precision == fmt for l in eng.layers) == 2
+    assert eng.build_info["layer_precisions"] == {}
+    ref = wb.build(net, wb.BuilderConfig(device="cpu")).create_context().run(feeds)["y"]
+    assert rel_err(eng.create_context().run(feeds)["y"], ref) < 0.1
 
 
 def _norm_mlp(post: bool, d=64, o=32):
@@ -335,7 +366,8 @@ def test_normalization_codes_match_the_cpu_emulation(fmt, post, tmp_path):
     feeds = {n: RNG.standard_normal((32, 64)).astype(np.float16).astype(np.float32) for n in names}
     net = wb.load_onnx(_norm_mlp(post).SerializeToString())
     cpu = wb.build(net, wb.BuilderConfig(device="cpu", precision=fmt, calibration=Calibration(data)))
-    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data)))
+    gpu = wb.build(net, wb.BuilderConfig(device="gpu", precision=fmt, calibration=Calibration(data),
+                                         strict_precision=True))
     norm = next(l for l in gpu.layers if "Norm" in l.op)
     gemm = next(l for l in gpu.layers if l.precision == fmt)
     code, scale = quant.ELEMENT[fmt], gemm.attrs["q_input_scale"]

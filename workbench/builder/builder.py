@@ -20,6 +20,7 @@ from ..passes.pipeline import known_names, run_pipeline
 from ..passes.qdq import explicit_quantization
 from ..precision.quantize import prepare_quantization
 from ..runtime.engine import Engine
+from . import fallback
 from .config import BuilderConfig
 from .cost import annotate_costs
 from .lower import lower_model
@@ -51,6 +52,9 @@ class Builder:
             from .mixed import search
 
             return search(network, cfg, lambda sub: Builder(sub).build(network))
+        if fallback.applies(cfg, resolve_device(cfg.device)):
+            # int8 / fp8 allowed, not forced: fp16 where measured faster (builder/fallback.py)
+            return fallback.build_fastest(cfg, lambda sub: Builder(sub).build(network))
         t0 = time.perf_counter()
         progress = BuildProgress(cfg.progress)
         try:

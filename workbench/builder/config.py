@@ -55,6 +55,10 @@ class BuilderConfig:
     accuracy_metric: callable(outputs, reference_outputs) -> float (dicts of output name -> array for
                 one feed; averaged over the held-out feeds) replacing the default error, the largest
                 relative L2 error of any output.
+    strict_precision: False (default): "int8" / "fp8" on the GPU allow that precision, and a layer
+                keeps it only where the autotuner measured it faster than fp16 (as TensorRT picks
+                among the precisions a build allows; ``builder/fallback.py``). True: every layer that
+                can take the precision keeps it.
     """
 
     device: str = "auto"
@@ -77,6 +81,7 @@ class BuilderConfig:
     calibration: Calibration | CalibrationTable | str | os.PathLike | None = None
     accuracy_budget: float | None = None
     accuracy_metric: Any = None  # callable(outputs, reference_outputs) -> float
+    strict_precision: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -114,7 +119,7 @@ _TYPES = {
     "layer_precisions": ((dict,), "a dict of layer name -> precision"),
     "timing_cache": ((str, os.PathLike, type(None)), "a path or None"),
     "optimize": ((bool,), "True or False"), "autotune": ((bool,), "True or False"),
-    "cuda_graph": ((bool,), "True or False"),
+    "cuda_graph": ((bool,), "True or False"), "strict_precision": ((bool,), "True or False"),
     "calibration": ((Calibration, CalibrationTable, str, os.PathLike, type(None)),
                     "a Calibration, a CalibrationTable, a path or None"),
 }

@@ -88,7 +88,7 @@ def search(network, cfg, build) -> Engine:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="workbench-mixed-") as tmp:
         base = dataclasses.replace(cfg, precision="fp32", accuracy_budget=None, accuracy_metric=None,
-                                   layer_precisions={}, progress=False,
+                                   layer_precisions={}, progress=False, strict_precision=True,
                                    timing_cache=cfg.timing_cache or os.path.join(tmp, "timing.json"))
         engine = _Search(cfg, base, build, tmp).run()
     engine.build_stats["build_ms"] = (time.perf_counter() - t0) * 1e3  # the whole search, every build in it

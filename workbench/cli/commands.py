@@ -45,6 +45,7 @@ def cmd_build(args) -> int:
     disable = disabled_names(args.disable)
     from .. import build, load_onnx
     from ..builder import BuilderConfig, parse_shapes
+    from ..builder.fallback import fallback_text
 
     shapes = parse_shapes(args.shapes) if args.shapes is not None else {}
     profiles, buckets = ranges.profiles_and_buckets(args)
@@ -58,7 +59,7 @@ def cmd_build(args) -> int:
     cfg = BuilderConfig(device=args.device, precision=args.precision, shapes=shapes, disable=disable,
                         profiles=profiles, buckets=buckets,
                         layer_precisions=overrides, timing_cache=args.timing_cache, calibration=calibration,
-                        accuracy_budget=args.accuracy_budget,
+                        accuracy_budget=args.accuracy_budget, strict_precision=args.strict_precision,
                         progress=sys.stderr.isatty() and not args.quiet, **context_options(args, BuilderConfig))
     net = load_onnx(args.model)
     calib.check(calibration, net, shapes)
@@ -69,6 +70,8 @@ def cmd_build(args) -> int:
           f"{engine.backend}, {cfg.precision}, {fmt_bytes(info['size'])}, sha256 {info['sha256'][:16]}")
     if "mixed_precision" in rep:
         print(accuracy.mixed_text(rep["mixed_precision"]))
+    if "precision_fallback" in rep:
+        print(fallback_text(rep["precision_fallback"]))
     if "build_ms" in engine.build_stats:
         print(f"build time {engine.build_stats['build_ms'] / 1e3:.2f} s")
     for b in engine.build_stats.get("buckets", []):
