@@ -77,6 +77,30 @@ def test_layers_pinned_by_the_user_are_not_compared():
     eng = fallback.build_fastest(_cfg(layer_precisions={"b": "fp8"}), build)
     assert eng.reports["precision_fallback"]["layers"] == [] and len(seen) == 2
     assert eng.build_info["layer_precisions"] == {"b": "fp8"}
+    # named by one of its ONNX nodes, as layer_precisions also takes
+    build, seen = _builder()
+    original = build
+
+    def with_nodes(cfg):
+        eng = original(cfg)
+        for l in eng.layers:
+            l.onnx_nodes = [f"node_{l.name}"]
+        return eng
+    eng = fallback.build_fastest(_cfg(layer_precisions={"node_b": "fp8"}), with_nodes)
+    assert eng.reports["precision_fallback"]["layers"] == []
+
+
+def test_a_failed_fp16_build_leaves_the_placed_engine():
+    build, _ = _builder()
+
+    def failing(cfg):
+        if cfg.precision == "fp16":
+            raise wb.WorkbenchError("no fp16 tactic for layer b")
+        return build(cfg)
+    eng = fallback.build_fastest(_cfg(), failing)
+    rep = eng.reports["precision_fallback"]
+    assert rep["kept"] == "placed" and "no fp16 tactic" in rep["error"] and all(l.precision == "fp8" for l in eng.layers)
+    assert "no fp16 tactic" in fallback.fallback_text(rep)
 
 
 def test_where_it_applies():

@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 
+from ..errors import WorkbenchError
 from ..runtime.engine import Engine
 
 LOW = ("int8", "fp8")
@@ -47,12 +48,18 @@ def build_fastest(cfg, build) -> Engine:
         cache = cfg.timing_cache or os.path.join(tmp, "timing.json")
         strict = dataclasses.replace(cfg, strict_precision=True, timing_cache=cache)
         placed = build(strict)
-        low = [l for l in placed.layers if l.precision == cfg.precision and l.name not in cfg.layer_precisions
-               and l.op != "Cast"]
+        pinned = set(cfg.layer_precisions)  # a layer or ONNX node name the user set stays as set
+        low = [l for l in placed.layers if l.precision == cfg.precision and l.op != "Cast"
+               and not pinned & {l.name, *getattr(l, "onnx_nodes", ())}]
         report: dict = {"precision": cfg.precision, "margin": MARGIN, "layers": [], "kept": "placed"}
         engine = placed
+        half = None
         if low:
-            half = build(dataclasses.replace(strict, precision="fp16", calibration=None))
+            try:
+                half = build(dataclasses.replace(strict, precision="fp16", calibration=None))
+            except WorkbenchError as exc:  # the placed engine stands; the report says why nothing was compared
+                report["error"] = f"the fp16 build to compare with failed: {str(exc).splitlines()[0]}"
+        if half is not None:
             slower = slower_layers(low, half, cfg.precision)
             report["layers"] = slower
             if slower:
@@ -100,6 +107,8 @@ def _explain(engine: Engine, slower: list[dict], cfg) -> None:
 def fallback_text(report: dict) -> str:
     """One line on what the comparison with fp16 did (the CLI prints it after a build)."""
     p, rows = report["precision"], report.get("layers", [])
+    if report.get("error"):
+        return f"{p}: every layer kept at {p}: {report['error']}"
     if not rows:
         return f"{p}: no layer measured faster at fp16"
     total = report.get("total_ms", {})
