@@ -10,8 +10,10 @@ this step then compares it against fp16 with the autotuner's own times:
 3. the layers whose fp16 time beats their low-precision time (its quantize launches included) by
    more than ``MARGIN`` are pinned at fp16 and the build is made again;
 4. that engine is kept only if its layers' times add up to less than the placed engine's (a
-   layer's precision also changes what its neighbours read and write: codes or float16), else the
-   placed engine stays. Either way ``engine.reports["precision_fallback"]`` says what was compared.
+   layer's precision also changes what its neighbours read and write: codes or float16, so moving
+   one can cost a neighbour a quantize launch). If not, the half of those layers with the largest
+   savings is tried, then its half (``TRIES`` builds at most); else the placed engine stays.
+   Either way ``engine.reports["precision_fallback"]`` says what was compared and tried.
 
 ``BuilderConfig(strict_precision=True)`` skips this (every layer that can take the precision keeps
 it, for measuring a precision's numerics or speed as such); so do CPU builds, where int8 / fp8 are
@@ -32,6 +34,7 @@ from ..runtime.engine import Engine
 
 LOW = ("int8", "fp8")
 MARGIN = 0.95  # fp16 must be at least 5% faster than the layer's low-precision time: timing noise
+TRIES = 3  # builds with layers moved: all of them, then the half with the largest savings, then its half
 
 
 def applies(cfg, device: str) -> bool:
@@ -61,14 +64,21 @@ def build_fastest(cfg, build) -> Engine:
                 report["error"] = f"the fp16 build to compare with failed: {str(exc).splitlines()[0]}"
         if half is not None:
             slower = slower_layers(low, half, cfg.precision)
-            report["layers"] = slower
-            if slower:
-                pins = {**cfg.layer_precisions, **{row["layer"]: "fp16" for row in slower}}
+            report["layers"], report["tries"] = slower, []
+            best_ms = engine_ms(placed)
+            report["total_ms"] = {"placed": best_ms}
+            moves = slower
+            while moves and len(report["tries"]) < TRIES:
+                pins = {**cfg.layer_precisions, **{row["layer"]: "fp16" for row in moves}}
                 alt = build(dataclasses.replace(strict, layer_precisions=pins))
-                report["total_ms"] = {"placed": engine_ms(placed), "with_fallback": engine_ms(alt)}
-                if report["total_ms"]["with_fallback"] < report["total_ms"]["placed"]:
-                    engine, report["kept"] = alt, "with_fallback"
-                    _explain(alt, slower, cfg)
+                ms = engine_ms(alt)
+                report["tries"].append({"layers": len(moves), "total_ms": ms})
+                if ms < best_ms:
+                    engine, best_ms, report["kept"], report["moved"] = alt, ms, "with_fallback", [r["layer"] for r in moves]
+                    report["total_ms"]["with_fallback"] = ms
+                    _explain(alt, moves, cfg)
+                    break
+                moves = moves[:len(moves) // 2]  # the half with the largest savings
     engine.build_info["layer_precisions"] = dict(cfg.layer_precisions)  # as asked: the pins are this step's
     engine.reports["precision_fallback"] = report
     engine.build_stats = {**engine.build_stats, "build_ms": (time.perf_counter() - t0) * 1e3}
@@ -111,10 +121,11 @@ def fallback_text(report: dict) -> str:
         return f"{p}: every layer kept at {p}: {report['error']}"
     if not rows:
         return f"{p}: no layer measured faster at fp16"
-    total = report.get("total_ms", {})
-    kept = report.get("kept") == "with_fallback"
-    return (f"{p}: {len(rows)} layer(s) measured faster at fp16; " +
-            (f"moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms summed over layers)" if kept
-             else f"kept at {p}: moving them summed to {total.get('with_fallback', float('nan')):.3f} ms vs "
-                  f"{total.get('placed', float('nan')):.3f} ms") +
-            "; --strict-precision keeps every layer at " + p)
+    total, tries = report.get("total_ms", {}), report.get("tries", [])
+    if report.get("kept") == "with_fallback":
+        what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms "
+                "summed over layers)")
+    else:
+        what = (f"kept at {p}: moving " + " / ".join(str(t["layers"]) for t in tries) + " of them summed to " +
+                " / ".join(f"{t['total_ms']:.3f}" for t in tries) + f" ms vs {total.get('placed', float('nan')):.3f} ms")
+    return f"{p}: {len(rows)} layer(s) measured faster at fp16; {what}; --strict-precision keeps every layer at {p}"
