@@ -168,3 +168,20 @@ def test_cli_takes_strict_precision(tmp_path):
     assert main(["build", str(path), "-o", str(out), "--device", "cpu", "--precision", "int8",
                  "--calib", str(calib), "--strict-precision", "-q"]) == 0
     assert out.exists()
+
+
+def test_the_report_survives_a_save_and_shows_in_the_summary(tmp_path):
+    # (a CPU engine standing in: the report is what a GPU build attaches)
+    path, calib = _model(tmp_path / "m.onnx")
+    eng = wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="cpu"))
+    build, _ = _builder()
+    rep = fallback.build_fastest(_cfg(), build).reports["precision_fallback"]
+    eng.reports["precision_fallback"] = rep
+    eng.save(str(tmp_path / "e.wbe"))
+    from workbench.runtime.engine import Engine
+
+    back = Engine.load(str(tmp_path / "e.wbe"))
+    assert back.reports["precision_fallback"] == rep and back.describe()["precision_fallback"] == rep
+    summary = back.report()["summary"]
+    line = summary.loc[summary["item"] == "precision fallback", "value"].item()
+    assert line.startswith("fp8: 1 layer(s) measured faster at fp16; 1 moved there")

@@ -30,6 +30,7 @@ import tempfile
 import time
 
 from ..errors import WorkbenchError
+from ..runtime.describe import fallback_text  # noqa: F401 - the CLI and bench print it from here
 from ..runtime.engine import Engine
 
 LOW = ("int8", "fp8")
@@ -113,19 +114,3 @@ def _explain(engine: Engine, slower: list[dict], cfg) -> None:
             row["reason"] = (f"{p} allowed, fp16 measured faster here: {r['fp16_ms'] * 1e3:.1f} us vs "
                              f"{r[p + '_ms'] * 1e3:.1f} us at {p} (BuilderConfig.strict_precision keeps {p})")
 
-
-def fallback_text(report: dict) -> str:
-    """One line on what the comparison with fp16 did (the CLI prints it after a build)."""
-    p, rows = report["precision"], report.get("layers", [])
-    if report.get("error"):
-        return f"{p}: every layer kept at {p}: {report['error']}"
-    if not rows:
-        return f"{p}: no layer measured faster at fp16"
-    total, tries = report.get("total_ms", {}), report.get("tries", [])
-    if report.get("kept") == "with_fallback":
-        what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms "
-                "summed over layers)")
-    else:
-        what = (f"kept at {p}: moving " + " / ".join(str(t["layers"]) for t in tries) + " of them summed to " +
-                " / ".join(f"{t['total_ms']:.3f}" for t in tries) + f" ms vs {total.get('placed', float('nan')):.3f} ms")
-    return f"{p}: {len(rows)} layer(s) measured faster at fp16; {what}; --strict-precision keeps every layer at {p}"

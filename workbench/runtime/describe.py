@@ -55,6 +55,8 @@ def describe(engine) -> dict:
         "run_options": {"cuda_graph": engine.plan.options.cuda_graph,
                         "max_elements": engine.plan.options.max_elements},
         "precisions": dict(Counter(layer.precision for layer in engine.layers)),
+        **({"precision_fallback": engine.reports["precision_fallback"]}
+           if engine.reports.get("precision_fallback") else {}),
     }
 
 
@@ -98,6 +100,26 @@ def report_tables(engine) -> dict:
             {"item": "fusions fired", "value": sum(1 for f in engine.reports.get("fusions", []) if f.get("status") == "fired")},
             {"item": "fusions declined", "value": sum(1 for f in engine.reports.get("fusions", []) if f.get("status") == "declined")},
         ]
+        + ([{"item": "precision fallback", "value": fallback_text(engine.reports["precision_fallback"])}]
+           if engine.reports.get("precision_fallback") else [])
     )
     return {"summary": summary, "layers": layers, "fusions": fusions, "precisions": precisions,
             "tactics": tactics, "memory": memory}
+
+
+def fallback_text(report: dict) -> str:
+    """One line on what an int8 / fp8 build's comparison with fp16 did (``builder/fallback.py``):
+    the CLI prints it after a build, ``describe`` puts it in the summary."""
+    p, rows = report["precision"], report.get("layers", [])
+    if report.get("error"):
+        return f"{p}: every layer kept at {p}: {report['error']}"
+    if not rows:
+        return f"{p}: no layer measured faster at fp16"
+    total, tries = report.get("total_ms", {}), report.get("tries", [])
+    if report.get("kept") == "with_fallback":
+        what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms "
+                "summed over layers)")
+    else:
+        what = (f"kept at {p}: moving " + " / ".join(str(t["layers"]) for t in tries) + " of them summed to " +
+                " / ".join(f"{t['total_ms']:.3f}" for t in tries) + f" ms vs {total.get('placed', float('nan')):.3f} ms")
+    return f"{p}: {len(rows)} layer(s) measured faster at fp16; {what}; --strict-precision keeps every layer at {p}"
