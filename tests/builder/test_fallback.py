@@ -185,3 +185,88 @@ def test_the_report_survives_a_save_and_shows_in_the_summary(tmp_path):
     summary = back.report()["summary"]
     line = summary.loc[summary["item"] == "precision fallback", "value"].item()
     assert line.startswith("fp8: 1 layer(s) measured faster at fp16; 1 moved there")
+
+
+def test_calibration_runs_once_for_every_build(tmp_path, monkeypatch):
+    # real CPU builds stand in for the GPU ones, with a comparison forced to move a layer: the
+    # calibration feeds are a generator, which only the first build may read
+    import numpy as np
+
+    from workbench.builder import Builder
+
+    path, _ = _model(tmp_path / "m.onnx")
+    net = wb.load_onnx(str(path))
+    rng = np.random.default_rng(1)
+    cal = wb.Calibration(({"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(3)))
+    seen = []
+
+    def build(cfg):
+        seen.append(cfg)
+        return Builder(cfg).build(net)
+
+    def forced(low, half, precision):
+        return [{"layer": low[0].name, f"{precision}_ms": 2.0, "fp16_ms": 1.0}]
+    monkeypatch.setattr(fallback, "slower_layers", forced)
+    monkeypatch.setattr("workbench.builder.mixed.engine_ms", lambda e: 1.0 if any(
+        l.precision == "fp16" for l in e.layers if l.op != "Cast") else 2.0)
+    eng = fallback.build_fastest(wb.BuilderConfig(device="cpu", precision="int8", calibration=cal), build)
+    rep = eng.reports["precision_fallback"]
+    assert rep["kept"] == "with_fallback" and "error" not in rep and len(seen) == 3
+    shared = {id(c.calibration) for c in seen if c.calibration is not None}
+    assert len(shared) == 1 and seen[1].calibration is None  # the fp16 build needs none
+    assert cal.cache is None  # the user's object is not changed
+
+
+def test_a_failed_rebuild_keeps_the_best_engine_so_far():
+    build, _ = _builder()
+
+    def failing(cfg):
+        if cfg.layer_precisions:
+            raise wb.WorkbenchError("layer b has no fp16 tactic with codes in")
+        return build(cfg)
+    eng = fallback.build_fastest(_cfg(), failing)
+    rep = eng.reports["precision_fallback"]
+    assert rep["kept"] == "placed" and rep["tries"] == [{"layers": 1, "error": "layer b has no fp16 tactic with codes in"}]
+    assert "failed: layer b has no fp16 tactic" in fallback.fallback_text(rep)
+
+
+def test_the_comparison_build_drops_pins_to_the_low_precisions():
+    build, seen = _builder()
+    fallback.build_fastest(_cfg(layer_precisions={"a": "fp8", "c": "fp32"}), build)
+    assert seen[1].precision == "fp16" and seen[1].layer_precisions == {"c": "fp32"}
+
+
+def test_untimed_layers_are_not_compared():
+    placed = [_layer("a", "fp8", 0.030), SimpleNamespace(name="u", op="FusedGemm", precision="fp8",
+                                                           tactic_table=[{"tactic": "only", "chosen": True}])]
+    half = _engine([_layer("a", "fp16", 0.010), _layer("u", "fp16", 0.001)])
+    assert [r["layer"] for r in fallback.slower_layers(placed, half, "fp8")] == ["a"]
+
+
+def test_a_progress_callback_hears_done_once_at_the_end():
+    build, _ = _builder()
+    calls = []
+
+    def placed_stages(cfg):
+        if callable(cfg.progress):  # the placed build reports its stages, "done" among them
+            for i, st in enumerate(wb.Builder.STAGES):
+                cfg.progress(st, i, len(wb.Builder.STAGES))
+            cfg.progress("done", 6, 6)
+        else:
+            assert cfg.progress is False
+        return build(cfg)
+    fallback.build_fastest(_cfg(progress=lambda *a: calls.append(a[0])), placed_stages)
+    assert calls == [*wb.Builder.STAGES, "done"]
+
+
+def test_an_incomplete_saved_report_still_reads():
+    assert "incomplete" in fallback.fallback_text({"kept": "placed"})
+    assert "no layer at fp8 to compare" in fallback.fallback_text(
+        {"precision": "fp8", "compared": 0, "layers": [], "kept": "placed"})
+
+
+def test_shape_range_buckets_are_built_as_placed():
+    from workbench.builder.profile_build import _inner
+
+    cfg = wb.BuilderConfig(device="cpu", precision="fp8", profiles=[{"x": ((1, 16), (2, 16), (4, 16))}])
+    assert _inner(cfg).strict_precision is True

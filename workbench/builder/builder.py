@@ -116,6 +116,7 @@ def _build_info(network: Network, cfg: BuilderConfig, device: str) -> dict:
         "shapes": {k: list(v) for k, v in cfg.shapes.items()},
         "disabled": sorted(cfg.disable),
         "layer_precisions": dict(cfg.layer_precisions),
+        "strict_precision": bool(cfg.strict_precision),
         "max_elements": int(cfg.max_elements),
     }
 

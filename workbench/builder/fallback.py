@@ -9,7 +9,8 @@ this step then compares it against fp16 with the autotuner's own times:
 2. a build at fp16 with the same timing cache: each layer's time at fp16;
 3. the layers whose fp16 time beats their low-precision time (its quantize launches included) by
    more than ``MARGIN`` are pinned at fp16 and the build is made again;
-4. that engine is kept only if its layers' times add up to less than the placed engine's (a
+4. that engine is kept only if its layers' times add up to less than the placed engine's
+   (``TOTAL_MARGIN``; a
    layer's precision also changes what its neighbours read and write: codes or float16, so moving
    one can cost a neighbour a quantize launch). If not, the half of those layers with the largest
    savings is tried, then its half (``TRIES`` builds at most); else the placed engine stays.
@@ -19,27 +20,34 @@ this step then compares it against fp16 with the autotuner's own times:
 it, for measuring a precision's numerics or speed as such); so do CPU builds, where int8 / fp8 are
 emulated for their numerics and their latencies are estimates, and layers named in
 ``layer_precisions``. The timing cache makes steps 2 and 3 cheap where the first build timed the
-same layers: without one given, the three builds share a temporary one.
+same layers: without one given, the builds share a temporary one; calibration runs once, its
+table shared the same way. Layers whose tactic was not timed (one candidate) are not compared.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tempfile
 import time
 
 from ..errors import WorkbenchError
+from ..precision.calibration import Calibration
 from ..runtime.describe import fallback_text  # noqa: F401 - the CLI and bench print it from here
 from ..runtime.engine import Engine
+from .progress import STAGES
 
 LOW = ("int8", "fp8")
 MARGIN = 0.95  # fp16 must be at least 5% faster than the layer's low-precision time: timing noise
+TOTAL_MARGIN = 0.99  # a try must cut the layers' summed time by 1% (its unchanged layers keep their cached times)
 TRIES = 3  # builds with layers moved: all of them, then the half with the largest savings, then its half
 
 
 def applies(cfg, device: str) -> bool:
-    return device == "gpu" and cfg.precision in LOW and not cfg.strict_precision and not cfg.profiles
+    """Whether ``Builder.build`` runs this step for ``cfg`` on ``device`` (shape ranges never reach
+    it: their buckets are built strict, ``profile_build._inner``)."""
+    return device == "gpu" and cfg.precision in LOW and not cfg.strict_precision and cfg.autotune
 
 
 def build_fastest(cfg, build) -> Engine:
@@ -48,69 +56,138 @@ def build_fastest(cfg, build) -> Engine:
     from .mixed import engine_ms  # noqa: PLC0415 - the latency helpers of the budgeted search
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="workbench-fallback-") as tmp:
-        cache = cfg.timing_cache or os.path.join(tmp, "timing.json")
-        strict = dataclasses.replace(cfg, strict_precision=True, timing_cache=cache)
-        placed = build(strict)
-        pinned = set(cfg.layer_precisions)  # a layer or ONNX node name the user set stays as set
-        low = [l for l in placed.layers if l.precision == cfg.precision and l.op != "Cast"
-               and not pinned & {l.name, *getattr(l, "onnx_nodes", ())}]
-        report: dict = {"precision": cfg.precision, "margin": MARGIN, "layers": [], "kept": "placed"}
-        engine = placed
-        half = None
-        if low:
-            try:
-                half = build(dataclasses.replace(strict, precision="fp16", calibration=None))
-            except WorkbenchError as exc:  # the placed engine stands; the report says why nothing was compared
-                report["error"] = f"the fp16 build to compare with failed: {str(exc).splitlines()[0]}"
-        if half is not None:
-            slower = slower_layers(low, half, cfg.precision)
-            report["layers"], report["tries"] = slower, []
-            best_ms = engine_ms(placed)
-            report["total_ms"] = {"placed": best_ms}
-            moves = slower
-            while moves and len(report["tries"]) < TRIES:
-                pins = {**cfg.layer_precisions, **{row["layer"]: "fp16" for row in moves}}
-                alt = build(dataclasses.replace(strict, layer_precisions=pins))
-                ms = engine_ms(alt)
-                report["tries"].append({"layers": len(moves), "total_ms": ms})
-                if ms < best_ms:
-                    engine, best_ms, report["kept"], report["moved"] = alt, ms, "with_fallback", [r["layer"] for r in moves]
-                    report["total_ms"]["with_fallback"] = ms
-                    _explain(alt, moves, cfg)
-                    break
-                moves = moves[:len(moves) // 2]  # the half with the largest savings
+    steps = _Steps(cfg.progress)
+    try:
+        with tempfile.TemporaryDirectory(prefix="workbench-fallback-") as tmp:
+            strict = dataclasses.replace(cfg, strict_precision=True, progress=False,
+                                         timing_cache=cfg.timing_cache or os.path.join(tmp, "timing.json"),
+                                         calibration=_calibrated_once(cfg.calibration, tmp))
+            placed = build(dataclasses.replace(strict, progress=steps.first()))
+            steps.tick("placed build")
+            pinned = set(cfg.layer_precisions)  # a layer or ONNX node name the user set stays as set
+            low = [l for l in placed.layers if l.precision == cfg.precision and l.op != "Cast"
+                   and not pinned & {l.name, *getattr(l, "onnx_nodes", ())}]
+            report: dict = {"precision": cfg.precision, "margin": MARGIN, "compared": len(low), "layers": [],
+                            "kept": "placed"}
+            engine = placed
+            half = None
+            if low:
+                # the user's other pins stay; pins to int8 / fp8 would need the calibration dropped here
+                pins16 = {k: v for k, v in cfg.layer_precisions.items() if v not in LOW}
+                try:
+                    half = build(dataclasses.replace(strict, precision="fp16", calibration=None,
+                                                     layer_precisions=pins16))
+                except WorkbenchError as exc:  # the placed engine stands; the report says why
+                    report["error"] = f"the fp16 build to compare with failed: {_first_line(exc)}"
+                steps.tick("fp16 build")
+            if half is not None:
+                slower = slower_layers(low, half, cfg.precision)
+                report["layers"], report["tries"] = slower, []
+                best_ms = engine_ms(placed)
+                report["total_ms"] = {"placed": best_ms}
+                moves = slower
+                while moves and len(report["tries"]) < TRIES:
+                    pins = {**cfg.layer_precisions, **{row["layer"]: "fp16" for row in moves}}
+                    try:
+                        alt = build(dataclasses.replace(strict, layer_precisions=pins))
+                    except WorkbenchError as exc:  # the best engine so far stands
+                        report["tries"].append({"layers": len(moves), "error": _first_line(exc)})
+                        break
+                    finally:
+                        steps.tick(f"{len(moves)} layer(s) at fp16")
+                    ms = engine_ms(alt)
+                    report["tries"].append({"layers": len(moves), "total_ms": ms})
+                    if ms < TOTAL_MARGIN * best_ms:
+                        engine, best_ms, report["kept"] = alt, ms, "with_fallback"
+                        report["moved"] = [r["layer"] for r in moves]
+                        report["total_ms"]["with_fallback"] = ms
+                        _explain(alt, moves, cfg)
+                        break
+                    moves = moves[:len(moves) // 2]  # the half with the largest savings
+    finally:
+        steps.close()
     engine.build_info["layer_precisions"] = dict(cfg.layer_precisions)  # as asked: the pins are this step's
+    engine.build_info["strict_precision"] = False
     engine.reports["precision_fallback"] = report
     engine.build_stats = {**engine.build_stats, "build_ms": (time.perf_counter() - t0) * 1e3}
     return engine
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _calibrated_once(calibration, tmp: str):
+    """Calibration data that every build of this step can share: the first build that calibrates
+    writes its table to a file in ``tmp`` and the others load it (so an iterator is read once)."""
+    if isinstance(calibration, Calibration) and calibration.cache is None:
+        shared = copy.copy(calibration)
+        shared.cache = os.path.join(tmp, "calibration.json")
+        return shared
+    return calibration
+
+
+class _Steps:
+    """Progress over the builds of this step: the placed build reports its stages to a callable
+    (all but its "done", sent once at the end); ``progress=True`` shows one bar of builds."""
+
+    def __init__(self, progress):
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        if progress is True:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(desc="int8 / fp8 vs fp16", unit="build", leave=False)
+
+    def first(self):
+        if self.callback is None:
+            return False
+        cb = self.callback
+        return lambda stage, index, count: None if stage == "done" else cb(stage, index, count)
+
+    def tick(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(what, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.callback is not None:
+            self.callback("done", len(STAGES), len(STAGES))
+        if self.bar is not None:
+            self.bar.close()
+
+
 def slower_layers(low: list, half: Engine, precision: str) -> list[dict]:
     """The layers of ``low`` (at ``precision`` in the placed engine) whose fp16 time in ``half`` is
-    under ``MARGIN`` times their own, each as {layer, <precision>_ms, fp16_ms}, largest saving first."""
-    from .mixed import engine_layer_ms  # noqa: PLC0415
-
+    under ``MARGIN`` times their own, each as {layer, <precision>_ms, fp16_ms}, largest saving first.
+    Only the autotuner's measured times count: a layer not timed in either build is left alone."""
     at16 = {l.name: l for l in half.layers if l.precision == "fp16"}
     rows = []
     for layer in low:
         other = at16.get(layer.name)
-        if other is None:
-            continue
-        t_low, t16 = engine_layer_ms(layer, "gpu"), engine_layer_ms(other, "gpu")
-        if t16 < MARGIN * t_low:
+        t_low, t16 = measured_ms(layer), measured_ms(other) if other is not None else None
+        if t_low is not None and t16 is not None and t16 < MARGIN * t_low:
             rows.append({"layer": layer.name, f"{precision}_ms": t_low, "fp16_ms": t16})
     rows.sort(key=lambda r: r["fp16_ms"] - r[f"{precision}_ms"])
     return rows
 
 
-def _explain(engine: Engine, slower: list[dict], cfg) -> None:
-    """The precision table's reason for each layer this step moved to fp16."""
-    by = {r["layer"]: r for r in slower}
+def measured_ms(layer) -> float | None:
+    """The autotuner's time of the layer's chosen tactic, None where it was not timed."""
+    for row in layer.tactic_table or []:
+        if row.get("chosen") and isinstance(row.get("ms"), (int, float)) and row["ms"] == row["ms"]:
+            return float(row["ms"])
+    return None
+
+
+def _explain(engine: Engine, moved: list[dict], cfg) -> None:
+    """The precision table's rows of the layers this step moved to fp16: why, and what was asked."""
+    by = {r["layer"]: r for r in moved}
     p = cfg.precision
     for row in engine.reports.get("precision", []):
         r = by.get(row.get("layer"))
         if r is not None and row.get("precision") == "fp16":
             row["reason"] = (f"{p} allowed, fp16 measured faster here: {r['fp16_ms'] * 1e3:.1f} us vs "
                              f"{r[p + '_ms'] * 1e3:.1f} us at {p} (BuilderConfig.strict_precision keeps {p})")
-
+            if "requested" in row:
+                row["requested"] = p  # the build asked for p; the pin was this step's

@@ -339,7 +339,7 @@ class _Search:
                     f"at {first.precision}: {first.sensitivity:.2e}; promotion {outcome.order[lad.layer]} in "
                     f"sensitivity order){tail}")
         if outcome.strategy == "bisect" and lad.layer not in outcome.failed:
-            return f"accuracy budget: {p}; segment bisection reached its evaluation cap before trying this layer{tail}"
+            return f"accuracy budget: {p}; segment bisection reached its evaluation cap before trying this layer on its own{tail}"
         return f"accuracy budget: {p}; {first.precision} on this layer broke the budget (segment bisection){tail}"
 
 

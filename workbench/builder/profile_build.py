@@ -53,7 +53,9 @@ def build_with_profiles(network: Network, cfg) -> Engine:
 
 
 def _inner(cfg, **changes):
-    return dataclasses.replace(cfg, profiles=[], buckets=None, **changes)
+    # every bucket as placed: an int8 / fp8 comparison with fp16 per bucket (builder/fallback.py)
+    # could give the buckets different precisions, and costs each of them several builds
+    return dataclasses.replace(cfg, profiles=[], buckets=None, strict_precision=True, **changes)
 
 
 def _stored(profiles: list[Profile]) -> list[dict[str, list[list[int]]]]:
@@ -63,7 +65,9 @@ def _stored(profiles: list[Profile]) -> list[dict[str, list[list[int]]]]:
 def _info(engine: Engine, network: Network, cfg, device: str, profiles: list[Profile]) -> None:
     from .builder import _build_info  # noqa: PLC0415 - builder.py imports this module
 
-    engine.build_info = {**_build_info(network, cfg, device), "profiles": _stored(profiles)}
+    # (every bucket is built as placed: see _inner)
+    engine.build_info = {**_build_info(network, dataclasses.replace(cfg, strict_precision=True), device),
+                         "profiles": _stored(profiles)}
     if cfg.buckets is not None:
         engine.build_info["buckets"] = (list(cfg.buckets) if isinstance(cfg.buckets, tuple)
                                         else {k: list(v) for k, v in cfg.buckets.items()})

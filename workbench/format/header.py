@@ -166,7 +166,7 @@ TARGET = Obj({"backend": Str(), "device": Str(), "arch": Opt(Str()), "sm_count":
 BUILD = Obj({
     "producer": PRODUCER, "source": Str(), "device": Str(), "precision": Str(),
     "shapes": Map(List(COUNT)), "disabled": NAMES, "layer_precisions": Map(Str()),
-    "max_elements": Int(1), "memory_budget": Opt(Int(1)),
+    "max_elements": Int(1), "memory_budget": Opt(Int(1)), "strict_precision": Bool(),
     "profiles": List(Map(List(List(COUNT)))), "buckets": Opt(OneOf((List(Int(1)), Map(List(Int(1)))))),
 })
 FUSION = Obj({"rule": Str(), "status": Str(), "reason": Str(), "nodes": NAMES, "root": Opt(Str())},
@@ -180,10 +180,14 @@ BUCKET_ROW = Obj({"index": COUNT, "shapes": Map(List(COUNT)), "profiles": List(C
                   "layers": COUNT, "fusions_fired": COUNT, "arena_bytes": COUNT}, extra=Scalar())
 PROFILE_ROW = Obj({"index": COUNT, "ranges": Map(List(List(COUNT))), "arena_bytes_at_max": Opt(COUNT),
                    "peak_live_bytes_at_max": Opt(COUNT), "note": Str()}, extra=Scalar())
+# int8 / fp8 against fp16 (builder/fallback.py)
+FALLBACK = Obj({"precision": Str(), "margin": Num(), "compared": COUNT, "layers": List(Map(Scalar())),
+                "kept": Str(), "tries": List(Map(Scalar())), "total_ms": Map(Num()), "moved": NAMES,
+                "error": Str()}, required=("precision", "kept", "layers"), extra=None)
 REPORTS = Obj({
     "fusions": List(FUSION), "counters": Map(COUNT), "nodes": NODES, "memory": MEMORY,
     "precision": List(Map(Scalar())), "layouts": List(Map(Json())),
-    "buckets": List(BUCKET_ROW), "profiles": List(PROFILE_ROW),
+    "buckets": List(BUCKET_ROW), "profiles": List(PROFILE_ROW), "precision_fallback": FALLBACK,
 })
 HEADER = Obj({
     "producer": PRODUCER, "target": TARGET, "build": Opt(BUILD), "reports": Opt(REPORTS),

@@ -110,9 +110,18 @@ def report_tables(engine) -> dict:
 def fallback_text(report: dict) -> str:
     """One line on what an int8 / fp8 build's comparison with fp16 did (``builder/fallback.py``):
     the CLI prints it after a build, ``describe`` puts it in the summary."""
+    try:
+        return _fallback_text(report)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a report from another version
+        return "int8 / fp8 against fp16: the saved report is incomplete"
+
+
+def _fallback_text(report: dict) -> str:
     p, rows = report["precision"], report.get("layers", [])
     if report.get("error"):
         return f"{p}: every layer kept at {p}: {report['error']}"
+    if not report.get("compared", 1):
+        return f"{p}: no layer at {p} to compare with fp16"
     if not rows:
         return f"{p}: no layer measured faster at fp16"
     total, tries = report.get("total_ms", {}), report.get("tries", [])
@@ -120,6 +129,12 @@ def fallback_text(report: dict) -> str:
         what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms "
                 "summed over layers)")
     else:
-        what = (f"kept at {p}: moving " + " / ".join(str(t["layers"]) for t in tries) + " of them summed to " +
-                " / ".join(f"{t['total_ms']:.3f}" for t in tries) + f" ms vs {total.get('placed', float('nan')):.3f} ms")
+        done = [t for t in tries if "total_ms" in t]
+        what = f"kept at {p}"
+        if done:
+            what += (": moving " + " / ".join(str(t["layers"]) for t in done) + " of them summed to " +
+                     " / ".join(f"{t['total_ms']:.3f}" for t in done) + f" ms vs {total['placed']:.3f} ms")
+        failed = [t for t in tries if "error" in t]
+        if failed:
+            what += f" (a build with {failed[0]['layers']} moved failed: {failed[0]['error']})"
     return f"{p}: {len(rows)} layer(s) measured faster at fp16; {what}; --strict-precision keeps every layer at {p}"
