@@ -44,13 +44,19 @@ def _builder(alt_extra_ms=0.0):
     return build, seen
 
 
+def summed(engine):  # the fakes cannot run: their layers' summed times stand for a replay
+    from workbench.builder.mixed import engine_ms
+
+    return engine_ms(engine), "summed layer times"
+
+
 def _cfg(**kw):
     return wb.BuilderConfig(device="cpu", precision="fp8", **kw)
 
 
 def test_layers_faster_at_fp16_move_there_when_the_sum_drops():
     build, seen = _builder()
-    eng = fallback.build_fastest(_cfg(), build)
+    eng = fallback.build_fastest(_cfg(), build, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert [r["layer"] for r in rep["layers"]] == ["b"]  # c's 2% is inside the margin
     assert rep["kept"] == "with_fallback" and rep["total_ms"]["with_fallback"] < rep["total_ms"]["placed"]
@@ -66,11 +72,11 @@ def test_layers_faster_at_fp16_move_there_when_the_sum_drops():
 
 def test_the_placed_engine_stays_when_moving_costs_more_than_it_saves():
     build, _ = _builder(alt_extra_ms=0.05)  # moving b saves 18 us and costs its neighbours 50
-    eng = fallback.build_fastest(_cfg(), build)
+    eng = fallback.build_fastest(_cfg(), build, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert rep["kept"] == "placed" and all(l.precision == "fp8" for l in eng.layers)
     assert rep["tries"] == [{"layers": 1, "total_ms": pytest.approx(0.032 + 0.05)}]  # nothing left to halve
-    assert "kept at fp8: moving 1 of them" in fallback.fallback_text(rep)
+    assert "kept at fp8: moving 1 of them took" in fallback.fallback_text(rep)
 
 
 def test_when_moving_all_costs_more_the_half_with_the_largest_savings_is_tried():
@@ -87,7 +93,7 @@ def test_when_moving_all_costs_more_the_half_with_the_largest_savings_is_tried()
         layers = [_layer(n, pins.get(n, "fp8"), t16 if n in pins else t8) for n, (t8, t16) in times.items()]
         layers.append(_layer("wb_quantize", "fp8", 0.2 if len(pins) > 2 else 0.0, op="QuantizeLinear"))
         return _engine(layers)
-    eng = fallback.build_fastest(_cfg(), build)
+    eng = fallback.build_fastest(_cfg(), build, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert tried == [[], ["d1", "d2", "d3", "d4"], ["d1", "d2"]]
     assert rep["kept"] == "with_fallback" and rep["moved"] == ["d1", "d2"] and len(rep["tries"]) == 2
@@ -100,7 +106,7 @@ def test_when_moving_all_costs_more_the_half_with_the_largest_savings_is_tried()
 
 def test_layers_pinned_by_the_user_are_not_compared():
     build, seen = _builder()
-    eng = fallback.build_fastest(_cfg(layer_precisions={"b": "fp8"}), build)
+    eng = fallback.build_fastest(_cfg(layer_precisions={"b": "fp8"}), build, measure=summed)
     assert eng.reports["precision_fallback"]["layers"] == [] and len(seen) == 2
     assert eng.build_info["layer_precisions"] == {"b": "fp8"}
     # named by one of its ONNX nodes, as layer_precisions also takes
@@ -112,7 +118,7 @@ def test_layers_pinned_by_the_user_are_not_compared():
         for l in eng.layers:
             l.onnx_nodes = [f"node_{l.name}"]
         return eng
-    eng = fallback.build_fastest(_cfg(layer_precisions={"node_b": "fp8"}), with_nodes)
+    eng = fallback.build_fastest(_cfg(layer_precisions={"node_b": "fp8"}), with_nodes, measure=summed)
     assert eng.reports["precision_fallback"]["layers"] == []
 
 
@@ -123,7 +129,7 @@ def test_a_failed_fp16_build_leaves_the_placed_engine():
         if cfg.precision == "fp16":
             raise wb.WorkbenchError("no fp16 tactic for layer b")
         return build(cfg)
-    eng = fallback.build_fastest(_cfg(), failing)
+    eng = fallback.build_fastest(_cfg(), failing, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert rep["kept"] == "placed" and "no fp16 tactic" in rep["error"] and all(l.precision == "fp8" for l in eng.layers)
     assert "no fp16 tactic" in fallback.fallback_text(rep)
@@ -175,7 +181,7 @@ def test_the_report_survives_a_save_and_shows_in_the_summary(tmp_path):
     path, calib = _model(tmp_path / "m.onnx")
     eng = wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="cpu"))
     build, _ = _builder()
-    rep = fallback.build_fastest(_cfg(), build).reports["precision_fallback"]
+    rep = fallback.build_fastest(_cfg(), build, measure=summed).reports["precision_fallback"]
     eng.reports["precision_fallback"] = rep
     eng.save(str(tmp_path / "e.wbe"))
     from workbench.runtime.engine import Engine
@@ -209,7 +215,7 @@ def test_calibration_runs_once_for_every_build(tmp_path, monkeypatch):
     monkeypatch.setattr(fallback, "slower_layers", forced)
     monkeypatch.setattr("workbench.builder.mixed.engine_ms", lambda e: 1.0 if any(
         l.precision == "fp16" for l in e.layers if l.op != "Cast") else 2.0)
-    eng = fallback.build_fastest(wb.BuilderConfig(device="cpu", precision="int8", calibration=cal), build)
+    eng = fallback.build_fastest(wb.BuilderConfig(device="cpu", precision="int8", calibration=cal), build, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert rep["kept"] == "with_fallback" and "error" not in rep and len(seen) == 3
     shared = {id(c.calibration) for c in seen if c.calibration is not None}
@@ -224,7 +230,7 @@ def test_a_failed_rebuild_keeps_the_best_engine_so_far():
         if cfg.layer_precisions:
             raise wb.WorkbenchError("layer b has no fp16 tactic with codes in")
         return build(cfg)
-    eng = fallback.build_fastest(_cfg(), failing)
+    eng = fallback.build_fastest(_cfg(), failing, measure=summed)
     rep = eng.reports["precision_fallback"]
     assert rep["kept"] == "placed" and rep["tries"] == [{"layers": 1, "error": "layer b has no fp16 tactic with codes in"}]
     assert "failed: layer b has no fp16 tactic" in fallback.fallback_text(rep)
@@ -232,7 +238,7 @@ def test_a_failed_rebuild_keeps_the_best_engine_so_far():
 
 def test_the_comparison_build_drops_pins_to_the_low_precisions():
     build, seen = _builder()
-    fallback.build_fastest(_cfg(layer_precisions={"a": "fp8", "c": "fp32"}), build)
+    fallback.build_fastest(_cfg(layer_precisions={"a": "fp8", "c": "fp32"}), build, measure=summed)
     assert seen[1].precision == "fp16" and seen[1].layer_precisions == {"c": "fp32"}
 
 
@@ -255,7 +261,7 @@ def test_a_progress_callback_hears_done_once_at_the_end():
         else:
             assert cfg.progress is False
         return build(cfg)
-    fallback.build_fastest(_cfg(progress=lambda *a: calls.append(a[0])), placed_stages)
+    fallback.build_fastest(_cfg(progress=lambda *a: calls.append(a[0])), placed_stages, measure=summed)
     assert calls == [*wb.Builder.STAGES, "done"]
 
 
@@ -270,3 +276,10 @@ def test_shape_range_buckets_are_built_as_placed():
 
     cfg = wb.BuilderConfig(device="cpu", precision="fp8", profiles=[{"x": ((1, 16), (2, 16), (4, 16))}])
     assert _inner(cfg).strict_precision is True
+
+
+def test_engines_off_the_gpu_are_compared_by_their_summed_layer_times(tmp_path):
+    path, _ = _model(tmp_path / "m.onnx")
+    eng = wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="cpu"))
+    ms, how = fallback.engine_latency(eng)
+    assert how == "summed layer times" and ms > 0

@@ -320,6 +320,8 @@ def test_a_layer_keeps_the_low_precision_only_where_it_is_faster(fmt):
     assert rep["compared"] == 2  # both GEMMs were placed at fmt and timed against fp16
     for row in rep["layers"]:  # each one listed was measured faster at fp16
         assert row["fp16_ms"] < row[f"{fmt}_ms"]
+    if rep["layers"]:  # the engines were compared by running them
+        assert rep["measure"].startswith("end to end") and len(rep["tries"]) >= 1
     if rep["kept"] == "with_fallback":
         assert rep["total_ms"]["with_fallback"] < rep["total_ms"]["placed"]
         moved = set(rep["moved"])

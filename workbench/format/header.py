@@ -182,7 +182,7 @@ PROFILE_ROW = Obj({"index": COUNT, "ranges": Map(List(List(COUNT))), "arena_byte
                    "peak_live_bytes_at_max": Opt(COUNT), "note": Str()}, extra=Scalar())
 # int8 / fp8 against fp16 (builder/fallback.py)
 FALLBACK = Obj({"precision": Str(), "margin": Num(), "compared": COUNT, "layers": List(Map(Scalar())),
-                "kept": Str(), "tries": List(Map(Scalar())), "total_ms": Map(Num()), "moved": NAMES,
+                "kept": Str(), "tries": List(Map(Scalar())), "total_ms": Map(Num()), "measure": Str(), "moved": NAMES,
                 "error": Str()}, required=("precision", "kept", "layers"), extra=None)
 REPORTS = Obj({
     "fusions": List(FUSION), "counters": Map(COUNT), "nodes": NODES, "memory": MEMORY,

@@ -126,14 +126,15 @@ def _fallback_text(report: dict) -> str:
         return f"{p}: no layer measured faster at fp16"
     total, tries = report.get("total_ms", {}), report.get("tries", [])
     if report.get("kept") == "with_fallback":
-        what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms "
-                "summed over layers)")
+        what = (f"{len(report['moved'])} moved there ({total['placed']:.3f} -> {total['with_fallback']:.3f} ms, "
+                f"{report.get('measure', 'summed layer times')})")
     else:
         done = [t for t in tries if "total_ms" in t]
         what = f"kept at {p}"
         if done:
-            what += (": moving " + " / ".join(str(t["layers"]) for t in done) + " of them summed to " +
-                     " / ".join(f"{t['total_ms']:.3f}" for t in done) + f" ms vs {total['placed']:.3f} ms")
+            what += (": moving " + " / ".join(str(t["layers"]) for t in done) + " of them took " +
+                     " / ".join(f"{t['total_ms']:.3f}" for t in done) + f" ms vs {total['placed']:.3f} ms "
+                     f"({report.get('measure', 'summed layer times')})")
         failed = [t for t in tries if "error" in t]
         if failed:
             what += f" (a build with {failed[0]['layers']} moved failed: {failed[0]['error']})"
