@@ -402,3 +402,28 @@ def test_bisection_stops_at_its_cap_and_keeps_what_passed():
     calls.clear()
     early = bisect(ladders, evaluate, target=5e-3, max_evals=3)
     assert len(calls) == 4 and set(early.assignment.values()) == {2} and "16 layer(s)" in early.stopped
+
+
+def _timed(name, precision, ms):
+    return SimpleNamespace(name=name, precision=precision, tactic_table=[{"chosen": True, "ms": ms}])
+
+
+def test_a_gpu_precision_no_faster_than_fp16_is_not_measured():
+    # int8 on Hopper: every GEMM slower than at fp16, so each int8 rung would be dominated; the
+    # search skips its sensitivities (reference runs of every layer) and says why per layer
+    fake = SimpleNamespace(backend="gpu", notes=[], refusals={"a": {}, "b": {}, "c": {}}, _tick=lambda what: None,
+                           facts={"a": {"fp16": Rung("fp16", 0.010, 1e-4)}, "b": {"fp16": Rung("fp16", 0.020, 1e-4)},
+                                  "c": {}})
+    slow = SimpleNamespace(layers=[_timed("a", "int8", 0.015), _timed("b", "int8", 0.020), _timed("c", "fp16", 0.001)])
+    assert mixed._Search._dominated(fake, slow, "int8")
+    assert "no faster than fp16's 10.0 us" in fake.refusals["a"]["int8"] and not fake.refusals["c"]
+    assert "int8: sensitivities not measured" in fake.notes[0]
+    # one layer faster at int8: measured as usual
+    fake.notes.clear()
+    fast = SimpleNamespace(layers=[_timed("a", "int8", 0.005), _timed("b", "int8", 0.030)])
+    assert not mixed._Search._dominated(fake, fast, "int8") and not fake.notes
+    # emulating targets (CPU latencies are estimates) and the wide halves are always measured
+    fake.backend = "cpu"
+    assert not mixed._Search._dominated(fake, slow, "int8")
+    fake.backend = "gpu"
+    assert not mixed._Search._dominated(fake, slow, "bf16")

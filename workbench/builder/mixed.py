@@ -20,7 +20,9 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    layer at that precision, measured on ``SENSITIVITY_FEEDS`` search batches (one when it holds
    ``SENSITIVITY_SAMPLES`` samples or more). fp16 is ruled out for a layer whose tensors reach
    past ``FP16_MAX / FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
-   the search part; weights included). Layers with subgraphs stay fp32.
+   the search part; weights included). Layers with subgraphs stay fp32. On the GPU an int8 / fp8
+   build none of whose layers ran faster than at fp16 is not measured: fp16 keeps more bits, so
+   each of its rungs would be dominated (on Hopper cuBLASLt's int8 GEMMs are slower than fp16).
 3. **Search** (``mixed_search.py``): start every layer at its cheapest precision; promote the most
    sensitive layers until the error on the search feeds meets the target; when the evaluations
    contradict the additive assumption behind that ordering (promoting more made the error worse)
@@ -74,6 +76,7 @@ FP16_MAX, FP16_MARGIN = 65504.0, 4.0
 # precisions with fp16's mantissa or less and fp32's range: on the GPU (no faster than fp16) only
 # worth a uniform build when some layer's values rule fp16 out
 WIDE_HALVES = ("tf32", "bf16")
+LOW_BITS = ("int8", "fp8")  # fewer mantissa bits than fp16: a rung no faster than fp16 is dominated
 # the roofline behind the CPU's latency estimate: nominal peaks, fixed so that the same build makes
 # the same choice (they rank candidates; they do not predict this machine's times)
 NOMINAL_GBPS = 100.0
@@ -176,16 +179,20 @@ class _Search:
                     self.notes.append(f"{p} not tried: {str(exc).splitlines()[0]}")
                     continue
                 self.engines[p] = engine
-                report = measure(engine, self.sens_feeds, reference=self.fp32,
-                                 impact=IMPACT_SECONDS)  # over it: each layer's added error
-                self._tick(f"measured {p} sensitivities")
-                rows = {r["layer"]: r for r in report.layers}
-                impact = report.engine.get("impact") == "measured"
-                if not impact:
-                    self.notes.append(f"{p}: sensitivities are each layer's added error, not the outputs' error "
-                                      f"(impact runs {report.engine.get('impact')})")
+                dominated = self._dominated(engine, p)
+                if dominated:
+                    rows, impact = {}, True
+                else:
+                    report = measure(engine, self.sens_feeds, reference=self.fp32,
+                                     impact=IMPACT_SECONDS)  # over it: each layer's added error
+                    self._tick(f"measured {p} sensitivities")
+                    rows = {r["layer"]: r for r in report.layers}
+                    impact = report.engine.get("impact") == "measured"
+                    if not impact:
+                        self.notes.append(f"{p}: sensitivities are each layer's added error, not the outputs' "
+                                          f"error (impact runs {report.engine.get('impact')})")
             else:
-                rows = {}
+                rows, dominated = {}, False
             why = {r["layer"]: r.get("reason", "") for r in engine.reports.get("precision", [])}
             for layer in engine.layers:
                 if layer.name not in self.facts:
@@ -193,12 +200,40 @@ class _Search:
                 if layer.precision != p:
                     self.refusals[layer.name][p] = why.get(layer.name) or f"the target keeps it {layer.precision}"
                     continue
+                if dominated:
+                    continue  # (its refusal says how much slower than fp16 it ran)
                 row = rows.get(layer.name, {})
                 sens = 0.0 if p == "fp32" else _finite_or_inf(row.get("output_err" if impact else "added_err"))
                 self.facts[layer.name][p] = Rung(p, engine_layer_ms(layer, self.backend), sens)
                 self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
             uniform = {l.name: l.precision for l in engine.layers if l.name in self.facts}
             self._record(f"uniform {p}", engine, uniform)
+
+    def _dominated(self, engine: Engine, p: str) -> bool:
+        """On the GPU, whether no layer of the uniform ``p`` build (int8 / fp8) ran faster than it
+        did at fp16: fp16 keeps more bits, so every such rung would leave its ladder as dominated,
+        and its sensitivities (the costly part of a uniform build: reference runs of every layer)
+        are not measured. The layers say why in ``refusals``."""
+        if self.backend in EMULATED or p not in LOW_BITS:
+            return False
+        rows = []
+        for layer in engine.layers:
+            if layer.name not in self.facts or layer.precision != p:
+                continue
+            half = self.facts[layer.name].get("fp16")
+            mine = engine_layer_ms(layer, self.backend)
+            if half is None or not half.latency_ms <= mine:
+                return False
+            rows.append((layer.name, mine, half.latency_ms))
+        if not rows:
+            return False
+        for name, mine, half in rows:
+            self.refusals[name][p] = (f"{mine * 1e3:.1f} us at {p}, no faster than fp16's {half * 1e3:.1f} us, "
+                                      "which keeps more bits")
+        self.notes.append(f"{p}: sensitivities not measured: none of its {len(rows)} layers ran faster than at "
+                          "fp16, which keeps more bits")
+        self._tick(f"{p} no faster than fp16")
+        return True
 
     def _apply_ranges(self, table) -> None:
         for layer in self.fp32.layers:  # the table's observed (min, max) of every tensor it has
