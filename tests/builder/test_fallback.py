@@ -283,3 +283,23 @@ def test_engines_off_the_gpu_are_compared_by_their_summed_layer_times(tmp_path):
     eng = wb.build(wb.load_onnx(str(path)), wb.BuilderConfig(device="cpu"))
     ms, how = fallback.engine_latency(eng)
     assert how == "summed layer times" and ms > 0
+
+
+def test_an_engine_that_cannot_be_timed_is_not_kept_or_lost():
+    build, _ = _builder()
+
+    def placed_fails(engine):
+        if all(l.precision == "fp8" for l in engine.layers):
+            raise wb.WorkbenchError("out of GPU memory while running the engine")
+        return summed(engine)
+    eng = fallback.build_fastest(_cfg(), build, measure=placed_fails)
+    rep = eng.reports["precision_fallback"]
+    assert rep["kept"] == "placed" and "timing the placed engine failed" in rep["error"] and "tries" in rep
+    assert rep["tries"] == []
+
+    def alt_fails(engine):
+        if any(l.precision == "fp16" for l in engine.layers):
+            raise MemoryError("Out of memory allocating 1 bytes")  # what CuPy raises
+        return summed(engine)
+    rep = fallback.build_fastest(_cfg(), build, measure=alt_fails).reports["precision_fallback"]
+    assert rep["kept"] == "placed" and "Out of memory" in rep["tries"][0]["error"]

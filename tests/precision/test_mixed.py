@@ -412,6 +412,7 @@ def test_a_gpu_precision_no_faster_than_fp16_is_not_measured():
     # int8 on Hopper: every GEMM slower than at fp16, so each int8 rung would be dominated; the
     # search skips its sensitivities (reference runs of every layer) and says why per layer
     fake = SimpleNamespace(backend="gpu", notes=[], refusals={"a": {}, "b": {}, "c": {}}, _tick=lambda what: None,
+                           ranges={"a": 10.0, "b": 10.0, "c": 10.0},
                            facts={"a": {"fp16": Rung("fp16", 0.010, 1e-4)}, "b": {"fp16": Rung("fp16", 0.020, 1e-4)},
                                   "c": {}})
     slow = SimpleNamespace(layers=[_timed("a", "int8", 0.015), _timed("b", "int8", 0.020), _timed("c", "fp16", 0.001)])
@@ -422,6 +423,14 @@ def test_a_gpu_precision_no_faster_than_fp16_is_not_measured():
     fake.notes.clear()
     fast = SimpleNamespace(layers=[_timed("a", "int8", 0.005), _timed("b", "int8", 0.030)])
     assert not mixed._Search._dominated(fake, fast, "int8") and not fake.notes
+    # where fp16 is no option (values past its range, or an infinite error) int8 may still be one
+    fake.notes.clear()
+    fake.ranges["b"] = 1e6
+    assert not mixed._Search._dominated(fake, slow, "int8")
+    fake.ranges["b"] = 10.0
+    fake.facts["a"]["fp16"] = Rung("fp16", 0.010, float("inf"))
+    assert not mixed._Search._dominated(fake, slow, "int8")
+    fake.facts["a"]["fp16"] = Rung("fp16", 0.010, 1e-4)
     # emulating targets (CPU latencies are estimates) and the wide halves are always measured
     fake.backend = "cpu"
     assert not mixed._Search._dominated(fake, slow, "int8")

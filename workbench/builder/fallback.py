@@ -54,8 +54,8 @@ def applies(cfg, device: str) -> bool:
 
 def build_fastest(cfg, build, measure=None) -> Engine:
     """The engine for ``cfg`` (int8 / fp8 on the GPU, not strict): see the module doc. ``build(cfg)``
-    builds one engine as asked (``Builder(cfg).build(network)``); ``measure(engine) -> ms`` times
-    one (default ``engine_latency``)."""
+    builds one engine as asked (``Builder(cfg).build(network)``); ``measure(engine) -> (ms, how)``
+    times one (default ``engine_latency``)."""
     measure = measure or engine_latency
     t0 = time.perf_counter()
     steps = _Steps(cfg.progress)
@@ -85,16 +85,21 @@ def build_fastest(cfg, build, measure=None) -> Engine:
             if half is not None:
                 slower = slower_layers(low, half, cfg.precision)
                 report["layers"], report["tries"] = slower, []
-                if slower:  # (an engine is timed only when there is something to compare it with)
-                    best_ms, report["measure"] = measure(placed)
-                    report["total_ms"] = {"placed": best_ms}
                 moves = slower
+                if slower:  # (an engine is timed only when there is something to compare it with)
+                    try:
+                        best_ms, report["measure"] = measure(placed)
+                        report["total_ms"] = {"placed": best_ms}
+                    except (WorkbenchError, MemoryError) as exc:  # the placed engine stands
+                        report["error"] = f"timing the placed engine failed: {_first_line(exc)}"
+                        moves = []
                 while moves and len(report["tries"]) < TRIES:
                     pins = {**cfg.layer_precisions, **{row["layer"]: "fp16" for row in moves}}
                     try:
                         alt = build(dataclasses.replace(strict, layer_precisions=pins))
                         ms = measure(alt)[0]
-                    except WorkbenchError as exc:  # the best engine so far stands
+                    except (WorkbenchError, MemoryError) as exc:  # the best engine so far stands (and
+                        # CuPy's out-of-memory error is a MemoryError)
                         report["tries"].append({"layers": len(moves), "error": _first_line(exc)})
                         break
                     finally:

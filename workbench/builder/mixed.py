@@ -77,6 +77,7 @@ FP16_MAX, FP16_MARGIN = 65504.0, 4.0
 # worth a uniform build when some layer's values rule fp16 out
 WIDE_HALVES = ("tf32", "bf16")
 LOW_BITS = ("int8", "fp8")  # fewer mantissa bits than fp16: a rung no faster than fp16 is dominated
+SLOWER_THAN_FP16 = ", which keeps more bits"  # the end of such a rung's refusal (left out of reasons)
 # the roofline behind the CPU's latency estimate: nominal peaks, fixed so that the same build makes
 # the same choice (they rank candidates; they do not predict this machine's times)
 NOMINAL_GBPS = 100.0
@@ -222,14 +223,15 @@ class _Search:
                 continue
             half = self.facts[layer.name].get("fp16")
             mine = engine_layer_ms(layer, self.backend)
-            if half is None or not half.latency_ms <= mine:
-                return False
+            if half is None or not half.latency_ms <= mine or not math.isfinite(half.sensitivity) \
+                    or self.ranges[layer.name] > FP16_MAX / FP16_MARGIN:
+                return False  # (fp16 is no option there: this precision may still be one)
             rows.append((layer.name, mine, half.latency_ms))
         if not rows:
             return False
         for name, mine, half in rows:
-            self.refusals[name][p] = (f"{mine * 1e3:.1f} us at {p}, no faster than fp16's {half * 1e3:.1f} us, "
-                                      "which keeps more bits")
+            self.refusals[name][p] = f"{mine * 1e3:.1f} us at {p}, no faster than fp16's {half * 1e3:.1f} us" + \
+                SLOWER_THAN_FP16
         self.notes.append(f"{p}: sensitivities not measured: none of its {len(rows)} layers ran faster than at "
                           "fp16, which keeps more bits")
         self._tick(f"{p} no faster than fp16")
@@ -360,7 +362,8 @@ class _Search:
     def _reason(self, lad: Ladder, outcome: Outcome) -> str:
         rung = outcome.assignment[lad.layer]
         p, first = lad.rungs[rung].precision, lad.rungs[0]
-        ruled = "; ".join(f"{q}: {why}" for q, why in lad.excluded.items() if q != p and why != DOMINATED)
+        ruled = "; ".join(f"{q}: {why}" for q, why in lad.excluded.items()
+                          if q != p and why != DOMINATED and not why.endswith(SLOWER_THAN_FP16))
         tail = f" (not {ruled})" if ruled else ""
         if len(lad.rungs) == 1:
             return f"accuracy budget: {p}, the only precision worth trying{tail}"
