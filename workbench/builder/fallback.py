@@ -183,7 +183,10 @@ class _Steps:
 def slower_layers(low: list, half: Engine, precision: str) -> list[dict]:
     """The layers of ``low`` (at ``precision`` in the placed engine) whose fp16 time in ``half`` is
     under ``MARGIN`` times their own, each as {layer, <precision>_ms, fp16_ms}, largest saving first.
-    Only the autotuner's measured times count: a layer not timed in either build is left alone."""
+    Only the autotuner's measured times count: a layer not timed in either build is left alone
+    (a NaN time compares false)."""
+    from .mixed import measured_ms  # noqa: PLC0415 - the latency helpers of the budgeted search
+
     at16 = {l.name: l for l in half.layers if l.precision == "fp16"}
     rows = []
     for layer in low:
@@ -193,14 +196,6 @@ def slower_layers(low: list, half: Engine, precision: str) -> list[dict]:
             rows.append({"layer": layer.name, f"{precision}_ms": t_low, "fp16_ms": t16})
     rows.sort(key=lambda r: r["fp16_ms"] - r[f"{precision}_ms"])
     return rows
-
-
-def measured_ms(layer) -> float | None:
-    """The autotuner's time of the layer's chosen tactic, None where it was not timed."""
-    for row in layer.tactic_table or []:
-        if row.get("chosen") and isinstance(row.get("ms"), (int, float)) and row["ms"] == row["ms"]:
-            return float(row["ms"])
-    return None
 
 
 def _explain(engine: Engine, moved: list[dict], cfg) -> None:

@@ -402,14 +402,19 @@ def layer_ms(layer, precision: str) -> float:
     return 1e3 * max(flops / (NOMINAL_GFLOPS.get(precision, NOMINAL_GFLOPS["fp32"]) * 1e9), nbytes / (NOMINAL_GBPS * 1e9))
 
 
+def measured_ms(layer) -> float | None:
+    """The autotuner's time of the layer's chosen tactic, None where it was not timed."""
+    for row in layer.tactic_table or []:
+        if row.get("chosen") and isinstance(row.get("ms"), (int, float)):
+            return float(row["ms"])
+    return None
+
+
 def engine_layer_ms(layer, backend: str) -> float:
     """A layer's latency: its chosen tactic's measured time on the GPU (the estimate where it was not
     timed), the estimate on the CPU."""
-    if backend == "gpu":
-        for row in layer.tactic_table:
-            if row.get("chosen") and isinstance(row.get("ms"), (int, float)):
-                return float(row["ms"])
-    return layer_ms(layer, layer.precision)
+    ms = measured_ms(layer) if backend == "gpu" else None
+    return layer_ms(layer, layer.precision) if ms is None else ms
 
 
 def engine_ms(engine: Engine) -> float:
