@@ -310,3 +310,51 @@ def test_diff_statistics_with_and_without_nonfinite_values():
     bad = Diff()
     bad.add(got, want)
     assert bad.mismatch and bad.rel == float("inf") and bad.nonfinite == 2
+
+
+def test_diff_over_several_blocks_matches_one_float64_pass():
+    """Large tensors are pooled block by block (``BLOCK`` elements widened at a time): the
+    statistics equal one float64 pass over the whole tensor, non-finite values in any block are
+    counted, and ``add`` says whether ``got`` has a NaN/Inf where the reference has a number."""
+    from workbench.runtime.accuracy_report import BLOCK, Diff
+
+    rng = np.random.default_rng(11)
+    n = 3 * BLOCK + 1234  # the last block is a partial one
+    want = rng.standard_normal(n).astype(np.float32)
+    got = (want + 1e-2 * rng.standard_normal(n)).astype(np.float16)  # a GPU layer's fp16 output
+    d = Diff()
+    assert d.add(got, want) is False
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    assert d.rel == pytest.approx(np.linalg.norm(g - w) / np.linalg.norm(w), rel=1e-9)
+    assert d.cosine == pytest.approx(g @ w / (np.linalg.norm(g) * np.linalg.norm(w)), rel=1e-9)
+    assert d.max_abs_err == np.max(np.abs(g - w))
+    # a NaN both agree on in the second block, an Inf only ``got`` has in the last one
+    got32, want2 = got.astype(np.float32), want.copy()
+    got32[BLOCK + 7] = want2[BLOCK + 7] = np.nan
+    agree = Diff()
+    assert agree.add(got32, want2) is False and not agree.mismatch and agree.nonfinite == agree.ref_nonfinite == 1
+    keep = np.isfinite(want2)
+    assert agree.rel == pytest.approx(np.linalg.norm(g[keep] - w[keep]) / np.linalg.norm(w[keep]), rel=1e-9)
+    got32[n - 3] = np.inf
+    bad = Diff()
+    assert bad.add(got32, want2) is True and bad.mismatch and bad.nonfinite == 2 and bad.rel == float("inf")
+    # pairs of another shape count as a mismatch, not an error
+    odd = Diff()
+    assert odd.add(got32[:10], want2[:11]) is False and odd.mismatch
+
+
+def test_blocked_erf_matches_libm():
+    """The reference kernels' float64 erf (GELU's), evaluated in cache-sized blocks, against
+    ``math.erf`` across block boundaries, both branches and the special values."""
+    import math
+
+    from workbench.kernels.reference.elementwise import ERF_BLOCK, erf_float64
+
+    rng = np.random.default_rng(2)
+    x = np.concatenate([3 * rng.standard_normal(2 * ERF_BLOCK + 5),
+                        [0.0, -0.0, 1.999999, 2.0, -2.0, 6.0, -40.0, 1e30, -1e300, np.inf, -np.inf, np.nan]])
+    got = erf_float64(x.reshape(-1, 1))  # any shape
+    assert got.shape == (x.size, 1) and got.dtype == np.float64
+    want = np.array([math.erf(v) for v in x[:-1]])
+    assert np.max(np.abs(got[:-1, 0] - want)) < 1e-9 and np.isnan(got[-1, 0])
+    assert np.array_equal(got[-3:-1, 0], [1.0, -1.0])

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..core.liveness import last_uses_of, layer_reads
 from ..errors import InputError, WorkbenchError
-from .accuracy_report import AccuracyReport, Diff, LayerStats, amax, numeric
+from .accuracy_report import AccuracyReport, Diff, LayerStats, amax, host_values
 from .accuracy_sides import CpuSide, GpuSide, Stepper, feed_list, reference_plan
 from .validate import check_feeds
 
@@ -149,8 +149,7 @@ class _Walk:
                     st.inp.add(side.value(name), ref[name])
             for name, got, want in zip(layer.outputs, side.run(i), ref_out):
                 if name:
-                    st.out.add(got, want)
-                    if st.first_bad is None and _new_nonfinite(got, want):
+                    if st.out.add(got, want) and st.first_bad is None:  # a NaN/Inf where the reference has a number
                         st.first_bad = (index, name)
             if self.local:
                 loc = side.run_on(i, args, ref)
@@ -222,16 +221,8 @@ def _like(value, ref):
 def _same(a, b) -> bool:
     if a is b:
         return True
-    x, y = numeric(a), numeric(b)
+    x, y = host_values(a), host_values(b)
     return x is not None and y is not None and x.shape == y.shape and np.array_equal(x, y, equal_nan=True)
-
-
-def _new_nonfinite(got, want) -> bool:
-    """Whether ``got`` holds a NaN/Inf where ``want`` has a number."""
-    a, b = numeric(got), numeric(want)
-    if a is None or b is None or a.shape != b.shape:
-        return False
-    return bool(np.any(~np.isfinite(a) & np.isfinite(b)))
 
 
 def _report(engine, walk: _Walk, feeds: int, local: bool, impact: bool) -> AccuracyReport:

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+BLOCK = 1 << 16  # elements per block of Diff's float64 sums (a few hundred KiB: cache-sized)
+
 # ---------------------------------------------------------------------------- statistics
 class Diff:
     """Running comparison of arrays against reference arrays (pooled over every pair added)."""
@@ -20,25 +22,34 @@ class Diff:
         self.nonfinite = self.ref_nonfinite = self.pairs = 0
         self.mismatch = False
 
-    def add(self, got, want) -> None:
-        a, b = numeric(got), numeric(want)
+    def add(self, got, want) -> bool:
+        """Pool one pair in; whether ``got`` holds a NaN/Inf where ``want`` has a number. The sums
+        run over blocks of ``BLOCK`` elements widened to float64 one at a time (a layer's output
+        can be tens of millions of values: no float64 copy of the whole tensor)."""
+        a, b = host_values(got), host_values(want)
         if a is None or b is None:
-            return
+            return False
         self.pairs += 1
         if a.shape != b.shape:
             self.mismatch = True
-            return
-        ra, rb = a.ravel(), b.ravel()
-        sq_a, sq_b = float(np.dot(ra, ra)), float(np.dot(rb, rb))
+            return False
+        ra, rb = a.reshape(-1), b.reshape(-1)
+        new_bad = False
+        for s in range(0, ra.size, BLOCK):
+            new_bad |= self._block(ra[s:s + BLOCK].astype(np.float64), rb[s:s + BLOCK].astype(np.float64))
+        return new_bad
+
+    def _block(self, a: np.ndarray, b: np.ndarray) -> bool:
+        sq_a, sq_b = float(np.dot(a, a)), float(np.dot(b, b))
         if math.isfinite(sq_a) and math.isfinite(sq_b):  # every value finite: the usual case, fewer passes
-            d = ra - rb
+            d = a - b
             self.sq_diff += float(np.dot(d, d))
             self.sq_ref += sq_b
             self.sq_got += sq_a
-            self.dot += float(np.dot(ra, rb))
+            self.dot += float(np.dot(a, b))
             if d.size:
                 self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
-            return
+            return False
         fa, fb = np.isfinite(a), np.isfinite(b)
         self.nonfinite += int(a.size - np.count_nonzero(fa))
         self.ref_nonfinite += int(b.size - np.count_nonzero(fb))
@@ -47,12 +58,13 @@ class Diff:
         both = fa & fb
         x, y = (a, b) if both.all() else (a[both], b[both])
         d = x - y
-        self.sq_diff += float(np.dot(d.ravel(), d.ravel()))
-        self.sq_ref += float(np.dot(y.ravel(), y.ravel()))
-        self.sq_got += float(np.dot(x.ravel(), x.ravel()))
-        self.dot += float(np.dot(x.ravel(), y.ravel()))
+        self.sq_diff += float(np.dot(d, d))
+        self.sq_ref += float(np.dot(y, y))
+        self.sq_got += float(np.dot(x, x))
+        self.dot += float(np.dot(x, y))
         if d.size:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+        return bool(np.any(~fa & fb))
 
     @property
     def rel(self) -> float:
@@ -82,14 +94,18 @@ class Diff:
 
 def numeric(x) -> np.ndarray | None:
     """``x`` as a float64 array, or None for what has no numeric value (strings, sequences, None)."""
+    a = host_values(x)
+    return None if a is None else a.astype(np.float64)
+
+
+def host_values(x) -> np.ndarray | None:
+    """``x`` as a host array of a real numeric type (no copy where it already is one), or None."""
     if x is None or isinstance(x, (list, tuple)):
         return None
     a = np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
-    if a.dtype.kind not in "biufc" and not a.dtype.name.startswith(("bfloat", "float")):
+    if a.dtype.kind not in "biuf" and not a.dtype.name.startswith(("bfloat", "float")):
         return None
-    if a.dtype.kind == "c":
-        return None
-    return a.astype(np.float64)
+    return a
 
 
 def amax(values) -> float:
@@ -100,9 +116,11 @@ def amax(values) -> float:
         if a is None or a.size == 0 or a.dtype.kind != "f" and not a.dtype.name.startswith("bfloat"):
             continue
         a = a.astype(np.float32, copy=False)
-        finite = a[np.isfinite(a)]
-        if finite.size:
-            best = max(best, float(np.max(np.abs(finite))))
+        top = max(float(np.max(a)), -float(np.min(a)))  # two reductions, no temporary: the usual case
+        if not math.isfinite(top):
+            finite = a[np.isfinite(a)]
+            top = float(np.max(np.abs(finite))) if finite.size else 0.0
+        best = max(best, top)
     return best
 
 
