@@ -63,11 +63,13 @@ def test_measure_on_a_model_whose_impact_runs_are_too_long_ranks_by_the_added_er
     assert tab.layer_errors() == {r["layer"]: r["added_err"] for r in tab.report.layers}
 
 
-def test_auto_under_budget_shows_the_tradeoff(app):
+def test_auto_under_budget_shows_the_tradeoff(app, capsys):
     tab = app.precision_tab
     tab.budget.value = 1e-3
     tab.auto_button.click()
     assert "Error" not in tab.auto_result.value, tab.auto_result.value
+    # the search's steps were shown as they ran (outside a kernel tqdm writes to stderr)
+    assert "precision search" in capsys.readouterr().err
     rep = app.engine.reports["mixed_precision"]
     assert tab.last_auto is rep and len(app.engines) == 2 and "best" in app.label
     assert "<img" in tab.auto_result.value and "Candidates tried" in tab.auto_result.value

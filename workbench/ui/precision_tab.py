@@ -77,6 +77,7 @@ class PrecisionTab:
         self.calib = W.Text(placeholder="calibration data: .npz or folder (empty: random inputs)", description="data")
         self.auto_button = W.Button(description="Auto under budget", icon="magic")
         self.auto_result = W.HTML()
+        self.auto_progress = W.Output()  # the search's steps (a tqdm bar: on the GPU it takes minutes)
         self.filter.observe(lambda _: self._goto(0), "value")
         self.prev_button.on_click(lambda _: self._goto(self.page - 1))
         self.next_button.on_click(lambda _: self._goto(self.page + 1))
@@ -91,7 +92,7 @@ class PrecisionTab:
             W.HBox([self.measure_button, self.auto_measure]), self.accuracy,
             self.rows, W.HBox([self.runs, self.rebuild_button]), self.result,
             W.HTML("<h4 style='margin:8px 0 2px'>Automatic mixed precision</h4>"),
-            W.HBox([self.budget, self.calib, self.auto_button]), self.auto_result])
+            W.HBox([self.budget, self.calib, self.auto_button]), self.auto_progress, self.auto_result])
 
     # ---- table -----------------------------------------------------------------------------
     def supported(self) -> list[str]:
@@ -290,8 +291,10 @@ class PrecisionTab:
         try:
             data = self.calib.value.strip()
             cfg = dataclasses.replace(app.config(precision="best", layer_precisions={}), accuracy_budget=budget,
-                                      calibration=wb.Calibration(data) if data else None)
-            engine = wb.build(app.net, cfg)
+                                      calibration=wb.Calibration(data) if data else None, progress=True)
+            self.auto_progress.clear_output()
+            with self.auto_progress:  # (interrupting the kernel ends the search; the current engine stays)
+                engine = wb.build(app.net, cfg)
         except Exception as exc:
             self.auto_result.value = error_html(exc)
             return None
