@@ -73,3 +73,30 @@ def test_budgeted_search_on_the_gpu(resnet):
     assert rep["latency_source"].startswith("measured") and rep["fraction_below_fp32"] > 0.5
     print(f"ResNet (GPU) best under {budget:g}: held-out {rep['error']['held_out']:.3g}, "
           f"{rep['below_fp32']}/{rep['layers']} below fp32, {rep['latency_ms']:.4g} ms vs {rep['fp32_latency_ms']:.4g}")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp8"])
+def test_impact_against_the_fp32_build_on_the_device(resnet, precision):
+    """``runtime.accuracy_impact`` (the search's sensitivities on the GPU): every layer at the
+    precision is placed in the fp32 build (channels-last tensors, inserted casts and fp8 codes
+    read and written through), and its outputs' error agrees with the accuracy report's, whose
+    downstream runs are the CPU's reference kernels."""
+    from workbench.runtime.accuracy import measure
+    from workbench.runtime.accuracy_impact import engine_impact
+
+    net, fp16, _ = resnet
+    fs = feeds(2, seed=3)
+    engine = fp16 if precision == "fp16" else wb.build(net, wb.BuilderConfig(
+        device="gpu", precision="fp8", shapes=SHAPES, calibration=Calibration(feeds(4, seed=4)), strict_precision=True))
+    gpu32 = wb.build(net, wb.BuilderConfig(device="gpu", shapes=SHAPES))
+    before = engine.create_context().run(fs[0])["logits"]
+    got = engine_impact(engine, gpu32, fs)
+    rows = {r["layer"]: r for r in measure(engine, fs, reference=gpu32).layers}
+    lowered = [l.name for l in engine.layers if l.precision == precision and not l.name.startswith("wb_cast:")]
+    assert lowered and set(lowered) <= set(got)
+    for name in lowered:
+        want = rows[name]["output_err"]
+        print(f"{precision} {name}: device {got[name]['output_err']:.3e} report {want:.3e}")
+        if want > 1e-4:
+            assert got[name]["output_err"] == pytest.approx(want, rel=0.3), name
+    np.testing.assert_allclose(engine.create_context().run(fs[0])["logits"], before, rtol=1e-3, atol=1e-3)

@@ -15,10 +15,13 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    values reach past fp16's range, since each build's sensitivities cost reference runs): whether the
    layer took that precision (and why not), its latency there -- on the GPU the autotuner's
    measured time of the chosen tactic; on the CPU, which only emulates reduced precision, a roofline
-   estimate (``layer_ms``) -- and its sensitivity, the ``output_err`` of the accuracy report
-   (``runtime.accuracy``) of that build on the search feeds: the outputs' error with only this
-   layer at that precision, measured on ``SENSITIVITY_FEEDS`` search batches (one when it holds
-   ``SENSITIVITY_SAMPLES`` samples or more). fp16 is ruled out for a layer whose tensors reach
+   estimate (``layer_ms``) -- and its sensitivity: the outputs' error with only this layer at that
+   precision, measured on ``SENSITIVITY_FEEDS`` search batches (one when it holds
+   ``SENSITIVITY_SAMPLES`` samples or more). On the GPU it is measured on the device against the
+   fp32 build (``runtime.accuracy_impact``: seconds for a transformer at batch 32); on the CPU,
+   or where a layer has no counterpart in the fp32 build, it is the ``output_err`` of the accuracy
+   report (``runtime.accuracy``) against the fp32 reference kernels, or the layer's added error
+   where those downstream runs would take too long. fp16 is ruled out for a layer whose tensors reach
    past ``FP16_MAX / FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
    the search part; weights included). Layers with subgraphs stay fp32. On the GPU an int8 / fp8
    build none of whose layers ran faster than at fp16 is not measured: fp16 keeps more bits, so
@@ -58,6 +61,7 @@ from ..errors import BuildError, WorkbenchError
 from ..precision.assign import EMULATED
 from ..precision.calibration import Calibration, CalibrationTable, calibrate, from_path
 from ..runtime.accuracy import IMPACT_SECONDS, measure
+from ..runtime.accuracy_impact import engine_impact
 from ..runtime.accuracy_report import Diff
 from ..runtime.engine import Engine
 from ..runtime.feeds import random_feeds
@@ -184,14 +188,7 @@ class _Search:
                 if dominated:
                     rows, impact = {}, True
                 else:
-                    report = measure(engine, self.sens_feeds, reference=self.fp32,
-                                     impact=IMPACT_SECONDS)  # over it: each layer's added error
-                    self._tick(f"measured {p} sensitivities")
-                    rows = {r["layer"]: r for r in report.layers}
-                    impact = report.engine.get("impact") == "measured"
-                    if not impact:
-                        self.notes.append(f"{p}: sensitivities are each layer's added error, not the outputs' "
-                                          f"error (impact runs {report.engine.get('impact')})")
+                    rows, impact = self._sensitivities(engine, p)
             else:
                 rows, dominated = {}, False
             why = {r["layer"]: r.get("reason", "") for r in engine.reports.get("precision", [])}
@@ -209,6 +206,36 @@ class _Search:
                 self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
             uniform = {l.name: l.precision for l in engine.layers if l.name in self.facts}
             self._record(f"uniform {p}", engine, uniform)
+
+    def _sensitivities(self, engine: Engine, p: str) -> tuple[dict[str, dict], bool]:
+        """layer name -> its accuracy row for the uniform ``p`` build, and whether the rows hold the
+        outputs' error (``output_err``) rather than only the layer's own (``added_err``). On the
+        GPU every layer at ``p`` is measured on the device against the fp32 build
+        (``runtime.accuracy_impact``); elsewhere, or where that cannot place a layer, by
+        ``runtime.accuracy`` against the fp32 reference kernels."""
+        if self.backend not in EMULATED:
+            wanted = [l.name for l in engine.layers if l.name in self.facts and l.precision == p]
+            try:
+                rows = engine_impact(engine, self.fp32, self.sens_feeds, layers=wanted)
+            except Exception as exc:  # noqa: BLE001 - the measurement below still stands
+                self.notes.append(f"{p}: sensitivities on the device failed ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); measured against the reference "
+                                  "kernels instead")
+            else:
+                missing = [n for n in wanted if n not in rows]
+                if not missing:
+                    self._tick(f"measured {p} sensitivities on the device")
+                    return rows, True
+                self.notes.append(f"{p}: {len(missing)} layer(s) (first {missing[0]!r}) have no counterpart in the "
+                                  "fp32 build to measure on the device; measured against the reference kernels instead")
+        report = measure(engine, self.sens_feeds, reference=self.fp32,
+                         impact=IMPACT_SECONDS)  # over it: each layer's added error
+        self._tick(f"measured {p} sensitivities")
+        impact = report.engine.get("impact") == "measured"
+        if not impact:
+            self.notes.append(f"{p}: sensitivities are each layer's added error, not the outputs' "
+                              f"error (impact runs {report.engine.get('impact')})")
+        return {r["layer"]: r for r in report.layers}, impact
 
     def _dominated(self, engine: Engine, p: str) -> bool:
         """On the GPU, whether no layer of the uniform ``p`` build (int8 / fp8) ran faster than it

@@ -218,7 +218,7 @@ class GpuSide:
         try:
             for pos, buf in acts:
                 nhwc = pos < len(layouts) and layouts[pos] == "nhwc"
-                _write(buf, args[pos], specs[pos], nhwc, stream)
+                write_device(buf, args[pos], specs[pos], nhwc, stream)
             return self._run(i)
         finally:
             with stream:
@@ -236,7 +236,7 @@ class GpuSide:
         result = []
         for k, (name, buf) in enumerate(zip(layer.outputs, self.ctx._io[i][1])):
             nhwc = k < len(layouts) and layouts[k] == "nhwc"
-            result.append(None if buf is None else _read(buf, specs.get(name), nhwc, self.ctx.stream))
+            result.append(None if buf is None else read_device(buf, specs.get(name), nhwc, self.ctx.stream))
         return result
 
     def free(self, name: str) -> None:
@@ -246,7 +246,7 @@ class GpuSide:
         self.host = {}
 
 
-def _read(buf, spec: TensorSpec | None, nhwc: bool, stream) -> np.ndarray:
+def read_device(buf, spec: TensorSpec | None, nhwc: bool, stream) -> np.ndarray:
     """A device tensor on the host in its logical (NCHW) order and element type; a tensor of
     quantization codes as the float32 values they stand for."""
     from ..kernels.cuda.device import from_device_bits  # noqa: PLC0415 - GPU engines only
@@ -263,7 +263,7 @@ def _read(buf, spec: TensorSpec | None, nhwc: bool, stream) -> np.ndarray:
     return np.ascontiguousarray(host)
 
 
-def _write(buf, value, spec: TensorSpec | None, nhwc: bool, stream) -> None:
+def write_device(buf, value, spec: TensorSpec | None, nhwc: bool, stream) -> None:
     """A host value into a device buffer, in the buffer's storage type and layout (a tensor of
     quantization codes: the value's codes)."""
     from ..kernels.cuda.device import to_device_bits  # noqa: PLC0415 - GPU engines only
