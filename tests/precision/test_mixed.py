@@ -436,3 +436,25 @@ def test_a_gpu_precision_no_faster_than_fp16_is_not_measured():
     assert not mixed._Search._dominated(fake, slow, "int8")
     fake.backend = "gpu"
     assert not mixed._Search._dominated(fake, slow, "bf16")
+
+
+def test_an_attention_mask_rules_no_precision_out():
+    """Padded batches: the attention's additive mask holds -3.4e38 fills (minus infinity, which fp16
+    kernels clamp), a value no layer has to hold, so fp16 stays an option for the attention."""
+    shapes = {"input_ids": (4, 16), "attention_mask": (4, 16), "token_type_ids": (4, 16)}
+    rng = np.random.default_rng(3)
+    feeds = []
+    for _ in range(4):
+        mask = np.ones((4, 16), np.int64)
+        mask[:, 11:] = 0  # right padding
+        feeds.append({"input_ids": rng.integers(0, 100, (4, 16)), "attention_mask": mask,
+                      "token_type_ids": np.zeros((4, 16), np.int64)})
+    net = wb.load_onnx(os.path.join(MODELS, "bert_legacy.onnx"))
+    engine = wb.build(net, wb.BuilderConfig(device="cpu", precision="best", accuracy_budget=1e-2, shapes=shapes,
+                                            calibration=Calibration(feeds)))
+    rows = {r["layer"]: r for r in engine.reports["precision"]}
+    attention = [l for l in engine.layers if l.op == "Attention"]
+    assert attention and all(len(l.inputs) > 3 and l.inputs[3] for l in attention)  # (they read a mask)
+    for layer in attention:
+        assert "past fp16" not in rows[layer.name]["reason"], rows[layer.name]["reason"]
+    assert any(l.precision == "fp16" for l in attention)  # (1e-2 is loose enough for it here)

@@ -203,7 +203,8 @@ class _Search:
                 row = rows.get(layer.name, {})
                 sens = 0.0 if p == "fp32" else _finite_or_inf(row.get("output_err" if impact else "added_err"))
                 self.facts[layer.name][p] = Rung(p, engine_layer_ms(layer, self.backend), sens)
-                self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
+                if _mask_of(layer) is None:  # (an attention's ref_amax counts its mask: the table's ranges stand)
+                    self.ranges[layer.name] = max(self.ranges[layer.name], float(row.get("ref_amax") or 0.0))
             uniform = {l.name: l.precision for l in engine.layers if l.name in self.facts}
             self._record(f"uniform {p}", engine, uniform)
 
@@ -266,7 +267,10 @@ class _Search:
 
     def _apply_ranges(self, table) -> None:
         for layer in self.fp32.layers:  # the table's observed (min, max) of every tensor it has
+            mask = _mask_of(layer)
             for spec in list(layer.input_specs) + list(layer.output_specs):
+                if spec.name == mask:
+                    continue
                 seen = table.observed(spec.name) if spec.name in table else None
                 if seen is not None:
                     self.ranges[layer.name] = max(self.ranges[layer.name], *(abs(float(v)) for v in seen))
@@ -515,6 +519,14 @@ def _error(outs: list[dict], refs: list[dict], metric) -> float:
             diffs.setdefault(name, Diff()).add(out[name], want)
     errs = [d.rel for d in diffs.values() if d.pairs and not math.isnan(d.rel)]
     return max(errs) if errs else 0.0
+
+
+def _mask_of(layer) -> str | None:
+    """An attention layer's mask tensor: not a value it must hold in its precision (its fills,
+    e.g. -3.4e38, stand for minus infinity; fp16 kernels clamp them), so it rules no precision out."""
+    if layer.op == "Attention" and len(layer.inputs) > 3 and layer.inputs[3]:
+        return layer.inputs[3]
+    return None
 
 
 def _samples(feed: dict) -> int:
