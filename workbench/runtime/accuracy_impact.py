@@ -52,13 +52,14 @@ def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = No
     logical = logical_names(engine.plan)
     ref_at = {layer.name: k for k, layer in enumerate(reference.plan.layers)}
     wanted = set(layers) if layers is not None else None
+    held = {s.name for s in reference.plan.inputs} | set(reference.plan.constants)
+    held |= {o for l in reference.plan.layers for o in l.outputs if o}
     jobs = []  # (engine layer index, reference layer index)
     for i, layer in enumerate(engine.plan.layers):
         k = ref_at.get(layer.name)
         if k is None or layer.name.startswith(GPU_CAST_PREFIX) or (wanted is not None and layer.name not in wanted):
             continue
-        if not subgraphs_of(layer) and _matches(layer, reference.plan.layers[k], reference.plan, logical,
-                                                engine.plan.constants):
+        if not subgraphs_of(layer) and _matches(layer, reference.plan.layers[k], held, logical, engine.plan.constants):
             jobs.append((i, k))
     gpu = engine.backend == "gpu"
     ref = _GpuReference(reference) if gpu else _CpuReference(reference, seed)
@@ -118,11 +119,9 @@ def logical_names(plan) -> dict[str, str]:
     return {k: out.get(v, v) for k, v in out.items()}
 
 
-def _matches(layer, ref_layer, ref_plan, logical: dict[str, str], consts) -> bool:
-    """Whether the reference holds what running ``layer`` in its place needs: every activation it
-    reads, and a reference output for at least one of its outputs."""
-    held = {s.name for s in ref_plan.inputs} | set(ref_plan.constants)
-    held |= {o for l in ref_plan.layers for o in l.outputs if o}
+def _matches(layer, ref_layer, held: set, logical: dict[str, str], consts) -> bool:
+    """Whether the reference holds what running ``layer`` in its place needs (``held``: its tensor
+    names): every activation it reads, and a reference output for at least one of its outputs."""
     for n in layer.inputs:
         if n and n not in consts and logical.get(n, n) not in held:
             return False
