@@ -263,7 +263,11 @@ def run_model(name, args, peak, rows, tmp):
                     print(f"[{name} b{b} best] budget {mp['budget']:g}: search error {err['search']:.3g}, held-out "
                           f"{err['held_out']:.3g}; {mp['below_fp32']}/{mp['layers']} layers below fp32 "
                           f"({mp['strategy']}); {mp['latency_ms']:.4g} ms vs fp32 {mp['fp32_latency_ms']:.4g} ms "
-                          f"({mp['latency_source']}); {len(mp['candidates'])} candidates", flush=True)
+                          f"({mp['latency_source']}); {len(mp['candidates'])} candidates; {mp.get('builds')} builds "
+                          f"in {mp['seconds']['builds']:.0f} s, sensitivities {mp['seconds']['sensitivities']:.0f} s, "
+                          f"search {mp['seconds']['total']:.0f} s", flush=True)
+                    for note in mp["notes"]:
+                        print(f"[{name} b{b} best] note: {note}", flush=True)
                 ctx = engine.create_context()
                 dfeeds = {n: cp.asarray(v.cpu().numpy()) for n, v in feeds.items()}
                 out = ctx.run(dfeeds)

@@ -5,6 +5,7 @@ table; every mistake exits 2 with one line."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,7 @@ def test_build_best_under_a_budget_prints_the_candidates(work, capsys):
     rep = wb.Engine.load(out_path).reports["mixed_precision"]
     assert rep["budget"] == 1e-3 and rep["error"]["held_out"] <= 1e-3 and rep["feeds"]["total"] == 6
     assert "candidates tried (latency vs error):" in out and "uniform fp16" in out
+    assert re.search(r"search time [0-9.]+ s: [0-9]+ builds [0-9.]+ s, sensitivities [0-9.]+ s", out), out
     assert f"{rep['below_fp32']} of {rep['layers']} layers below fp32" in out
 
 

@@ -156,6 +156,10 @@ def test_the_search_calibrates_once_however_many_candidates_it_builds(monkeypatc
     rep = engine.reports["mixed_precision"]
     built = [c for c in rep["candidates"] if c["label"] not in ("uniform fp32",)]
     assert len(built) > 4  # uniform builds and candidates, each a build here
+    # where the time went: every build counted (fp32 and the held-out check's too), the parts within the total
+    sec = rep["seconds"]
+    assert rep["builds"] >= len(built) + 1 and 0 < sec["builds"] and 0 < sec["sensitivities"]
+    assert sec["builds"] + sec["sensitivities"] <= sec["total"]
     # one minmax pass for the value ranges, one for the quantization scales
     assert len(calls) == 2, calls
     fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))

@@ -100,6 +100,7 @@ def search(network, cfg, build) -> Engine:
                                    timing_cache=cfg.timing_cache or os.path.join(tmp, "timing.json"))
         engine = _Search(cfg, base, build, tmp).run()
     engine.build_stats["build_ms"] = (time.perf_counter() - t0) * 1e3  # the whole search, every build in it
+    engine.reports["mixed_precision"]["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     return engine
 
 
@@ -109,11 +110,18 @@ class _Search:
         self.cfg, self.budget, self.metric = cfg, float(cfg.accuracy_budget), cfg.accuracy_metric
         self.base, self._build = base, build
         self.candidates: list[dict] = []
+        self.seconds = {"builds": 0.0, "sensitivities": 0.0}  # where the search's time went (the report)
+        self.builds = 0
         self.notes: list[str] = []
         self.bar = _bar(cfg.progress is True)
 
     def build(self, **changes) -> Engine:
-        engine = self._build(dataclasses.replace(self.base, **changes))
+        t0 = time.perf_counter()
+        try:
+            engine = self._build(dataclasses.replace(self.base, **changes))
+        finally:
+            self.seconds["builds"] += time.perf_counter() - t0
+            self.builds += 1
         what = changes.get("precision") or "fp32"
         self._tick(f"built {what}" + (" with per-layer precisions" if changes.get("layer_precisions") else ""))
         return engine
@@ -188,7 +196,9 @@ class _Search:
                 if dominated:
                     rows, impact = {}, True
                 else:
+                    t0 = time.perf_counter()
                     rows, impact = self._sensitivities(engine, p)
+                    self.seconds["sensitivities"] += time.perf_counter() - t0
             else:
                 rows, dominated = {}, False
             why = {r["layer"]: r.get("reason", "") for r in engine.reports.get("precision", [])}
@@ -385,7 +395,7 @@ class _Search:
             "fraction_below_fp32": below / len(precs) if precs else 0.0,
             "latency_source": LATENCY_SOURCE[self.backend], "fp32_latency_ms": fp32_ms, "latency_ms": ms,
             "speedup": fp32_ms / ms if ms else None, "candidates": self.candidates, "notes": self.notes,
-            "precisions": precs,
+            "precisions": precs, "builds": self.builds, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
         engine.build_info["accuracy_budget"] = self.budget
         return engine

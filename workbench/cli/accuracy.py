@@ -111,6 +111,10 @@ def mixed_text(rep: dict) -> str:
              f"{rep['below_fp32']} of {rep['layers']} layers below fp32 ({100 * rep['fraction_below_fp32']:.0f}%); "
              f"latency {rep['latency_ms']:.4g} ms vs {rep['fp32_latency_ms']:.4g} ms in fp32 "
              f"({rep['latency_source'].split(':')[0]})"]
+    sec = rep.get("seconds") or {}
+    if "total" in sec:
+        lines.append(f"search time {sec['total']:.1f} s: {rep.get('builds', '?')} builds {sec.get('builds', 0):.1f} s, "
+                     f"sensitivities {sec.get('sensitivities', 0):.1f} s")
     lines.append("candidates tried (latency vs error):")
     lines.append(f"  {'#':>3}  {'latency ms':>10}  {'error':>9}  {'below fp32':>10}  {'ok':>3}  candidate")
     for c in rep.get("candidates", []):
