@@ -18,7 +18,7 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    estimate (``layer_ms``) -- and its sensitivity: the outputs' error with only this layer at that
    precision, measured on ``SENSITIVITY_FEEDS`` search batches (one when it holds
    ``SENSITIVITY_SAMPLES`` samples or more). On the GPU it is measured on the device against the
-   fp32 build (``runtime.accuracy_impact``: seconds for a transformer at batch 32); on the CPU,
+   fp32 build (``runtime.accuracy_impact``: an fp32 run on the device per layer); on the CPU,
    or where a layer has no counterpart in the fp32 build, it is the ``output_err`` of the accuracy
    report (``runtime.accuracy``) against the fp32 reference kernels, or the layer's added error
    where those downstream runs would take too long. fp16 is ruled out for a layer whose tensors reach

@@ -8,17 +8,17 @@ tactic), that output replaces the reference layer's, and the reference engine's 
 downstream; the outputs are compared with the reference engine's unperturbed ones. It is
 ``runtime.accuracy``'s ``output_err`` with the reference engine's kernels in place of the fp32
 reference kernels -- on the GPU every run stays on the device: the reference engine runs again
-from its inputs for every layer (about n^2/2 layer launches, milliseconds each on a transformer at
-batch 32), only the layer's inputs and outputs and the graph outputs are copied to the host.
+from its inputs for every layer measured (one fp32 run each, per feed), and only the layer's inputs
+and outputs and the graph outputs are copied to the host.
 ``runtime.accuracy`` runs its downstream passes on the CPU's reference kernels, minutes per feed
-at that size, so there it skips them; the precision search (``builder/mixed.py``) measures a GPU
+on a large model at a large batch, so there it skips them; the precision search (``builder/mixed.py``) measures a GPU
 build's sensitivities here instead.
 
 Layers are matched by name; a tensor the GPU builder renamed at a storage-type boundary (the Cast
 layers it inserts, ``precision/casts.py``) is read under its name in the reference. A layer that
 has no counterpart, or whose inputs or outputs the reference does not hold, is left out of the
-result. The reference's downstream adds its own rounding to both sides alike (fp32 or tf32 tactics
-on the GPU): the difference measures the layer.
+result. The reference's downstream adds its own rounding to both sides alike: the difference
+measures the layer.
 """
 
 from __future__ import annotations
