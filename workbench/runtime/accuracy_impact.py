@@ -38,9 +38,9 @@ def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = No
                   tick=None) -> dict[str, dict[str, float]]:
     """layer name -> {"output_err": largest relative L2 error over the graph outputs (pooled over
     the feeds) with only this layer at its precision, "ref_amax": the largest finite magnitude
-    among the reference's values of its inputs and outputs}; ``layers``: only these (default: every layer
-    that is not an inserted Cast). Both engines run on the same backend with the same inputs and
-    outputs. ``tick``: called after each feed."""
+    among the reference's values of its inputs and outputs}. ``layers``: only these (default:
+    every layer that is not an inserted Cast). Both engines run on the same backend with the same
+    inputs and outputs. ``tick``: called after each feed."""
     if engine.backend != reference.backend:
         raise WorkbenchError(f"a {engine.backend} engine is measured against a {engine.backend} reference, "
                              f"not a {reference.backend} one")
