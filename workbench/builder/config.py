@@ -56,8 +56,8 @@ class BuilderConfig:
                 one feed; averaged over the held-out feeds) replacing the default error, the largest
                 relative L2 error of any output.
     strict_precision: False (default): "int8" / "fp8" on the GPU allow that precision: the layers
-                the autotuner measured clearly faster at fp16 (by 5%) move there when that cuts the
-                layers' summed time (as TensorRT picks among the precisions a build allows;
+                the autotuner measured clearly faster at fp16 (by 5%) move there when that makes the
+                engine faster end to end (as TensorRT picks among the precisions a build allows;
                 ``builder/fallback.py``). True: every layer that can take the precision keeps it
                 (always so for shape ranges and on the CPU).
     """

@@ -34,13 +34,13 @@ from .accuracy_sides import GPU_CAST_PREFIX, CpuSide, GpuSide, feed_list, read_d
 from .validate import check_feeds
 
 
-def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = None, seed: int = 0,
-                  tick=None) -> dict[str, dict[str, float]]:
+def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = None,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
     """layer name -> {"output_err": largest relative L2 error over the graph outputs (pooled over
     the feeds) with only this layer at its precision, "ref_amax": the largest finite magnitude
     among the reference's values of its inputs and outputs}. ``layers``: only these (default:
     every layer that is not an inserted Cast). Both engines run on the same backend with the same
-    inputs and outputs. ``tick``: called after each feed."""
+    inputs and outputs."""
     if engine.backend != reference.backend:
         raise WorkbenchError(f"a {engine.backend} engine is measured against a {engine.backend} reference, "
                              f"not a {reference.backend} one")
@@ -89,8 +89,6 @@ def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = No
             for o in outputs:
                 diffs[i][o].add(ref.read(o), clean[o])
         count += 1
-        if tick is not None:
-            tick()
     side.finish()
     if count == 0:
         raise WorkbenchError("no feeds given: pass a feed dict or an iterable of at least one")

@@ -92,12 +92,6 @@ class Diff:
         return self.dot / math.sqrt(self.sq_got * self.sq_ref)
 
 
-def numeric(x) -> np.ndarray | None:
-    """``x`` as a float64 array, or None for what has no numeric value (strings, sequences, None)."""
-    a = host_values(x)
-    return None if a is None else a.astype(np.float64)
-
-
 def host_values(x) -> np.ndarray | None:
     """``x`` as a host array of a real numeric type (no copy where it already is one), or None."""
     if x is None or isinstance(x, (list, tuple)):
