@@ -207,6 +207,7 @@ def run_model(name, args, peak, rows, tmp):
 
     import workbench as wb
     from workbench.builder.fallback import fallback_text
+    from workbench.runtime.describe import end_to_end_line
 
     make, inputs = models()[name]
     torch.manual_seed(0)
@@ -266,6 +267,8 @@ def run_model(name, args, peak, rows, tmp):
                           f"({mp['latency_source']}); {len(mp['candidates'])} candidates; {mp.get('builds')} builds "
                           f"in {mp['seconds']['builds']:.0f} s, sensitivities {mp['seconds']['sensitivities']:.0f} s, "
                           f"search {mp['seconds']['total']:.0f} s", flush=True)
+                    if end_to_end_line(mp):
+                        print(f"[{name} b{b} best] {end_to_end_line(mp)}", flush=True)
                     for note in mp["notes"]:
                         print(f"[{name} b{b} best] note: {note}", flush=True)
                 ctx = engine.create_context()

@@ -462,3 +462,86 @@ def test_an_attention_mask_rules_no_precision_out():
     for layer in attention:
         assert "past fp16" not in rows[layer.name]["reason"], rows[layer.name]["reason"]
     assert any(l.precision == "fp16" for l in attention)  # (1e-2 is loose enough for it here)
+
+
+def _uniform(engine) -> str | None:
+    """The one precision of every (non-Cast) layer of ``engine``, None for a mix."""
+    precs = {l.precision for l in engine.layers if l.op != "Cast"}
+    return precs.pop() if len(precs) == 1 else None
+
+
+@pytest.mark.parametrize("fastest", ["search", "fp16", "fp32"])
+def test_the_result_is_timed_end_to_end_against_the_uniform_builds(monkeypatch, fastest):
+    """On the GPU (the CPU stands in with ``EMULATED`` emptied and made-up replay times) the search
+    ranks by summed layer times; the result is then timed end to end against every uniform build
+    that meets the budget on the held-out feeds, and the fastest is kept, with that reason."""
+    timed = []
+
+    def replay(engine):
+        timed.append(_uniform(engine))
+        times = {None: 1.0, "fp16": 2.0, "fp32": 3.0, None if fastest == "search" else fastest: 0.5}
+        return times[_uniform(engine)], "made-up replay times"
+
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    monkeypatch.setattr(mixed, "engine_latency", replay)
+    feeds = M.feeds(8)
+    net, engine = budgeted(M.mlp(), 2e-2, feeds)  # loose: int8 on some layers, fp16 on others
+    rep = engine.reports["mixed_precision"]
+    e2e = rep["end_to_end"]
+    assert e2e["how"] == "made-up replay times" and e2e["result_ms"] == (0.5 if fastest == "search" else 1.0)
+    # the rivals: the uniform builds within the budget (int8 / fp8 alone are not), fp32 at no error
+    assert set(e2e["uniform"]) == {"fp16", "fp32"} and e2e["uniform"]["fp32"]["held_out"] == 0.0
+    assert all(r["held_out"] <= 2e-2 for r in e2e["uniform"].values())
+    assert sorted(timed, key=str) == sorted([None, "fp16", "fp32"], key=str)  # each timed once
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))
+    got = max_rel_err(engine, fp32, held_out(feeds))
+    assert got <= 2e-2 and rep["error"]["held_out"] == pytest.approx(got, rel=1e-6)
+    rows = {r["layer"]: r for r in engine.reports["precision"]}
+    if fastest == "search":
+        assert _uniform(engine) is None and e2e["kept"] == rep["strategy"] == "promote"
+        assert not any("end to end" in r["reason"] for r in rows.values())
+    else:
+        assert _uniform(engine) == fastest and e2e["kept"] == rep["strategy"] == f"uniform {fastest}"
+        assert rep["precisions"] == {l.name: fastest for l in engine.layers}
+        for row in rows.values():
+            assert f"uniform {fastest} met the budget and ran faster end to end (0.5 ms) than the searched mix " \
+                   "(1 ms)" in row["reason"]
+        assert any(n.startswith(f"uniform {fastest} met the budget") for n in rep["notes"])
+        assert rep["candidates"][-1]["label"].startswith(f"uniform {fastest} precisions, built")
+    from workbench.cli.accuracy import mixed_text
+
+    line = next(x for x in mixed_text(rep).splitlines() if x.startswith("end to end (made-up replay times)"))
+    assert f"search result {e2e['result_ms']:.4g} ms;" in line and "uniform fp16 " in line and \
+        line.endswith(f"kept: {e2e['kept']}")
+
+
+def test_a_failed_end_to_end_timing_leaves_the_result_and_says_why(monkeypatch):
+    def replay(engine):
+        raise wb.WorkbenchError("CUDA graph capture failed\nsecond line")
+
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    monkeypatch.setattr(mixed, "engine_latency", replay)
+    _, engine = budgeted(M.mlp(), 2e-2, M.feeds(8))
+    rep = engine.reports["mixed_precision"]
+    assert rep["strategy"] == "promote" and rep["end_to_end"] == {}
+    assert "not timed end to end against the uniform builds: CUDA graph capture failed" in rep["notes"][-1]
+
+
+def test_the_cpu_search_times_nothing_end_to_end(monkeypatch):
+    """The CPU's latencies are estimates (it emulates reduced precision): no replay is timed."""
+    def replay(engine):
+        raise AssertionError("timed on the CPU")
+
+    monkeypatch.setattr(mixed, "engine_latency", replay)
+    _, engine = budgeted(M.mlp(), 2e-2, M.feeds(8))
+    assert engine.reports["mixed_precision"]["end_to_end"] == {}
+
+
+def test_the_notebook_shows_the_end_to_end_check(monkeypatch):
+    from workbench.ui.precision_tab import auto_html
+
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    monkeypatch.setattr(mixed, "engine_latency", lambda e: (0.5 if _uniform(e) == "fp16" else 1.0, "replays <i>"))
+    _, engine = budgeted(M.mlp(), 2e-2, M.feeds(8))
+    page = auto_html(engine.reports["mixed_precision"])
+    assert "end to end (replays &lt;i&gt;): search result 1 ms;" in page and "kept: uniform fp16" in page

@@ -34,6 +34,13 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
 4. **Check.** The chosen assignment is built for real (per-layer overrides) and its error on the
    held-out feeds must meet B; if not, the search target is tightened and the search repeated
    (``MAX_ROUNDS``); failing that, every layer stays fp32.
+5. **End to end** (the GPU). The search ranks candidates by their layers' summed tactic times,
+   each timed alone, which overstate and can misorder what a graph replay costs (a layer's
+   precision changes its neighbours' reads and writes, Casts and quantize launches included). So
+   the result is timed end to end (``fallback.engine_latency``) against every uniform build that
+   also meets B on the held-out feeds (fp32 among them), and the fastest is kept (one faster by
+   ``TOTAL_MARGIN`` or more replaces the result, built with its precisions as per-layer overrides).
+   ``report["end_to_end"]`` holds the times.
 
 The engine's precision table gives every layer's reason; ``engine.reports["mixed_precision"]``
 holds the budget, both errors, the split, latencies and the latency-vs-error table of every
@@ -65,6 +72,7 @@ from ..runtime.accuracy_impact import engine_impact
 from ..runtime.accuracy_report import Diff
 from ..runtime.engine import Engine
 from ..runtime.feeds import random_feeds
+from .fallback import TOTAL_MARGIN, engine_latency
 from .mixed_search import DOMINATED, Ladder, Outcome, Rung, bisect, make_ladder, promote, within
 
 HELD_OUT_EVERY = 4
@@ -174,7 +182,11 @@ class _Search:
         self.assemble = self.backend in EMULATED and all(
             [l.name for l in e.layers] == self.names for e in self.engines.values())
         chosen, engine, held = self._rounds()
-        return self._finish(chosen, engine, held)
+        precs = self.precisions(chosen.assignment)
+        self.end_to_end: dict = {}
+        if self.backend not in EMULATED:
+            chosen, engine, held, precs = self._end_to_end(chosen, engine, held, precs)
+        return self._finish(chosen, engine, held, precs)
 
     def _uniform_builds(self) -> None:
         offered = supported_precisions(self.backend)
@@ -376,10 +388,49 @@ class _Search:
         options = [o for o in (found, other) if o is not None]
         return min(options, key=lambda o: (o.latency_ms, o.error)) if options else None
 
+    def _end_to_end(self, outcome: Outcome, engine: Engine, held: float, precs: dict[str, str]):
+        """Step 5 of the module doc: the result or the uniform build that meets the budget on the
+        held-out feeds and runs fastest end to end; (outcome, engine, held error, precisions)."""
+        rivals = []
+        for p, uni in self.engines.items():
+            mine = {l.name: l.precision for l in uni.layers if l.name in self.facts}
+            if mine == precs:
+                continue  # (the result is this uniform build)
+            err = 0.0 if p == "fp32" else _error(_outputs(uni, self.held_feeds), self.ref_held, self.metric)
+            if within(err, self.budget):
+                rivals.append((p, uni, mine, err))
+        if not rivals:
+            return outcome, engine, held, precs
+        try:
+            best_ms, how = engine_latency(engine)
+            timed = {p: engine_latency(uni)[0] for p, uni, _, _ in rivals}
+        except (WorkbenchError, MemoryError) as exc:  # the search's result stands, with the reason
+            self.notes.append(f"the result was not timed end to end against the uniform builds: {_first_line(exc)}")
+            return outcome, engine, held, precs
+        self.end_to_end = {"how": how, "result_ms": best_ms, "kept": outcome.strategy,
+                           "uniform": {p: {"held_out": err, "ms": timed[p]} for p, _, _, err in rivals}}
+        self._tick("timed the result end to end")
+        winner = None
+        for p, uni, mine, err in rivals:
+            if timed[p] < TOTAL_MARGIN * best_ms:
+                winner, best_ms = (p, mine), timed[p]
+        if winner is None:
+            return outcome, engine, held, precs
+        p, mine = winner
+        engine = self.build(precision="best", layer_precisions=mine)
+        held = _error(_outputs(engine, self.held_feeds), self.ref_held, self.metric)
+        self._record(f"uniform {p} precisions, built (held-out {held:.3g})", engine, mine)
+        self.notes.append(f"uniform {p} met the budget on the held-out feeds and ran faster end to end "
+                          f"({timed[p]:.4g} ms) than the {outcome.strategy} result "
+                          f"({self.end_to_end['result_ms']:.4g} ms): it was kept")
+        self.end_to_end["kept"] = f"uniform {p}"
+        assignment = {lad.layer: next((i for i, r in enumerate(lad.rungs) if r.precision == mine.get(lad.layer)),
+                                      len(lad.rungs) - 1) for lad in self.ladders}
+        return Outcome(assignment, held, engine_ms(engine), f"uniform {p}"), engine, held, mine
+
     # ---- the result ----------------------------------------------------------------------------
-    def _finish(self, outcome: Outcome, engine: Engine, held: float) -> Engine:
-        precs = self.precisions(outcome.assignment)
-        reasons = {lad.layer: self._reason(lad, outcome) for lad in self.ladders}
+    def _finish(self, outcome: Outcome, engine: Engine, held: float, precs: dict[str, str]) -> Engine:
+        reasons = {lad.layer: self._reason(lad, outcome, precs[lad.layer]) for lad in self.ladders}
         for row in engine.reports.get("precision", []):
             name = row.get("layer")
             if name in reasons and row.get("precision") == precs.get(name):
@@ -396,16 +447,21 @@ class _Search:
             "latency_source": LATENCY_SOURCE[self.backend], "fp32_latency_ms": fp32_ms, "latency_ms": ms,
             "speedup": fp32_ms / ms if ms else None, "candidates": self.candidates, "notes": self.notes,
             "precisions": precs, "builds": self.builds, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "end_to_end": self.end_to_end,
         }
         engine.build_info["accuracy_budget"] = self.budget
         return engine
 
-    def _reason(self, lad: Ladder, outcome: Outcome) -> str:
-        rung = outcome.assignment[lad.layer]
-        p, first = lad.rungs[rung].precision, lad.rungs[0]
+    def _reason(self, lad: Ladder, outcome: Outcome, p: str) -> str:
+        rung, first = outcome.assignment[lad.layer], lad.rungs[0]
         ruled = "; ".join(f"{q}: {why}" for q, why in lad.excluded.items()
                           if q != p and why != DOMINATED and not why.endswith(SLOWER_THAN_FP16))
         tail = f" (not {ruled})" if ruled else ""
+        if outcome.strategy.startswith("uniform "):
+            e2e = self.end_to_end
+            return (f"accuracy budget: {p}; {outcome.strategy} met the budget and ran faster end to end "
+                    f"({e2e['uniform'][outcome.strategy.split()[1]]['ms']:.4g} ms) than the searched mix "
+                    f"({e2e['result_ms']:.4g} ms)")
         if len(lad.rungs) == 1:
             return f"accuracy budget: {p}, the only precision worth trying{tail}"
         if outcome.strategy == "fallback":
@@ -529,6 +585,10 @@ def _error(outs: list[dict], refs: list[dict], metric) -> float:
             diffs.setdefault(name, Diff()).add(out[name], want)
     errs = [d.rel for d in diffs.values() if d.pairs and not math.isnan(d.rel)]
     return max(errs) if errs else 0.0
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _mask_of(layer) -> str | None:

@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 
+from ..runtime.describe import end_to_end_line
 from .common import CliError, existing_file, fmt_err, load_engine, load_feeds, print_json, printable
 
 
@@ -111,6 +112,9 @@ def mixed_text(rep: dict) -> str:
              f"{rep['below_fp32']} of {rep['layers']} layers below fp32 ({100 * rep['fraction_below_fp32']:.0f}%); "
              f"latency {rep['latency_ms']:.4g} ms vs {rep['fp32_latency_ms']:.4g} ms in fp32 "
              f"({rep['latency_source'].split(':')[0]})"]
+    line = end_to_end_line(rep)
+    if line:
+        lines.append(line)
     sec = rep.get("seconds") or {}
     if "total" in sec:
         lines.append(f"search time {sec['total']:.1f} s: {rep.get('builds', '?')} builds {sec.get('builds', 0):.1f} s, "

@@ -139,3 +139,15 @@ def _fallback_text(report: dict) -> str:
         if failed:
             what += f" (a build with {failed[0]['layers']} moved failed: {failed[0]['error']})"
     return f"{p}: {len(rows)} layer(s) measured faster at fp16; {what}; --strict-precision keeps every layer at {p}"
+
+
+def end_to_end_line(rep: dict) -> str:
+    """One line on the budgeted search's end-to-end check (``report["mixed_precision"]``, on the
+    GPU): the result's time against the uniform builds within the budget, and which was kept;
+    empty where the check did not run."""
+    e2e = rep.get("end_to_end") or {}
+    if not e2e:
+        return ""
+    rivals = ", ".join(f"uniform {p} {r['ms']:.4g} ms (held-out error {r['held_out']:.3g})"
+                       for p, r in e2e["uniform"].items())
+    return f"end to end ({e2e['how']}): search result {e2e['result_ms']:.4g} ms; {rivals}; kept: {e2e['kept']}"

@@ -20,6 +20,7 @@ import workbench as wb
 
 from ..core.precisions import supported_precisions
 from ..runtime.accuracy import IMPACT_SECONDS
+from ..runtime.describe import end_to_end_line
 from ..runtime.profile import latency_ms
 from .charts import chart_html
 from .html import df_html, error_html, esc, note_html
@@ -315,6 +316,9 @@ def auto_html(rep: dict) -> str:
                      f"held-out batch(es) (budget {rep['budget']:g}); {rep['below_fp32']} of {rep['layers']} layers "
                      f"below fp32; latency {rep['latency_ms']:.4g} ms vs {rep['fp32_latency_ms']:.4g} ms in fp32 "
                      f"({rep['latency_source']})")
+    e2e = end_to_end_line(rep)
+    if e2e:
+        head += note_html(e2e)
     notes = "".join(note_html(n, "#666") for n in rep.get("notes", []))
     table = pd.DataFrame([{"candidate": c["label"], "latency ms": c["latency_ms"], "error": _num(c["error"]),
                            "below fp32": c["layers_below_fp32"], "within budget": c["within_budget"]}
