@@ -22,8 +22,9 @@ fp32 on held-out inputs stays within B. The builder calls ``search`` for such co
    or where a layer has no counterpart in the fp32 build, it is the ``output_err`` of the accuracy
    report (``runtime.accuracy``) against the fp32 reference kernels, or the layer's added error
    where those downstream runs would take too long. fp16 is ruled out for a layer whose tensors reach
-   past ``FP16_MAX / FP16_MARGIN`` (observed ranges of the calibration table given, else of a minmax calibration over
-   the search part; weights included). Layers with subgraphs stay fp32. On the GPU an int8 / fp8
+   past ``FP16_MAX / FP16_MARGIN`` (the observed min / max of the calibration table given, else of
+   the search part's calibration, made once and also the table every build that quantizes loads;
+   weights included). Layers with subgraphs stay fp32. On the GPU an int8 / fp8
    build none of whose layers ran faster than at fp16 is not measured: fp16 keeps more bits, so
    each of its rungs would be dominated (on Hopper cuBLASLt's int8 GEMMs are slower than fp16).
 3. **Search** (``mixed_search.py``): start every layer at its cheapest precision; promote the most
@@ -156,12 +157,17 @@ class _Search:
         self.backend = self.fp32.backend
         self.search_feeds, self.held_feeds, self.split = _split(data, self.fp32, self.notes)
         if data is not None and len(self.search_feeds):
-            # every build of the search calibrates the same plan on the same feeds: the first one
-            # that quantizes saves the table, the others load it (not a reference pass per build)
+            # every build of the search calibrates the same plan on the same feeds: the table is
+            # made here, once (its minmax part gives the value ranges below), and saved where the
+            # builds that quantize load it (one that does not cover a build's plan is remade then)
             part = _part(data, self.search_feeds, cache=os.path.join(self.tmp, "search-calibration.json"))
             self.base = dataclasses.replace(self.base, calibration=part)
+            ranges = calibrate(self.fp32.plan, part)
         elif table is not None:
             self.base = dataclasses.replace(self.base, calibration=table)
+            ranges = table
+        else:
+            ranges = calibrate(self.fp32.plan, Calibration(self.search_feeds))
         self.eval_feeds = self.search_feeds[:EVAL_FEEDS]
         self.sens_feeds = self.search_feeds[:1 if _samples(self.search_feeds[0]) >= SENSITIVITY_SAMPLES
                                             else SENSITIVITY_FEEDS]
@@ -174,8 +180,8 @@ class _Search:
         self.facts: dict[str, dict] = {n: {} for n in self.names}
         self.refusals: dict[str, dict[str, str]] = {n: {} for n in self.names}
         self.ranges = {n: 0.0 for n in self.names}
-        # the values each layer must hold: the calibration table given, else minmax over the search part
-        self._apply_ranges(table if table is not None else calibrate(self.fp32.plan, Calibration(self.search_feeds)))
+        # the values each layer must hold: the observed (min, max) of the table given or made above
+        self._apply_ranges(ranges)
         self._uniform_builds()
         self.ladders = self._ladders()
         self._cache: dict[tuple, tuple[float, float]] = {}
