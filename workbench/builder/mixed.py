@@ -73,7 +73,7 @@ from ..runtime.accuracy_impact import engine_impact
 from ..runtime.accuracy_report import Diff
 from ..runtime.engine import Engine
 from ..runtime.feeds import random_feeds
-from .fallback import TOTAL_MARGIN, engine_latency
+from .fallback import TOTAL_MARGIN, _first_line, engine_latency
 from .mixed_search import DOMINATED, Ladder, Outcome, Rung, bisect, make_ladder, promote, within
 
 HELD_OUT_EVERY = 4
@@ -591,10 +591,6 @@ def _error(outs: list[dict], refs: list[dict], metric) -> float:
             diffs.setdefault(name, Diff()).add(out[name], want)
     errs = [d.rel for d in diffs.values() if d.pairs and not math.isnan(d.rel)]
     return max(errs) if errs else 0.0
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _mask_of(layer) -> str | None:
