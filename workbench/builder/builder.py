@@ -23,6 +23,7 @@ from ..runtime.engine import Engine
 from . import fallback
 from .config import BuilderConfig
 from .cost import annotate_costs
+from .front import Front, FrontCache
 from .lower import lower_model
 from .memory import plan_memory
 from .progress import STAGES, BuildProgress
@@ -33,8 +34,11 @@ from .targets import Target, get_target, resolve_device
 class Builder:
     STAGES = STAGES  # the stage names a progress callback receives, in order
 
-    def __init__(self, config: BuilderConfig | None = None):
+    def __init__(self, config: BuilderConfig | None = None, *, front: FrontCache | None = None):
         self.config = config or BuilderConfig()
+        # lowered plans shared by the builds of one network that differ only after lowering
+        # (builder/front.py); the budgeted search and the int8 / fp8 fallback step pass one
+        self.front = front
 
     def build(self, network: Network) -> Engine:
         cfg = self.config
@@ -51,14 +55,16 @@ class Builder:
             # per-layer precisions searched under the budget, by builds without one (builder/mixed.py)
             from .mixed import search
 
-            return search(network, cfg, lambda sub: Builder(sub).build(network))
+            front = self.front or FrontCache()
+            return search(network, cfg, lambda sub: Builder(sub, front=front).build(network))
         if fallback.applies(cfg, resolve_device(cfg.device)):
             # int8 / fp8 allowed, not forced: fp16 where measured faster (builder/fallback.py)
-            return fallback.build_fastest(cfg, lambda sub: Builder(sub).build(network))
+            front = self.front or FrontCache()
+            return fallback.build_fastest(cfg, lambda sub: Builder(sub, front=front).build(network))
         t0 = time.perf_counter()
         progress = BuildProgress(cfg.progress)
         try:
-            engine, ctx, target = self._build(network, cfg, progress)
+            engine, ctx, target, reused = self._build(network, cfg, progress)
         except MemoryError:
             # whatever allocation no budget check predicted: one line naming the stage, no traceback
             raise ResourceLimitError(f"out of memory during the {progress.current or 'build'} stage; lower "
@@ -67,31 +73,27 @@ class Builder:
             progress.close()
         # timings vary run to run, so they stay out of the saved file (same build -> same bytes)
         engine.build_stats = {"passes": ctx.timings, "build_ms": (time.perf_counter() - t0) * 1e3, **target.build_stats}
+        if reused:  # (``passes``: the timings of the build that made the plan)
+            engine.build_stats["front"] = "the lowered plan of an earlier build of this network (builder/front.py)"
         return engine
 
-    def _build(self, network: Network, cfg: BuilderConfig, progress: BuildProgress) -> tuple[Engine, PassContext, Target]:
-        progress.stage("prepare")
+    def _build(self, network: Network, cfg: BuilderConfig,
+               progress: BuildProgress) -> tuple[Engine, PassContext, Target, bool]:
         device = resolve_device(cfg.device)
-        model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
-        nodes_before = len(model.graph)
-        apply_input_shapes(model, cfg.shapes, max_elements=cfg.max_elements)
-
-        progress.stage("optimize")
-        ctx = PassContext(disabled=frozenset(cfg.disable), device=device, max_engine_bytes=cfg.max_engine_bytes)
-        # constant folding runs the same kernels, under the build's caps and byte budget
-        with element_cap(cfg.max_elements, memory_budget=cfg.memory_budget,
-                         max_loop_iterations=cfg.max_loop_iterations):
-            run_pipeline(model, ctx, optimize=cfg.optimize)
-
-        progress.stage("lower")
-        plan = lower_model(model)
-        plan.options.max_elements = int(cfg.max_elements)
-        annotate_costs(plan.layers)
+        reused = False
+        if self.front is None:
+            front = _front(network, cfg, device, progress)
+        else:
+            front, reused = self.front.get(cfg, device, lambda: _front(network, cfg, device, progress))
+            if reused:  # (the stages ran for an earlier build of this network)
+                for stage in ("prepare", "optimize", "lower"):
+                    progress.stage(stage)
+        plan, ctx = front.plan, front.ctx
 
         progress.stage("precision + tactics")
         target = get_target(device)
         # int8 / fp8 scales: the model's Q/DQ, and calibration of this fp32 plan where a layer may be quantized
-        quant = prepare_quantization(plan, cfg, device, explicit_quantization(model), progress=cfg.progress is True)
+        quant = prepare_quantization(plan, cfg, device, front.explicit, progress=cfg.progress is True)
         target.assign(plan, cfg, quant=quant)  # GPU: precision -> layout -> autotune (targets/gpu.py)
 
         progress.stage("memory plan")
@@ -100,10 +102,30 @@ class Builder:
         progress.stage("engine")
         engine = Engine(plan, target.target(), _build_info(network, cfg, device),
                         {"fusions": ctx.log, "counters": dict(ctx.counters),
-                         "nodes": {"before": nodes_before, "after": len(model.graph), "layers": len(plan.layers)},
-                         "memory": memory})
+                         "nodes": {**front.nodes, "layers": len(plan.layers)}, "memory": memory})
         target.finish(engine, cfg)  # GPU: cubins into the engine, CUDA-graph option, reports
-        return engine, ctx, target
+        return engine, ctx, target, reused
+
+
+def _front(network: Network, cfg: BuilderConfig, device: str, progress: BuildProgress) -> Front:
+    """The stages before precision and tactics: prepare, optimize, lower."""
+    progress.stage("prepare")
+    model = ir.from_proto(ir.to_proto(network.model))  # the network stays as the user gave it
+    nodes_before = len(model.graph)
+    apply_input_shapes(model, cfg.shapes, max_elements=cfg.max_elements)
+
+    progress.stage("optimize")
+    ctx = PassContext(disabled=frozenset(cfg.disable), device=device, max_engine_bytes=cfg.max_engine_bytes)
+    # constant folding runs the same kernels, under the build's caps and byte budget
+    with element_cap(cfg.max_elements, memory_budget=cfg.memory_budget,
+                     max_loop_iterations=cfg.max_loop_iterations):
+        run_pipeline(model, ctx, optimize=cfg.optimize)
+
+    progress.stage("lower")
+    plan = lower_model(model)
+    plan.options.max_elements = int(cfg.max_elements)
+    annotate_costs(plan.layers)
+    return Front(plan, ctx, {"before": nodes_before, "after": len(model.graph)}, explicit_quantization(model))
 
 
 def _build_info(network: Network, cfg: BuilderConfig, device: str) -> dict:

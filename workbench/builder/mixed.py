@@ -47,7 +47,8 @@ The engine's precision table gives every layer's reason; ``engine.reports["mixed
 holds the budget, both errors, the split, latencies and the latency-vs-error table of every
 candidate tried. Candidates are evaluated on emulating targets (CPU) by assembling the uniform
 builds' layers, since there a layer's tactic does not depend on its neighbours; elsewhere each is
-built. Only the final engine is built with the overrides.
+built, from the one lowered plan every build of the search shares (``front.py``: the passes run
+once per search). Only the final engine is built with the overrides.
 """
 
 from __future__ import annotations
