@@ -548,3 +548,27 @@ def test_the_notebook_shows_the_end_to_end_check(monkeypatch):
     _, engine = budgeted(M.mlp(), 2e-2, M.feeds(8))
     page = auto_html(engine.reports["mixed_precision"])
     assert "end to end (replays &lt;i&gt;): search result 1 ms;" in page and "kept: uniform fp16" in page
+
+
+def test_a_faster_uniform_build_that_misses_the_budget_when_rebuilt_leaves_the_result(monkeypatch):
+    """The uniform build is rebuilt with its precisions as per-layer overrides; should that engine
+    miss the budget on the held-out feeds (here the rebuild is made to come out at int8 on every
+    layer), the search's result stands and the notes say why."""
+    real = mixed._Search.build
+
+    def build(self, **changes):
+        lp = changes.get("layer_precisions") or {}
+        if lp and set(lp.values()) == {"fp16"}:
+            changes = {**changes, "layer_precisions": {k: "int8" for k in lp}}
+        return real(self, **changes)
+
+    monkeypatch.setattr(mixed, "EMULATED", ())
+    monkeypatch.setattr(mixed._Search, "build", build)
+    monkeypatch.setattr(mixed, "engine_latency", lambda e: (0.5 if _uniform(e) == "fp16" else 1.0, "made-up"))
+    feeds = M.feeds(8)
+    net, engine = budgeted(M.mlp(), 2e-2, feeds)
+    rep = engine.reports["mixed_precision"]
+    assert rep["strategy"] == "promote" and rep["end_to_end"]["kept"] == "promote"
+    assert "missed the budget on the held-out feeds" in rep["notes"][-1]
+    fp32 = wb.build(net, wb.BuilderConfig(device="cpu"))
+    assert max_rel_err(engine, fp32, held_out(feeds)) <= 2e-2

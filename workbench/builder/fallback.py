@@ -22,7 +22,8 @@ it, for measuring a precision's numerics or speed as such); so do CPU builds, wh
 emulated for their numerics and their latencies are estimates, and layers named in
 ``layer_precisions``. The timing cache makes steps 2 and 3 cheap where the first build timed the
 same layers: without one given, the builds share a temporary one; calibration runs once, its
-table shared the same way, and so do the passes (the builds share one lowered plan, ``front.py``). Layers whose tactic was not timed (one candidate) are not compared.
+table shared the same way; the passes run once too (the builds share one lowered plan,
+``front.py``). Layers whose tactic was not timed (one candidate) are not compared.
 """
 
 from __future__ import annotations

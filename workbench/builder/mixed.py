@@ -424,9 +424,14 @@ class _Search:
         if winner is None:
             return outcome, engine, held, precs
         p, mine = winner
-        engine = self.build(precision="best", layer_precisions=mine)
-        held = _error(_outputs(engine, self.held_feeds), self.ref_held, self.metric)
-        self._record(f"uniform {p} precisions, built (held-out {held:.3g})", engine, mine)
+        built = self.build(precision="best", layer_precisions=mine)
+        err = _error(_outputs(built, self.held_feeds), self.ref_held, self.metric)
+        self._record(f"uniform {p} precisions, built (held-out {err:.3g})", built, mine)
+        if not within(err, self.budget):  # (the same precisions as the uniform build: not expected)
+            self.notes.append(f"uniform {p} ran faster end to end, but its build with per-layer precisions missed "
+                              f"the budget on the held-out feeds ({err:.3g}): the {outcome.strategy} result stands")
+            return outcome, engine, held, precs
+        engine, held = built, err
         self.notes.append(f"uniform {p} met the budget on the held-out feeds and ran faster end to end "
                           f"({timed[p]:.4g} ms) than the {outcome.strategy} result "
                           f"({self.end_to_end['result_ms']:.4g} ms): it was kept")
