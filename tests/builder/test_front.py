@@ -154,3 +154,30 @@ def test_the_search_makes_one_front_for_all_its_builds(monkeypatch):
     rep = engine.reports["mixed_precision"]
     assert rep["builds"] > 4 and len(made) == 1
     assert engine.build_stats.get("front")
+
+
+def test_the_fallback_step_makes_one_front_for_its_builds(monkeypatch):
+    """An int8 / fp8 build on the GPU compares with fp16 by more builds (the CPU stands in, the step
+    made to apply and every layer made faster at fp16): they share the plan the first one lowered."""
+    from workbench.builder import fallback
+
+    made = []
+    real = B._front
+
+    def counted(*args):
+        made.append(1)
+        return real(*args)
+
+    def faster_at_fp16(layers, half, precision):
+        return [{"layer": l.name, f"{precision}_ms": 2.0, "fp16_ms": 1.0} for l in layers]
+
+    monkeypatch.setattr(B, "_front", counted)
+    monkeypatch.setattr(fallback, "applies", lambda cfg, device: cfg.precision == "int8" and not cfg.strict_precision)
+    monkeypatch.setattr(fallback, "slower_layers", faster_at_fp16)
+    monkeypatch.setattr(fallback, "engine_latency", lambda e: (10.0 - sum(l.precision == "fp16" for l in e.layers),
+                                                                "made-up"))
+    engine = wb.build(wb.load_onnx(M.mlp()), wb.BuilderConfig(device="cpu", precision="int8",
+                                                              calibration=Calibration(M.feeds(4))))
+    rep = engine.reports["precision_fallback"]
+    assert rep["kept"] == "with_fallback" and len(rep["tries"]) == 1  # placed, fp16, one try: 3 builds
+    assert len(made) == 1 and engine.build_stats.get("front")
