@@ -35,6 +35,7 @@ _LAZY = {
     "build": ("workbench.builder", "build"),
     "Builder": ("workbench.builder", "Builder"),
     "BuilderConfig": ("workbench.builder", "BuilderConfig"),
+    "FrontCache": ("workbench.builder", "FrontCache"),
     "Calibration": ("workbench.precision.calibration", "Calibration"),
     "CalibrationTable": ("workbench.precision.calibration", "CalibrationTable"),
     "Network": ("workbench.ir.network", "Network"),
@@ -77,7 +78,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BuildError", "Builder", "BuilderConfig", "Calibration", "CalibrationTable", "Engine",
-    "EngineCompatibilityError", "EngineFormatError",
+    "EngineCompatibilityError", "EngineFormatError", "FrontCache",
     "InputError", "ModelLoadError", "Network", "NetworkDefinition", "NetworkDefinitionError", "ShapeError", "Tensor",
     "UnsupportedModelError", "WorkbenchError", "__version__", "build", "load_onnx", "parse_shapes", "pass_names",
     "resolve_device", "supported_precisions", "compare", "lint", "latency_by", "latency_vs_batch", "memory_timeline", "memory_peak",

@@ -74,6 +74,10 @@ def test_rebuild_changes_a_layers_precision(app):
     assert errs and all(0 <= e < 0.1 for e in errs.values())
     assert tab.last_result["before_ms"] > 0 and tab.last_result["after_ms"] > 0
     assert len(app.engines) == 2  # the fp32 build stays available for Compare
+    # the rebuild ran no passes: it started from the plan the first build lowered
+    assert app.engine.build_stats.get("front") and app.front.made == 1
+    app.build(disable=["conv_epilogue"])
+    assert not app.engine.build_stats.get("front") and app.front.made == 2  # other passes: lowered again
 
 
 def test_profile_compare_and_exports(app, tmp_path):

@@ -6,7 +6,8 @@ plan (``lower.py``) -> cost estimates (``cost.py``) -> precision and tactics by 
 memory plan (``memory.py``) -> Engine. ``config.py``: every knob; ``progress.py``: the stage names
 a progress bar or callback sees. ``profiles.py`` / ``profile_build.py``: shape ranges (profiles and
 their buckets, each bucket a static build); ``mixed.py`` / ``mixed_search.py``: automatic mixed
-precision under an accuracy budget (``precision="best"`` with ``accuracy_budget``).
+precision under an accuracy budget (``precision="best"`` with ``accuracy_budget``); ``front.py``:
+the lowered plan shared by builds of one network that differ only after lowering.
 
 May import every layer above it (``core``, ``ops``, ``kernels``, ``format``, ``runtime``, ``ir``,
 ``frontends``, ``rewrite``, ``passes``, ``precision``); never the CLI, the UI or the public API.
@@ -14,5 +15,6 @@ May import every layer above it (``core``, ``ops``, ``kernels``, ``format``, ``r
 
 from .builder import Builder, build
 from .config import BuilderConfig, parse_shapes
+from .front import FrontCache
 
-__all__ = ["Builder", "BuilderConfig", "build", "parse_shapes"]
+__all__ = ["Builder", "BuilderConfig", "FrontCache", "build", "parse_shapes"]

@@ -216,7 +216,7 @@ class PrecisionTab:
         pending = self._pending()
         try:
             if pending and app.net is not None:
-                engine = wb.build(app.net, app.config(layer_precisions=dict(self.overrides)))
+                engine = app.build_config(app.config(layer_precisions=dict(self.overrides)))
                 label = "preview"
             else:
                 engine, label = app.engine, app.label
@@ -295,7 +295,7 @@ class PrecisionTab:
                                       calibration=wb.Calibration(data) if data else None, progress=True)
             self.auto_progress.clear_output()
             with self.auto_progress:  # (interrupting the kernel ends the search; the current engine stays)
-                engine = wb.build(app.net, cfg)
+                engine = app.build_config(cfg)
         except Exception as exc:
             self.auto_result.value = error_html(exc)
             return None

@@ -40,6 +40,11 @@ class Session:
         self.settings = {"device": device, "precision": precision, "shapes": dict(shapes or {}), "disable": [],
                          "profiles": [], "calibration": calibration}
         self.user_feeds = dict(feeds) if feeds else None
+        # the builds of one opened model share its lowered plan (wb.FrontCache): a rebuild with
+        # other precisions runs no passes. Their key holds the memory budget, so it is read once,
+        # here, rather than from the memory free at each build.
+        self.front = None
+        self._memory_budget = wb.BuilderConfig().memory_budget
         self._feeds_cache: dict = {}
         self._reference = None  # (settings key, fp32 engine) for output-error checks
         if model is not None:
@@ -70,6 +75,7 @@ class Session:
             self.add_engine(model, f"#1 {model.backend} (loaded)")
             return
         self.net, self.source = model, model.source
+        self.front = wb.FrontCache()
         self.engine, self.label, self.engines, self.profiles, self._reference = None, None, {}, {}, None
         self._feeds_cache.clear()
         # dynamic dims get visible shape ranges (ui/ranges.py), or the shapes given / fed, never a silent 1
@@ -88,8 +94,15 @@ class Session:
         s = {**self.settings, **overrides}
         profiles = list(s.get("profiles") or [])  # ranges, else the static shapes
         return wb.BuilderConfig(device=s["device"], precision=s["precision"], shapes={} if profiles else s["shapes"],
-                                profiles=profiles, calibration=s.get("calibration"),
+                                profiles=profiles, calibration=s.get("calibration"), memory_budget=self._memory_budget,
                                 disable=list(s["disable"]), layer_precisions=dict(s.get("layer_precisions") or {}))
+
+    def build_config(self, cfg: "wb.BuilderConfig"):
+        """The engine ``cfg`` builds from the opened model, on the plan its earlier builds lowered
+        where only precisions or tactics differ."""
+        if self.net is None:
+            raise wb.WorkbenchError("open an ONNX model first (this session holds only a saved engine)")
+        return wb.Builder(cfg, front=self.front).build(self.net)
 
     def build(self, progress=None, **overrides):
         """Build with the current settings (overridden by keyword: device, precision, shapes, disable,
@@ -107,7 +120,7 @@ class Session:
                 bar.refresh()
 
         cfg.progress = on_stage if bar is not None else False
-        engine = wb.build(self.net, cfg)
+        engine = self.build_config(cfg)
         self.settings.update({k: v for k, v in overrides.items() if k != "layer_precisions"})
         self.settings["shapes"] = dict(cfg.shapes)  # parsed, if it came as "name:1x3x224x224" text
         self.settings["profiles"] = list(cfg.profiles)
@@ -143,7 +156,7 @@ class Session:
         if self._reference is None or self._reference[0] != key:
             ref = next((e for e in self.engines.values() if self._is_reference(e)), None)
             if ref is None:
-                ref = wb.build(self.net, self.config(precision="fp32", layer_precisions={}))
+                ref = self.build_config(self.config(precision="fp32", layer_precisions={}))
             self._reference = (key, ref)
         return self._reference[1]
 
