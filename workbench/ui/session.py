@@ -41,10 +41,10 @@ class Session:
                          "profiles": [], "calibration": calibration}
         self.user_feeds = dict(feeds) if feeds else None
         # the builds of one opened model share its lowered plan (wb.FrontCache): a rebuild with
-        # other precisions runs no passes. Their key holds the memory budget, so it is read once,
-        # here, rather than from the memory free at each build.
+        # other precisions runs no passes. Their key holds the memory budget, so it is read once
+        # per opened model (``open``) rather than from the memory free at each build.
         self.front = None
-        self._memory_budget = wb.BuilderConfig().memory_budget
+        self._memory_budget = None
         self._feeds_cache: dict = {}
         self._reference = None  # (settings key, fp32 engine) for output-error checks
         if model is not None:
@@ -75,7 +75,7 @@ class Session:
             self.add_engine(model, f"#1 {model.backend} (loaded)")
             return
         self.net, self.source = model, model.source
-        self.front = wb.FrontCache()
+        self.front, self._memory_budget = wb.FrontCache(), wb.BuilderConfig().memory_budget
         self.engine, self.label, self.engines, self.profiles, self._reference = None, None, {}, {}, None
         self._feeds_cache.clear()
         # dynamic dims get visible shape ranges (ui/ranges.py), or the shapes given / fed, never a silent 1
