@@ -267,8 +267,9 @@ def run_model(name, args, peak, rows, tmp):
                           f"({mp['latency_source']}); {len(mp['candidates'])} candidates; {mp.get('builds')} builds "
                           f"in {mp['seconds']['builds']:.0f} s, sensitivities {mp['seconds']['sensitivities']:.0f} s, "
                           f"search {mp['seconds']['total']:.0f} s", flush=True)
-                    if end_to_end_line(mp):
-                        print(f"[{name} b{b} best] {end_to_end_line(mp)}", flush=True)
+                    e2e = end_to_end_line(mp)
+                    if e2e:
+                        print(f"[{name} b{b} best] {e2e}", flush=True)
                     for note in mp["notes"]:
                         print(f"[{name} b{b} best] note: {note}", flush=True)
                 ctx = engine.create_context()

@@ -491,6 +491,7 @@ def test_the_result_is_timed_end_to_end_against_the_uniform_builds(monkeypatch, 
     net, engine = budgeted(M.mlp(), 2e-2, feeds)  # loose: int8 on some layers, fp16 on others
     rep = engine.reports["mixed_precision"]
     e2e = rep["end_to_end"]
+    # (the ms below are the made-up values ``replay`` returns, not timings)
     assert e2e["how"] == "made-up replay times" and e2e["result_ms"] == (0.5 if fastest == "search" else 1.0)
     # the rivals: the uniform builds within the budget (int8 / fp8 alone are not), fp32 at no error
     assert set(e2e["uniform"]) == {"fp16", "fp32"} and e2e["uniform"]["fp32"]["held_out"] == 0.0

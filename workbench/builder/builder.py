@@ -55,12 +55,10 @@ class Builder:
             # per-layer precisions searched under the budget, by builds without one (builder/mixed.py)
             from .mixed import search
 
-            front = self.front or FrontCache()
-            return search(network, cfg, lambda sub: Builder(sub, front=front).build(network))
+            return search(network, cfg, self._sub_builds(network))
         if fallback.applies(cfg, resolve_device(cfg.device)):
             # int8 / fp8 allowed, not forced: fp16 where measured faster (builder/fallback.py)
-            front = self.front or FrontCache()
-            return fallback.build_fastest(cfg, lambda sub: Builder(sub, front=front).build(network))
+            return fallback.build_fastest(cfg, self._sub_builds(network))
         t0 = time.perf_counter()
         progress = BuildProgress(cfg.progress)
         try:
@@ -76,6 +74,12 @@ class Builder:
         if reused:  # (``passes``: the timings of the build that made the plan)
             engine.build_stats["front"] = "the lowered plan of an earlier build of this network (builder/front.py)"
         return engine
+
+    def _sub_builds(self, network: Network):
+        """``build(cfg)`` for the builds a search or the fallback step makes of ``network``: all
+        on one lowered plan (this builder's cache, else a new one)."""
+        front = self.front or FrontCache()
+        return lambda sub: Builder(sub, front=front).build(network)
 
     def _build(self, network: Network, cfg: BuilderConfig,
                progress: BuildProgress) -> tuple[Engine, PassContext, Target, bool]:

@@ -80,8 +80,8 @@ def engine_impact(engine, reference, feeds, *, layers: Iterable[str] | None = No
             args = [None if not n else consts[n] if n in consts else ref.read(logical.get(n, n)) for n in layer.inputs]
             ref.steps(k, k + 1)  # (every output of the reference layer holds its value, then ours replace it)
             targets = [n for n in reference.plan.layers[k].outputs if n]
-            seen = [a for a in args if isinstance(a, np.ndarray)] + [ref.read(n) for n in targets]
-            amaxes[i] = max(amaxes[i], amax([a for a in seen if isinstance(a, np.ndarray)]))
+            seen = [a for a in args + [ref.read(n) for n in targets] if isinstance(a, np.ndarray)]
+            amaxes[i] = max(amaxes[i], amax(seen))
             for n, value in zip(layer.outputs, side.run_on(i, args, {})):
                 if n and logical.get(n, n) in targets:
                     ref.write(logical.get(n, n), value)
